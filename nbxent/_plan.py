@@ -1,0 +1,346 @@
+"""Checks and the normalised call that every backend receives.
+
+A ``Plan`` describes one call in backend-neutral terms: the logits as a strided
+3-D view ``(outer, n_classes, inner)`` of the caller's memory (the class axis in
+the middle; NCHW with ``axis=1`` is ``(N, C, H*W)``), the same view for the other
+arrays, the options as plain Python scalars, and what to compute. Arrays are
+only inspected here (shape, dtype, strides, data pointer), never read, so this
+module serves NumPy, CuPy and any ``__cuda_array_interface__`` object alike.
+
+Every error message of nbxent's argument checking lives in this module.
+Backends never re-validate: they trust the plan.
+"""
+
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+
+REDUCTIONS = ("none", "mean", "sum")
+LOGIT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+NORMALIZE_OPS = ("logsumexp", "log_softmax", "softmax", "entropy")
+
+
+@dataclass(frozen=True)
+class View:
+    """An array and the strided geometry the kernels address it with.
+
+    ``shape`` and ``strides`` (in elements, not bytes) describe a view of
+    ``array``'s memory starting at its data pointer; a stride of 0 broadcasts.
+    """
+    array: object
+    shape: tuple
+    strides: tuple
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One normalised call: what to compute, on which views, with which options.
+
+    ``outer * inner`` rows of ``n_classes`` logits each. ``target_is_index``
+    tells class indices (``target`` is ``(outer, inner)``) from probabilities
+    (``(outer, n_classes, inner)``). ``softcap`` is 0.0 when off. The scalar
+    ``grad_scale`` multiplies ``grad_output`` (a ``(outer, inner)`` view, possibly
+    with zero strides) or stands alone when ``grad_output`` is None.
+    """
+    op: str                 # "cross_entropy" or one of NORMALIZE_OPS
+    logits: View
+    outer: int
+    n_classes: int
+    inner: int
+    dtype: np.dtype         # logits dtype (also the gradient's)
+    loss_dtype: np.dtype    # float32 for float16/float32 logits, float64 for float64
+    result_shape: tuple     # the per-row result's shape: logits' shape without the class axis
+    logits_shape: tuple
+    axis: int
+    target: View = None
+    target_is_index: bool = True
+    weight: View = None
+    ignore_index: int = -100
+    reduction: str = "none"
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    softcap: float = 0.0
+    want_loss: bool = True
+    want_grad: bool = False
+    grad_scale: float = 1.0
+    grad_output: View = None
+    out: View = None
+    validate: bool = True
+    stream: object = None
+
+    @property
+    def n_rows(self):
+        return self.outer * self.inner
+
+
+# ---------------------------------------------------------------- inspection
+
+def _dtype(x):
+    dtype = getattr(x, "dtype", None)
+    return None if dtype is None else np.dtype(dtype)
+
+
+def _element_strides(x):
+    itemsize = _dtype(x).itemsize
+    strides = getattr(x, "strides", None)
+    if strides is None:  # a C-contiguous __cuda_array_interface__ without strides
+        strides, step = [], itemsize
+        for n in reversed(x.shape):
+            strides.insert(0, step)
+            step *= n
+    for s in strides:
+        if s % itemsize:
+            raise ValueError(f"strides {tuple(strides)} are not a multiple of the item size "
+                             f"{itemsize}; unaligned views are not supported")
+    return tuple(s // itemsize for s in strides)
+
+
+def _collapse(shape, strides):
+    """Merge dims into one (size, stride), or None if the view needs two strides."""
+    dims = [(n, s) for n, s in zip(shape, strides) if n != 1]
+    size = prod(shape)
+    if size == 0 or not dims:
+        return size, 0
+    merged_n, merged_s = dims[-1]
+    for n, s in reversed(dims[:-1]):
+        if s != merged_n * merged_s:
+            return None
+        merged_n *= n
+    return merged_n, merged_s
+
+
+def _view(x, axis, name, copy_contiguous, class_axis):
+    """Strided view of ``x`` that merges the dims before and after ``axis``.
+
+    With ``class_axis`` the result is (outer, C, inner) around the class axis;
+    without it (an array of the loss's shape) it is (outer, inner), split where
+    the class axis was. A copy is made only when no such view exists.
+    """
+    shape = tuple(x.shape)
+    strides = _element_strides(x)
+    after_start = axis + 1 if class_axis else axis
+    before = _collapse(shape[:axis], strides[:axis])
+    after = _collapse(shape[after_start:], strides[after_start:])
+    if before is None or after is None:
+        if copy_contiguous is None:
+            raise ValueError(f"{name} must be a view whose dims before and after the class "
+                             f"axis each collapse into one stride; got strides {strides} "
+                             f"for shape {shape}")
+        # Views such as x[::2, ::3] of a 3-D array need one stride per batch dim; the
+        # kernels address (outer, C, inner), so these (rare) views are copied once.
+        return _view(copy_contiguous(x), axis, name, None, class_axis)
+    middle = ((shape[axis],), (strides[axis],)) if class_axis else ((), ())
+    return View(x, (before[0], *middle[0], after[0]), (before[1], *middle[1], after[1]))
+
+
+def _view3(x, axis, name, copy_contiguous=None):
+    return _view(x, axis, name, copy_contiguous, class_axis=True)
+
+
+def _view2(x, axis, name, copy_contiguous=None):
+    return _view(x, axis, name, copy_contiguous, class_axis=False)
+
+
+def _byte_range(x):
+    """[lo, hi) of the bytes ``x`` can touch, or None if its pointer is unknown."""
+    interface = (getattr(x, "__cuda_array_interface__", None)
+                 or getattr(x, "__array_interface__", None))
+    if interface is None or _dtype(x) is None:
+        return None
+    ptr = interface["data"][0]
+    itemsize = _dtype(x).itemsize
+    if prod(x.shape) == 0:
+        return ptr, ptr
+    lo = hi = ptr
+    for n, s in zip(x.shape, _element_strides(x)):
+        reach = (n - 1) * s * itemsize
+        lo, hi = (lo + reach, hi) if reach < 0 else (lo, hi + reach)
+    return lo, hi + itemsize
+
+
+def _overlap(a, b):
+    ra, rb = _byte_range(a), _byte_range(b)
+    return ra is not None and rb is not None and ra[0] < rb[1] and rb[0] < ra[1]
+
+
+def _same_memory(a, b):
+    return (_byte_range(a) == _byte_range(b) and tuple(a.shape) == tuple(b.shape)
+            and _element_strides(a) == _element_strides(b))
+
+
+# ---------------------------------------------------------------- checks
+
+def _check_logits(logits, axis):
+    dtype = _dtype(logits)
+    if dtype not in LOGIT_DTYPES:
+        raise TypeError(f"logits must be float16, float32 or float64; got {dtype}")
+    ndim = len(logits.shape)
+    if ndim < 1:
+        raise ValueError("logits must have at least one dimension (the class axis); got a 0-d array")
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+        raise TypeError(f"axis must be an integer; got {axis!r}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of range for logits with {ndim} dimension(s); "
+                         f"accepted: {-ndim} to {ndim - 1}")
+    axis = int(axis) % ndim
+    if logits.shape[axis] == 0:
+        raise ValueError(f"logits have no classes: shape {tuple(logits.shape)} is 0 along "
+                         f"axis {axis}; need C >= 1")
+    return axis
+
+
+def _loss_dtype(dtype):
+    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+
+
+def _check_options(reduction, label_smoothing, z_loss, softcap):
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}; "
+                         f"got {reduction!r}")
+    for name, value in (("label_smoothing", label_smoothing), ("z_loss", z_loss)):
+        if not isinstance(value, (int, float, np.floating, np.integer)) or isinstance(value, bool):
+            raise TypeError(f"{name} must be a real number; got {value!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1]; got {label_smoothing}")
+    if not (z_loss >= 0.0 and np.isfinite(z_loss)):
+        raise ValueError(f"z_loss must be a finite number >= 0; got {z_loss}")
+    if softcap is not None and not (np.isfinite(softcap) and softcap > 0):
+        raise ValueError(f"softcap must be None or a finite number > 0; got {softcap}")
+
+
+def _check_target(target, logits, axis, ignore_index):
+    dtype = _dtype(target)
+    shape, target_shape = tuple(logits.shape), tuple(target.shape)
+    loss_shape = shape[:axis] + shape[axis + 1:]
+    if dtype is not None and dtype.kind in "iu":
+        if target_shape != loss_shape:
+            raise ValueError(f"class-index target of shape {target_shape} does not fit logits "
+                             f"of shape {shape}: expected {loss_shape} (logits' shape without "
+                             f"axis {axis})")
+        return True
+    if dtype is not None and dtype.kind == "f":
+        if target_shape != shape:
+            raise ValueError(f"probability target of shape {target_shape} does not fit logits "
+                             f"of shape {shape}: expected the same shape (a floating target "
+                             f"holds class probabilities)")
+        if ignore_index >= 0:
+            raise ValueError(f"ignore_index={ignore_index} is not supported with probability "
+                             f"targets (as in PyTorch); use a negative value")
+        return False
+    raise TypeError(f"target must hold integer class indices or floating class probabilities; "
+                    f"got dtype {dtype}")
+
+
+def _check_weight(weight, n_classes):
+    dtype = _dtype(weight)
+    if dtype is None or dtype.kind not in "fiu":
+        raise TypeError(f"weight must be a real-valued array of shape ({n_classes},); got dtype {dtype}")
+    if tuple(weight.shape) != (n_classes,):
+        raise ValueError(f"weight of shape {tuple(weight.shape)} does not fit logits with "
+                         f"{n_classes} classes: expected ({n_classes},)")
+
+
+def _grad_output(grad_output, reduction, loss_shape, axis, copy_contiguous):
+    """(scalar, view or None) for ``grad_output``."""
+    if isinstance(grad_output, (int, float, np.integer, np.floating)) and not isinstance(grad_output, bool):
+        return float(grad_output), None
+    dtype = _dtype(grad_output)
+    if dtype is None or dtype.kind not in "fiu":
+        raise TypeError(f"grad_output must be a real scalar or array; got {grad_output!r}")
+    shape = tuple(grad_output.shape)
+    if shape == ():
+        return 1.0, View(grad_output, (1, 1), (0, 0))
+    if reduction != "none" or shape != loss_shape:
+        expected = loss_shape if reduction == "none" else "() (a scalar)"
+        raise ValueError(f"grad_output of shape {shape} does not fit the loss of shape "
+                         f"{loss_shape if reduction == 'none' else ()} (reduction={reduction!r}): "
+                         f"expected {expected}")
+    return 1.0, _view2(grad_output, axis, "grad_output", copy_contiguous)
+
+
+def _check_out(out, logits, target, weight, dtype):
+    shape = tuple(logits.shape)
+    if _dtype(out) != dtype or tuple(out.shape) != shape:
+        raise ValueError(f"out= must have the logits' shape {shape} and dtype {dtype}; got "
+                         f"shape {tuple(out.shape)} and dtype {_dtype(out)}")
+    for name, other in (("target", target), ("weight", weight)):
+        if other is not None and _overlap(out, other):
+            raise ValueError(f"out= overlaps {name}: the gradient would overwrite it")
+    if _overlap(out, logits) and not _same_memory(out, logits):
+        raise ValueError("out= partly overlaps the logits: pass the logits themselves for an "
+                         "in-place gradient, or a separate array")
+
+
+# ---------------------------------------------------------------- plans
+
+def _common(logits, axis):
+    axis = _check_logits(logits, axis)
+    shape = tuple(logits.shape)
+    return axis, shape, shape[:axis] + shape[axis + 1:]
+
+
+def make_loss_plan(logits, target, *, axis, weight, ignore_index, reduction, label_smoothing,
+                   z_loss, softcap, validate, want_loss, want_grad, grad_output=1.0, out=None,
+                   copy_contiguous=None, stream=None):
+    """Check a cross-entropy call and describe it as a ``Plan``."""
+    axis, shape, loss_shape = _common(logits, axis)
+    _check_options(reduction, label_smoothing, z_loss, softcap)
+    if not isinstance(ignore_index, (int, np.integer)) or isinstance(ignore_index, bool):
+        raise TypeError(f"ignore_index must be an integer; got {ignore_index!r}")
+    target_is_index = _check_target(target, logits, axis, ignore_index)
+    n_classes = shape[axis]
+    if weight is not None:
+        _check_weight(weight, n_classes)
+    grad_scale, grad_view = 1.0, None
+    if want_grad:
+        grad_scale, grad_view = _grad_output(grad_output, reduction, loss_shape, axis,
+                                             copy_contiguous)
+    dtype = _dtype(logits)
+    out_view = None
+    if out is not None:
+        _check_out(out, logits, target, weight, dtype)
+        out_view = _view3(out, axis, "out")
+    in_place = out is not None and _same_memory(out, logits)
+    logits_view = _view3(logits, axis, "logits", None if in_place else copy_contiguous)
+    if target_is_index:
+        target_view = _view2(target, axis, "target", copy_contiguous)
+    else:
+        target_view = _view3(target, axis, "target", copy_contiguous)
+    weight_view = None if weight is None else View(weight, (n_classes,), _element_strides(weight))
+    return Plan(op="cross_entropy", logits=logits_view, outer=logits_view.shape[0],
+                n_classes=n_classes, inner=logits_view.shape[2], dtype=dtype,
+                loss_dtype=_loss_dtype(dtype), result_shape=loss_shape, logits_shape=shape,
+                axis=axis, target=target_view, target_is_index=target_is_index,
+                weight=weight_view, ignore_index=int(ignore_index), reduction=reduction,
+                label_smoothing=float(label_smoothing), z_loss=float(z_loss),
+                softcap=0.0 if softcap is None else float(softcap), want_loss=want_loss,
+                want_grad=want_grad, grad_scale=grad_scale, grad_output=grad_view,
+                out=out_view, validate=bool(validate), stream=stream)
+
+
+def make_normalize_plan(op, x, *, axis, reduction="none", out=None, copy_contiguous=None,
+                        stream=None):
+    """Check a logsumexp / log_softmax / softmax / entropy call and describe it."""
+    axis, shape, result_shape = _common(x, axis)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}; "
+                         f"got {reduction!r}")
+    dtype = _dtype(x)
+    out_view = None
+    if out is not None:
+        _check_out(out, x, None, None, dtype)
+        out_view = _view3(out, axis, "out")
+    in_place = out is not None and _same_memory(out, x)
+    view = _view3(x, axis, "x", None if in_place else copy_contiguous)
+    return Plan(op=op, logits=view, outer=view.shape[0], n_classes=shape[axis],
+                inner=view.shape[2], dtype=dtype, loss_dtype=_loss_dtype(dtype),
+                result_shape=result_shape, logits_shape=shape, axis=axis,
+                reduction=reduction, want_loss=op in ("logsumexp", "entropy"),
+                want_grad=op in ("log_softmax", "softmax"), out=out_view, stream=stream)
+
+
+def index_error(position, value, n_classes, ignore_index):
+    """The ValueError for a class index outside [0, C) that is not ignore_index."""
+    return ValueError(f"target {value} at position {tuple(position)} is not a class index in "
+                      f"[0, {n_classes}) nor ignore_index={ignore_index}")

@@ -1,0 +1,164 @@
+"""The oracle: softmax cross-entropy in plain float64 NumPy, written for clarity.
+
+Every kernel of nbxent is tested against these functions. They follow PyTorch's
+``torch.nn.functional.cross_entropy`` on every option the two share, with
+``axis`` in place of torch's class dimension 1, and add ``z_loss`` and
+``softcap`` as DESIGN.md §1 defines them. Nothing here imports from nbxent, and
+nothing here is fast: whole N×C temporaries are fine.
+"""
+
+import numpy as np
+
+
+def _to_class_last(x, axis):
+    """float64 copy of ``x`` with the class axis moved last."""
+    return np.moveaxis(np.asarray(x, dtype=np.float64), axis, -1)
+
+
+def _capped(logits, softcap):
+    return logits if softcap is None else softcap * np.tanh(logits / softcap)
+
+
+def logsumexp(x, axis=-1):
+    """log(sum(exp(x))) along ``axis``, stabilised by the row max."""
+    x = _to_class_last(x, axis)
+    row_max = np.max(x, axis=-1, keepdims=True)
+    # A row of all -inf has max -inf: shift by 0 there so exp gives 0, log gives -inf.
+    shift = np.where(np.isneginf(row_max), 0.0, row_max)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (shift + np.log(np.sum(np.exp(x - shift), axis=-1, keepdims=True)))[..., 0]
+
+
+def log_softmax(x, axis=-1):
+    """x - logsumexp(x) along ``axis``."""
+    x64 = _to_class_last(x, axis)
+    with np.errstate(invalid="ignore"):
+        return np.moveaxis(x64 - logsumexp(x64)[..., None], -1, axis)
+
+
+def softmax(x, axis=-1):
+    """exp(log_softmax(x)) along ``axis``."""
+    with np.errstate(invalid="ignore"):
+        return np.exp(log_softmax(x, axis))
+
+
+def entropy(logits, axis=-1, reduction="none"):
+    """Entropy of softmax(logits) in nats, -sum p log p; 0 log 0 counts as 0."""
+    logp = _to_class_last(log_softmax(logits, axis), axis)
+    p = np.exp(logp)
+    with np.errstate(invalid="ignore"):
+        per_row = -np.sum(np.where(p > 0, p * logp, 0.0), axis=-1)
+    return _reduce(per_row, reduction, per_row.size)
+
+
+def _reduce(per_row, reduction, denominator):
+    if reduction == "none":
+        return per_row
+    total = np.sum(per_row)
+    if reduction == "sum":
+        return total
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / denominator
+
+
+def _terms(logits, target, axis, weight, ignore_index, label_smoothing, softcap):
+    """Per-row pieces shared by the loss and its gradient (class axis last).
+
+    Returns (logp, q, valid, row_weight): log-softmax of the capped logits, the
+    weighted target distribution q (loss_row = -sum_c q_c logp_c), the mask of rows
+    that count, and each row's share of PyTorch's 'mean' denominator.
+    """
+    x = _capped(_to_class_last(logits, axis), softcap)
+    n_classes = x.shape[-1]
+    w = np.ones(n_classes) if weight is None else np.asarray(weight, np.float64)
+    logp = _to_class_last(log_softmax(x, -1), -1)
+    eps = label_smoothing
+    if np.issubdtype(np.asarray(target).dtype, np.integer):
+        t = np.asarray(target).astype(np.int64)
+        valid = t != ignore_index
+        onehot = np.zeros(x.shape)
+        safe_t = np.where(valid, t, 0)
+        np.put_along_axis(onehot, safe_t[..., None], 1.0, axis=-1)
+        q = (1 - eps) * onehot * w
+        if eps > 0:
+            q = q + eps / n_classes * w
+        q = q * valid[..., None]
+        row_weight = np.where(valid, w[safe_t], 0.0)
+    else:
+        p_target = _to_class_last(target, axis)
+        if eps > 0:
+            p_target = (1 - eps) * p_target + eps / n_classes
+        q = p_target * w
+        valid = np.ones(x.shape[:-1], bool)
+        row_weight = np.ones(x.shape[:-1])
+    return logp, q, valid, row_weight
+
+
+def _z_rows(logits, axis, softcap, valid):
+    return np.where(valid, logsumexp(_capped(_to_class_last(logits, axis), softcap)), 0.0)
+
+
+def cross_entropy(logits, target, axis=-1, weight=None, ignore_index=-100,
+                  reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None):
+    """Softmax cross-entropy with PyTorch's semantics, in float64.
+
+    loss_row = -sum_c q_c * log_softmax(x)_c + z_loss * logsumexp(x)**2 for each
+    non-ignored row, where q is the (smoothed, class-weighted) target distribution
+    and x the (optionally soft-capped) logits. 'mean' divides the cross-entropy part
+    by the summed weights of the non-ignored targets (the row count for probability
+    targets) and the z-loss part by the number of non-ignored rows.
+    """
+    logp, q, valid, row_weight = _terms(logits, target, axis, weight, ignore_index,
+                                        label_smoothing, softcap)
+    n_classes = logp.shape[-1]
+    w = np.ones(n_classes) if weight is None else np.asarray(weight, np.float64)
+    eps = label_smoothing
+    with np.errstate(invalid="ignore"):
+        if np.issubdtype(np.asarray(target).dtype, np.integer):
+            # PyTorch's own split: nll_loss picks the target's log-probability alone (a
+            # -inf elsewhere is harmless), the smoothing term sums over every class.
+            t = np.where(valid, np.asarray(target).astype(np.int64), 0)
+            nll = -w[t] * np.take_along_axis(logp, t[..., None], axis=-1)[..., 0]
+            ce_rows = (1 - eps) * nll
+            if eps > 0:
+                ce_rows = ce_rows + eps / n_classes * -np.sum(logp * w, axis=-1)
+        else:
+            ce_rows = -np.sum(q * logp, axis=-1)
+    ce_rows = np.where(valid, ce_rows, 0.0)
+    z_rows = _z_rows(logits, axis, softcap, valid) ** 2 if z_loss else np.zeros_like(ce_rows)
+    if reduction == "none":
+        return ce_rows + z_loss * z_rows
+    ce = _reduce(ce_rows, reduction, np.sum(row_weight))
+    if not z_loss:
+        return ce
+    return ce + z_loss * _reduce(z_rows, reduction, np.sum(valid))
+
+
+def cross_entropy_grad(logits, target, axis=-1, weight=None, ignore_index=-100,
+                       reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
+                       grad_output=1.0):
+    """d(cross_entropy)/d(logits) times grad_output, in float64, by the closed form.
+
+    For one row: sum(q) * softmax(x) - q from the cross-entropy part, plus
+    2 * z_loss * lse * softmax(x) from the z-loss, times (1 - tanh(x/c)**2) under a
+    soft cap c; rows scaled by grad_output and divided by the 'mean' denominators.
+    """
+    logp, q, valid, row_weight = _terms(logits, target, axis, weight, ignore_index,
+                                        label_smoothing, softcap)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.exp(logp)
+        g = np.asarray(grad_output, np.float64)
+        ce_scale = np.broadcast_to(g, valid.shape).astype(np.float64)
+        z_scale = ce_scale.copy()
+        if reduction == "mean":
+            ce_scale = ce_scale / np.sum(row_weight)
+            z_scale = z_scale / np.sum(valid)
+        grad = (np.sum(q, axis=-1, keepdims=True) * p - q) * ce_scale[..., None]
+        if z_loss:
+            lse = _z_rows(logits, axis, softcap, valid)
+            grad = grad + (2 * z_loss * lse * z_scale)[..., None] * p
+        grad = np.where(valid[..., None], grad, 0.0)
+        if softcap is not None:
+            x = _to_class_last(logits, axis)
+            grad = grad * (1 - np.tanh(x / softcap) ** 2)
+    return np.moveaxis(grad, -1, axis)
