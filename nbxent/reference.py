@@ -19,9 +19,8 @@ def _capped(logits, softcap):
     return logits if softcap is None else softcap * np.tanh(logits / softcap)
 
 
-def logsumexp(x, axis=-1):
-    """log(sum(exp(x))) along ``axis``, stabilised by the row max."""
-    x = _to_class_last(x, axis)
+def _shifted_logsumexp(x):
+    """logsumexp over the last axis of float64 ``x``; nan for a row holding +inf."""
     row_max = np.max(x, axis=-1, keepdims=True)
     # A row of all -inf has max -inf: shift by 0 there so exp gives 0, log gives -inf.
     shift = np.where(np.isneginf(row_max), 0.0, row_max)
@@ -29,11 +28,21 @@ def logsumexp(x, axis=-1):
         return (shift + np.log(np.sum(np.exp(x - shift), axis=-1, keepdims=True)))[..., 0]
 
 
+def logsumexp(x, axis=-1):
+    """log(sum(exp(x))) along ``axis``, stabilised by the row max.
+
+    A row holding +inf (and no nan) gives +inf, as in PyTorch and SciPy.
+    """
+    x = _to_class_last(x, axis)
+    row_max = np.max(x, axis=-1)
+    return np.where(np.isposinf(row_max), np.inf, _shifted_logsumexp(x))
+
+
 def log_softmax(x, axis=-1):
-    """x - logsumexp(x) along ``axis``."""
+    """x - logsumexp(x) along ``axis``; a row holding +inf or nan is all nan, as in PyTorch."""
     x64 = _to_class_last(x, axis)
     with np.errstate(invalid="ignore"):
-        return np.moveaxis(x64 - logsumexp(x64)[..., None], -1, axis)
+        return np.moveaxis(x64 - _shifted_logsumexp(x64)[..., None], -1, axis)
 
 
 def softmax(x, axis=-1):
@@ -47,7 +56,8 @@ def entropy(logits, axis=-1, reduction="none"):
     logp = _to_class_last(log_softmax(logits, axis), axis)
     p = np.exp(logp)
     with np.errstate(invalid="ignore"):
-        per_row = -np.sum(np.where(p > 0, p * logp, 0.0), axis=-1)
+        # p == 0 (not p > 0): a nan probability must stay nan, as in PyTorch.
+        per_row = -np.sum(np.where(p == 0, 0.0, p * logp), axis=-1)
     return _reduce(per_row, reduction, per_row.size)
 
 

@@ -1,0 +1,215 @@
+"""Shared test machinery: Numba cache location, rng, assert_close, the backend fixture.
+
+Helpers that tests import (``assert_close``, ``loss_dtype``) live here; the
+shape/dtype/option matrix lives in ``_cases.py``.
+"""
+
+import hashlib
+import importlib.util
+import os
+import pathlib
+import sys
+import tempfile
+import zlib
+
+# --------------------------------------------------------------- Numba cache
+# Numba's on-disk cache keys a kernel on its own file only: an edit in a helper
+# module it inlines (nbxent/_math.py, say) would be served stale. Key the cache
+# directory on every source file of the package under test, before numba loads.
+
+
+def _package_dir():
+    spec = importlib.util.find_spec("nbxent")
+    if spec is not None and spec.submodule_search_locations:
+        return pathlib.Path(list(spec.submodule_search_locations)[0])
+    return pathlib.Path(__file__).resolve().parent.parent / "nbxent"
+
+
+def _source_hash(root):
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+NUMBA_CACHE_DIR = os.path.join(tempfile.gettempdir(),
+                               f"nbxent-numba-cache-{_source_hash(_package_dir())}")
+os.environ["NUMBA_CACHE_DIR"] = NUMBA_CACHE_DIR
+if "numba" in sys.modules:  # a plugin got there first: make numba re-read the variable
+    sys.modules["numba"].core.config.reload_config()
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+if SIMULATOR:
+    # The simulator runs one OS thread per CUDA thread; switch between them often.
+    sys.setswitchinterval(1e-4)
+
+
+# --------------------------------------------------------------- tolerances
+# (rtol, atol) by the dtype a result is held in. float16 logits are computed in
+# float32 (so their float32 losses get float32 tolerances) and only results held
+# in float16 (gradient, log_softmax, softmax) get the float16 ones: half an ulp
+# of float16 is 2**-11 ~ 4.9e-4 relative, so 1e-3 relative plus a small floor.
+TOLERANCES = {
+    ("loss", np.dtype(np.float64)): (1e-12, 1e-13),
+    ("loss", np.dtype(np.float32)): (1e-5, 1e-6),
+    ("grad", np.dtype(np.float64)): (1e-12, 1e-14),
+    ("grad", np.dtype(np.float32)): (0.0, 1e-6),
+    ("grad", np.dtype(np.float16)): (1e-3, 1e-5),
+}
+
+
+def loss_dtype(dtype):
+    """The dtype of a loss (and logsumexp, entropy) for logits of ``dtype``."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+def tolerance(dtype, what="grad"):
+    """(rtol, atol) for a result of ``what`` ("loss" or "grad") from logits of ``dtype``."""
+    held_in = loss_dtype(dtype) if what == "loss" else np.dtype(dtype)
+    return TOLERANCES[(what, held_in)]
+
+
+def assert_close(actual, expected, dtype, what="grad", *, rtol=None, atol=None,
+                 check_dtype=True, err_msg=""):
+    """Assert ``actual`` matches the float64 ``expected`` for logits of ``dtype``.
+
+    ``what`` is "loss" (held in the loss dtype: loss, logsumexp, entropy) or
+    "grad" (held in the logits' dtype: gradient, log_softmax, softmax). Shapes
+    must agree; nan, +inf and -inf must sit at exactly the same positions; the
+    finite values must satisfy |actual - expected| <= atol + rtol * |expected|.
+    With ``check_dtype`` the result's dtype must be the one DESIGN §1 promises.
+    """
+    default_rtol, default_atol = tolerance(dtype, what)
+    rtol = default_rtol if rtol is None else rtol
+    atol = default_atol if atol is None else atol
+    actual_np = np.asarray(actual)
+    expected = np.asarray(expected, dtype=np.float64)
+    if check_dtype:
+        want = loss_dtype(dtype) if what == "loss" else np.dtype(dtype)
+        assert actual_np.dtype == want, f"{err_msg} dtype {actual_np.dtype}, expected {want}"
+    assert actual_np.shape == expected.shape, (
+        f"{err_msg} shape {actual_np.shape}, expected {expected.shape}")
+    a = actual_np.astype(np.float64)
+    for name, test in (("nan", np.isnan), ("+inf", np.isposinf), ("-inf", np.isneginf)):
+        mismatch = test(a) != test(expected)
+        if mismatch.any():
+            where = tuple(int(i) for i in np.argwhere(mismatch)[0]) if a.ndim else ()
+            raise AssertionError(
+                f"{err_msg} {name} positions differ: {int(mismatch.sum())} of {a.size}, first at "
+                f"{where}: got {a[where]!r}, expected {expected[where]!r}")
+    finite = np.isfinite(expected)
+    with np.errstate(invalid="ignore"):
+        err = np.where(finite, np.abs(a - expected), 0.0)
+    bound = atol + rtol * np.abs(expected)
+    bad = finite & ~(err <= bound)
+    if bad.any():
+        idx = np.argwhere(bad)
+        worst = tuple(int(i) for i in idx[np.argmax((err - bound)[bad])]) if a.ndim else ()
+        raise AssertionError(
+            f"{err_msg} {int(bad.sum())} of {a.size} values outside rtol={rtol}, atol={atol}; "
+            f"worst at {worst}: got {a[worst]!r}, expected {expected[worst]!r}, "
+            f"|diff|={err[worst]:.3g}")
+
+
+# --------------------------------------------------------------- fixtures
+
+@pytest.fixture
+def rng(request):
+    """A fresh Generator per test, seeded from the test's id (reproducible, no global seed).
+
+    Set NBXENT_TEST_SEED to draw other numbers in every test.
+    """
+    salt = os.environ.get("NBXENT_TEST_SEED", "0")
+    return np.random.default_rng(zlib.crc32(f"{salt}:{request.node.nodeid}".encode()))
+
+
+class Backend:
+    """How a test hands arrays to one backend and reads its results back.
+
+    ``to_backend(np_array)`` gives the backend's kind of array; ``to_numpy(result)``
+    checks that ``result`` is of that kind (a reduced loss too) and returns a
+    NumPy copy; ``view(np_base, fn)`` applies the view ``fn`` (a slice, a
+    transpose) to both the NumPy base and a backend copy of it, so strided inputs
+    reach the backend as views of its own memory. ``small`` asks for tiny shapes.
+    """
+
+    def __init__(self, name, small, to_backend, to_numpy, kind):
+        self.name = name
+        self.small = small
+        self._to_backend = to_backend
+        self._to_numpy = to_numpy
+        self._kind = kind
+
+    def __repr__(self):
+        return f"Backend({self.name!r})"
+
+    def is_kind(self, x):
+        return isinstance(x, self._kind)
+
+    def to_backend(self, x):
+        if x is None:
+            return None
+        return self._to_backend(np.ascontiguousarray(x) if x.ndim else np.asarray(x))
+
+    def to_numpy(self, result):
+        assert isinstance(result, self._kind), (
+            f"{self.name} backend returned {type(result).__module__}.{type(result).__qualname__},"
+            f" expected {self._kind.__module__}.{self._kind.__qualname__}")
+        return self._to_numpy(result)
+
+    def view(self, base, fn):
+        """(fn(base), fn(to_backend(base))): the same strided view in both kinds."""
+        return fn(base), fn(self.to_backend(base))
+
+    def skip_if_large(self, *sizes, limit=None):
+        """Skip under the simulator when the case is not tiny (any dim > 70 or rows > 40)."""
+        if self.small and (max(sizes, default=0) > (limit or 70)):
+            pytest.skip(f"shape {sizes} too large for the CUDA simulator")
+
+
+def _cpu_backend():
+    return Backend("cpu", False, lambda x: x, np.array, np.ndarray)
+
+
+def _cudasim_backend():
+    if not pathlib.Path(_package_dir(), "cuda", "backend.py").exists():
+        pytest.skip("nbxent.cuda.backend does not exist yet")
+    try:
+        from numba import cuda
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"numba.cuda does not import: {exc}")
+    kind = type(cuda.to_device(np.zeros(1)))
+    return Backend("cudasim", True, cuda.to_device, lambda r: np.array(r.copy_to_host()), kind)
+
+
+def _cuda_backend():
+    try:
+        import cupy
+    except ImportError:
+        pytest.skip("CuPy is not installed: the 'cuda' backend needs a GPU and nbxent[cuda]")
+    try:
+        available = cupy.cuda.is_available()
+    except Exception as exc:  # noqa: BLE001 - any CUDA runtime failure means no GPU
+        pytest.skip(f"CuPy cannot reach a GPU: {exc}")
+    if not available:
+        pytest.skip("no CUDA GPU is available to CuPy")
+    return Backend("cuda", False, cupy.asarray, cupy.asnumpy, cupy.ndarray)
+
+
+_BACKEND_PARAMS = [pytest.param("cpu", id="cpu")]
+if SIMULATOR:
+    _BACKEND_PARAMS.append(pytest.param("cudasim", id="cudasim"))
+_BACKEND_PARAMS.append(pytest.param("cuda", id="cuda", marks=pytest.mark.cuda))
+
+_FACTORIES = {"cpu": _cpu_backend, "cudasim": _cudasim_backend, "cuda": _cuda_backend}
+
+
+@pytest.fixture(params=_BACKEND_PARAMS)
+def backend(request):
+    """Each backend the machine can run: "cpu" always, "cudasim" under
+    NUMBA_ENABLE_CUDASIM=1, "cuda" (marked ``cuda``) where CuPy sees a GPU."""
+    return _FACTORIES[request.param]()
