@@ -8,7 +8,7 @@ named in ``BACKEND_FUNCTIONS``; ``register_backend`` adds one under a name.
 
 import importlib
 
-BACKEND_FUNCTIONS = ("cross_entropy", "normalize")
+BACKEND_FUNCTIONS = ("asarray", "copy_contiguous", "cross_entropy", "normalize")
 
 _backends = {"cpu": "nbxent.cpu.backend", "cuda": "nbxent.cuda.backend"}
 _loaded = {}

@@ -1,0 +1,14 @@
+"""nbxent: fast, numerically stable softmax cross-entropy and its gradient.
+
+NumPy arrays run on Numba CPU kernels; CuPy (and any ``__cuda_array_interface__``)
+arrays run on numba-cuda GPU kernels. See ``nbxent.cross_entropy``.
+"""
+
+from ._dispatch import backend_of
+from .api import (cross_entropy, cross_entropy_grad, cross_entropy_with_grad, entropy,
+                  log_softmax, logsumexp, softmax)
+
+__version__ = "0.1.0"
+
+__all__ = ["cross_entropy", "cross_entropy_grad", "cross_entropy_with_grad", "logsumexp",
+           "log_softmax", "softmax", "entropy", "backend_of", "__version__"]

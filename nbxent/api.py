@@ -1,0 +1,234 @@
+"""nbxent's public functions: check the call, make a plan, hand it to a backend.
+
+Every function here works on NumPy arrays (CPU backend) and on CuPy arrays or
+any ``__cuda_array_interface__`` object (CUDA backend); the backend is picked
+from the arrays' type, or named with ``backend=``. Results come back in the
+caller's array kind.
+"""
+
+from ._dispatch import backend_of, get_backend
+from ._plan import make_loss_plan, make_normalize_plan
+
+__all__ = ["cross_entropy", "cross_entropy_grad", "cross_entropy_with_grad", "logsumexp",
+           "log_softmax", "softmax", "entropy", "backend_of"]
+
+
+def _backend(backend, *arrays):
+    return get_backend(backend if backend is not None else backend_of(*arrays))
+
+
+def _as_input(module, x):
+    return None if x is None else module.asarray(x)
+
+
+def _loss_call(logits, target, options, *, want_loss, want_grad, grad_output=1.0, out=None):
+    module = _backend(options.pop("backend"), logits, target, options["weight"],
+                      grad_output, out)
+    logits, target = module.asarray(logits), module.asarray(target)
+    options["weight"] = _as_input(module, options["weight"])
+    if not isinstance(grad_output, (int, float)):
+        grad_output = module.asarray(grad_output)
+    plan = make_loss_plan(logits, target, **options, want_loss=want_loss, want_grad=want_grad,
+                          grad_output=grad_output, out=out,
+                          copy_contiguous=module.copy_contiguous)
+    return module.cross_entropy(plan)
+
+
+def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
+                  reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
+                  validate=True, backend=None, stream=None):
+    """Softmax cross-entropy of ``logits`` against ``target``, numerically stable.
+
+    Semantics are PyTorch's ``torch.nn.functional.cross_entropy`` on every option
+    the two share, with ``axis`` in place of torch's class dimension 1.
+
+    Parameters
+    ----------
+    logits : array, float16 / float32 / float64, any number of dimensions >= 1
+        Unnormalised scores; the classes lie along ``axis``.
+    target : array
+        Integer class indices (any integer dtype) of logits' shape without
+        ``axis``, or floating class probabilities of logits' shape.
+    axis : int
+        The class axis (``axis=1`` for NCHW segmentation maps).
+    weight : array of shape (C,), optional
+        Per-class weights (rescale each class's contribution, as in torch).
+    ignore_index : int
+        Class-index targets equal to it contribute no loss and no gradient, and
+        do not count in 'mean'. Not allowed (>= 0) with probability targets.
+    reduction : {'mean', 'sum', 'none'}
+        'mean' divides by the summed weights of the non-ignored targets (the
+        row count for probability targets); an all-ignored batch gives nan.
+    label_smoothing : float in [0, 1]
+        Mixes the target with the uniform distribution, PyTorch's formula
+        (combined with weights and ignore_index exactly as torch does).
+    z_loss : float >= 0
+        Adds ``z_loss * logsumexp(row)**2`` to each non-ignored row (PaLM); not
+        class-weighted; under 'mean' divided by the number of non-ignored rows.
+    softcap : float > 0, optional
+        Replaces each logit x by ``softcap * tanh(x / softcap)`` first (Gemma 2).
+    validate : bool
+        Check that class indices lie in [0, C) (or equal ignore_index) and raise
+        ``ValueError`` with the first offending position. On the GPU this reads
+        an error flag once after the kernel; ``validate=False`` skips that read
+        and such rows give nan. On the CPU indices are always checked before
+        anything is written; ``validate=False`` only turns the error into nan rows.
+    backend : {'cpu', 'cuda'}, optional
+        Overrides the choice made from the arrays' type.
+    stream : optional
+        GPU only: the stream to launch on (default: the caller's current CuPy stream).
+
+    Returns
+    -------
+    loss : array
+        Per row (logits' shape without ``axis``) for 'none', else a 0-d array;
+        float32 for float16/float32 logits, float64 for float64; NumPy in,
+        NumPy out; CuPy in, CuPy out.
+
+    Notes
+    -----
+    The logits are read once, in one pass per row that keeps the running max and
+    the rescaled sum of exponentials (online softmax). nan in the logits gives
+    nan; a row whose logits are all -inf gives nan; a -inf at a non-target class
+    is fine (unless smoothing, which sums over every class, as in torch).
+
+    Examples
+    --------
+    >>> import numpy as np, nbxent
+    >>> logits = np.array([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0]], dtype=np.float32)
+    >>> float(nbxent.cross_entropy(logits, np.array([0, 2])))  # doctest: +ELLIPSIS
+    0.6997...
+    """
+    options = dict(axis=axis, weight=weight, ignore_index=ignore_index, reduction=reduction,
+                   label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                   validate=validate, backend=backend, stream=stream)
+    loss, _ = _loss_call(logits, target, options, want_loss=True, want_grad=False)
+    return loss
+
+
+def cross_entropy_grad(logits, target, *, axis=-1, weight=None, ignore_index=-100,
+                       reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
+                       validate=True, backend=None, stream=None, grad_output=1.0, out=None):
+    """Gradient of ``cross_entropy`` with respect to the logits, times ``grad_output``.
+
+    Takes ``cross_entropy``'s keywords, plus:
+
+    Parameters
+    ----------
+    grad_output : float or array
+        The upstream gradient: a scalar (or 0-d array), or for ``reduction='none'``
+        an array of the loss's shape.
+    out : array, optional
+        Where to write the gradient: an array of logits' shape and dtype, or the
+        logits themselves (the gradient then overwrites them in place, with no
+        extra N×C buffer).
+
+    Returns
+    -------
+    grad : array of logits' shape and dtype (``out`` when given)
+        Ignored rows get exactly 0. Under a soft cap the factor
+        ``1 - tanh(x/softcap)**2`` is included. float16 gradients are computed in
+        float32 (the target class's too) and rounded once.
+
+    Examples
+    --------
+    >>> import numpy as np, nbxent
+    >>> logits = np.zeros((1, 4), dtype=np.float32)
+    >>> nbxent.cross_entropy_grad(logits, np.array([1]))
+    array([[ 0.25, -0.75,  0.25,  0.25]], dtype=float32)
+    """
+    options = dict(axis=axis, weight=weight, ignore_index=ignore_index, reduction=reduction,
+                   label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                   validate=validate, backend=backend, stream=stream)
+    _, grad = _loss_call(logits, target, options, want_loss=False, want_grad=True,
+                         grad_output=grad_output, out=out)
+    return grad
+
+
+def cross_entropy_with_grad(logits, target, *, axis=-1, weight=None, ignore_index=-100,
+                            reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
+                            validate=True, backend=None, stream=None, grad_output=1.0,
+                            out=None):
+    """``(cross_entropy(...), cross_entropy_grad(...))`` in one fused pass.
+
+    Reads the logits from memory once and writes the gradient once; with
+    ``out=logits`` the gradient replaces the logits in place. Keywords as in
+    ``cross_entropy`` and ``cross_entropy_grad``.
+
+    Examples
+    --------
+    >>> import numpy as np, nbxent
+    >>> logits = np.zeros((2, 3))
+    >>> loss, grad = nbxent.cross_entropy_with_grad(logits, np.array([0, 1]), reduction="sum")
+    >>> round(float(loss), 6), grad.shape
+    (2.197225, (2, 3))
+    """
+    options = dict(axis=axis, weight=weight, ignore_index=ignore_index, reduction=reduction,
+                   label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                   validate=validate, backend=backend, stream=stream)
+    return _loss_call(logits, target, options, want_loss=True, want_grad=True,
+                      grad_output=grad_output, out=out)
+
+
+def _normalize(op, x, axis, *, reduction="none", out=None, backend=None, stream=None):
+    module = _backend(backend, x, out)
+    plan = make_normalize_plan(op, module.asarray(x), axis=axis, reduction=reduction, out=out,
+                               copy_contiguous=module.copy_contiguous, stream=stream)
+    return module.normalize(plan)
+
+
+def logsumexp(x, axis=-1, *, backend=None, stream=None):
+    """``log(sum(exp(x)))`` along ``axis``, stabilised by the row max.
+
+    Returns an array of x's shape without ``axis``, float32 for float16/float32
+    input (float16 is computed in float32 and not rounded back), float64 for
+    float64. A row of all -inf gives -inf; nan propagates.
+
+    Examples
+    --------
+    >>> import numpy as np, nbxent
+    >>> nbxent.logsumexp(np.array([[0.0, 0.0], [1000.0, 1000.0]]))
+    array([   0.69314718, 1000.69314718])
+    """
+    return _normalize("logsumexp", x, axis, backend=backend, stream=stream)
+
+
+def log_softmax(x, axis=-1, out=None, *, backend=None, stream=None):
+    """``x - logsumexp(x)`` along ``axis``, in x's dtype (``out=x`` works in place).
+
+    Examples
+    --------
+    >>> import numpy as np, nbxent
+    >>> nbxent.log_softmax(np.array([0.0, 0.0]))
+    array([-0.69314718, -0.69314718])
+    """
+    return _normalize("log_softmax", x, axis, out=out, backend=backend, stream=stream)
+
+
+def softmax(x, axis=-1, out=None, *, backend=None, stream=None):
+    """``exp(x - logsumexp(x))`` along ``axis``, in x's dtype (``out=x`` works in place).
+
+    Examples
+    --------
+    >>> import numpy as np, nbxent
+    >>> nbxent.softmax(np.array([0.0, np.log(3.0)]))
+    array([0.25, 0.75])
+    """
+    return _normalize("softmax", x, axis, out=out, backend=backend, stream=stream)
+
+
+def entropy(logits, axis=-1, reduction="none", *, backend=None, stream=None):
+    """Entropy of ``softmax(logits)`` along ``axis``, in nats: ``-sum p log p``.
+
+    ``0 log 0`` counts as 0 (a -inf logit is fine). ``reduction`` as in
+    ``cross_entropy`` ('mean' divides by the number of rows). float32 result
+    for float16/float32 logits, float64 for float64.
+
+    Examples
+    --------
+    >>> import numpy as np, nbxent
+    >>> nbxent.entropy(np.zeros((1, 4)))
+    array([1.38629436])
+    """
+    return _normalize("entropy", logits, axis, reduction=reduction, backend=backend,
+                      stream=stream)

@@ -1,0 +1,139 @@
+"""What the benchmark runs on: versions, CPU, threads, the GPU, and Numba's on-disk cache.
+
+Everything here works without any CUDA package installed: the GPU probe says
+why no GPU is usable instead of failing.
+"""
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import platform
+from pathlib import Path
+
+# Distributions reported, by import name; CuPy's distribution name carries the CUDA version.
+VERSIONED_MODULES = ("nbxent", "numpy", "numba", "numba_cuda", "cupy", "torch", "jax", "optax",
+                     "rich", "matplotlib")
+
+
+def versions():
+    """Installed version of each module in ``VERSIONED_MODULES`` (None when absent), and Python's."""
+    dists = importlib.metadata.packages_distributions()
+    found = {"python": platform.python_version()}
+    for module in VERSIONED_MODULES:
+        found[module] = None
+        for dist in dists.get(module, [module.replace("_", "-")]):
+            try:
+                found[module] = importlib.metadata.version(dist)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    if found["nbxent"] is None:    # a source checkout that was not pip-installed
+        import nbxent
+        found["nbxent"] = nbxent.__version__
+    return found
+
+
+def cpu_name():
+    """The CPU's model name from /proc/cpuinfo, else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def numba_threads():
+    """Numba's threads in use and available, and the threading layer it runs parallel code on.
+
+    The layer is only known once a parallel kernel has run: this runs the
+    (cached) bandwidth probe on a tiny buffer to find out.
+    """
+    import numba
+    import numpy as np
+
+    from nbxent.bench.roofline import _sum_kernel
+
+    _sum_kernel(np.ones(8))
+    return {"numba": numba.get_num_threads(), "numba_max": numba.config.NUMBA_NUM_THREADS,
+            "threading_layer": numba.threading_layer()}
+
+
+def machine():
+    """The machine: OS, CPU model, logical cores, and the GPU (or why none is usable)."""
+    gpu, why_no_gpu = probe_gpu()
+    return {"platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+            "gpu": gpu, "why_no_gpu": why_no_gpu}
+
+
+def probe_gpu():
+    """``(gpu, None)`` with the GPU's name, memory and compute capability, or ``(None, reason)``."""
+    install = "pip install 'nbxent[cuda]'"
+    if importlib.util.find_spec("numba_cuda") is None:
+        return None, f"numba-cuda is not installed ({install})"
+    if importlib.util.find_spec("cupy") is None:
+        return None, f"CuPy is not installed ({install})"
+    try:
+        import cupy
+
+        device = cupy.cuda.Device()
+        props = cupy.cuda.runtime.getDeviceProperties(device.id)
+    except Exception as exc:      # CuPy raises several kinds when no driver or device is present
+        return None, f"CuPy finds no usable GPU: {_first_line(exc)}"
+    from numba import cuda
+
+    if not cuda.is_available():
+        return None, "numba-cuda finds no usable GPU (run `numba -s` for details)"
+    return {"name": props["name"].decode(), "memory_bytes": int(props["totalGlobalMem"]),
+            "compute_capability": f"{props['major']}.{props['minor']}"}, None
+
+
+def _first_line(exc):
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+# ------------------------------------------------------------------ Numba's cache
+
+def _cache_dirs(module_file):
+    """The directories Numba may keep ``module_file``'s cached kernels in, in its lookup order."""
+    import numba
+    from numba.misc.appdirs import AppDirs
+
+    source_dir = os.path.dirname(os.path.abspath(module_file))
+    # Numba names a module's cache subdirectory "<dir name>_<sha1 of dir path>".
+    subpath = f"{os.path.basename(source_dir)}_{hashlib.sha1(source_dir.encode()).hexdigest()}"
+    dirs = [os.path.join(source_dir, "__pycache__"),
+            os.path.join(AppDirs(appname="numba", appauthor=False).user_cache_dir, subpath)]
+    if numba.config.CACHE_DIR:
+        dirs.insert(0, os.path.join(numba.config.CACHE_DIR, subpath))
+    return dirs
+
+
+def kernel_cache():
+    """Numba's on-disk cache of nbxent's kernels, per source module that has any.
+
+    A module's index files (``*.nbi``) are counted, and called stale when
+    older than the module's source (Numba would then compile again).
+
+    Returns a dict ``{module: {"index_files": n, "stale": n, "dir": path}}``.
+    """
+    import nbxent
+
+    package_dir = Path(nbxent.__file__).parent
+    found = {}
+    for source in sorted(package_dir.rglob("*.py")):
+        for directory in _cache_dirs(source):
+            index_files = list(Path(directory).glob(f"{source.stem}.*.nbi"))
+            if index_files:
+                source_mtime = source.stat().st_mtime
+                module = ".".join(source.relative_to(package_dir.parent).with_suffix("").parts)
+                found[module] = {
+                    "index_files": len(index_files),
+                    "stale": sum(f.stat().st_mtime < source_mtime for f in index_files),
+                    "dir": directory,
+                }
+                break
+    return found

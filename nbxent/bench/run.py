@@ -1,0 +1,197 @@
+"""Run a benchmark: plan the tasks, measure bandwidth, time every contender, build the report.
+
+The report is a plain dict (the ``--json`` document, see ``nbxent.bench.report``);
+the table and the plot are drawn from it.
+"""
+
+import datetime
+from dataclasses import asdict, dataclass, field
+
+from nbxent.bench import machine, roofline
+from nbxent.bench.cases import BYTE_MODEL, Case, default_shapes, make_inputs
+from nbxent.bench.peers import (PEERS, TOLERANCE, CaseArrays, nbxent_contenders,
+                                relative_error)
+from nbxent.bench.timing import time_calls
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Settings:
+    """What to run; every field has the default of a bare ``nbxent bench``."""
+    shapes: list = None             # list of cases.Shape; None: the default cases
+    dtypes: tuple = ("float32", "float64")
+    backends: tuple = None          # None: every usable backend
+    ops: tuple = ("loss", "loss+grad")
+    peers: tuple = tuple(PEERS)     # wanted peers; those not installed are skipped
+    repeat: int = 5
+    threads: int = None             # None: Numba's default
+    quick: bool = False
+    command: str = ""
+    skipped: list = field(default_factory=list)   # filled in: why a wanted thing did not run
+
+
+def usable_backends():
+    """``{backend: None or the reason it cannot run}`` for "cpu" and "cuda"."""
+    _, why_no_gpu = machine.probe_gpu()
+    return {"cpu": None, "cuda": why_no_gpu}
+
+
+def _to_backend(array, backend):
+    if backend == "cuda":
+        import cupy
+        return cupy.asarray(array)
+    return array
+
+
+def _synchronizer(backend):
+    if backend == "cuda":
+        import cupy
+        return cupy.cuda.runtime.deviceSynchronize
+    return lambda: None
+
+
+def plan(settings):
+    """The (backend, case) pairs to run and each backend's peers, after skipping what is missing."""
+    reasons = usable_backends()
+    backends = settings.backends or [b for b, why in reasons.items() if why is None]
+    for backend in backends:
+        if reasons.get(backend):
+            raise RuntimeError(f"backend {backend!r} cannot run: {reasons[backend]}")
+    peers_by_backend = {}
+    for backend in backends:
+        peers_by_backend[backend] = [name for name in settings.peers if PEERS[name].runs_on(backend)]
+    for name in settings.peers:
+        if not any(name in peers for peers in peers_by_backend.values()):
+            where = "not installed" if not PEERS[name].installed() else \
+                f"cannot run on {', '.join(backends)}"
+            settings.skipped.append(f"peer {name}: {where}")
+    shapes = settings.shapes or default_shapes(settings.quick)
+    cases = [Case(shape, dtype) for shape in shapes for dtype in settings.dtypes]
+    return [(backend, case) for backend in backends for case in cases], peers_by_backend
+
+
+def _task_count(pairs, peers_by_backend, ops):
+    nbxent_variants = {"loss": 1, "loss+grad": 2}
+    return sum(nbxent_variants[op] + len(peers_by_backend[backend])
+               for backend, _ in pairs for op in ops)
+
+
+def _row(backend, case, op, name):
+    shape = case.shape
+    return {"backend": backend, "case": shape.label, "shape": list(shape.dims), "axis": shape.axis,
+            "dtype": case.dtype, "n_rows": shape.n_rows, "n_classes": shape.n_classes, "op": op,
+            "impl": name, "bytes": case.bytes_moved(op), "status": "ok", "message": None,
+            "first_call_s": None, "median_s": None, "best_s": None, "samples": None,
+            "calls_per_sample": None, "rows_per_s": None, "GBps": None,
+            "bandwidth_fraction": None, "nbxent_speedup": None}
+
+
+def _fill_timing(row, timing, limit_GBps):
+    row.update(first_call_s=timing.first_call_s, median_s=timing.median_s, best_s=timing.best_s,
+               samples=timing.samples, calls_per_sample=timing.calls_per_sample,
+               rows_per_s=row["n_rows"] / timing.median_s,
+               GBps=row["bytes"] / timing.median_s / 1e9)
+    row["bandwidth_fraction"] = row["GBps"] / limit_GBps
+
+
+def _run_case_op(case, op, arrays, peer_names, repeat, bandwidth, progress):
+    """Rows for one case and op: nbxent's variants, then every peer checked against nbxent."""
+    backend, limit_GBps = arrays.backend, bandwidth.limit_for(op)
+    synchronize = _synchronizer(backend)
+    rows, reference = [], None
+    contenders = nbxent_contenders(arrays, op)
+    for contender in contenders:
+        progress.step(f"{backend} {case.shape.label} {case.dtype} {op}: {contender.name}")
+        row = _row(backend, case, op, contender.name)
+        timing, result = time_calls(contender.call, repeat, synchronize)
+        reference = result if reference is None else reference
+        _fill_timing(row, timing, limit_GBps)
+        rows.append(row)
+    for name in peer_names:
+        progress.step(f"{backend} {case.shape.label} {case.dtype} {op}: {name}")
+        row = _row(backend, case, op, name)
+        rows.append(row)
+        try:
+            contender = PEERS[name].contender(arrays, op)
+            error = relative_error(contender.call(), reference)
+            if not error <= TOLERANCE[case.dtype]:
+                row.update(status="mismatch", message=f"relative error {error:.2e} against nbxent "
+                           f"exceeds {TOLERANCE[case.dtype]:.0e}; not timed")
+                continue
+            timing, _ = time_calls(contender.call, repeat, synchronize)
+        except Exception as exc:    # a peer's own failure is reported, never fatal
+            row.update(status="error", message=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            continue
+        _fill_timing(row, timing, limit_GBps)
+    nbxent_median = rows[0]["median_s"]
+    for row in rows:
+        if row["impl"] in PEERS and row["median_s"] is not None:
+            row["nbxent_speedup"] = row["median_s"] / nbxent_median
+    return rows
+
+
+def _set_threads(threads, peers_by_backend):
+    """Give Numba (and PyTorch, when it is a peer) ``threads`` threads; returns what each got."""
+    import numba
+
+    if threads is not None:
+        numba.set_num_threads(threads)
+    used = machine.numba_threads()
+    if any("torch" in peers for peers in peers_by_backend.values()):
+        import torch
+        torch.set_num_threads(used["numba"])
+        used["torch"] = torch.get_num_threads()
+    if any("jax" in peers for peers in peers_by_backend.values()):
+        used["jax"] = "XLA's default (all cores)"
+    return used
+
+
+def run(settings, progress):
+    """Run the benchmark described by ``settings`` and return the report document.
+
+    ``progress`` has ``start(total)``, ``step(label)`` and ``finish()`` (see
+    ``nbxent.bench.progress``). Raises ``RuntimeError`` if a requested backend
+    cannot run.
+
+    Examples
+    --------
+    >>> from nbxent.bench.cases import parse_shapes
+    >>> from nbxent.bench.progress import QuietProgress
+    >>> report = run(Settings(shapes=parse_shapes("64x10"), dtypes=("float32",),
+    ...                       quick=True, repeat=2), QuietProgress())
+    >>> sorted({row["impl"] for row in report["results"]})[:2]
+    ['nbxent', 'nbxent out=']
+    """
+    pairs, peers_by_backend = plan(settings)
+    threads = _set_threads(settings.threads, peers_by_backend)
+    backends = list(dict.fromkeys(backend for backend, _ in pairs))
+    progress.start(len(backends) + _task_count(pairs, peers_by_backend, settings.ops))
+    bandwidths = {}
+    for backend in backends:
+        progress.step(f"{backend}: measuring memory bandwidth")
+        bandwidths[backend] = roofline.measure(backend, settings.quick)
+    results = []
+    for backend, case in pairs:
+        host_logits, host_target = make_inputs(case)
+        arrays = CaseArrays(host_logits, host_target, _to_backend(host_logits, backend),
+                            _to_backend(host_target, backend), case.shape.axis, backend)
+        for op in settings.ops:
+            results += _run_case_op(case, op, arrays, peers_by_backend[backend],
+                                    settings.repeat, bandwidths[backend], progress)
+    progress.finish()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": settings.command,
+        "machine": machine.machine(),
+        "versions": machine.versions(),
+        "threads": threads,
+        "byte_model": dict(BYTE_MODEL),
+        "peers": {name: PEERS[name].describe for name in sorted(
+            {name for peers in peers_by_backend.values() for name in peers})},
+        "skipped": settings.skipped,
+        "bandwidth": {backend: asdict(bw) for backend, bw in bandwidths.items()},
+        "repeat": settings.repeat,
+        "results": results,
+    }

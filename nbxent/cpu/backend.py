@@ -1,0 +1,193 @@
+"""The CPU backend: NumPy arrays in, Numba kernels, NumPy arrays out.
+
+Turns a ``Plan`` into kernel arguments (flat buffers and element geometry, no
+copy of the logits), validates class indices before anything is written,
+splits rows over threads, and finishes reductions in float64.
+"""
+
+import math
+
+import numba
+import numpy as np
+
+from .. import _config
+from .._plan import View, index_error
+from .kernels import (INDEX_TARGET, NO_TARGET, PROB_TARGET, WRITE_GRAD, WRITE_LOG_SOFTMAX,
+                      WRITE_NOTHING, WRITE_SOFTMAX, Variant, row_kernel, scan_targets)
+
+_WRITES = {"log_softmax": WRITE_LOG_SOFTMAX, "softmax": WRITE_SOFTMAX}
+_UNUSED = np.zeros(1)
+
+
+def asarray(x):
+    """The NumPy array for an input (lists and scalars included)."""
+    return np.asarray(x)
+
+
+def copy_contiguous(x):
+    """A C-contiguous copy, for views the kernels cannot address with one stride."""
+    return np.ascontiguousarray(x)
+
+
+def _flat(view):
+    """(1-D buffer over the view's memory, (offset, *element strides)).
+
+    Axes with negative strides are flipped so the buffer starts at the lowest
+    address; the offset then points at the view's first element. float16
+    buffers are reinterpreted as uint16 (Numba's CPU target has no float16).
+    """
+    itemsize = view.array.dtype.itemsize
+    strided = np.lib.stride_tricks.as_strided(
+        view.array, view.shape, tuple(s * itemsize for s in view.strides))
+    flips = tuple(slice(None, None, -1) if s < 0 else slice(None) for s in view.strides)
+    lowest = strided[flips]
+    offset = sum((n - 1) * -s for n, s in zip(view.shape, view.strides) if s < 0 and n > 0)
+    span = 0 if 0 in view.shape else 1 + sum((n - 1) * abs(s) for n, s in zip(view.shape, view.strides))
+    flat = np.lib.stride_tricks.as_strided(lowest, (span,), (itemsize,))
+    if flat.dtype == np.float16:
+        flat = flat.view(np.uint16)
+    return flat, (offset, *view.strides)
+
+
+def _n_segments(plan):
+    threads = numba.get_num_threads()
+    rows = plan.n_rows
+    if rows == 0 or rows >= threads:
+        return 1
+    return max(1, min(-(-threads // rows), plan.n_classes // _config.cpu_split_min_classes()))
+
+
+def _compute_dtype(plan):
+    return np.float64 if plan.dtype == np.float64 else np.float32
+
+
+def _launch(plan, *, target_kind, write, entropy=False, out=None):
+    """Run the row kernel for ``plan``.
+
+    Returns (row values, row lse, D, n_valid): the per-row cross-entropy (or
+    entropy), the per-row logsumexp (0 for ignored rows), and the 'mean'
+    denominators of the cross-entropy part (D) and of the z-loss part.
+    """
+    compute = _compute_dtype(plan)
+    x, x_geom = _flat(plan.logits)
+    target, t_geom = _UNUSED, (0, 0, 0, 0)
+    weight, weighted, weight_total = _UNUSED, plan.weight is not None, float(plan.n_classes)
+    if weighted:
+        weight = np.ascontiguousarray(plan.weight.array, dtype=compute)
+        weight_total = float(np.sum(weight, dtype=np.float64))
+    denominator = n_valid = plan.n_rows
+    if target_kind == INDEX_TARGET:
+        target, t_geom, denominator, n_valid = _index_target(plan)
+    elif target_kind == PROB_TARGET:
+        target, t_geom = _flat(plan.target)
+    inv_ce = inv_z = 1.0
+    if plan.reduction == "mean":
+        inv_ce = 1.0 / denominator if denominator else math.inf
+        inv_z = 1.0 / n_valid if n_valid else math.inf
+    grad_output, g_geom, has_grad_output = _UNUSED, (0, 0, 0), 0.0
+    if plan.grad_output is not None:
+        go = plan.grad_output
+        if go.array.dtype == np.float16:
+            go = View(go.array.astype(np.float32), go.shape, go.strides)
+        grad_output, g_geom = _flat(go)
+        has_grad_output = 1.0
+    out_buffer, out_geom = _UNUSED.astype(plan.dtype), (0, 0, 0, 0)
+    if out is not None:
+        out_buffer, out_geom = _flat(out)
+    elif plan.dtype == np.float16:
+        out_buffer = out_buffer.view(np.uint16)
+    row_value = np.empty(plan.n_rows, plan.loss_dtype)
+    row_lse = np.empty(plan.n_rows)
+    variant = Variant(
+        half=plan.dtype == np.float16, compute64=compute is np.float64, target=target_kind,
+        target_half=target_kind == PROB_TARGET and target.dtype == np.uint16,
+        weighted=weighted, smoothing=plan.label_smoothing > 0.0, softcap=plan.softcap > 0.0,
+        entropy=entropy, write=write)
+    scalars = np.array([plan.ignore_index, plan.label_smoothing, plan.z_loss, plan.softcap,
+                        plan.grad_scale, inv_ce, inv_z, has_grad_output])
+    row_kernel(variant)(x, x_geom, _n_segments(plan), plan.outer, plan.inner, plan.n_classes,
+                        target, t_geom, weight, weight_total, scalars, grad_output, g_geom,
+                        out_buffer, out_geom, row_value, row_lse)
+    return row_value, row_lse, denominator, n_valid
+
+
+def _index_target(plan):
+    """(flat int64 targets, geometry, D, n_valid), after checking every index.
+
+    Raises the index error before anything is written when ``plan.validate``.
+    """
+    view = plan.target
+    if view.array.dtype != np.int64:
+        # One kernel per index dtype would multiply compile time; rows are cheap to copy.
+        view = View(np.ascontiguousarray(view.array, dtype=np.int64), view.shape,
+                    (plan.inner, 1))
+    target, (offset, s_outer, s_inner) = _flat(view)
+    weight = (_UNUSED if plan.weight is None
+              else np.ascontiguousarray(plan.weight.array, dtype=np.float64))
+    first_bad, weight_sum, n_valid = scan_targets(
+        target, (offset, s_outer, s_inner), plan.outer, plan.inner, plan.n_classes,
+        plan.ignore_index, weight, plan.weight is not None)
+    if first_bad >= 0 and plan.validate:
+        o, i = divmod(first_bad, plan.inner)
+        value = target[offset + o * s_outer + i * s_inner]
+        position = np.unravel_index(first_bad, plan.result_shape)
+        raise index_error(tuple(int(p) for p in position), int(value), plan.n_classes,
+                          plan.ignore_index)
+    return target, (offset, s_outer, 0, s_inner), weight_sum, n_valid
+
+
+def _reduce(plan, row_value, row_lse, denominator, n_valid):
+    """The loss in the shape and dtype the reduction asks for."""
+    z = plan.z_loss
+    if plan.reduction == "none":
+        if z:
+            row_value += (z * row_lse * row_lse).astype(plan.loss_dtype)
+        return row_value.reshape(plan.result_shape)
+    ce_total = np.sum(row_value, dtype=np.float64)
+    z_total = z * np.sum(row_lse * row_lse) if z else 0.0
+    if plan.reduction == "sum":
+        total = ce_total + z_total
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total = np.float64(ce_total) / denominator
+            if z:
+                total += np.float64(z_total) / n_valid
+    return np.asarray(total, dtype=plan.loss_dtype)
+
+
+def _fresh_out(plan):
+    """A new C-contiguous array for the result and its (outer, C, inner) view."""
+    array = np.empty(plan.logits_shape, plan.dtype)
+    return View(array, (plan.outer, plan.n_classes, plan.inner),
+                (plan.n_classes * plan.inner, plan.inner, 1))
+
+
+def cross_entropy(plan):
+    """(loss or None, gradient or None) for a cross-entropy plan."""
+    target_kind = INDEX_TARGET if plan.target_is_index else PROB_TARGET
+    out = None
+    if plan.want_grad:
+        out = plan.out or _fresh_out(plan)
+    results = _launch(plan, target_kind=target_kind,
+                      write=WRITE_GRAD if plan.want_grad else WRITE_NOTHING, out=out)
+    loss = _reduce(plan, *results) if plan.want_loss else None
+    return loss, (out.array if out is not None else None)
+
+
+def normalize(plan):
+    """logsumexp / entropy per row, or log_softmax / softmax of the whole array."""
+    if plan.op in _WRITES:
+        out = plan.out or _fresh_out(plan)
+        _launch(plan, target_kind=NO_TARGET, write=_WRITES[plan.op], out=out)
+        return out.array
+    row_value, row_lse, _, _ = _launch(plan, target_kind=NO_TARGET, write=WRITE_NOTHING,
+                                       entropy=plan.op == "entropy")
+    if plan.op == "logsumexp":
+        return row_lse.astype(plan.loss_dtype).reshape(plan.result_shape)
+    if plan.reduction == "none":
+        return row_value.reshape(plan.result_shape)
+    total = np.sum(row_value, dtype=np.float64)
+    if plan.reduction == "mean":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total = total / np.float64(plan.n_rows)
+    return np.asarray(total, dtype=plan.loss_dtype)

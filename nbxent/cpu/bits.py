@@ -1,0 +1,59 @@
+"""Bit-level helpers for the CPU kernels: float <-> integer casts and float16.
+
+Numba's CPU target has no float16 type, so float16 arrays reach the kernels as
+uint16 and are converted here with integer arithmetic that LLVM can vectorise
+(round to nearest even on the way back, like NumPy's ``astype``).
+"""
+
+import numpy as np
+from numba import njit, types
+from numba.extending import intrinsic
+
+
+@intrinsic
+def bitcast(typingctx, value, target_class):
+    """Reinterpret the bits of ``value`` as ``target_class`` (same width)."""
+    to = target_class.instance_type
+    sig = to(value, target_class)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(to))
+
+    if isinstance(value, types.Number) and value.bitwidth == to.bitwidth:
+        return sig, codegen
+    return None
+
+
+@njit(inline="always")
+def half_to_float(half_bits):
+    """The float32 value of float16 bits (given as an integer)."""
+    h = np.int32(half_bits)
+    sign = (h & 0x8000) << 16
+    magnitude = (h & 0x7FFF) << 13
+    exponent = magnitude & (0x7C00 << 13)
+    if exponent == (0x7C00 << 13):  # inf or nan: widen the exponent to all ones
+        bits = magnitude + ((255 - 31) << 23)
+        value = bitcast(np.int32(bits | sign), np.float32)
+    elif exponent == 0:  # zero or subnormal: renormalise through a float subtraction
+        value = bitcast(np.int32(magnitude + (113 << 23)), np.float32) - np.float32(6.103515625e-05)
+        value = bitcast(np.int32(bitcast(value, np.int32) | sign), np.float32)
+    else:
+        value = bitcast(np.int32((magnitude + ((127 - 15) << 23)) | sign), np.float32)
+    return value
+
+
+@njit(inline="always")
+def float_to_half(value):
+    """float16 bits (as uint16) of a float32, rounded to nearest even."""
+    bits = bitcast(np.float32(value), np.int32)
+    sign = (bits >> 16) & 0x8000
+    magnitude = bits & 0x7FFFFFFF
+    if magnitude >= (143 << 23):  # too large for float16, or inf / nan
+        half = 0x7E00 if magnitude > (255 << 23) else 0x7C00
+    elif magnitude < (113 << 23):  # subnormal in float16: let float addition round it
+        rounded = bitcast(np.int32(magnitude), np.float32) + np.float32(0.5)
+        half = bitcast(rounded, np.int32) - bitcast(np.float32(0.5), np.int32)
+    else:
+        mantissa_odd = (magnitude >> 13) & 1
+        half = (magnitude + ((15 - 127) << 23) + 0xFFF + mantissa_odd) >> 13
+    return np.uint16(half | sign)
