@@ -11,8 +11,9 @@ on disk, so a variant pays only for what it uses.
 Numerics: per row, one pass over the logits in chunks of ``CHUNK`` classes keeps
 the running max ``row_max`` and the sum of ``exp(x - row_max)`` rescaled when the
 max grows (online softmax at chunk granularity: a chunk is read from memory
-once, then twice from L1). Chunk sums are float32 (float64 for float64 logits)
-and are added into float64 row sums, so summation error does not grow with C.
+once, then twice from L1). exp is evaluated in the compute type (float32 for
+float16/float32) and summed in float64, so a loss near 0 keeps its relative
+precision and summation error does not grow with C.
 Sums that do not involve exp (smoothing, probability targets) are taken
 relative to a per-row reference logit, so large equal logits do not cancel.
 """
@@ -150,15 +151,15 @@ def _build(half, compute64, target_kind, target_half, weighted, smoothing, softc
                 row_max = chunk_max
             # While every value seen is -inf, shift by 0: exp(-inf) is 0, not nan.
             shift = row_max if row_max > neg_inf else ftype(0.0)
-            chunk_sum = ftype(0.0)
-            chunk_aux = ftype(0.0)
-            chunk_mass = ftype(0.0)
+            chunk_sum = 0.0
+            chunk_aux = 0.0
+            chunk_mass = 0.0
             for c in range(c0, c1):
                 value = load_logit(x, base + c * s_class, cap)
                 e = math.exp(value - shift)
                 chunk_sum += e
                 if entropy:
-                    chunk_aux += e * (value - shift) if e > 0 else ftype(0.0)
+                    chunk_aux += e * (value - shift) if e > 0 else 0.0
                 elif indexed and smoothing:
                     chunk_aux += (ftype(weight[c]) * (value - ref) if weighted
                                   else value - ref)
@@ -176,16 +177,23 @@ def _build(half, compute64, target_kind, target_half, weighted, smoothing, softc
     def write_segment(x, base, s_class, lo, hi, cap, out, out_base, out_class_stride,
                       row_max, log_sum, coef, g_ce, target, t_row, t_class_stride, weight,
                       one_minus_eps, eps_over_c):
-        """Write the gradient (or log_softmax / softmax) of classes [lo, hi)."""
+        """Write the gradient (or log_softmax / softmax) of classes [lo, hi).
+
+        ``coef`` multiplies softmax. Probabilities are exp(x - row_max) / sum_exp,
+        never exp(x - lse): under fastmath's reassociation, LLVM would hoist a
+        float32 lse out of the loop and lose its digits for large logits.
+        """
+        inv_sum = ftype(math.exp(-log_sum))
+        scaled_coef = ftype(coef) * inv_sum
         for c in range(lo, hi):
             value = load_logit(x, base + c * s_class, cap)
-            log_p = (value - row_max) - log_sum
+            centered = value - row_max
             if write == WRITE_LOG_SOFTMAX:
-                result = log_p
+                result = float(centered) - log_sum
             elif write == WRITE_SOFTMAX:
-                result = math.exp(log_p)
+                result = math.exp(centered) * inv_sum
             else:
-                result = coef * math.exp(log_p)
+                result = scaled_coef * math.exp(centered)
                 if indexed and smoothing:
                     result -= g_ce * eps_over_c * (ftype(weight[c]) if weighted else ftype(1.0))
                 elif prob:
@@ -308,8 +316,8 @@ def _build(half, compute64, target_kind, target_half, weighted, smoothing, softc
             g *= grad_output[g_off + o * g_so + i * g_si]
         g_ce = g * scalars[5]
         coef = g_ce * coef + 2.0 * scalars[2] * (g * scalars[6]) * lse
-        write_segment(x, base, x_sc, lo, hi, cap, out, out_base, o_sc, shift, ftype(log_sum),
-                      ftype(coef), ftype(g_ce), target, t_row, t_sc, weight,
+        write_segment(x, base, x_sc, lo, hi, cap, out, out_base, o_sc, shift, log_sum,
+                      coef, ftype(g_ce), target, t_row, t_sc, weight,
                       ftype(one_minus_eps), ftype(eps_over_c))
         if indexed and write == WRITE_GRAD and lo <= t < hi:
             # The target class, from the logit read before any write (in place safe),
