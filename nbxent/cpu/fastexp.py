@@ -1,0 +1,106 @@
+"""exp and log from arithmetic that LLVM vectorises.
+
+pip's llvmlite has no SVML, so ``math.exp`` in a Numba loop is a scalar libm
+call (about 0.25 G exp/s per thread here) and the loop around it does not
+vectorise. These bodies use only multiplies, adds, floor, selects and an
+integer-to-float bit cast: range reduction x = k ln2 + r with |r| <= ln2/2,
+a polynomial for e^r, and 2^k placed in the exponent bits (about 8 G exp/s
+per thread in float32 with AVX-512).
+
+Accuracy, measured against float64 (the kernels only take exp of x - max <= 0):
+``exp32`` within 1.3e-7 relative on [-20, 0] and 3e-7 on [-87, 88.3] (Cephes'
+expf polynomial; results below 1.2e-38 flush to 0), ``exp64`` within 2.4e-14
+relative on [-700, 700] (degree-12 Taylor polynomial), ``log32`` within 1.2e-7 absolute
+on [0.5, 2] and 1.5e-7 relative elsewhere, ``log1p32`` within 2e-7 relative. Special values follow IEEE: exp(-inf)
+= 0, exp(inf) = inf, nan in gives nan out; log(0) = -inf, log(inf) = inf.
+"""
+
+import numpy as np
+from numba import njit
+
+from .bits import bitcast
+
+# Inline and without fastmath of their own: the callers' flags apply.
+_F32 = np.float32
+
+
+@njit(inline="always")
+def exp32(x):
+    """e**x for a float32 x."""
+    k = np.floor(x * _F32(1.4426950408889634) + _F32(0.5))
+    # ln2 split in two so that k * ln2_hi is exact (Cody-Waite).
+    r = x - k * _F32(0.693359375) - k * _F32(-2.12194440e-4)
+    p = _F32(1.9875691500e-4)
+    p = p * r + _F32(1.3981999507e-3)
+    p = p * r + _F32(8.3334519073e-3)
+    p = p * r + _F32(4.1665795894e-2)
+    p = p * r + _F32(1.6666665459e-1)
+    p = p * r + _F32(5.0000001201e-1)
+    p = p * r * r + r + _F32(1.0)
+    k = min(max(k, _F32(-126.0)), _F32(127.0))
+    y = p * bitcast(np.int32((np.int32(k) + 127) << 23), np.float32)
+    y = _F32(0.0) if x < _F32(-87.33654) else y
+    y = _F32(np.inf) if x > _F32(88.72283) else y
+    return y if x == x else x
+
+
+@njit(inline="always")
+def exp64(x):
+    """e**x for a float64 x."""
+    k = np.floor(x * 1.4426950408889634 + 0.5)
+    r = x - k * 0.6931471803691238 - k * 1.9082149292705877e-10
+    p = 1.0 / 479001600.0
+    for n in (39916800.0, 3628800.0, 362880.0, 40320.0, 5040.0, 720.0, 120.0, 24.0, 6.0,
+              2.0, 1.0, 1.0):
+        p = p * r + 1.0 / n
+    k = min(max(k, -1022.0), 1023.0)
+    y = p * bitcast(np.int64((np.int64(k) + 1023) << 52), np.float64)
+    y = 0.0 if x < -708.3964185322641 else y
+    y = np.inf if x > 709.782712893384 else y
+    return y if x == x else x
+
+
+@njit(inline="always")
+def log32(x):
+    """Natural log of a float32 x >= 0 (subnormals are not supported)."""
+    bits = bitcast(np.float32(x), np.int32)
+    exponent = _F32((bits >> 23) - 127)
+    mantissa = bitcast(np.int32((bits & 0x007FFFFF) | 0x3F800000), np.float32)  # in [1, 2)
+    big = mantissa > _F32(1.41421356)
+    mantissa = mantissa * _F32(0.5) if big else mantissa
+    exponent = exponent + _F32(1.0) if big else exponent
+    f = mantissa - _F32(1.0)
+    z = f * f
+    y = _F32(7.0376836292e-2)
+    for c in (-1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
+              -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1):
+        y = y * f + _F32(c)
+    y = y * z * f + exponent * _F32(-2.12194440e-4) - _F32(0.5) * z
+    y = f + y + exponent * _F32(0.693359375)
+    y = _F32(-np.inf) if x == _F32(0.0) else y
+    y = x if not x < _F32(np.inf) else y  # inf and nan pass through
+    return y
+
+
+@njit(inline="always")
+def log1p32(x):
+    """log(1 + x) for a float32 x >= 0, precise for tiny x.
+
+    Below 0.5 it sums 2*atanh(x / (2 + x)); the classic (1 + x) - 1 correction
+    would be folded away by fastmath's reassociation.
+    """
+    s = x / (_F32(2.0) + x)
+    s2 = s * s
+    series = _F32(1.0 / 11.0)
+    for c in (1.0 / 9.0, 1.0 / 7.0, 1.0 / 5.0, 1.0 / 3.0, 1.0):
+        series = series * s2 + _F32(c)
+    return _F32(2.0) * s * series if x < _F32(0.5) else log32(_F32(1.0) + x)
+
+
+@njit(inline="always")
+def exp_(x, use64):
+    """exp in the kernel's compute type: ``exp64`` when ``use64`` else ``exp32``."""
+    if use64:
+        return exp64(x)
+    return exp32(x)
+
