@@ -61,11 +61,19 @@ def numba_threads():
             "threading_layer": numba.threading_layer()}
 
 
+def load_average():
+    """The 1-minute load average (processes running or waiting for a core), or None."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):     # not on Windows
+        return None
+
+
 def machine():
-    """The machine: OS, CPU model, logical cores, and the GPU (or why none is usable)."""
+    """The machine: OS, CPU model, logical cores, load, and the GPU (or why none is usable)."""
     gpu, why_no_gpu = probe_gpu()
     return {"platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-            "gpu": gpu, "why_no_gpu": why_no_gpu}
+            "load_average": load_average(), "gpu": gpu, "why_no_gpu": why_no_gpu}
 
 
 def probe_gpu():

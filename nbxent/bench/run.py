@@ -5,13 +5,14 @@ the table and the plot are drawn from it.
 """
 
 import datetime
+import os
 from dataclasses import asdict, dataclass, field
 
 from nbxent.bench import machine, roofline
 from nbxent.bench.cases import BYTE_MODEL, Case, default_shapes, make_inputs
 from nbxent.bench.peers import (PEERS, TOLERANCE, CaseArrays, nbxent_contenders,
                                 relative_error)
-from nbxent.bench.timing import time_calls
+from nbxent.bench.timing import first_call, steady_state
 
 SCHEMA_VERSION = 1
 
@@ -24,7 +25,7 @@ class Settings:
     backends: tuple = None          # None: every usable backend
     ops: tuple = ("loss", "loss+grad")
     peers: tuple = tuple(PEERS)     # wanted peers; those not installed are skipped
-    repeat: int = 5
+    repeat: int = None              # samples per contender; None: 3 to 5 within about a second
     threads: int = None             # None: Numba's default
     quick: bool = False
     command: str = ""
@@ -87,43 +88,46 @@ def _row(backend, case, op, name):
             "bandwidth_fraction": None, "nbxent_speedup": None}
 
 
-def _fill_timing(row, timing, limit_GBps):
-    row.update(first_call_s=timing.first_call_s, median_s=timing.median_s, best_s=timing.best_s,
-               samples=timing.samples, calls_per_sample=timing.calls_per_sample,
-               rows_per_s=row["n_rows"] / timing.median_s,
-               GBps=row["bytes"] / timing.median_s / 1e9)
+def _measure(row, call, reference, synchronize, sampling, limit_GBps):
+    """Time ``call`` into ``row``; unless it is the reference, check its first result first.
+
+    Returns the first call's result. A result further from ``reference`` than
+    the dtype's tolerance marks the row a mismatch and is not timed further.
+    """
+    row["first_call_s"], result = first_call(call, synchronize)
+    if reference is not None:
+        error = relative_error(result, reference)
+        tolerance = TOLERANCE[row["dtype"]]
+        if not error <= tolerance:
+            row.update(status="mismatch", message=f"relative error {error:.2e} against nbxent "
+                       f"exceeds {tolerance:.0e}; not timed")
+            return result
+    steady = steady_state(call, synchronize, **sampling)
+    row.update(median_s=steady.median_s, best_s=steady.best_s, samples=steady.samples,
+               calls_per_sample=steady.calls_per_sample,
+               rows_per_s=row["n_rows"] / steady.median_s,
+               GBps=row["bytes"] / steady.median_s / 1e9)
     row["bandwidth_fraction"] = row["GBps"] / limit_GBps
+    return result
 
 
-def _run_case_op(case, op, arrays, peer_names, repeat, bandwidth, progress):
+def _run_case_op(case, op, arrays, peer_names, sampling, bandwidth, progress):
     """Rows for one case and op: nbxent's variants, then every peer checked against nbxent."""
     backend, limit_GBps = arrays.backend, bandwidth.limit_for(op)
-    synchronize = _synchronizer(backend)
+    measure = dict(synchronize=_synchronizer(backend), sampling=sampling, limit_GBps=limit_GBps)
     rows, reference = [], None
-    contenders = nbxent_contenders(arrays, op)
-    for contender in contenders:
+    for contender in nbxent_contenders(arrays, op):
         progress.step(f"{backend} {case.shape.label} {case.dtype} {op}: {contender.name}")
-        row = _row(backend, case, op, contender.name)
-        timing, result = time_calls(contender.call, repeat, synchronize)
+        rows.append(_row(backend, case, op, contender.name))
+        result = _measure(rows[-1], contender.call, reference, **measure)
         reference = result if reference is None else reference
-        _fill_timing(row, timing, limit_GBps)
-        rows.append(row)
     for name in peer_names:
         progress.step(f"{backend} {case.shape.label} {case.dtype} {op}: {name}")
-        row = _row(backend, case, op, name)
-        rows.append(row)
+        rows.append(_row(backend, case, op, name))
         try:
-            contender = PEERS[name].contender(arrays, op)
-            error = relative_error(contender.call(), reference)
-            if not error <= TOLERANCE[case.dtype]:
-                row.update(status="mismatch", message=f"relative error {error:.2e} against nbxent "
-                           f"exceeds {TOLERANCE[case.dtype]:.0e}; not timed")
-                continue
-            timing, _ = time_calls(contender.call, repeat, synchronize)
+            _measure(rows[-1], PEERS[name].contender(arrays, op).call, reference, **measure)
         except Exception as exc:    # a peer's own failure is reported, never fatal
-            row.update(status="error", message=f"{type(exc).__name__}: {exc}".splitlines()[0])
-            continue
-        _fill_timing(row, timing, limit_GBps)
+            rows[-1].update(status="error", message=f"{type(exc).__name__}: {exc}".splitlines()[0])
     nbxent_median = rows[0]["median_s"]
     for row in rows:
         if row["impl"] in PEERS and row["median_s"] is not None:
@@ -143,7 +147,7 @@ def _set_threads(threads, peers_by_backend):
         torch.set_num_threads(used["numba"])
         used["torch"] = torch.get_num_threads()
     if any("jax" in peers for peers in peers_by_backend.values()):
-        used["jax"] = "XLA's default (all cores)"
+        used["jax"] = os.environ.get("XLA_FLAGS") or "XLA's default (all cores)"
     return used
 
 
@@ -164,9 +168,11 @@ def run(settings, progress):
     ['nbxent', 'nbxent out=']
     """
     pairs, peers_by_backend = plan(settings)
+    host = machine.machine()     # before the run: its load average tells if others are busy
     threads = _set_threads(settings.threads, peers_by_backend)
     backends = list(dict.fromkeys(backend for backend, _ in pairs))
     progress.start(len(backends) + _task_count(pairs, peers_by_backend, settings.ops))
+    sampling = {"samples": settings.repeat, "max_samples": 3 if settings.quick else 5}
     bandwidths = {}
     for backend in backends:
         progress.step(f"{backend}: measuring memory bandwidth")
@@ -177,14 +183,14 @@ def run(settings, progress):
         arrays = CaseArrays(host_logits, host_target, _to_backend(host_logits, backend),
                             _to_backend(host_target, backend), case.shape.axis, backend)
         for op in settings.ops:
-            results += _run_case_op(case, op, arrays, peers_by_backend[backend],
-                                    settings.repeat, bandwidths[backend], progress)
+            results += _run_case_op(case, op, arrays, peers_by_backend[backend], sampling,
+                                    bandwidths[backend], progress)
     progress.finish()
     return {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": settings.command,
-        "machine": machine.machine(),
+        "machine": host,
         "versions": machine.versions(),
         "threads": threads,
         "byte_model": dict(BYTE_MODEL),

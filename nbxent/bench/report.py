@@ -1,0 +1,260 @@
+"""The benchmark's outputs, all drawn from one report document: table, JSON and plot.
+
+The JSON document (``nbxent bench --json FILE``) follows ``REPORT_SCHEMA``, a
+JSON Schema (draft 2020-12). In short::
+
+    schema_version  1
+    created         ISO 8601 time (UTC) of the run
+    command         the command line
+    machine         {platform, cpu, cpu_count, load_average (1-minute, when the
+                     run began; null where unknown), gpu: {name, memory_bytes,
+                     compute_capability} or null, why_no_gpu: str or null}
+    versions        {python, nbxent, numpy, numba, numba_cuda, cupy, torch, jax,
+                     optax, rich, matplotlib}: version string, or null if absent
+    threads         {numba, numba_max, threading_layer, torch?, jax?}
+    byte_model      {loss, loss+grad}: how "bytes" is counted
+    peers           {name: what exactly is timed}
+    skipped         ["peer jax: not installed", ...]
+    bandwidth       {backend: {read_GBps, copy_GBps, buffer_bytes, runs}}
+    repeat          samples per contender asked for, or null: 3 to 5, fewer
+                     when they would take over a second (each row's "samples")
+    results         one row per backend x case x dtype x op x impl:
+        backend, case ("16384x1000" or "8x21x64x64:axis=1"), shape, axis, dtype,
+        n_rows, n_classes, op ("loss" | "loss+grad"),
+        impl ("nbxent" | "nbxent out=" | "numpy" | "torch" | "jax" | "cupy"),
+        bytes (by the byte model), status ("ok" | "mismatch" | "error"),
+        message (why not ok, else null), first_call_s (null after an error),
+        and when ok (else null): median_s, best_s, samples, calls_per_sample,
+        rows_per_s, GBps (bytes / median_s / 1e9),
+        bandwidth_fraction (GBps / the backend's read (loss) or copy (loss+grad) GB/s),
+        nbxent_speedup (peers only: peer median_s / nbxent's median_s)
+
+Times are seconds per call; GB is 1e9 bytes.
+"""
+
+import json
+import math
+
+_NUMBER = {"type": "number"}
+_OPT_NUMBER = {"type": ["number", "null"]}
+_OPT_INT = {"type": ["integer", "null"]}
+_OPT_STRING = {"type": ["string", "null"]}
+
+REPORT_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "nbxent bench report",
+    "type": "object",
+    "required": ["schema_version", "created", "command", "machine", "versions", "threads",
+                 "byte_model", "peers", "skipped", "bandwidth", "repeat", "results"],
+    "properties": {
+        "schema_version": {"const": 1},
+        "created": {"type": "string"},
+        "command": {"type": "string"},
+        "machine": {
+            "type": "object",
+            "required": ["platform", "cpu", "cpu_count", "load_average", "gpu", "why_no_gpu"],
+            "properties": {
+                "platform": {"type": "string"},
+                "cpu": {"type": "string"},
+                "cpu_count": _OPT_INT,
+                "load_average": _OPT_NUMBER,
+                "gpu": {"oneOf": [{"type": "null"}, {
+                    "type": "object", "required": ["name", "memory_bytes", "compute_capability"],
+                    "properties": {"name": {"type": "string"}, "memory_bytes": {"type": "integer"},
+                                   "compute_capability": {"type": "string"}}}]},
+                "why_no_gpu": _OPT_STRING,
+            },
+        },
+        "versions": {"type": "object", "required": ["python", "nbxent", "numpy", "numba"],
+                     "additionalProperties": _OPT_STRING},
+        "threads": {"type": "object", "required": ["numba", "numba_max", "threading_layer"],
+                    "properties": {"numba": {"type": "integer", "minimum": 1},
+                                   "numba_max": {"type": "integer", "minimum": 1},
+                                   "threading_layer": {"type": "string"},
+                                   "torch": {"type": "integer"}, "jax": {"type": "string"}}},
+        "byte_model": {"type": "object", "required": ["loss", "loss+grad"],
+                       "additionalProperties": {"type": "string"}},
+        "peers": {"type": "object", "additionalProperties": {"type": "string"}},
+        "skipped": {"type": "array", "items": {"type": "string"}},
+        "bandwidth": {"type": "object", "additionalProperties": {
+            "type": "object", "required": ["read_GBps", "copy_GBps", "buffer_bytes", "runs"],
+            "properties": {"read_GBps": _NUMBER, "copy_GBps": _NUMBER,
+                           "buffer_bytes": {"type": "integer"}, "runs": {"type": "integer"}}}},
+        "repeat": {"type": ["integer", "null"], "minimum": 1},
+        "results": {"type": "array", "items": {
+            "type": "object",
+            "required": ["backend", "case", "shape", "axis", "dtype", "n_rows", "n_classes", "op",
+                         "impl", "bytes", "status", "message", "first_call_s", "median_s",
+                         "best_s", "samples", "calls_per_sample", "rows_per_s", "GBps",
+                         "bandwidth_fraction", "nbxent_speedup"],
+            "additionalProperties": False,
+            "properties": {
+                "backend": {"enum": ["cpu", "cuda"]},
+                "case": {"type": "string"},
+                "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+                "axis": {"type": "integer", "minimum": 0},
+                "dtype": {"enum": ["float16", "float32", "float64"]},
+                "n_rows": {"type": "integer"}, "n_classes": {"type": "integer"},
+                "op": {"enum": ["loss", "loss+grad"]},
+                "impl": {"enum": ["nbxent", "nbxent out=", "numpy", "torch", "jax", "cupy"]},
+                "bytes": {"type": "integer"},
+                "status": {"enum": ["ok", "mismatch", "error"]},
+                "message": _OPT_STRING,
+                "first_call_s": _OPT_NUMBER, "median_s": _OPT_NUMBER, "best_s": _OPT_NUMBER,
+                "samples": _OPT_INT, "calls_per_sample": _OPT_INT,
+                "rows_per_s": _OPT_NUMBER, "GBps": _OPT_NUMBER,
+                "bandwidth_fraction": _OPT_NUMBER, "nbxent_speedup": _OPT_NUMBER,
+            },
+        }},
+    },
+}
+
+
+def write_json(report, path):
+    """Write the report document to ``path`` (indented JSON)."""
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+        f.write("\n")
+
+
+# ------------------------------------------------------------------ table
+
+def _num(value):
+    """``value`` to 3 significant digits without an exponent (1234 stays "1234")."""
+    if value is None:
+        return ""
+    if value == 0 or abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.{min(2 - math.floor(math.log10(abs(value))), 5)}f}"
+
+
+def header(report):
+    """The lines above the table: machine, threads, measured bandwidth and the byte model."""
+    machine, threads, versions = report["machine"], report["threads"], report["versions"]
+    peers = ", ".join(f"{name} {versions.get(name) or ''}".strip() for name in report["peers"])
+    lines = [
+        f"nbxent {versions['nbxent']} bench on {machine['cpu']} ({machine['cpu_count']} cores)"
+        + (f" + {machine['gpu']['name']}" if machine["gpu"] else ""),
+        f"threads: numba {threads['numba']} ({threads['threading_layer']})"
+        + (f", torch {threads['torch']}" if "torch" in threads else "")
+        + (f", jax {threads['jax']}" if "jax" in threads else "")
+        + f"; numpy {versions['numpy']}, numba {versions['numba']}"
+        + (f"; peers: {peers}" if peers else "; peers: none"),
+    ]
+    for backend, bw in report["bandwidth"].items():
+        lines.append(f"{backend} memory bandwidth measured in this run: read {bw['read_GBps']:.1f} "
+                     f"GB/s, copy {bw['copy_GBps']:.1f} GB/s (best of {bw['runs']}, "
+                     f"{bw['buffer_bytes'] >> 20} MiB buffers)")
+    lines += [
+        "bytes per call: loss " + report["byte_model"]["loss"]
+        + "; loss+grad " + report["byte_model"]["loss+grad"],
+        "GB/s = bytes / median time. % BW = GB/s over the measured read (loss) or copy "
+        "(loss+grad) bandwidth. speed-up = peer's median time / nbxent's (x > 1: nbxent faster).",
+        "first call = JIT compile or cache load + one run; excluded from median and best.",
+    ]
+    lines += [f"skipped {reason}" for reason in report["skipped"]]
+    load = machine["load_average"]
+    if load is not None and load > 0.5:
+        lines.append(f"warning: the load average was {load:.2f} when the run began: other "
+                     f"processes were using the CPU, so timings may be slow and noisy")
+    return lines
+
+
+TABLE_COLUMNS = ("backend", "case", "dtype", "op", "impl", "median ms", "best ms",
+                 "first call ms", "Mrows/s", "GB/s", "% BW", "nbxent speed-up")
+
+
+def table_rows(report):
+    """The table's cells, one list of strings per result row."""
+    cells = []
+    for row in report["results"]:
+        if row["status"] != "ok":
+            timing = [row["status"]] + [""] * 6
+            speedup = row["message"]
+        else:
+            timing = [_num(row["median_s"] * 1e3), _num(row["best_s"] * 1e3),
+                      _num(row["first_call_s"] * 1e3), _num(row["rows_per_s"] / 1e6),
+                      _num(row["GBps"]), f"{row['bandwidth_fraction']:.0%}"]
+            speedup = "" if row["nbxent_speedup"] is None else f"{_num(row['nbxent_speedup'])}x"
+        cells.append([row["backend"], row["case"], row["dtype"], row["op"], row["impl"],
+                      *timing[:6], speedup])
+    return cells
+
+
+def format_table(report):
+    """The report as text: header lines, then a Markdown table (aligned, readable as is)."""
+    rows = [list(TABLE_COLUMNS)] + table_rows(report)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_COLUMNS))]
+    numeric = set(range(5, len(TABLE_COLUMNS)))
+
+    def line(cells):
+        padded = [c.rjust(w) if i in numeric else c.ljust(w)
+                  for i, (c, w) in enumerate(zip(cells, widths))]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if i in numeric else "-" * (w + 2)
+                          for i, w in enumerate(widths)) + "|"
+    return "\n".join(header(report) + ["", line(rows[0]), rule] + [line(r) for r in rows[1:]])
+
+
+# ------------------------------------------------------------------ plot
+
+PLOT_INSTALL_HINT = "--plot needs matplotlib: pip install 'nbxent[bench]'"
+
+
+def plot(report, path):
+    """Draw throughput (GB/s) against C for each backend, contender and dtype into ``path``.
+
+    One panel per op; the bandwidth measured in the same run is the dashed
+    line each panel's points are bounded by. Raises ``ImportError`` with the
+    install hint when matplotlib is missing.
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError(PLOT_INSTALL_HINT) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ops = [op for op in ("loss", "loss+grad") if any(r["op"] == op for r in report["results"])]
+    fig, axes = plt.subplots(1, len(ops), figsize=(6.4 * len(ops), 4.8), squeeze=False,
+                             sharey=True, layout="constrained")
+    impls = list(dict.fromkeys(r["impl"] for r in report["results"]))
+    colors = {impl: plt.cm.tab10(i) for i, impl in enumerate(impls)}
+    styles = {"float16": ":", "float32": "-", "float64": "--"}
+    markers = {"cpu": "o", "cuda": "s"}
+    for ax, op in zip(axes[0], ops):
+        series = {}
+        for r in report["results"]:
+            if r["op"] == op and r["status"] == "ok":
+                series.setdefault((r["backend"], r["impl"], r["dtype"]), []).append(
+                    (r["n_classes"], r["GBps"]))
+        for (backend, impl, dtype), points in sorted(series.items()):
+            points.sort()
+            ax.plot(*zip(*points), linestyle=styles[dtype], marker=markers[backend],
+                    color=colors[impl], label=f"{impl} {dtype}" +
+                    (f" ({backend})" if len(report["bandwidth"]) > 1 else ""))
+        for backend, bw in report["bandwidth"].items():
+            limit = bw["read_GBps"] if op == "loss" else bw["copy_GBps"]
+            ax.axhline(limit, color="black", linewidth=1.2, linestyle=(0, (6, 3)))
+            kind = "read" if op == "loss" else "copy"
+            ax.annotate(f"{backend} {kind} bandwidth {limit:.0f} GB/s", (0.01, limit),
+                        xycoords=("axes fraction", "data"), xytext=(0, 3),
+                        textcoords="offset points", fontsize=8)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"{op}: bytes {'N·C·s + N·8' if op == 'loss' else '2·N·C·s + N·8'}")
+        ax.set_xlabel("classes C")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.grid(True, which="minor", alpha=0.1)
+    axes[0][0].set_ylabel("throughput, GB/s by the byte model (median)")
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)
+    machine = report["machine"]
+    device = machine["gpu"]["name"] if machine["gpu"] else machine["cpu"]
+    fig.suptitle(f"nbxent {report['versions']['nbxent']} cross-entropy throughput: {device}, "
+                 f"numba {report['threads']['numba']} threads, {report['created'][:10]}",
+                 fontsize=10)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+

@@ -1,0 +1,180 @@
+"""The ``nbxent`` command: ``nbxent bench`` measures throughput, ``nbxent info`` describes the setup.
+
+Also runs as ``python -m nbxent``. See ``nbxent bench --help``.
+"""
+
+import argparse
+import importlib.util
+import shlex
+import sys
+
+from nbxent.bench.cases import DEFAULT_DTYPES, DTYPES, OPS, parse_shapes
+from nbxent.bench.peers import PEER_NAMES
+
+SHAPES_HELP = ("comma-separated cases DIMxDIMx...[:axis=K]; the class axis is the last dim "
+               "unless axis=K says otherwise, e.g. 16384x1000,4096x32000 or "
+               "8x21x512x512:axis=1 (NCHW). Default: C = 128, 1024, 32768 and an NCHW map "
+               "with 21 classes, about 2**24 logits each")
+
+
+def _comma_list(allowed, what):
+    def parse(text):
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        unknown = [item for item in items if item not in allowed]
+        if unknown or not items:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {', '.join(map(repr, unknown))}; choose from {', '.join(allowed)}")
+        return tuple(dict.fromkeys(items))
+    return parse
+
+
+def _shapes(text):
+    try:
+        return parse_shapes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _peers(text):
+    if text.strip() in ("none", "all"):
+        return () if text.strip() == "none" else PEER_NAMES
+    return _comma_list(PEER_NAMES, "peer")(text)
+
+
+def build_parser():
+    """The argument parser of the ``nbxent`` command (subcommands ``bench`` and ``info``)."""
+    parser = argparse.ArgumentParser(prog="nbxent", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", metavar="{bench,info}")
+    bench = commands.add_parser(
+        "bench", help="time loss and loss+gradient against peers and the measured memory bandwidth",
+        description="Time nbxent's cross-entropy (loss, and loss+gradient) on each case and "
+        "backend against the peers that are installed, and against the memory bandwidth "
+        "measured on the same device in the same run. Progress goes to stderr, the table "
+        "to stdout.")
+    bench.add_argument("--shapes", type=_shapes, help=SHAPES_HELP)
+    bench.add_argument("--dtype", type=_comma_list(DTYPES, "dtype"), default=DEFAULT_DTYPES,
+                       help=f"comma-separated logits dtypes (default {','.join(DEFAULT_DTYPES)})")
+    bench.add_argument("--backend", choices=("cpu", "cuda"),
+                       help="one backend (default: cpu, and cuda when a GPU is usable)")
+    bench.add_argument("--op", choices=(*OPS, "both"), default="both",
+                       help="loss only, loss and gradient in one call, or both (default)")
+    bench.add_argument("--threads", type=_positive_int,
+                       help="Numba threads (numba.set_num_threads), also given to PyTorch")
+    bench.add_argument("--peers", type=_peers, default=PEER_NAMES,
+                       help=f"comma-separated peers from {','.join(PEER_NAMES)}, or all "
+                       "(default) or none; peers not installed are skipped")
+    bench.add_argument("--repeat", type=_positive_int,
+                       help="timed samples per contender (default: 3 to 5, fewer when "
+                       "they would take over a second; at most 3 with --quick)")
+    bench.add_argument("--quick", action="store_true",
+                       help="default cases an eighth the size, fewer samples, smaller "
+                       "bandwidth buffers")
+    bench.add_argument("--json", metavar="FILE", help="also write the results as JSON "
+                       "(schema: nbxent.bench.report.REPORT_SCHEMA)")
+    bench.add_argument("--plot", metavar="FILE.png",
+                       help="also draw throughput against C into a PNG (needs matplotlib)")
+    bench.add_argument("--no-progress", action="store_true", help="no progress on stderr")
+    bench.set_defaults(handler=_bench, subparser=bench)
+    info = commands.add_parser("info", help="versions, threads, kernel cache and GPU",
+                               description="Print versions, Numba threads and threading "
+                               "layer, whether Numba's on-disk cache of nbxent's kernels is "
+                               "warm, and the GPU or why none is usable.")
+    info.set_defaults(handler=_info, subparser=info)
+    return parser
+
+
+def main(argv=None):
+    """Run the ``nbxent`` command with ``argv`` (default ``sys.argv[1:]``); return its exit code.
+
+    0 on success, 2 for a usage error (with a message on stderr), 1 when the run fails.
+
+    Examples
+    --------
+    >>> main(["bench", "--quick", "--shapes", "64x10", "--no-progress"])  # doctest: +SKIP
+    0
+    """
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.error("choose a command: bench or info")
+        args.argv = argv
+        return args.handler(args)
+    except SystemExit as exc:       # argparse's error() exits 2, --help exits 0
+        return exc.code
+
+
+def _bench(args):
+    from nbxent.bench import progress, report, run
+
+    bench_parser = args.subparser
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        bench_parser.error(report.PLOT_INSTALL_HINT)     # now, not after a minute of timing
+    if args.threads is not None:
+        import numba
+        if args.threads > numba.config.NUMBA_NUM_THREADS:
+            bench_parser.error(f"--threads {args.threads} is more than Numba's "
+                               f"{numba.config.NUMBA_NUM_THREADS} (raise NUMBA_NUM_THREADS)")
+    if args.backend is not None:
+        why_not = run.usable_backends()[args.backend]
+        if why_not:
+            bench_parser.error(f"--backend {args.backend} cannot run here: {why_not}")
+    settings = run.Settings(
+        shapes=args.shapes, dtypes=args.dtype,
+        backends=None if args.backend is None else (args.backend,),
+        ops=OPS if args.op == "both" else (args.op,), peers=args.peers,
+        repeat=args.repeat, threads=args.threads, quick=args.quick,
+        command=shlex.join(["nbxent", *args.argv]))
+    result = run.run(settings, progress.make_progress(not args.no_progress))
+    print(report.format_table(result))
+    if args.json:
+        report.write_json(result, args.json)
+    if args.plot:
+        report.plot(result, args.plot)
+    return 0
+
+
+def _info(args):
+    from nbxent.bench import machine
+
+    versions = machine.versions()
+    threads = machine.numba_threads()
+    host = machine.machine()
+
+    def version(name):
+        return versions[name] or "not installed"
+
+    print(f"nbxent      {versions['nbxent']}")
+    print(f"python      {versions['python']}")
+    for name in ("numpy", "numba", "numba_cuda", "cupy"):
+        print(f"{name.replace('_', '-'):<11} {version(name)}")
+    print(f"cpu         {host['cpu']} ({host['cpu_count']} logical cores)")
+    print(f"threads     numba uses {threads['numba']} of {threads['numba_max']}, "
+          f"threading layer {threads['threading_layer']}")
+    cache = {module: state for module, state in machine.kernel_cache().items()
+             if not module.startswith("nbxent.bench")}
+    if not cache:
+        print("cache       cold: no Numba cache files for nbxent's kernels yet; "
+              "the first call of each kernel compiles it")
+    for module, state in cache.items():
+        warmth = "warm" if not state["stale"] else f"stale ({state['stale']} older than source)"
+        print(f"cache       {warmth}: {module}, {state['index_files']} index files "
+              f"in {state['dir']}")
+    gpu = host["gpu"]
+    if gpu:
+        print(f"gpu         {gpu['name']}, {gpu['memory_bytes'] / 2**30:.1f} GiB, "
+              f"compute capability {gpu['compute_capability']}")
+    else:
+        print(f"gpu         none usable: {host['why_no_gpu']}")
+    return 0

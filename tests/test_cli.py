@@ -1,0 +1,145 @@
+"""The ``nbxent`` command: bench end to end on a tiny case, its JSON schema, usage errors, info."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nbxent import reference
+from nbxent.bench import peers, progress, report, run
+from nbxent.bench.cases import Case, parse_shape
+from nbxent.cli import main
+
+TINY = ["bench", "--quick", "--shapes", "64x10", "--dtype", "float32", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One tiny bench run with the NumPy peer: (exit code, stdout, JSON document, its path)."""
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    capture = pytest.MonkeyPatch()
+    lines = []
+    capture.setattr("builtins.print", lambda *a, **k: lines.append(" ".join(map(str, a))))
+    try:
+        code = main([*TINY, "--repeat", "2", "--peers", "numpy", "--json", str(path)])
+    finally:
+        capture.undo()
+    return code, "\n".join(lines), json.loads(path.read_text()), path
+
+
+def test_bench_runs_end_to_end(tiny_run):
+    code, stdout, document, _ = tiny_run
+    assert code == 0
+    assert "bytes per call: loss N*C*s" in stdout
+    assert "memory bandwidth measured in this run" in stdout
+    impls = [(row["op"], row["impl"], row["status"]) for row in document["results"]]
+    assert impls == [("loss", "nbxent", "ok"), ("loss", "numpy", "ok"),
+                     ("loss+grad", "nbxent", "ok"), ("loss+grad", "nbxent out=", "ok"),
+                     ("loss+grad", "numpy", "ok")]
+    for row in document["results"]:
+        assert f"| {row['impl']}" in stdout
+        assert 0 < row["best_s"] <= row["median_s"] < row["first_call_s"] + 1.0
+        assert row["GBps"] == pytest.approx(row["bytes"] / row["median_s"] / 1e9)
+    numpy_loss = document["results"][1]
+    assert numpy_loss["nbxent_speedup"] == pytest.approx(
+        numpy_loss["median_s"] / document["results"][0]["median_s"])
+
+
+def test_json_validates_against_the_schema(tiny_run):
+    jsonschema = pytest.importorskip("jsonschema")
+    _, _, document, _ = tiny_run
+    jsonschema.Draft202012Validator.check_schema(report.REPORT_SCHEMA)
+    jsonschema.validate(document, report.REPORT_SCHEMA)
+    broken = dict(document, results=[dict(document["results"][0], status="fine")])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, report.REPORT_SCHEMA)
+
+
+def test_byte_model():
+    case = Case(parse_shape("8x21x4x4:axis=1"), "float64")
+    assert case.shape.n_rows == 8 * 4 * 4 and case.shape.n_classes == 21
+    assert case.bytes_moved("loss") == 8 * 21 * 16 * 8 + 128 * 8
+    assert case.bytes_moved("loss+grad") == 2 * 8 * 21 * 16 * 8 + 128 * 8
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--shapes", "64by10"], "DIMxDIMx...[:axis=K]"),
+    (["bench", "--shapes", "64x10:axis=2"], "axis 2 is out of range"),
+    (["bench", "--dtype", "int8"], "unknown dtype 'int8'"),
+    (["bench", "--peers", "numpy,tensorflow"], "unknown peer 'tensorflow'"),
+    (["bench", "--op", "grad"], "invalid choice: 'grad'"),
+    (["bench", "--threads", "0"], "expected a positive integer"),
+    (["bench", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    ([], "choose a command"),
+])
+def test_bad_option_is_a_usage_error(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unusable_backend_is_a_usage_error(capsys, monkeypatch):
+    monkeypatch.setattr(run, "usable_backends", lambda: {"cpu": None, "cuda": "no GPU here"})
+    assert main([*TINY, "--backend", "cuda"]) == 2
+    assert "--backend cuda cannot run here: no GPU here" in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_says_what_to_install(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main([*TINY, "--plot", "out.png"]) == 2
+    assert "pip install 'nbxent[bench]'" in capsys.readouterr().err
+
+
+def test_plot_writes_a_png(tiny_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    _, _, document, _ = tiny_run
+    path = tmp_path / "bench.png"
+    report.plot(document, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_info_runs_as_a_module():
+    done = subprocess.run([sys.executable, "-m", "nbxent", "info"], capture_output=True,
+                          text=True, env=os.environ, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for label in ("nbxent", "numpy", "numba", "numba-cuda", "cupy", "threads", "cache", "gpu"):
+        assert f"\n{label} " in "\n" + done.stdout
+
+
+def test_plain_progress_counts_tasks(capsys):
+    reporter = progress.PlainProgress()
+    reporter.start(2)
+    reporter.step("first")
+    reporter.step("second")
+    assert capsys.readouterr().err.splitlines() == ["[1/2] first", "[2/2] second"]
+
+
+@pytest.mark.parametrize("text, want_grad", [("6x5", False), ("6x5", True),
+                                             ("2x5x3x2:axis=1", True)])
+def test_numpy_peer_matches_the_oracle(text, want_grad, rng):
+    shape = parse_shape(text)
+    logits = rng.standard_normal(shape.dims)
+    target = rng.integers(0, shape.n_classes, size=shape.dims[:shape.axis] + shape.dims[shape.axis + 1:])
+    result = peers.usual_cross_entropy(np, logits, target, shape.axis, want_grad)
+    loss = result[0] if want_grad else result
+    np.testing.assert_allclose(loss, reference.cross_entropy(logits, target, axis=shape.axis))
+    if want_grad:
+        np.testing.assert_allclose(result[1], reference.cross_entropy_grad(
+            logits, target, axis=shape.axis), atol=1e-15)
+
+
+def test_a_peer_that_disagrees_is_reported_not_timed(monkeypatch):
+    def wrong_call(arrays, op):
+        return lambda: 2 * peers.usual_cross_entropy(np, arrays.logits, arrays.target,
+                                                     arrays.axis, False)
+
+    monkeypatch.setitem(peers.PEERS, "numpy", peers.Peer("numpy", "numpy", ("cpu",), wrong_call, ""))
+    settings = run.Settings(shapes=[parse_shape("16x7")], dtypes=("float32",), ops=("loss",),
+                            peers=("numpy",), repeat=1, quick=True)
+    document = run.run(settings, progress.QuietProgress())
+    peer_row = document["results"][-1]
+    assert peer_row["status"] == "mismatch" and "not timed" in peer_row["message"]
+    assert peer_row["median_s"] is None and peer_row["nbxent_speedup"] is None
+    assert " mismatch |" in report.format_table(document)
