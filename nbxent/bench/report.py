@@ -200,14 +200,68 @@ def format_table(report):
 # ------------------------------------------------------------------ plot
 
 PLOT_INSTALL_HINT = "--plot needs matplotlib: pip install 'nbxent[bench]'"
+# nbxent in blues, drawn thick and on top; each peer keeps one colour in every plot.
+IMPL_STYLE = {"nbxent": ("#1f4e9c", 2.6, 5), "nbxent out=": ("#5fa2e8", 2.0, 4),
+              "numpy": ("#ff7f0e", 1.4, 3), "torch": ("#d62728", 1.4, 3),
+              "jax": ("#2ca02c", 1.4, 3), "cupy": ("#9467bd", 1.4, 3)}
+DTYPE_LINESTYLE = {"float16": ":", "float32": "-", "float64": "--"}
+
+
+def _class_count_label(value, _position):
+    return f"{value / 1024:g}k" if value >= 1024 else f"{value:g}"
+
+
+def _draw_panel(ax, report, op):
+    """One op's panel: a line per (backend, impl, dtype) over class-last cases, NCHW as diamonds."""
+    series = {}
+    for r in report["results"]:
+        if r["op"] == op and r["status"] == "ok":
+            class_last = r["axis"] == len(r["shape"]) - 1
+            series.setdefault((r["impl"], r["dtype"], r["backend"], class_last), []).append(
+                (r["n_classes"], r["GBps"]))
+    order = list(IMPL_STYLE)
+    several_backends = len(report["bandwidth"]) > 1
+    for (impl, dtype, backend, class_last), points in sorted(
+            series.items(), key=lambda item: (order.index(item[0][0]),) + item[0][1:]):
+        color, width, layer = IMPL_STYLE[impl]
+        label = f"{impl} {dtype}" + (f" ({backend})" if several_backends else "")
+        style = dict(color=color, zorder=layer, marker="o" if backend == "cpu" else "s",
+                     markersize=2 * width + 1)
+        if class_last:
+            ax.plot(*zip(*sorted(points)), linestyle=DTYPE_LINESTYLE[dtype], linewidth=width,
+                    label=label, **style)
+        else:      # an NCHW map is another memory layout: a point of its own, not on the line
+            style.update(marker="D", markerfacecolor="white" if dtype == "float64" else color)
+            ax.plot(*zip(*points), linestyle="none", label="_nolegend_", **style)
+    kind = "read" if op == "loss" else "copy"
+    for backend, bw in report["bandwidth"].items():
+        limit = bw[f"{kind}_GBps"]
+        ax.axhline(limit, color="black", linewidth=1.2, linestyle=(0, (6, 3)), zorder=2)
+        ax.annotate(f"{backend} memory, {kind}: {limit:.0f} GB/s (measured)", (0.01, limit),
+                    xycoords=("axes fraction", "data"), xytext=(0, 3),
+                    textcoords="offset points", fontsize=8)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(_class_count_label)
+    ax.set_title(f"{op}: bytes = {'N·C·s + 8N' if op == 'loss' else '2·N·C·s + 8N'}",
+                 fontsize=11)
+    ax.set_xlabel("classes C")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.grid(True, which="minor", alpha=0.1)
 
 
 def plot(report, path):
     """Draw throughput (GB/s) against C for each backend, contender and dtype into ``path``.
 
-    One panel per op; the bandwidth measured in the same run is the dashed
-    line each panel's points are bounded by. Raises ``ImportError`` with the
-    install hint when matplotlib is missing.
+    One panel per op, nbxent drawn thick in blue, peers thinner; the
+    bandwidth measured in the same run is the dashed line bounding each
+    panel; NCHW cases (class axis not last) are diamonds off the lines.
+    Raises ``ImportError`` with the install hint when matplotlib is missing.
+
+    Examples
+    --------
+    >>> import json
+    >>> plot(json.load(open("bench.json")), "bench.png")  # doctest: +SKIP
     """
     try:
         import matplotlib
@@ -215,46 +269,24 @@ def plot(report, path):
         raise ImportError(PLOT_INSTALL_HINT) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     ops = [op for op in ("loss", "loss+grad") if any(r["op"] == op for r in report["results"])]
-    fig, axes = plt.subplots(1, len(ops), figsize=(6.4 * len(ops), 4.8), squeeze=False,
+    fig, axes = plt.subplots(1, len(ops), figsize=(6.2 * len(ops) + 2, 5), squeeze=False,
                              sharey=True, layout="constrained")
-    impls = list(dict.fromkeys(r["impl"] for r in report["results"]))
-    colors = {impl: plt.cm.tab10(i) for i, impl in enumerate(impls)}
-    styles = {"float16": ":", "float32": "-", "float64": "--"}
-    markers = {"cpu": "o", "cuda": "s"}
     for ax, op in zip(axes[0], ops):
-        series = {}
-        for r in report["results"]:
-            if r["op"] == op and r["status"] == "ok":
-                series.setdefault((r["backend"], r["impl"], r["dtype"]), []).append(
-                    (r["n_classes"], r["GBps"]))
-        for (backend, impl, dtype), points in sorted(series.items()):
-            points.sort()
-            ax.plot(*zip(*points), linestyle=styles[dtype], marker=markers[backend],
-                    color=colors[impl], label=f"{impl} {dtype}" +
-                    (f" ({backend})" if len(report["bandwidth"]) > 1 else ""))
-        for backend, bw in report["bandwidth"].items():
-            limit = bw["read_GBps"] if op == "loss" else bw["copy_GBps"]
-            ax.axhline(limit, color="black", linewidth=1.2, linestyle=(0, (6, 3)))
-            kind = "read" if op == "loss" else "copy"
-            ax.annotate(f"{backend} {kind} bandwidth {limit:.0f} GB/s", (0.01, limit),
-                        xycoords=("axes fraction", "data"), xytext=(0, 3),
-                        textcoords="offset points", fontsize=8)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_title(f"{op}: bytes {'N·C·s + N·8' if op == 'loss' else '2·N·C·s + N·8'}")
-        ax.set_xlabel("classes C")
-        ax.grid(True, which="major", alpha=0.3)
-        ax.grid(True, which="minor", alpha=0.1)
-    axes[0][0].set_ylabel("throughput, GB/s by the byte model (median)")
+        _draw_panel(ax, report, op)
+    axes[0][0].set_ylabel("GB/s by the byte model (median time)")
     handles, labels = axes[0][-1].get_legend_handles_labels()
+    if any(r["axis"] != len(r["shape"]) - 1 for r in report["results"]):
+        handles.append(Line2D([], [], color="grey", marker="D", linestyle="none"))
+        labels.append("NCHW map, axis=1\n(hollow: float64)")
     fig.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)
     machine = report["machine"]
-    device = machine["gpu"]["name"] if machine["gpu"] else machine["cpu"]
-    fig.suptitle(f"nbxent {report['versions']['nbxent']} cross-entropy throughput: {device}, "
-                 f"numba {report['threads']['numba']} threads, {report['created'][:10]}",
-                 fontsize=10)
+    device = machine["gpu"]["name"] if machine["gpu"] else \
+        f"{machine['cpu']}, {report['threads']['numba']} threads"
+    fig.suptitle(f"softmax cross-entropy throughput: nbxent {report['versions']['nbxent']} "
+                 f"and peers on {device} ({report['created'][:10]}); higher is better",
+                 fontsize=11)
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
