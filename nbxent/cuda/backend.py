@@ -1,0 +1,278 @@
+"""The CUDA backend: variant choice, launch configuration, workspace, error flag.
+
+Receives a ``nbxent._plan.Plan`` (already checked) and launches the kernels of
+``kernels.py`` on the caller's stream. Nothing here waits for the device except
+``validate=True`` with class-index targets, which reads the error flag once.
+
+Byte model per call (N rows, C classes, b bytes per logit; see benchmarks/PTX.md):
+loss only reads N*C*b; loss+gradient reads N*C*b and writes N*C*b when the
+thread's share of a row fits its registers (``Settings.warp_cache`` /
+``block_cache`` logits per thread), else it reads the row a second time
+(mostly from L2); the split layout always reads twice.
+"""
+
+import numpy as np
+from numba import cuda
+
+from .._plan import index_error
+from . import _sim, kernels
+from .arrays import Launch, is_cupy
+from .config import settings
+
+__all__ = ["asarray", "copy_contiguous", "cross_entropy", "normalize"]
+
+
+# ---------------------------------------------------------------- arrays
+
+def asarray(x):
+    """The backend's array for an input.
+
+    Parameters
+    ----------
+    x : array
+        A CuPy array or Numba device array (returned as is), or any object with
+        ``__cuda_array_interface__``.
+
+    Returns
+    -------
+    array
+        ``x`` itself, or for a foreign ``__cuda_array_interface__`` object a
+        zero-copy Numba device array over its memory (``numba.cuda.as_cuda_array``,
+        which waits for the stream the producer exported, per the interface's rules);
+        results of such calls come back as Numba device arrays.
+    """
+    if is_cupy(x) or _sim.is_sim_array(x) or getattr(type(x), "__cuda_ndarray__", False):
+        return x
+    return cuda.as_cuda_array(x)
+
+
+def copy_contiguous(x):
+    """A C-contiguous device copy of ``x``, in ``x``'s kind, on the current stream.
+
+    Parameters
+    ----------
+    x : CuPy or Numba device array
+        Any strided view.
+
+    Returns
+    -------
+    array
+        A new C-contiguous array of ``x``'s shape and dtype.
+    """
+    if is_cupy(x):
+        return __import__("cupy").ascontiguousarray(x)
+    launch = Launch(x)
+    dtype = np.dtype(x.dtype)
+    shape = tuple(x.shape)
+    out = launch.empty(shape, dtype)
+    size = int(np.prod(shape))
+    if size == 0:
+        return out
+    strides = tuple(s // dtype.itemsize for s in x.strides)
+    src, offset = launch.flat(x, shape, strides)
+    threads = 64 if _sim.SIMULATED else 256
+    blocks = min(-(-size // threads), 4 if _sim.SIMULATED else 4096)
+    kernels.copy_kernel(len(shape))[blocks, threads, launch.stream](
+        src, launch.flat_all(out), shape, strides, offset)
+    return out
+
+
+# ---------------------------------------------------------------- launch shape
+
+def _pow2_at_least(n):
+    p = 1
+    while p < n:
+        p *= 2
+    return p
+
+
+def _config(cfg, plan):
+    """(layout, threads, group, cache K, chunk columns, chunks) for this plan."""
+    n_classes, n_rows = plan.n_classes, plan.n_rows
+    _, s1, s2 = plan.logits.strides
+    if n_classes <= cfg.warp_max_c:
+        threads = max(32, cfg.threads // 32 * 32)
+        if s1 != 1 and s2 == 1 and plan.inner > 1:
+            group = 1  # class axis not last: a thread per row, neighbouring rows coalesce
+        else:
+            group = min(32, _pow2_at_least(-(-n_classes // cfg.warp_cache)))
+        return "warp", threads, group, cfg.warp_cache, n_classes, 1
+    block_threads = cfg.block_threads_f64 if plan.dtype == np.float64 else cfg.block_threads
+    threads = max(32, block_threads // 32 * 32)
+    max_rows = cfg.split_max_rows or _sim.multiprocessor_count()
+    n_chunks = -(-n_classes // max(1, cfg.split_cols))
+    if n_classes >= cfg.split_min_c and n_rows < max_rows and n_chunks > 1:
+        return "split", threads, threads, cfg.block_cache, cfg.split_cols, n_chunks
+    return "block", threads, threads, cfg.block_cache, n_classes, 1
+
+
+def _max_blocks(cfg):
+    return cfg.max_blocks or 16 * _sim.multiprocessor_count()
+
+
+# ---------------------------------------------------------------- entry points
+
+def cross_entropy(plan):
+    """Cross-entropy loss and/or gradient of a plan on the GPU.
+
+    Parameters
+    ----------
+    plan : nbxent._plan.Plan
+        ``op == "cross_entropy"``; ``want_loss`` / ``want_grad`` say what to return.
+
+    Returns
+    -------
+    (loss or None, grad or None)
+        loss: ``plan.result_shape`` (reduction 'none') or 0-d, ``plan.loss_dtype``;
+        grad: ``plan.logits_shape``, ``plan.dtype``, or ``plan.out.array`` when given.
+        Both in the caller's kind; nothing waits for the device unless
+        ``plan.validate`` with class-index targets (one read of the error flag).
+
+    Raises
+    ------
+    ValueError
+        With ``plan.validate``, for the first row whose class index is outside
+        [0, C) and is not ``ignore_index``.
+    """
+    return _run(plan)
+
+
+def normalize(plan):
+    """logsumexp, log_softmax, softmax or entropy of a plan on the GPU.
+
+    Parameters
+    ----------
+    plan : nbxent._plan.Plan
+        ``op`` in ("logsumexp", "log_softmax", "softmax", "entropy").
+
+    Returns
+    -------
+    array
+        logsumexp / entropy: per row (``plan.result_shape``, reduced for entropy
+        per ``plan.reduction``) in ``plan.loss_dtype``; log_softmax / softmax:
+        ``plan.logits_shape`` in ``plan.dtype`` (into ``plan.out.array`` if given).
+    """
+    loss, out = _run(plan)
+    return loss if plan.op in ("logsumexp", "entropy") else out
+
+
+def _run(plan):
+    cfg = settings()
+    launch = Launch(plan.logits.array, plan.stream)
+    is_ce = plan.op == "cross_entropy"
+    index_target = is_ce and plan.target_is_index
+    want_loss = plan.want_loss
+    want_out = plan.want_grad
+    reduce = want_loss and plan.reduction != "none" and plan.op != "logsumexp"
+    acc_dtype = np.dtype(np.float64 if plan.dtype == np.float64 else np.float32)
+    n_rows, n_classes = plan.n_rows, plan.n_classes
+
+    loss = None
+    if want_loss:
+        loss = launch.empty(() if reduce else plan.result_shape, plan.loss_dtype)
+    out = None
+    if want_out:
+        out = plan.out.array if plan.out is not None else launch.empty(plan.logits_shape,
+                                                                     plan.dtype)
+    if n_rows == 0:
+        if reduce:  # torch: 'sum' of nothing is 0, 'mean' is 0/0
+            loss = launch.full((), plan.loss_dtype, np.nan if plan.reduction == "mean" else 0.0)
+        return loss, out
+
+    layout, threads, group, cache, chunk_cols, n_chunks = _config(cfg, plan)
+    if layout == "warp":
+        blocks = min(-(-n_rows // (threads // group)), _max_blocks(cfg))
+        grid = blocks
+    elif layout == "block":
+        blocks = min(n_rows, _max_blocks(cfg))
+        grid = blocks
+    else:
+        row_blocks = min(n_rows, max(1, _max_blocks(cfg) // n_chunks))
+        blocks = n_chunks * row_blocks
+        grid = (n_chunks, row_blocks)
+
+    chunk_base = kernels.SLOT_BASE + 4 * blocks
+    rowc_base = chunk_base + (4 * n_rows * n_chunks if layout == "split" else 0)
+    acc_ws = launch.empty((rowc_base + (4 * n_rows if layout == "split" else 0),), acc_dtype)
+    int_ws = launch.zeros((kernels.CHUNKS_DONE + (n_rows if layout == "split" else 0),),
+                          np.int64)
+    acc_flat, int_flat = launch.flat_all(acc_ws), launch.flat_all(int_ws)
+
+    logits, lg_off = launch.flat(plan.logits.array, plan.logits.shape, plan.logits.strides)
+    lg_s0, lg_s1, lg_s2 = plan.logits.strides
+    target, tg_off, tg_s = logits, 0, (0, 0, 0)
+    if is_ce:
+        target, tg_off = launch.flat(plan.target.array, plan.target.shape, plan.target.strides)
+        ts = plan.target.strides
+        tg_s = (ts[0], 0, ts[1]) if plan.target_is_index else ts
+    weight, w_off, w_s = logits, 0, 0
+    if is_ce and plan.weight is not None:
+        weight, w_off = launch.flat(plan.weight.array, plan.weight.shape, plan.weight.strides)
+        w_s = plan.weight.strides[0]
+    has_grad_output = is_ce and want_out and plan.grad_output is not None
+    grad_output, go_off, go_s = logits, 0, (0, 0)
+    if has_grad_output:
+        grad_output, go_off = launch.flat(plan.grad_output.array, plan.grad_output.shape,
+                                          plan.grad_output.strides)
+        go_s = plan.grad_output.strides
+    out_flat, out_off, out_s = logits, 0, (0, 0, 0)
+    if want_out:
+        if plan.out is not None:
+            out_flat, out_off = launch.flat(out, plan.out.shape, plan.out.strides)
+            out_s = plan.out.strides
+        else:
+            out_flat = launch.flat_all(out)
+            out_s = (n_classes * plan.inner, plan.inner, 1)
+    loss_flat = launch.flat_all(loss) if want_loss else acc_flat
+
+    dims = (n_rows, n_classes, plan.inner, group, chunk_cols, n_chunks,
+            lg_off, lg_s0, lg_s1, lg_s2, tg_off, *tg_s, w_off, w_s, go_off, *go_s,
+            out_off, *out_s, 1, plan.ignore_index, chunk_base, rowc_base)
+    dims = tuple(int(d) for d in dims)
+    mean = plan.reduction == "mean"
+    denom_on_device = index_target and mean and want_out
+    inv_rows = 1.0 / n_rows if mean and is_ce and not index_target else 1.0
+    eps = plan.label_smoothing if is_ce else 0.0
+    softcap = plan.softcap if is_ce else 0.0
+    coef = (eps, eps / n_classes, plan.z_loss if is_ce else 0.0, softcap,
+            1.0 / softcap if softcap else 0.0, plan.grad_scale if is_ce else 1.0,
+            1.0 if mean else 0.0, inv_rows, 1.0 if plan.op == "log_softmax" else 0.0)
+    coef = tuple(acc_dtype.type(c) for c in coef)
+
+    variant = kernels.Variant(
+        op="softmax" if plan.op == "log_softmax" else plan.op, layout=layout,
+        phase="stats" if layout == "split" else "fused",
+        acc64=acc_dtype == np.float64,
+        target=("index" if plan.target_is_index else "prob") if is_ce else "none",
+        has_weight=is_ce and plan.weight is not None, softcap=softcap > 0,
+        want_loss=want_loss, want_grad=want_out and is_ce, reduce=reduce,
+        has_grad_output=has_grad_output, denom_on_device=denom_on_device, cache=cache)
+
+    if denom_on_device:
+        kernels.denominator_kernel(variant.acc64, variant.has_weight)[1, threads, launch.stream](
+            target, weight, acc_flat,
+            (n_rows, n_classes, plan.inner, tg_off, tg_s[0], tg_s[2], w_off, w_s,
+             int(plan.ignore_index)))
+    args = (logits, target, weight, grad_output, loss_flat, out_flat, acc_flat, int_flat,
+            dims, coef)
+    kernels.row_kernel(variant)[grid, threads, launch.stream](*args)
+    if layout == "split" and want_out:
+        kernels.row_kernel(variant._replace(phase="apply"))[grid, threads, launch.stream](*args)
+
+    if index_target and plan.validate:
+        _raise_on_bad_index(launch, plan, int_ws, target, tg_off, tg_s)
+    return loss, out
+
+
+def _raise_on_bad_index(launch, plan, int_ws, target, tg_off, tg_s):
+    """Read the error flag (n_rows - first bad row, 0 if none) and raise for that row."""
+    flag = int(launch.read(int_ws)[kernels.ERROR])
+    if flag == 0:
+        return
+    row = plan.n_rows - flag
+    o, i = divmod(row, plan.inner)
+    at = tg_off + o * tg_s[0] + i * tg_s[2]
+    value = int(target[at:at + 1].copy_to_host()[0])
+    position = np.unravel_index(row, plan.result_shape) if plan.result_shape else ()
+    raise index_error(tuple(int(p) for p in position), value, plan.n_classes,
+                      plan.ignore_index)

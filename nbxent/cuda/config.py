@@ -1,0 +1,43 @@
+"""Tunables of the CUDA backend, read at each launch so tests can lower them.
+
+Every value can be overridden by an environment variable of the same name with
+the prefix ``NBXENT_CUDA_`` (e.g. ``NBXENT_CUDA_WARP_MAX_C=64``). The simulator
+tests use that to reach every kernel variant with tiny shapes and small blocks.
+"""
+
+import os
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Launch parameters and variant thresholds (see the module docstring)."""
+    #: threads per block of the warp layout (several rows per block).
+    threads: int = 256
+    #: threads per block of the block and split layouts (one row, or a chunk of one, per block).
+    block_threads: int = 512
+    #: the same for float64 logits (twice the registers per value: 256 keeps them <= 255).
+    block_threads_f64: int = 256
+    #: largest C served by the warp layout (a warp or less per row).
+    warp_max_c: int = 1024
+    #: smallest C for which a row may be split across blocks ...
+    split_min_c: int = 65536
+    #: ... when there are fewer rows than this (0: the number of SMs).
+    split_max_rows: int = 0
+    #: columns per block in the split layout (a multiple of block_threads * block_cache).
+    split_cols: int = 16384
+    #: logits kept in registers per thread: warp layout, block/split layouts.
+    warp_cache: int = 16
+    block_cache: int = 16
+    #: grid cap for the grid-stride loops (0: 16 blocks per SM).
+    max_blocks: int = 0
+
+
+def settings():
+    """The current ``Settings``, with ``NBXENT_CUDA_*`` environment overrides applied."""
+    values = {}
+    for field in fields(Settings):
+        raw = os.environ.get("NBXENT_CUDA_" + field.name.upper())
+        if raw is not None:
+            values[field.name] = int(raw)
+    return Settings(**values)
