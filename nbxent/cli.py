@@ -88,7 +88,8 @@ def build_parser():
     info = commands.add_parser("info", help="versions, threads, kernel cache and GPU",
                                description="Print versions, Numba threads and threading "
                                "layer, whether Numba's on-disk cache of nbxent's kernels is "
-                               "warm, and the GPU or why none is usable.")
+                               "warm (a first float32 call shows whether Numba compiles: "
+                               "seconds when it does), and the GPU or why none is usable.")
     info.set_defaults(handler=_info, subparser=info)
     return parser
 
@@ -162,15 +163,19 @@ def _info(args):
     print(f"cpu         {host['cpu']} ({host['cpu_count']} logical cores)")
     print(f"threads     numba uses {threads['numba']} of {threads['numba_max']}, "
           f"threading layer {threads['threading_layer']}")
-    cache = {module: state for module, state in machine.kernel_cache().items()
-             if not module.startswith("nbxent.bench")}
-    if not cache:
-        print("cache       cold: no Numba cache files for nbxent's kernels yet; "
-              "the first call of each kernel compiles it")
-    for module, state in cache.items():
-        warmth = "warm" if not state["stale"] else f"stale ({state['stale']} older than source)"
-        print(f"cache       {warmth}: {module}, {state['index_files']} index files "
-              f"in {state['dir']}")
+    seconds, compiled = machine.first_calls()
+    if compiled:
+        print(f"cache       cold: a first float32 loss and loss+grad call compiled "
+              f"{len(compiled)} kernel variant(s) in {seconds:.1f} s "
+              f"({', '.join(sorted(set(compiled)))})")
+    else:
+        print(f"cache       warm: a first float32 loss and loss+grad call took {seconds:.2f} s, "
+              f"every kernel loaded from Numba's on-disk cache")
+    for module, state in machine.kernel_cache().items():
+        if not module.startswith("nbxent.bench"):
+            print(f"            {state['index_files']} index file(s) for {module} in "
+                  f"{state['dir']}" + (f", {state['stale']} older than the source"
+                                       if state["stale"] else ""))
     gpu = host["gpu"]
     if gpu:
         print(f"gpu         {gpu['name']}, {gpu['memory_bytes'] / 2**30:.1f} GiB, "

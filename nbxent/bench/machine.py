@@ -120,6 +120,37 @@ def _cache_dirs(module_file):
     return dirs
 
 
+def first_calls():
+    """Call nbxent once (float32 loss, then loss+grad, on 8 rows) and see what Numba did.
+
+    Returns ``(seconds, compiled)``: the time both calls took and the name of
+    each kernel Numba compiled for them, once per compilation (empty when
+    every kernel came from the on-disk cache or was compiled earlier in this
+    process).
+    """
+    from time import perf_counter
+
+    import numpy as np
+    from numba.core import event
+
+    import nbxent
+
+    logits = np.zeros((8, 5), np.float32)
+    target = np.zeros(8, np.int64)
+    start = perf_counter()
+    with event.install_recorder("numba:compile") as recorder:
+        nbxent.cross_entropy(logits, target)
+        nbxent.cross_entropy_with_grad(logits, target)
+    seconds = perf_counter() - start
+    compiled = []
+    for _, compile_event in recorder.buffer:
+        py_func = compile_event.data["dispatcher"].py_func
+        name = f"{py_func.__module__}.{py_func.__qualname__}"
+        if compile_event.is_start and name.startswith("nbxent."):
+            compiled.append(name)
+    return seconds, compiled
+
+
 def kernel_cache():
     """Numba's on-disk cache of nbxent's kernels, per source module that has any.
 
