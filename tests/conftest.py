@@ -25,9 +25,15 @@ def _package_dir():
     return pathlib.Path(__file__).resolve().parent.parent / "nbxent"
 
 
+# Modules no kernel imports: edits there must not throw the compiled kernels away.
+_NOT_KERNEL_SOURCES = ("bench", "cli.py", "__main__.py")
+
+
 def _source_hash(root):
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
+        if path.relative_to(root).parts[0] in _NOT_KERNEL_SOURCES:
+            continue
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

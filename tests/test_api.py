@@ -1,0 +1,637 @@
+"""Every public function on every backend against the float64 oracle.
+
+Each test builds NumPy inputs, hands the backend its own kind of array
+(``backend.to_backend`` / ``backend.view``), checks that results come back in
+that kind (``backend.to_numpy``), in the promised dtype and shape, and within
+``assert_close``'s per-dtype tolerance of ``nbxent.reference``.
+"""
+
+import numpy as np
+import pytest
+
+import nbxent
+from nbxent import reference as R
+
+from _cases import (DTYPE_PARAMS, LAYOUT_PARAMS, OPTION_PARAMS, OPTIONS_BY_ID, REDUCTIONS,
+                    SHAPES, TARGET_DTYPE_PARAMS, is_small, loss_shape, make_index_target,
+                    make_inputs, make_logits, make_prob_target)
+from conftest import assert_close, loss_dtype
+
+F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
+
+
+# ------------------------------------------------------------------ helpers
+
+def on_backend(backend, keywords):
+    """``keywords`` with its arrays (weight) moved to the backend."""
+    moved = dict(keywords)
+    if moved.get("weight") is not None:
+        moved["weight"] = backend.to_backend(moved["weight"])
+    return moved
+
+
+def log_softmax_tol(dtype):
+    """log_softmax = x - lse rounds at the magnitude of x and lse, not of the result."""
+    return {F64: (1e-12, 1e-12), F32: (1e-5, 1e-6), F16: (1e-3, 1e-5)}[np.dtype(dtype)]
+
+
+def check_loss_result(backend, result, expected, dtype, reduction, err_msg=""):
+    """The loss: the backend's kind, 0-d when reduced, the loss dtype, close to the oracle."""
+    got = backend.to_numpy(result)
+    if reduction != "none":
+        assert got.shape == (), f"{err_msg} reduced loss has shape {got.shape}, not ()"
+    assert_close(got, expected, dtype, "loss", err_msg=err_msg)
+    return got
+
+
+def check_grad_result(backend, result, expected, dtype, err_msg=""):
+    got = backend.to_numpy(result)
+    assert_close(got, expected, dtype, "grad", err_msg=err_msg)
+    return got
+
+
+def snapshot(backend, *arrays):
+    return [None if a is None or np.isscalar(a) else backend.to_numpy(a).copy() for a in arrays]
+
+
+def assert_unchanged(backend, before, *arrays):
+    for b, a in zip(before, arrays):
+        if b is not None:
+            np.testing.assert_array_equal(backend.to_numpy(a), b, err_msg="an input was modified")
+
+
+def check_all_three(backend, logits, target, keywords, reduction, dtype, *, grad_output=1.0,
+                    logits_dev=None, target_dev=None, grad_output_dev=None):
+    """cross_entropy, cross_entropy_grad and cross_entropy_with_grad vs the oracle.
+
+    ``logits``/``target``/``grad_output`` are NumPy (for the oracle); the ``*_dev``
+    versions (default: converted copies) are what the backend receives.
+    """
+    logits_dev = backend.to_backend(logits) if logits_dev is None else logits_dev
+    target_dev = backend.to_backend(target) if target_dev is None else target_dev
+    if grad_output_dev is None:
+        grad_output_dev = (grad_output if np.isscalar(grad_output)
+                           else backend.to_backend(np.asarray(grad_output)))
+    kw_dev = on_backend(backend, keywords)
+    before = snapshot(backend, logits_dev, target_dev, kw_dev.get("weight"), grad_output_dev)
+
+    expected_loss = R.cross_entropy(logits, target, reduction=reduction, **keywords)
+    expected_grad = R.cross_entropy_grad(logits, target, reduction=reduction,
+                                         grad_output=grad_output, **keywords)
+
+    loss = nbxent.cross_entropy(logits_dev, target_dev, reduction=reduction, **kw_dev)
+    check_loss_result(backend, loss, expected_loss, dtype, reduction, "cross_entropy:")
+    grad = nbxent.cross_entropy_grad(logits_dev, target_dev, reduction=reduction,
+                                     grad_output=grad_output_dev, **kw_dev)
+    got_grad = check_grad_result(backend, grad, expected_grad, dtype, "cross_entropy_grad:")
+    fused_loss, fused_grad = nbxent.cross_entropy_with_grad(
+        logits_dev, target_dev, reduction=reduction, grad_output=grad_output_dev, **kw_dev)
+    check_loss_result(backend, fused_loss, expected_loss, dtype, reduction, "with_grad loss:")
+    check_grad_result(backend, fused_grad, expected_grad, dtype, "with_grad grad:")
+    assert_unchanged(backend, before, logits_dev, target_dev, kw_dev.get("weight"),
+                     grad_output_dev)
+    return got_grad
+
+
+def ignored_rows(target, keywords, axis):
+    """Boolean mask over the loss shape of rows whose index target is ignore_index."""
+    if not np.issubdtype(target.dtype, np.integer):
+        return np.zeros(target.shape[:axis % target.ndim] + target.shape[axis % target.ndim + 1:],
+                        bool)
+    return target.astype(np.int64) == keywords["ignore_index"]
+
+
+# ------------------------------------------------------------------ cross-entropy: shapes
+
+@pytest.mark.parametrize("option_id", ["plain", "weight-smooth-ignore"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_cross_entropy_shapes(backend, rng, shape, dtype, reduction, option_id):
+    backend.skip_if_large(*shape)
+    logits, target, keywords = make_inputs(rng, shape, -1, dtype, OPTIONS_BY_ID[option_id])
+    grad_output = rng.uniform(0.5, 2.0, shape[:1]) if reduction == "none" else 1.5
+    got_grad = check_all_three(backend, logits, target, keywords, reduction, dtype,
+                               grad_output=grad_output)
+    mask = ignored_rows(target, keywords, -1)
+    assert np.all(got_grad[mask] == 0), "ignored rows must get exactly zero gradient"
+
+
+# ------------------------------------------------------------------ cross-entropy: options
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("shape", [(37, 11), (5, 1000)], ids=["37x11", "5x1000"])
+@pytest.mark.parametrize("options", OPTION_PARAMS)
+def test_cross_entropy_options(backend, rng, options, shape, dtype, reduction):
+    backend.skip_if_large(*shape)
+    logits, target, keywords = make_inputs(rng, shape, -1, dtype, options)
+    grad_output = rng.uniform(-2.0, 2.0, shape[:1]) if reduction == "none" else 0.75
+    got_grad = check_all_three(backend, logits, target, keywords, reduction, dtype,
+                               grad_output=grad_output)
+    mask = ignored_rows(target, keywords, -1)
+    assert np.all(got_grad[mask] == 0), "ignored rows must get exactly zero gradient"
+
+
+# ------------------------------------------------------------------ cross-entropy: layouts
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("option_id", ["plain", "everything", "prob-weight-smooth"])
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("layout", LAYOUT_PARAMS)
+def test_cross_entropy_layouts(backend, rng, layout, dtype, option_id, reduction):
+    """Any axis and strided views of the logits (and of prob targets) give the oracle's answer."""
+    if backend.small and not is_small(layout.shape(), layout.axis):
+        pytest.skip("too large for the simulator")
+    options = OPTIONS_BY_ID[option_id]
+    base = layout.make(rng, dtype, scale=5.0 if options.softcap else 2.0)
+    logits, logits_dev = backend.view(base, layout.view)
+    shape, axis = logits.shape, layout.axis
+    _, target, keywords = make_inputs(rng, shape, axis, dtype, options)
+    target_dev = None
+    if options.target != "index":
+        # Strided prob targets too: the same view of a differently-shaped base.
+        target_base = make_prob_target(rng, layout.base_shape, axis).astype(dtype)
+        target, target_dev = backend.view(target_base, layout.view)
+    grad_output = (rng.uniform(-2.0, 2.0, loss_shape(shape, axis)) if reduction == "none"
+                   else 1.25)
+    got_grad = check_all_three(backend, logits, target, keywords, reduction, dtype,
+                               grad_output=grad_output, logits_dev=logits_dev,
+                               target_dev=target_dev)
+    assert got_grad.shape == shape
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_strided_target_weight_and_grad_output(backend, rng, reduction):
+    """Non-contiguous target, weight and grad_output arrays are read through their strides."""
+    n, c = 12, 9
+    logits = make_logits(rng, (n, c), F32)
+    target_base = rng.integers(0, c, (2 * n,)).astype(np.int32)
+    target_base[::5] = -100
+    weight_base = rng.uniform(0.5, 2.0, (2 * c,)).astype(np.float32)
+    go_base = rng.uniform(-1, 1, (3 * n,))
+    target, target_dev = backend.view(target_base, lambda x: x[::2])
+    weight, weight_dev = backend.view(weight_base, lambda x: x[1::2])
+    grad_output, go_dev = backend.view(go_base, lambda x: x[::3])
+    if reduction != "none":
+        grad_output, go_dev = 2.0, 2.0
+    keywords = dict(weight=weight, label_smoothing=0.05)
+    expected_loss = R.cross_entropy(logits, target, reduction=reduction, **keywords)
+    expected_grad = R.cross_entropy_grad(logits, target, reduction=reduction,
+                                         grad_output=grad_output, **keywords)
+    logits_dev = backend.to_backend(logits)
+    loss, grad = nbxent.cross_entropy_with_grad(logits_dev, target_dev, weight=weight_dev,
+                                                label_smoothing=0.05, reduction=reduction,
+                                                grad_output=go_dev)
+    check_loss_result(backend, loss, expected_loss, F32, reduction)
+    check_grad_result(backend, grad, expected_grad, F32)
+
+
+# ------------------------------------------------------------------ target dtypes
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("target_dtype,ignore_index", TARGET_DTYPE_PARAMS)
+def test_integer_target_dtypes(backend, rng, target_dtype, ignore_index, reduction):
+    shape = (29, 13)
+    target = make_index_target(rng, shape, -1, dtype=target_dtype, ignore_index=ignore_index,
+                               ignored=0.3 if ignore_index == 255 or target_dtype.kind == "i"
+                               else 0.0)
+    logits = make_logits(rng, shape, F32)
+    keywords = dict(axis=-1, weight=rng.uniform(0.5, 1.5, 13), ignore_index=ignore_index,
+                    label_smoothing=0.1)
+    got_grad = check_all_three(backend, logits, target, keywords, reduction, F32)
+    if ignore_index == 255:
+        assert np.all(got_grad[target == 255] == 0)
+
+
+def test_uint8_segmentation_mask_nchw(backend, rng):
+    """The classic segmentation call: NCHW logits, a uint8 (N, H, W) mask with 255 = void."""
+    logits = make_logits(rng, (2, 5, 4, 6), F32)
+    target = rng.integers(0, 5, (2, 4, 6)).astype(np.uint8)
+    target[:, 0, :] = 255
+    keywords = dict(axis=1, ignore_index=255)
+    got_grad = check_all_three(backend, logits, target, keywords, "mean", F32)
+    assert np.all(got_grad[:, :, 0, :] == 0)
+
+
+@pytest.mark.parametrize("target_dtype", [np.float16, np.float32, np.float64])
+def test_probability_target_dtype_may_differ_from_logits(backend, rng, target_dtype):
+    logits = make_logits(rng, (7, 6), F32)
+    target = make_prob_target(rng, (7, 6), -1).astype(target_dtype)
+    check_all_three(backend, logits, target, dict(label_smoothing=0.1), "mean", F32)
+
+
+# ------------------------------------------------------------------ grad_output
+
+GRAD_OUTPUTS = [
+    pytest.param(lambda rng, shape: 2.5, id="float"),
+    pytest.param(lambda rng, shape: 3, id="int"),
+    pytest.param(lambda rng, shape: np.float32(0.5), id="np.float32"),
+    pytest.param(lambda rng, shape: np.array(-1.5), id="0d-f64"),
+    pytest.param(lambda rng, shape: np.array(0.25, np.float32), id="0d-f32"),
+    pytest.param(lambda rng, shape: 0.0, id="zero"),
+]
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("make_grad_output", GRAD_OUTPUTS)
+def test_scalar_grad_output(backend, rng, make_grad_output, reduction):
+    logits = make_logits(rng, (9, 7), F32)
+    target = make_index_target(rng, (9, 7), -1, ignored=0.2)
+    grad_output = make_grad_output(rng, (9,))
+    got = check_all_three(backend, logits, target, dict(label_smoothing=0.1, z_loss=0.01),
+                          reduction, F32, grad_output=grad_output)
+    if np.asarray(grad_output) == 0:
+        assert np.all(got == 0)
+
+
+@pytest.mark.parametrize("go_dtype", [np.float16, np.float32, np.float64, np.int32])
+def test_per_row_grad_output(backend, rng, go_dtype):
+    logits = make_logits(rng, (11, 6), F64)
+    target = make_index_target(rng, (11, 6), -1, ignored=0.2)
+    grad_output = rng.integers(-3, 4, (11,)).astype(go_dtype)
+    check_all_three(backend, logits, target, dict(weight=rng.uniform(0.5, 2, 6)), "none", F64,
+                    grad_output=grad_output)
+
+
+def test_per_row_grad_output_nchw(backend, rng):
+    logits = make_logits(rng, (2, 4, 3, 5), F32)
+    target = make_index_target(rng, (2, 4, 3, 5), 1, ignored=0.2)
+    grad_output = rng.uniform(-1, 1, (2, 3, 5))
+    check_all_three(backend, logits, target, dict(axis=1, label_smoothing=0.2), "none", F32,
+                    grad_output=grad_output)
+
+
+# ------------------------------------------------------------------ out= and in place
+
+@pytest.mark.parametrize("function", ["grad", "with_grad"])
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_out_preallocated(backend, rng, dtype, function):
+    logits = make_logits(rng, (13, 9), dtype)
+    target = make_index_target(rng, (13, 9), -1, ignored=0.2)
+    expected_grad = R.cross_entropy_grad(logits, target, label_smoothing=0.1)
+    out = backend.to_backend(np.full((13, 9), 7.0, dtype))
+    logits_dev, target_dev = backend.to_backend(logits), backend.to_backend(target)
+    if function == "grad":
+        result = nbxent.cross_entropy_grad(logits_dev, target_dev, label_smoothing=0.1, out=out)
+    else:
+        loss, result = nbxent.cross_entropy_with_grad(logits_dev, target_dev,
+                                                      label_smoothing=0.1, out=out)
+        check_loss_result(backend, loss, R.cross_entropy(logits, target, label_smoothing=0.1),
+                          dtype, "mean")
+    assert result is out, "the gradient must be returned in out="
+    check_grad_result(backend, out, expected_grad, dtype)
+    np.testing.assert_array_equal(backend.to_numpy(logits_dev), logits)
+
+
+def test_out_strided_view_leaves_the_rest_alone(backend, rng):
+    logits = make_logits(rng, (8, 10), F32)
+    target = make_index_target(rng, (8, 10), -1)
+    out_base = np.full((8, 13), 7.0, np.float32)
+    _, out = backend.view(out_base, lambda x: x[:, 2:12])
+    result = nbxent.cross_entropy_grad(backend.to_backend(logits), backend.to_backend(target),
+                                       out=out)
+    assert result is out
+    check_grad_result(backend, out, R.cross_entropy_grad(logits, target), F32)
+    base_after = backend.to_numpy(out.base if hasattr(out, "base") and out.base is not None
+                                  else out)
+    if base_after.shape == out_base.shape:
+        assert np.all(base_after[:, :2] == 7.0) and np.all(base_after[:, 12:] == 7.0)
+
+
+@pytest.mark.parametrize("function", ["grad", "with_grad"])
+@pytest.mark.parametrize("option_id", ["plain", "everything", "prob-zloss-softcap"])
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("layout", LAYOUT_PARAMS)
+def test_gradient_in_place(backend, rng, layout, dtype, option_id, function):
+    """out=logits overwrites the logits with the gradient (also for strided views and any axis)."""
+    if backend.small and not is_small(layout.shape(), layout.axis):
+        pytest.skip("too large for the simulator")
+    options = OPTIONS_BY_ID[option_id]
+    base = layout.make(rng, dtype, scale=5.0 if options.softcap else 2.0)
+    base_before = base.copy()
+    logits, logits_dev = backend.view(base, layout.view)
+    logits = logits.copy()
+    _, target, keywords = make_inputs(rng, logits.shape, layout.axis, dtype, options)
+    reduction = "sum"
+    expected_grad = R.cross_entropy_grad(logits, target, reduction=reduction, grad_output=0.5,
+                                         **keywords)
+    expected_loss = R.cross_entropy(logits, target, reduction=reduction, **keywords)
+    target_dev, kw_dev = backend.to_backend(target), on_backend(backend, keywords)
+    if function == "grad":
+        result = nbxent.cross_entropy_grad(logits_dev, target_dev, reduction=reduction,
+                                           grad_output=0.5, out=logits_dev, **kw_dev)
+    else:
+        loss, result = nbxent.cross_entropy_with_grad(logits_dev, target_dev,
+                                                      reduction=reduction, grad_output=0.5,
+                                                      out=logits_dev, **kw_dev)
+        check_loss_result(backend, loss, expected_loss, dtype, reduction)
+    assert result is logits_dev
+    check_grad_result(backend, logits_dev, expected_grad, dtype)
+    if backend.name == "cpu":
+        # Memory of the base outside the view is untouched.
+        outside = np.ones(base.shape, bool)
+        layout.view(outside)[...] = False
+        np.testing.assert_array_equal(base[outside], base_before[outside])
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_in_place_large_vocabulary(backend, rng, dtype):
+    backend.skip_if_large(32000)
+    logits = make_logits(rng, (4, 32000), dtype)
+    target = make_index_target(rng, (4, 32000), -1)
+    expected_loss = R.cross_entropy(logits, target, z_loss=1e-4, label_smoothing=0.1)
+    expected_grad = R.cross_entropy_grad(logits, target, z_loss=1e-4, label_smoothing=0.1)
+    logits_dev = backend.to_backend(logits)
+    loss, grad = nbxent.cross_entropy_with_grad(logits_dev, backend.to_backend(target),
+                                                z_loss=1e-4, label_smoothing=0.1,
+                                                out=logits_dev)
+    assert grad is logits_dev
+    check_loss_result(backend, loss, expected_loss, dtype, "mean")
+    check_grad_result(backend, grad, expected_grad, dtype)
+
+
+# ------------------------------------------------------------------ normalisers
+
+def check_normalizers(backend, x, x_dev, axis, dtype):
+    before = snapshot(backend, x_dev)
+    lse = nbxent.logsumexp(x_dev, axis=axis)
+    assert_close(backend.to_numpy(lse), R.logsumexp(x, axis), dtype, "loss", err_msg="logsumexp:")
+    logp = backend.to_numpy(nbxent.log_softmax(x_dev, axis=axis))
+    rtol, atol = log_softmax_tol(dtype)
+    assert_close(logp, R.log_softmax(x, axis), dtype, "grad", rtol=rtol, atol=atol,
+                 err_msg="log_softmax:")
+    p = backend.to_numpy(nbxent.softmax(x_dev, axis=axis))
+    assert_close(p, R.softmax(x, axis), dtype, "grad", err_msg="softmax:")
+    for reduction in REDUCTIONS:
+        got = backend.to_numpy(nbxent.entropy(x_dev, axis=axis, reduction=reduction))
+        if reduction != "none":
+            assert got.shape == ()
+        assert_close(got, R.entropy(x, axis, reduction), dtype, "loss",
+                     err_msg=f"entropy {reduction}:")
+    # entropy's default reduction is "none"
+    got = backend.to_numpy(nbxent.entropy(x_dev, axis=axis))
+    assert got.shape == loss_shape(x.shape, axis)
+    assert_unchanged(backend, before, x_dev)
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_normalizers_shapes(backend, rng, shape, dtype):
+    backend.skip_if_large(*shape)
+    x = make_logits(rng, shape, dtype)
+    check_normalizers(backend, x, backend.to_backend(x), -1, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("layout", LAYOUT_PARAMS)
+def test_normalizers_layouts(backend, rng, layout, dtype):
+    if backend.small and not is_small(layout.shape(), layout.axis):
+        pytest.skip("too large for the simulator")
+    x, x_dev = backend.view(layout.make(rng, dtype), layout.view)
+    check_normalizers(backend, x, x_dev, layout.axis, dtype)
+
+
+@pytest.mark.parametrize("op", ["log_softmax", "softmax"])
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("in_place", [False, True], ids=["preallocated", "in_place"])
+def test_normalizer_out(backend, rng, op, dtype, in_place):
+    x = make_logits(rng, (2, 6, 3, 4), dtype)
+    expected = getattr(R, op)(x, 1)
+    x_dev = backend.to_backend(x)
+    out = x_dev if in_place else backend.to_backend(np.zeros_like(x))
+    result = getattr(nbxent, op)(x_dev, axis=1, out=out)
+    assert result is out
+    rtol, atol = log_softmax_tol(dtype) if op == "log_softmax" else (None, None)
+    assert_close(backend.to_numpy(out), expected, dtype, "grad", rtol=rtol, atol=atol)
+    if not in_place:
+        np.testing.assert_array_equal(backend.to_numpy(x_dev), x)
+
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_normalizers_nonfinite_rows(backend, rng, dtype):
+    x = make_logits(rng, (6, 5), dtype)
+    x[0, 1] = np.nan
+    x[1, 2] = np.inf
+    x[2, :] = -np.inf
+    x[3, 0] = -np.inf
+    x[4, :] = 0.0
+    check_normalizers(backend, x, backend.to_backend(x), -1, dtype)
+    lse = backend.to_numpy(nbxent.logsumexp(backend.to_backend(x)))
+    assert np.isnan(lse[0]) and lse[1] == np.inf and lse[2] == -np.inf
+
+
+# ------------------------------------------------------------------ edge cases (DESIGN §2)
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+@pytest.mark.parametrize("option_id", ["plain", "weight-smooth-ignore", "z_loss", "softcap"])
+def test_all_ignored_mean_is_nan_with_zero_gradient(backend, rng, dtype, option_id):
+    options = OPTIONS_BY_ID[option_id]
+    logits, _, keywords = make_inputs(rng, (5, 7), -1, dtype, options)
+    target = np.full(5, keywords["ignore_index"], np.int64)
+    loss_dev, grad_dev = nbxent.cross_entropy_with_grad(
+        backend.to_backend(logits), backend.to_backend(target), **on_backend(backend, keywords))
+    loss, grad = backend.to_numpy(loss_dev), backend.to_numpy(grad_dev)
+    assert loss.shape == () and np.isnan(loss)
+    assert grad.dtype == dtype and np.all(grad == 0)
+    for reduction, expected in (("sum", 0.0), ("none", np.zeros(5))):
+        got = backend.to_numpy(nbxent.cross_entropy(
+            backend.to_backend(logits), backend.to_backend(target), reduction=reduction,
+            **on_backend(backend, keywords)))
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("form", ["index", "prob"])
+@pytest.mark.parametrize("shape,axis", [((0, 7), -1), ((2, 3, 0, 4), 1), ((0, 2, 5), -1),
+                                        ((4, 0), 0)],
+                         ids=["rows0", "nchw-h0", "3d-rows0", "axis0-rows0"])
+def test_empty_batch(backend, rng, shape, axis, form, reduction):
+    logits = make_logits(rng, shape, F32)
+    target = (make_index_target(rng, shape, axis) if form == "index"
+              else make_prob_target(rng, shape, axis).astype(np.float32))
+    keywords = dict(axis=axis, label_smoothing=0.1, z_loss=0.01)
+    check_all_three(backend, logits, target, keywords, reduction, F32,
+                    grad_output=np.ones(loss_shape(shape, axis)) if reduction == "none" else 1.0)
+    loss = backend.to_numpy(nbxent.cross_entropy(backend.to_backend(logits),
+                                                 backend.to_backend(target),
+                                                 reduction=reduction, **keywords))
+    if reduction == "mean":
+        assert np.isnan(loss)
+    elif reduction == "sum":
+        assert loss == 0
+    else:
+        assert loss.shape == loss_shape(shape, axis)
+    x_dev = backend.to_backend(logits)
+    assert backend.to_numpy(nbxent.logsumexp(x_dev, axis=axis)).shape == loss_shape(shape, axis)
+    assert backend.to_numpy(nbxent.softmax(x_dev, axis=axis)).shape == shape
+    assert np.isnan(backend.to_numpy(nbxent.entropy(x_dev, axis=axis, reduction="mean")))
+    assert backend.to_numpy(nbxent.entropy(x_dev, axis=axis, reduction="sum")) == 0
+
+
+@pytest.mark.parametrize("option_id", ["plain", "smooth", "weight", "z_loss", "prob"])
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_single_class(backend, rng, dtype, option_id):
+    """C = 1: log_softmax is 0, so the loss is 0 (plus z-loss) and the gradient 0."""
+    logits, target, keywords = make_inputs(rng, (6, 1), -1, dtype, OPTIONS_BY_ID[option_id])
+    got = check_all_three(backend, logits, target, keywords, "none", dtype)
+    if not keywords["z_loss"]:
+        assert np.all(got == 0)
+
+
+@pytest.mark.parametrize("option_id", ["plain", "smooth", "weight-smooth-ignore", "z_loss",
+                                       "softcap", "prob", "prob-weight-smooth"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_nonfinite_logits(backend, rng, dtype, reduction, option_id):
+    """nan / +inf / all -inf rows give nan (like torch); a -inf at a non-target class is fine;
+    a -inf at the target class gives +inf loss."""
+    options = OPTIONS_BY_ID[option_id]
+    logits, target, keywords = make_inputs(rng, (8, 6), -1, dtype, options)
+    if options.target == "index":
+        target = target.astype(np.int64)
+        target[:6] = [0, 1, 2, 3, 4, 5]
+    logits[0, 3] = np.nan
+    logits[1, 4] = np.inf
+    logits[2, :] = -np.inf
+    logits[3, 0] = -np.inf                                 # non-target class (target is 3)
+    logits[4, 4] = -np.inf                                 # the target class
+    logits[5, 1:] = -np.inf                                # all but one, not the target
+    grad_output = np.linspace(0.5, 2, 8) if reduction == "none" else 1.0
+    check_all_three(backend, logits, target, keywords, reduction, dtype,
+                    grad_output=grad_output)
+    if reduction == "none" and options.target == "index" and not options.softcap:
+        loss = backend.to_numpy(nbxent.cross_entropy(backend.to_backend(logits),
+                                                     backend.to_backend(target),
+                                                     reduction="none",
+                                                     **on_backend(backend, keywords)))
+        assert np.all(np.isnan(loss[:3]))
+        assert np.isfinite(loss[3]) or options.label_smoothing
+        assert loss[4] == np.inf
+
+
+@pytest.mark.parametrize("function", ["loss", "grad"])
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_ignored_rows_with_nan_logits_count_for_nothing(backend, rng, dtype, function):
+    """An ignored row's logits are not read into the result: nan there gives loss 0, grad 0."""
+    logits = make_logits(rng, (5, 4), dtype)
+    logits[1, :] = np.nan
+    logits[3, :] = -np.inf
+    target = np.array([0, -100, 2, -100, 1])
+    keywords = dict(label_smoothing=0.1, z_loss=0.01)
+    loss, grad = nbxent.cross_entropy_with_grad(backend.to_backend(logits),
+                                                backend.to_backend(target), reduction="none",
+                                                **keywords)
+    loss, grad = backend.to_numpy(loss), backend.to_numpy(grad)
+    assert loss[1] == 0 and loss[3] == 0 and np.all(np.isfinite(loss))
+    assert np.all(grad[[1, 3]] == 0)
+    assert_close(loss, R.cross_entropy(logits, target, reduction="none", **keywords), dtype,
+                 "loss")
+    assert_close(grad, R.cross_entropy_grad(logits, target, reduction="none", **keywords),
+                 dtype, "grad")
+    total = backend.to_numpy(nbxent.cross_entropy(backend.to_backend(logits),
+                                                  backend.to_backend(target), **keywords))
+    assert np.isfinite(total)
+
+
+@pytest.mark.parametrize("option_id", ["plain", "smooth", "z_loss", "softcap", "everything"])
+@pytest.mark.parametrize("scale", [1e2, 1e4])
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_extreme_logits(backend, rng, dtype, scale, option_id):
+    """Logits of +-1e4 neither overflow nor lose the answer."""
+    options = OPTIONS_BY_ID[option_id]
+    _, target, keywords = make_inputs(rng, (16, 9), -1, dtype, options)
+    logits = (rng.choice([-1.0, 1.0], (16, 9)) * scale + rng.standard_normal((16, 9))).astype(dtype)
+    logits_dev, target_dev = backend.to_backend(logits), backend.to_backend(target)
+    kw_dev = on_backend(backend, keywords)
+    loss = backend.to_numpy(nbxent.cross_entropy(logits_dev, target_dev, reduction="none",
+                                                 **kw_dev))
+    grad = backend.to_numpy(nbxent.cross_entropy_grad(logits_dev, target_dev, reduction="none",
+                                                      **kw_dev))
+    expected_loss = R.cross_entropy(logits, target, reduction="none", **keywords)
+    # lse - x_target at magnitude `scale` rounds at scale * eps of the computing dtype.
+    eps = np.finfo(np.float64 if dtype == F64 else np.float32).eps
+    assert_close(loss, expected_loss, dtype, "loss", atol=4 * scale * eps)
+    assert_close(grad, R.cross_entropy_grad(logits, target, reduction="none", **keywords),
+                 dtype, "grad")
+    assert np.all(np.isfinite(loss)) and np.all(np.isfinite(grad))
+
+
+# ------------------------------------------------------------------ results and keywords
+
+@pytest.mark.parametrize("dtype", DTYPE_PARAMS)
+def test_result_kinds_dtypes_and_shapes(backend, rng, dtype):
+    logits = make_logits(rng, (2, 5, 3), dtype)
+    target = make_index_target(rng, (2, 5, 3), 1)
+    logits_dev, target_dev = backend.to_backend(logits), backend.to_backend(target)
+    ld = loss_dtype(dtype)
+    for reduction, shape in (("none", (2, 3)), ("mean", ()), ("sum", ())):
+        loss = nbxent.cross_entropy(logits_dev, target_dev, axis=1, reduction=reduction)
+        assert backend.is_kind(loss), type(loss)
+        assert loss.shape == shape and np.dtype(loss.dtype) == ld
+        loss, grad = nbxent.cross_entropy_with_grad(logits_dev, target_dev, axis=1,
+                                                    reduction=reduction)
+        assert backend.is_kind(loss) and backend.is_kind(grad)
+        assert loss.shape == shape and np.dtype(loss.dtype) == ld
+        assert grad.shape == logits.shape and np.dtype(grad.dtype) == dtype
+    for op, shape, dt in (("logsumexp", (2, 3), ld), ("log_softmax", (2, 5, 3), dtype),
+                          ("softmax", (2, 5, 3), dtype), ("entropy", (2, 3), ld)):
+        result = getattr(nbxent, op)(logits_dev, axis=1)
+        assert backend.is_kind(result) and result.shape == shape and np.dtype(result.dtype) == dt
+    reduced = nbxent.entropy(logits_dev, axis=1, reduction="mean")
+    assert backend.is_kind(reduced) and reduced.shape == ()
+
+
+def test_reduced_loss_is_a_0d_ndarray_not_a_scalar(rng):
+    logits = make_logits(rng, (4, 3), F32)
+    loss = nbxent.cross_entropy(logits, np.array([0, 1, 2, 0]))
+    assert type(loss) is np.ndarray and loss.shape == () and loss.dtype == np.float32
+
+
+def test_lists_are_accepted(backend):
+    if backend.name != "cpu":
+        pytest.skip("lists are CPU input")
+    loss = nbxent.cross_entropy(np.array([[1.0, 2.0, 3.0]]), [2], reduction="none")
+    assert_close(loss, R.cross_entropy(np.array([[1.0, 2.0, 3.0]]), np.array([2]),
+                                       reduction="none"), F64, "loss")
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_validate_false_same_answer_on_valid_input(backend, rng, validate):
+    logits = make_logits(rng, (10, 8), F32)
+    target = make_index_target(rng, (10, 8), -1, ignored=0.2)
+    loss, grad = nbxent.cross_entropy_with_grad(backend.to_backend(logits),
+                                                backend.to_backend(target), validate=validate)
+    check_loss_result(backend, loss, R.cross_entropy(logits, target), F32, "mean")
+    check_grad_result(backend, grad, R.cross_entropy_grad(logits, target), F32)
+
+
+def test_backend_keyword_names_the_backend(backend, rng):
+    logits = make_logits(rng, (5, 4), F64)
+    target = make_index_target(rng, (5, 4), -1)
+    name = "cpu" if backend.name == "cpu" else "cuda"
+    loss = nbxent.cross_entropy(backend.to_backend(logits), backend.to_backend(target),
+                                backend=name)
+    check_loss_result(backend, loss, R.cross_entropy(logits, target), F64, "mean")
+
+
+def test_with_grad_agrees_with_separate_calls(backend, rng):
+    logits = make_logits(rng, (33, 17), F32)
+    target = make_index_target(rng, (33, 17), -1, ignored=0.2)
+    keywords = dict(weight=rng.uniform(0.5, 2, 17).astype(np.float32), label_smoothing=0.1,
+                    z_loss=1e-3, softcap=10.0)
+    x, t, kw = backend.to_backend(logits), backend.to_backend(target), on_backend(backend,
+                                                                                   keywords)
+    fused_loss, fused_grad = nbxent.cross_entropy_with_grad(x, t, **kw)
+    loss = nbxent.cross_entropy(x, t, **kw)
+    grad = nbxent.cross_entropy_grad(x, t, **kw)
+    np.testing.assert_allclose(backend.to_numpy(fused_loss), backend.to_numpy(loss), rtol=1e-6)
+    np.testing.assert_allclose(backend.to_numpy(fused_grad), backend.to_numpy(grad), atol=1e-7)
+
+
+def test_label_smoothing_and_z_loss_accept_integers(rng):
+    logits = make_logits(rng, (4, 3), F64)
+    target = np.array([0, 1, 2, 0])
+    for keywords in (dict(label_smoothing=1), dict(z_loss=1), dict(label_smoothing=0)):
+        assert_close(nbxent.cross_entropy(logits, target, **keywords),
+                     R.cross_entropy(logits, target, **keywords), F64, "loss")

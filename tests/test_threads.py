@@ -1,0 +1,278 @@
+"""Threads: concurrent calls from Python threads, numba.set_num_threads, and rows
+whose classes are split across threads (fewer rows than threads).
+
+Concurrency and thread-count checks run in subprocesses: a threading layer that
+is not thread-safe aborts the whole process, which must show up as one failed
+test, not a dead test session.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numba
+import numpy as np
+import pytest
+
+import nbxent
+from nbxent import reference as R
+
+from conftest import assert_close
+
+
+def _run(code, timeout=600, **env_extra):
+    env = {**os.environ, **env_extra}
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                            text=True, env=env, timeout=timeout,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 0, (f"subprocess exited with {result.returncode}\n"
+                                    f"stdout:\n{result.stdout[-3000:]}\n"
+                                    f"stderr:\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def _layer_available(layer):
+    if layer == "default":
+        return True
+    code = f"""
+        import numba, numpy as np
+        from numba import njit, prange
+        @njit(parallel=True)
+        def f(a):
+            s = 0.0
+            for i in prange(a.size):
+                s += a[i]
+            return s
+        f(np.ones(4))
+        print(numba.threading_layer())
+    """
+    try:
+        return layer in _run(code, timeout=120, NUMBA_THREADING_LAYER=layer)
+    except AssertionError:
+        return False
+
+
+CONCURRENT = """
+    import json, threading
+    from concurrent.futures import ThreadPoolExecutor
+    import numpy as np
+    import nbxent
+    from nbxent import reference as R
+
+    rng = np.random.default_rng(0)
+    cases = []
+    for k, (n, c, dtype) in enumerate([(64, 1000, np.float32), (3, 20000, np.float64),
+                                       (257, 33, np.float32), (1, 50000, np.float32),
+                                       (16, 127, np.float16), (500, 10, np.float64)]):
+        x = (rng.standard_normal((n, c)) * 3).astype(dtype)
+        t = rng.integers(0, c, n)
+        t[::7] = -100
+        kw = dict(label_smoothing=0.1 * (k % 2), z_loss=1e-3 * (k % 3 == 0),
+                  weight=rng.uniform(0.5, 2, c) if k % 2 else None)
+        cases.append((x, t, kw, R.cross_entropy(x, t, reduction="none", **kw),
+                      R.cross_entropy_grad(x, t, reduction="none", **kw)))
+    # Warm every variant serially first: the test is about running, not compiling, at once.
+    for x, t, kw, _, _ in cases:
+        nbxent.cross_entropy_with_grad(x, t, reduction="none", **kw)
+
+    start = threading.Barrier(8)
+    def work(i):
+        start.wait()
+        worst = 0.0
+        for rep in range(6):
+            x, t, kw, loss_ref, grad_ref = cases[(i + rep) % len(cases)]
+            loss, grad = nbxent.cross_entropy_with_grad(x, t, reduction="none", **kw)
+            tol = 1e-3 if x.dtype == np.float16 else 1e-5
+            worst = max(worst, float(np.max(np.abs(loss - loss_ref) / (1 + np.abs(loss_ref)))),
+                        float(np.max(np.abs(grad - grad_ref))) * (1e-2 if x.dtype == np.float16
+                                                                   else 1.0))
+            lse = nbxent.logsumexp(x)
+            worst = max(worst, float(np.max(np.abs(lse - R.logsumexp(x))
+                                            / (1 + np.abs(R.logsumexp(x))))))
+        return worst
+    with ThreadPoolExecutor(8) as pool:
+        errors = list(pool.map(work, range(8)))
+    import numba
+    print("RESULT", json.dumps({"errors": errors, "layer": numba.threading_layer()}))
+"""
+
+
+@pytest.mark.parametrize("layer", ["default", "workqueue", "omp", "tbb"])
+def test_concurrent_calls_from_python_threads(layer):
+    """Eight Python threads call the parallel kernels at once; every answer is right."""
+    if not _layer_available(layer):
+        pytest.skip(f"threading layer {layer!r} is not available here")
+    env = {} if layer == "default" else {"NUMBA_THREADING_LAYER": layer}
+    out = _run(CONCURRENT, **env)
+    result = json.loads(out.split("RESULT", 1)[1])
+    assert max(result["errors"]) < 1e-5, result
+
+
+# ------------------------------------------------------------------ thread counts
+
+def _inputs(rng, n, c, dtype=np.float32):
+    x = (rng.standard_normal((n, c)) * 3).astype(dtype)
+    t = rng.integers(0, c, n)
+    return x, t
+
+
+@pytest.mark.parametrize("shape", [(1000, 100), (3, 40000), (1, 200_000)],
+                         ids=["many-rows", "few-rows", "one-row"])
+def test_set_num_threads_gives_the_same_answer(rng, shape):
+    x, t = _inputs(rng, *shape)
+    kw = dict(label_smoothing=0.1, z_loss=1e-4, weight=rng.uniform(0.5, 1.5, shape[1]))
+    saved = numba.get_num_threads()
+    results = {}
+    try:
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            results[threads] = nbxent.cross_entropy_with_grad(x, t, reduction="none", **kw)
+            assert numba.get_num_threads() == threads
+    finally:
+        numba.set_num_threads(saved)
+    expected_loss = R.cross_entropy(x, t, reduction="none", **kw)
+    expected_grad = R.cross_entropy_grad(x, t, reduction="none", **kw)
+    for loss, grad in results.values():
+        assert_close(loss, expected_loss, np.float32, "loss")
+        assert_close(grad, expected_grad, np.float32, "grad")
+    (loss_1, grad_1), (loss_n, grad_n) = results[1], results[max(results)]
+    np.testing.assert_allclose(loss_n, loss_1, rtol=1e-6)
+    np.testing.assert_allclose(grad_n, grad_1, atol=1e-7)
+
+
+THREAD_COUNTS = """
+    import json
+    import numba
+    import numpy as np
+    import nbxent
+    from nbxent import reference as R
+    rng = np.random.default_rng(1)
+    report = {}
+    for name, (n, c) in {"one-row": (1, 300000), "five-rows": (5, 60000),
+                         "many-rows": (333, 257)}.items():
+        x = (rng.standard_normal((n, c)) * 4).astype(np.float32)
+        t = rng.integers(0, c, n)
+        kw = dict(label_smoothing=0.05, z_loss=1e-4)
+        ref_loss = R.cross_entropy(x, t, reduction="none", **kw)
+        ref_grad = R.cross_entropy_grad(x, t, reduction="none", **kw)
+        for threads in (1, 2, 3, 8):
+            numba.set_num_threads(threads)
+            loss, grad = nbxent.cross_entropy_with_grad(x, t, reduction="none", **kw)
+            report[f"{name}/{threads}"] = [
+                float(np.max(np.abs(loss - ref_loss) / np.abs(ref_loss))),
+                float(np.max(np.abs(grad - ref_grad)))]
+    print("RESULT", json.dumps(report))
+"""
+
+
+def test_more_threads_than_cores_and_uneven_splits():
+    """NUMBA_NUM_THREADS=8 (more than CI's 2 cores): 1, 2, 3 and 8 threads, rows fewer than
+    threads (the class axis is split) and not a multiple of them, all within tolerance."""
+    out = _run(THREAD_COUNTS, NUMBA_NUM_THREADS="8")
+    report = json.loads(out.split("RESULT", 1)[1])
+    bad = {k: v for k, v in report.items() if not (v[0] <= 1e-5 and v[1] <= 1e-6)}
+    assert not bad, bad
+
+
+# ------------------------------------------------------------------ one huge row
+
+@pytest.fixture
+def all_threads():
+    saved = numba.get_num_threads()
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    yield numba.config.NUMBA_NUM_THREADS
+    numba.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_one_row_of_a_million_classes(rng, all_threads, dtype):
+    c = 1_000_000
+    x = (rng.standard_normal((1, c)) * 3).astype(dtype)
+    t = np.array([rng.integers(0, c)])
+    kw = dict(label_smoothing=0.1, z_loss=1e-4, softcap=30.0)
+    loss, grad = nbxent.cross_entropy_with_grad(x, t, **kw)
+    assert_close(loss, R.cross_entropy(x, t, **kw), dtype, "loss")
+    assert_close(grad, R.cross_entropy_grad(x, t, **kw), dtype, "grad")
+    assert_close(nbxent.logsumexp(x), R.logsumexp(x), dtype, "loss")
+    assert_close(nbxent.softmax(x), R.softmax(x), dtype, "grad")
+    assert_close(nbxent.entropy(x), R.entropy(x), dtype, "loss")
+    work = x.copy()
+    nbxent.cross_entropy_grad(work, t, out=work, **kw)
+    assert_close(work, R.cross_entropy_grad(x, t, **kw), dtype, "grad")
+
+
+def _split_case(rng, kind, c):
+    """A single row whose parts (split over threads) hold a trap."""
+    x = (rng.standard_normal((1, c)) * 2).astype(np.float32)
+    t = np.array([c // 2])
+    if kind == "max-in-last-part":
+        x[0, -1] = 50.0
+    elif kind == "max-in-first-part":
+        x[0, 0] = 50.0
+    elif kind == "first-part-all-minus-inf":
+        x[0, : c // 2 - 1] = -np.inf
+    elif kind == "last-part-all-minus-inf":
+        x[0, c // 2 + 1:] = -np.inf
+    elif kind == "nan-in-one-part":
+        x[0, c - 3] = np.nan
+    elif kind == "plus-inf-in-one-part":
+        x[0, 5] = np.inf
+    elif kind == "target-minus-inf":
+        x[0, c // 2] = -np.inf
+    elif kind == "all-minus-inf":
+        x[0, :] = -np.inf
+    elif kind == "ignored":
+        t[0] = -100
+    elif kind == "huge-logits":
+        x *= 1e4
+    return x, t
+
+
+SPLIT_KINDS = ["plain", "max-in-last-part", "max-in-first-part", "first-part-all-minus-inf",
+               "last-part-all-minus-inf", "nan-in-one-part", "plus-inf-in-one-part",
+               "target-minus-inf", "all-minus-inf", "ignored", "huge-logits"]
+
+
+@pytest.mark.parametrize("option", ["plain", "weight-smooth", "z_loss-softcap", "prob"])
+@pytest.mark.parametrize("kind", SPLIT_KINDS)
+def test_class_split_edge_cases(rng, monkeypatch, all_threads, kind, option):
+    """Force the class axis of one row to be split (small split threshold) and check the
+    partial statistics combine right, whatever each part holds."""
+    monkeypatch.setenv("NBXENT_CPU_SPLIT_MIN_CLASSES", "16")
+    c = 4099
+    x, t = _split_case(rng, kind, c)
+    kw = {}
+    if option == "weight-smooth":
+        kw = dict(weight=rng.uniform(0.5, 2, c), label_smoothing=0.2)
+    elif option == "z_loss-softcap":
+        kw = dict(z_loss=1e-3, softcap=20.0)
+    elif option == "prob":
+        t = R.softmax(rng.standard_normal((1, c))).astype(np.float32)
+        kw = dict(label_smoothing=0.1)
+    for reduction in ("none", "sum"):
+        loss, grad = nbxent.cross_entropy_with_grad(x, t, reduction=reduction, **kw)
+        scale = 1e4 if kind == "huge-logits" else 1.0
+        assert_close(loss, R.cross_entropy(x, t, reduction=reduction, **kw), np.float32, "loss",
+                     atol=1e-6 * scale)
+        assert_close(grad, R.cross_entropy_grad(x, t, reduction=reduction, **kw), np.float32,
+                     "grad")
+    assert_close(nbxent.logsumexp(x), R.logsumexp(x), np.float32, "loss")
+    assert_close(nbxent.softmax(x), R.softmax(x), np.float32, "grad")
+    assert_close(nbxent.log_softmax(x), R.log_softmax(x), np.float32, "grad", rtol=1e-5)
+
+
+def test_split_threshold_really_splits(rng, monkeypatch, all_threads):
+    """The class-split path is the one the edge cases above exercise: with the threshold
+    lowered, a one-row call gives the same answer as the unsplit call, within rounding."""
+    if all_threads < 2:
+        pytest.skip("needs two threads")
+    x, t = _split_case(rng, "plain", 5000)
+    monkeypatch.setenv("NBXENT_CPU_SPLIT_MIN_CLASSES", str(10**9))
+    unsplit = nbxent.cross_entropy_with_grad(x, t)
+    monkeypatch.setenv("NBXENT_CPU_SPLIT_MIN_CLASSES", "16")
+    split = nbxent.cross_entropy_with_grad(x, t)
+    np.testing.assert_allclose(split[0], unsplit[0], rtol=1e-6)
+    np.testing.assert_allclose(split[1], unsplit[1], atol=1e-8)
