@@ -6,7 +6,7 @@ the table and the plot are drawn from it.
 
 import datetime
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from nbxent.bench import machine, roofline
 from nbxent.bench.cases import BYTE_MODEL, Case, default_shapes, make_inputs
@@ -29,7 +29,6 @@ class Settings:
     threads: int = None             # None: Numba's default
     quick: bool = False
     command: str = ""
-    skipped: list = field(default_factory=list)   # filled in: why a wanted thing did not run
 
 
 def usable_backends():
@@ -53,7 +52,10 @@ def _synchronizer(backend):
 
 
 def plan(settings):
-    """The (backend, case) pairs to run and each backend's peers, after skipping what is missing."""
+    """What to run: ``(backend, case)`` pairs, each backend's peers, and why wanted peers are not.
+
+    Raises ``RuntimeError`` if a requested backend cannot run here.
+    """
     reasons = usable_backends()
     backends = settings.backends or [b for b, why in reasons.items() if why is None]
     for backend in backends:
@@ -62,14 +64,13 @@ def plan(settings):
     peers_by_backend = {}
     for backend in backends:
         peers_by_backend[backend] = [name for name in settings.peers if PEERS[name].runs_on(backend)]
-    for name in settings.peers:
-        if not any(name in peers for peers in peers_by_backend.values()):
-            where = "not installed" if not PEERS[name].installed() else \
-                f"cannot run on {', '.join(backends)}"
-            settings.skipped.append(f"peer {name}: {where}")
+    skipped = [f"peer {name}: " + ("not installed" if not PEERS[name].installed()
+                                   else f"cannot run on {', '.join(backends)}")
+               for name in settings.peers
+               if not any(name in peers for peers in peers_by_backend.values())]
     shapes = settings.shapes or default_shapes(settings.quick)
     cases = [Case(shape, dtype) for shape in shapes for dtype in settings.dtypes]
-    return [(backend, case) for backend in backends for case in cases], peers_by_backend
+    return [(backend, case) for backend in backends for case in cases], peers_by_backend, skipped
 
 
 def _task_count(pairs, peers_by_backend, ops):
@@ -167,25 +168,26 @@ def run(settings, progress):
     >>> sorted({row["impl"] for row in report["results"]})[:2]
     ['nbxent', 'nbxent out=']
     """
-    pairs, peers_by_backend = plan(settings)
+    pairs, peers_by_backend, skipped = plan(settings)
     host = machine.machine()     # before the run: its load average tells if others are busy
     threads = _set_threads(settings.threads, peers_by_backend)
     backends = list(dict.fromkeys(backend for backend, _ in pairs))
     progress.start(len(backends) + _task_count(pairs, peers_by_backend, settings.ops))
     sampling = {"samples": settings.repeat, "max_samples": 3 if settings.quick else 5}
-    bandwidths = {}
-    for backend in backends:
-        progress.step(f"{backend}: measuring memory bandwidth")
-        bandwidths[backend] = roofline.measure(backend, settings.quick)
-    results = []
-    for backend, case in pairs:
-        host_logits, host_target = make_inputs(case)
-        arrays = CaseArrays(host_logits, host_target, _to_backend(host_logits, backend),
-                            _to_backend(host_target, backend), case.shape.axis, backend)
-        for op in settings.ops:
-            results += _run_case_op(case, op, arrays, peers_by_backend[backend], sampling,
-                                    bandwidths[backend], progress)
-    progress.finish()
+    bandwidths, results = {}, []
+    try:
+        for backend in backends:
+            progress.step(f"{backend}: measuring memory bandwidth")
+            bandwidths[backend] = roofline.measure(backend, settings.quick)
+        for backend, case in pairs:
+            host_logits, host_target = make_inputs(case)
+            arrays = CaseArrays(host_logits, host_target, _to_backend(host_logits, backend),
+                                _to_backend(host_target, backend), case.shape.axis, backend)
+            for op in settings.ops:
+                results += _run_case_op(case, op, arrays, peers_by_backend[backend], sampling,
+                                        bandwidths[backend], progress)
+    finally:
+        progress.finish()
     return {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -196,7 +198,7 @@ def run(settings, progress):
         "byte_model": dict(BYTE_MODEL),
         "peers": {name: PEERS[name].describe for name in sorted(
             {name for peers in peers_by_backend.values() for name in peers})},
-        "skipped": settings.skipped,
+        "skipped": skipped,
         "bandwidth": {backend: asdict(bw) for backend, bw in bandwidths.items()},
         "repeat": settings.repeat,
         "results": results,
