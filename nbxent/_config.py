@@ -11,3 +11,20 @@ def cpu_split_min_classes():
     idle threads they put to work. ``NBXENT_CPU_SPLIT_MIN_CLASSES``.
     """
     return int(os.environ.get("NBXENT_CPU_SPLIT_MIN_CLASSES", 16384))
+
+
+def cpu_tile_max_classes():
+    """Most classes for which rows (class axis last) go to the tile kernel.
+
+    Shorter rows cost more in per-row work than vectorising along them saves.
+    ``NBXENT_CPU_TILE_MAX_CLASSES``.
+    """
+    return int(os.environ.get("NBXENT_CPU_TILE_MAX_CLASSES", 64))
+
+
+def cpu_tile_elements():
+    """Logits per tile of the tile kernel: a tile is re-read from L1/L2 three times.
+
+    ``NBXENT_CPU_TILE_ELEMENTS``.
+    """
+    return int(os.environ.get("NBXENT_CPU_TILE_ELEMENTS", 4096))

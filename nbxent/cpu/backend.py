@@ -13,7 +13,7 @@ import numpy as np
 from .. import _config
 from .._plan import View, index_error
 from .kernels import (INDEX_TARGET, NO_TARGET, PROB_TARGET, WRITE_GRAD, WRITE_LOG_SOFTMAX,
-                      WRITE_NOTHING, WRITE_SOFTMAX, Variant, row_kernel, scan_targets)
+                      WRITE_NOTHING, WRITE_SOFTMAX, Variant, kernel_for, scan_targets)
 
 _WRITES = {"log_softmax": WRITE_LOG_SOFTMAX, "softmax": WRITE_SOFTMAX}
 _UNUSED = np.zeros(1)
@@ -49,12 +49,45 @@ def _flat(view):
     return flat, (offset, *view.strides)
 
 
-def _n_segments(plan):
+def _class_weights(plan, dtype):
+    """The class weights as a contiguous array (ones without ``weight=``).
+
+    Unweighted calls read ones rather than compiling kernels twice: the hot
+    loops touch a class weight only under smoothing or probability targets.
+    """
+    if plan.weight is None:
+        return np.ones(plan.n_classes, dtype)
+    return np.ascontiguousarray(plan.weight.array, dtype=dtype)
+
+
+def _shape(plan):
+    """(tiled, split, swap): which kernel shape serves the plan, and how.
+
+    A class axis that is not the last (inner > 1, NCHW) goes to the tile kernel,
+    vectorised across neighbouring positions. So do rows of few classes
+    (``swap``: the rows become the positions). Long rows go to the row kernel,
+    vectorised along the classes, split over threads when rows are fewer.
+    """
     threads = numba.get_num_threads()
     rows = plan.n_rows
+    tile_width = min(256, max(8, _config.cpu_tile_elements() // plan.n_classes))
+    if plan.inner > 1:
+        return True, tile_width, False
+    if plan.n_classes <= _config.cpu_tile_max_classes() and rows >= 2 * tile_width:
+        return True, tile_width, True
     if rows == 0 or rows >= threads:
-        return 1
-    return max(1, min(-(-threads // rows), plan.n_classes // _config.cpu_split_min_classes()))
+        return False, 1, False
+    return False, max(1, min(-(-threads // rows),
+                             plan.n_classes // _config.cpu_split_min_classes())), False
+
+
+def _rows_as_positions(geom):
+    """Geometry with the outer axis moved to the (vectorised) inner one: (N, C) as (1, C, N)."""
+    if len(geom) == 3:
+        offset, s_outer, s_inner = geom
+        return offset, 0, s_outer
+    offset, s_outer, s_class, s_inner = geom
+    return offset, 0, s_class, s_outer
 
 
 def _compute_dtype(plan):
@@ -62,7 +95,7 @@ def _compute_dtype(plan):
 
 
 def _launch(plan, *, target_kind, write, entropy=False, out=None):
-    """Run the row kernel for ``plan``.
+    """Run the kernel for ``plan``.
 
     Returns (row values, row lse, D, n_valid): the per-row cross-entropy (or
     entropy), the per-row logsumexp (0 for ignored rows), and the 'mean'
@@ -71,10 +104,8 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None):
     compute = _compute_dtype(plan)
     x, x_geom = _flat(plan.logits)
     target, t_geom = _UNUSED, (0, 0, 0, 0)
-    weight, weighted, weight_total = _UNUSED, plan.weight is not None, float(plan.n_classes)
-    if weighted:
-        weight = np.ascontiguousarray(plan.weight.array, dtype=compute)
-        weight_total = float(np.sum(weight, dtype=np.float64))
+    weight = _class_weights(plan, compute)
+    weight_total = float(np.sum(weight, dtype=np.float64))
     denominator = n_valid = plan.n_rows
     if target_kind == INDEX_TARGET:
         target, t_geom, denominator, n_valid = _index_target(plan)
@@ -98,16 +129,24 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None):
         out_buffer = out_buffer.view(np.uint16)
     row_value = np.empty(plan.n_rows, plan.loss_dtype)
     row_lse = np.empty(plan.n_rows)
+    tiled, split, swap = _shape(plan)
+    outer, inner = plan.outer, plan.inner
+    if swap:
+        outer, inner = 1, outer
+        x_geom, t_geom, g_geom, out_geom = map(_rows_as_positions,
+                                               (x_geom, t_geom, g_geom, out_geom))
+    vector_axis = 3 if tiled else 2  # the stride that must be 1 for contiguous loads
     variant = Variant(
-        half=plan.dtype == np.float16, compute64=compute is np.float64, target=target_kind,
-        target_half=target_kind == PROB_TARGET and target.dtype == np.uint16,
-        weighted=weighted, smoothing=plan.label_smoothing > 0.0, softcap=plan.softcap > 0.0,
-        entropy=entropy, write=write)
+        tiled=tiled, half=plan.dtype == np.float16, compute64=compute is np.float64,
+        target=target_kind, target_half=target_kind == PROB_TARGET and target.dtype == np.uint16,
+        smoothing=plan.label_smoothing > 0.0, softcap=plan.softcap > 0.0, entropy=entropy,
+        write=write, contiguous=x_geom[vector_axis] == 1 and (
+            out is None or out_geom[vector_axis] == 1))
     scalars = np.array([plan.ignore_index, plan.label_smoothing, plan.z_loss, plan.softcap,
                         plan.grad_scale, inv_ce, inv_z, has_grad_output])
-    row_kernel(variant)(x, x_geom, _n_segments(plan), plan.outer, plan.inner, plan.n_classes,
-                        target, t_geom, weight, weight_total, scalars, grad_output, g_geom,
-                        out_buffer, out_geom, row_value, row_lse)
+    kernel_for(variant)(x, x_geom, split, outer, inner, plan.n_classes, target, t_geom,
+                        weight, weight_total, scalars, grad_output, g_geom, out_buffer,
+                        out_geom, row_value, row_lse)
     return row_value, row_lse, denominator, n_valid
 
 
@@ -122,11 +161,9 @@ def _index_target(plan):
         view = View(np.ascontiguousarray(view.array, dtype=np.int64), view.shape,
                     (plan.inner, 1))
     target, (offset, s_outer, s_inner) = _flat(view)
-    weight = (_UNUSED if plan.weight is None
-              else np.ascontiguousarray(plan.weight.array, dtype=np.float64))
     first_bad, weight_sum, n_valid = scan_targets(
         target, (offset, s_outer, s_inner), plan.outer, plan.inner, plan.n_classes,
-        plan.ignore_index, weight, plan.weight is not None)
+        plan.ignore_index, _class_weights(plan, np.float64))
     if first_bad >= 0 and plan.validate:
         o, i = divmod(first_bad, plan.inner)
         value = target[offset + o * s_outer + i * s_inner]

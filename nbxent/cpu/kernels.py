@@ -25,6 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from .bits import float_to_half, half_to_float
+from .fastexp import exp_, log1p32, log32
 
 # No nnan/ninf: nan must propagate and -inf logits must stay -inf.
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -33,23 +34,25 @@ CHUNK = 1024
 NO_TARGET, INDEX_TARGET, PROB_TARGET = 0, 1, 2
 WRITE_NOTHING, WRITE_GRAD, WRITE_LOG_SOFTMAX, WRITE_SOFTMAX = 0, 1, 2, 3
 
-Variant = namedtuple("Variant", "half compute64 target target_half weighted smoothing "
-                                "softcap entropy write")
+Variant = namedtuple("Variant", "tiled half compute64 target target_half smoothing "
+                                "softcap entropy write contiguous")
 
 
+# Indices are cast to unsigned: Numba then drops its negative-index wraparound
+# branch, which otherwise keeps LLVM from vectorising the class loops.
 @njit(inline="always")
 def _load(buf, idx, half, ftype):
     if half:
-        return ftype(half_to_float(buf[idx]))
-    return ftype(buf[idx])
+        return ftype(half_to_float(buf[np.uint64(idx)]))
+    return ftype(buf[np.uint64(idx)])
 
 
 @njit(inline="always")
 def _store(buf, idx, value, half):
     if half:
-        buf[idx] = float_to_half(value)
+        buf[np.uint64(idx)] = float_to_half(value)
     else:
-        buf[idx] = value
+        buf[np.uint64(idx)] = value
 
 
 @njit(inline="always")
@@ -59,8 +62,8 @@ def _cap(value, cap, softcap):
     return value
 
 
-@njit(cache=True)
-def scan_targets(target, t_geom, outer, inner, n_classes, ignore_index, weight, weighted):
+@njit(cache=True, parallel=True)
+def scan_targets(target, t_geom, outer, inner, n_classes, ignore_index, weight):
     """First bad row (or -1), summed weight and count of the non-ignored rows.
 
     A row is bad when its class index is neither ``ignore_index`` nor in
@@ -76,7 +79,7 @@ def scan_targets(target, t_geom, outer, inner, n_classes, ignore_index, weight, 
         t = np.int64(target[offset + o * s_outer + (r - o * inner) * s_inner])
         if t != ignore_index:
             if 0 <= t < n_classes:
-                weight_sum += weight[t] if weighted else 1.0
+                weight_sum += weight[t]
                 n_valid += 1
             else:
                 weight_sum += np.nan
@@ -84,19 +87,32 @@ def scan_targets(target, t_geom, outer, inner, n_classes, ignore_index, weight, 
     return (first_bad if first_bad < n_rows else -1), weight_sum, n_valid
 
 
+# Rows of the kernels' scratch arrays: the row kernel's per-item partial statistics
+# (_MAX .. _T_LOGIT) and the tile kernel's per-position values (all of them).
+_MAX, _SUM, _AUX, _MASS, _REF, _T_LOGIT, _N_PARTS = range(7)
+_SHIFT, _N_TOP, _REST = _MAX, _SUM, _N_PARTS
+_COEF, _G_CE, _LOG_SUM, _T_WEIGHT, _VALID, _N_SCRATCH = range(_N_PARTS + 1, _N_PARTS + 7)
+
 _kernels = {}
 
 
-def row_kernel(variant):
+def kernel_for(variant):
     """The compiled kernel for one ``Variant`` (memoised; cached on disk).
 
-    ``kernel(x, x_geom, n_seg, outer, inner, n_classes, target, t_geom, weight,
-    weight_total, scalars, grad_output, g_geom, out, out_geom, row_value,
-    row_lse)`` fills ``row_value`` (cross-entropy or entropy per row) and
-    ``row_lse`` (logsumexp per row, 0 for ignored rows) and writes the gradient
-    or normalised logits into ``out``. ``n_seg > 1`` splits each row's classes
-    over that many work items (for fewer rows than threads): partial row
-    statistics are combined before the write pass.
+    Both kernel shapes take ``(x, x_geom, split, outer, inner, n_classes, target,
+    t_geom, weight, weight_total, scalars, grad_output, g_geom, out, out_geom,
+    row_value, row_lse)``: they fill ``row_value`` (cross-entropy or entropy per
+    row) and ``row_lse`` (logsumexp per row, 0 for ignored rows) and write the
+    gradient or normalised logits into ``out``. ``scalars`` is float64
+    [ignore_index, label_smoothing, z_loss, softcap, grad_scale, 1/D, 1/n_valid,
+    has_grad_output].
+
+    The row kernel (``tiled=False``) vectorises along the classes of a row;
+    ``split > 1`` splits each row's classes over that many work items (for
+    fewer rows than threads), combining partial statistics before the writes.
+    The tile kernel (``tiled=True``) vectorises across ``split`` neighbouring
+    rows (positions along ``inner``) at once: for few classes, or a class axis
+    that is not the last (NCHW), where a row is too short or too strided.
     """
     kernel = _kernels.get(variant)
     if kernel is None:
@@ -104,17 +120,27 @@ def row_kernel(variant):
     return kernel
 
 
-def _build(half, compute64, target_kind, target_half, weighted, smoothing, softcap,
-           entropy, write):
+def _build(tiled, half, compute64, target_kind, target_half, smoothing, softcap, entropy,
+           write, contiguous):
     ftype = np.float64 if compute64 else np.float32
     indexed = target_kind == INDEX_TARGET
     prob = target_kind == PROB_TARGET
-    sums_vs_ref = (indexed and smoothing) or prob
     neg_inf = -np.inf
+
+    @njit(inline="always")
+    def unit_or(stride):
+        """1 as a compile-time constant along the vectorised axis when it is contiguous."""
+        return 1 if contiguous else stride
 
     @njit(inline="always")
     def load_logit(x, idx, cap):
         return _cap(_load(x, idx, half, ftype), cap, softcap)
+
+    @njit(inline="always")
+    def reference_logit(x, base, cap):
+        """The row's first logit if finite, else 0: the shift of the non-exp sums."""
+        ref = load_logit(x, base, cap)
+        return ref if abs(ref) < np.inf else ftype(0.0)
 
     @njit(inline="always")
     def class_target_weight(c, t_row, t_class_stride, target, weight, one_minus_eps,
@@ -122,102 +148,83 @@ def _build(half, compute64, target_kind, target_half, weighted, smoothing, softc
         """q_c * w_c: the weighted target mass of class c (probability targets)."""
         mass = one_minus_eps * _load(target, t_row + c * t_class_stride, target_half,
                                      ftype) + eps_over_c
-        return mass * ftype(weight[c]) if weighted else mass
+        return mass * ftype(weight[c])
 
     @njit(inline="always")
-    def segment_stats(x, base, s_class, lo, hi, cap, ref, target, t_row, t_class_stride,
-                      weight, one_minus_eps, eps_over_c):
-        """(row_max, sum_exp, aux, mass) over classes [lo, hi) of one row.
-
-        aux: entropy's sum of e*(x - row_max), or sum of w*(x - ref) (smoothing) or
-        q*w*(x - ref) (probability targets); mass: sum of q*w (probability targets).
-        """
-        row_max = ftype(neg_inf)
-        sum_exp = 0.0
-        aux = 0.0
-        mass = 0.0
-        for c0 in range(lo, hi, CHUNK):
-            c1 = min(c0 + CHUNK, hi)
-            chunk_max = ftype(neg_inf)
-            for c in range(c0, c1):
-                chunk_max = max(chunk_max, _load(x, base + c * s_class, half, ftype))
-            chunk_max = _cap(chunk_max, cap, softcap)  # tanh is monotonic
-            if chunk_max > row_max:
-                if sum_exp > 0.0:
-                    rescale = math.exp(float(row_max - chunk_max))
-                    if entropy:
-                        aux = rescale * (aux + float(row_max - chunk_max) * sum_exp)
-                    sum_exp *= rescale
-                row_max = chunk_max
-            # While every value seen is -inf, shift by 0: exp(-inf) is 0, not nan.
-            shift = row_max if row_max > neg_inf else ftype(0.0)
-            chunk_sum = 0.0
-            chunk_aux = 0.0
-            chunk_mass = 0.0
-            for c in range(c0, c1):
-                value = load_logit(x, base + c * s_class, cap)
-                e = math.exp(value - shift)
-                chunk_sum += e
-                if entropy:
-                    chunk_aux += e * (value - shift) if e > 0 else 0.0
-                elif indexed and smoothing:
-                    chunk_aux += (ftype(weight[c]) * (value - ref) if weighted
-                                  else value - ref)
-                elif prob:
-                    q = class_target_weight(c, t_row, t_class_stride, target, weight,
-                                            one_minus_eps, eps_over_c)
-                    chunk_aux += q * (value - ref)
-                    chunk_mass += q
-            sum_exp += chunk_sum
-            aux += chunk_aux
-            mass += chunk_mass
-        return row_max, sum_exp, aux, mass
-
-    @njit(inline="always")
-    def write_segment(x, base, s_class, lo, hi, cap, out, out_base, out_class_stride,
-                      row_max, log_sum, coef, g_ce, target, t_row, t_class_stride, weight,
+    def element_terms(value, shift, ref, c, target, t_row, t_class_stride, weight,
                       one_minus_eps, eps_over_c):
-        """Write the gradient (or log_softmax / softmax) of classes [lo, hi).
+        """One logit's share of the row sums: (is the max, exp(x - max), aux, mass).
 
-        ``coef`` multiplies softmax. Probabilities are exp(x - row_max) / sum_exp,
-        never exp(x - lse): under fastmath's reassociation, LLVM would hoist a
-        float32 lse out of the loop and lose its digits for large logits.
+        aux: entropy's e*(x - max) (0 * -inf taken as 0), or w*(x - ref) under
+        smoothing, or q*w*(x - ref) for probability targets; mass: q*w.
         """
-        inv_sum = ftype(math.exp(-log_sum))
-        scaled_coef = ftype(coef) * inv_sum
-        for c in range(lo, hi):
-            value = load_logit(x, base + c * s_class, cap)
-            centered = value - row_max
-            if write == WRITE_LOG_SOFTMAX:
-                result = float(centered) - log_sum
-            elif write == WRITE_SOFTMAX:
-                result = math.exp(centered) * inv_sum
-            else:
-                result = scaled_coef * math.exp(centered)
-                if indexed and smoothing:
-                    result -= g_ce * eps_over_c * (ftype(weight[c]) if weighted else ftype(1.0))
-                elif prob:
-                    result -= g_ce * class_target_weight(c, t_row, t_class_stride, target,
-                                                         weight, one_minus_eps, eps_over_c)
-                if softcap:
-                    result *= ftype(1.0) - (value / cap) * (value / cap)
-            _store(out, out_base + c * out_class_stride, ftype(result), half)
+        e = exp_(value - shift, compute64)
+        aux = ftype(0.0)
+        mass = ftype(0.0)
+        if entropy:
+            aux = e * max(value - shift, ftype(-1e30))
+        elif indexed and smoothing:
+            aux = ftype(weight[c]) * (value - ref)
+        elif prob:
+            mass = class_target_weight(c, t_row, t_class_stride, target, weight,
+                                       one_minus_eps, eps_over_c)
+            aux = mass * (value - ref)
+        return value == shift, e, aux, mass
 
     @njit(inline="always")
-    def row_result(row_max, sum_exp, aux, mass, ref, target_logit, target_weight,
+    def element_result(value, shift, log_sum, inv_sum, scaled_coef, g_ce, c, target, t_row,
+                       t_class_stride, weight, one_minus_eps, eps_over_c, cap):
+        """What is written for one logit: its gradient, log-probability or probability.
+
+        Probabilities are exp(x - max) * inv_sum, never exp(x - lse): under
+        fastmath's reassociation LLVM would hoist a float32 lse out of the loop
+        and lose its digits for large logits. ``scaled_coef`` is coef * inv_sum.
+        The target class's own term is added apart (``target_gradient``).
+        """
+        centered = value - shift
+        if write == WRITE_LOG_SOFTMAX:
+            return ftype(float(centered) - log_sum)
+        if write == WRITE_SOFTMAX:
+            return exp_(centered, compute64) * inv_sum
+        result = scaled_coef * exp_(centered, compute64)
+        if indexed and smoothing:
+            result -= g_ce * eps_over_c * ftype(weight[c])
+        elif prob:
+            result -= g_ce * class_target_weight(c, t_row, t_class_stride, target, weight,
+                                                 one_minus_eps, eps_over_c)
+        if softcap:
+            result *= ftype(1.0) - (value / cap) * (value / cap)
+        return result
+
+    @njit(inline="always")
+    def target_of(x, base, s_class, target, t_row, n_classes, ignore_index, weight, cap):
+        """(counts, class index, its logit, its weight) of an index-target row.
+
+        An index outside [0, C) that is not ignored (only with validate=False)
+        gets weight nan, which makes the row's loss and gradient nan. Read the
+        logit before any write to the row: the gradient may overwrite it.
+        """
+        if not indexed:
+            return True, np.int64(-1), ftype(0.0), 1.0
+        t = np.int64(target[np.uint64(t_row)])
+        if 0 <= t < n_classes:
+            return t != ignore_index, t, load_logit(x, base + t * s_class, cap), float(weight[t])
+        return t != ignore_index, t, ftype(0.0), np.nan
+
+    @njit(inline="always")
+    def row_result(row_max, sum_exp, log_sum, aux, mass, ref, target_logit, target_weight,
                    weight_total, one_minus_eps, eps_over_c):
-        """(per-row value, lse, log(sum_exp), A) from the row statistics.
+        """(per-row value, lse, A) from the row statistics.
 
         The value is the cross-entropy (or the entropy); A = sum_c q_c w_c, the
         coefficient of softmax in the cross-entropy gradient.
         """
-        log_sum = math.log(sum_exp)
         lse = float(row_max) + log_sum
         if entropy:
-            return log_sum - aux / sum_exp, lse, log_sum, 0.0
+            return log_sum - aux / sum_exp, lse, 0.0
         from_ref = float(row_max - ref) + log_sum  # lse - ref without cancellation
         if prob:
-            return mass * from_ref - aux, lse, log_sum, mass
+            return mass * from_ref - aux, lse, mass
         value = 0.0
         coef = 0.0
         if indexed:
@@ -226,12 +233,110 @@ def _build(half, compute64, target_kind, target_half, weighted, smoothing, softc
             if smoothing:
                 value += eps_over_c * (weight_total * from_ref - aux)
                 coef += eps_over_c * weight_total
-        return value, lse, log_sum, coef
+        return value, lse, coef
+
+    @njit(inline="always")
+    def upstream(scalars, grad_output, g_index, coef, lse):
+        """(softmax coefficient, cross-entropy scale) of a row's gradient."""
+        g = scalars[4]
+        if scalars[7] != 0.0:
+            g *= grad_output[np.uint64(g_index)]
+        g_ce = g * scalars[5]
+        return g_ce * coef + 2.0 * scalars[2] * (g * scalars[6]) * lse, g_ce
+
+    @njit(inline="always")
+    def target_gradient(coef, g_ce, target_logit, shift, log_sum, target_weight,
+                        one_minus_eps, eps_over_c, cap):
+        """The target class's gradient, in float64, from the logit read before any write."""
+        grad_t = (coef * math.exp(float(target_logit - shift) - log_sum)
+                  - g_ce * one_minus_eps * target_weight)
+        if smoothing:
+            grad_t -= g_ce * eps_over_c * target_weight
+        if softcap:
+            grad_t *= 1.0 - (target_logit / cap) ** 2
+        return ftype(grad_t)
+
+    if tiled:
+        return _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothing,
+                            softcap, unit_or, load_logit, reference_logit, element_terms,
+                            element_result, target_of, row_result, upstream,
+                            target_gradient)
+
+    @njit(inline="always")
+    def chunk_max(x, base, stride, c0, c1):
+        """Max of the raw logits [c0, c1) of a row (nan is skipped here, caught by the sum).
+
+        Eight independent running maxima: one chain of compare-selects does not
+        vectorise without fastmath's nnan, which nan propagation forbids.
+        """
+        m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = ftype(neg_inf)
+        c = c0
+        while c + 8 <= c1:
+            m0 = max(m0, _load(x, base + c * stride, half, ftype))
+            m1 = max(m1, _load(x, base + (c + 1) * stride, half, ftype))
+            m2 = max(m2, _load(x, base + (c + 2) * stride, half, ftype))
+            m3 = max(m3, _load(x, base + (c + 3) * stride, half, ftype))
+            m4 = max(m4, _load(x, base + (c + 4) * stride, half, ftype))
+            m5 = max(m5, _load(x, base + (c + 5) * stride, half, ftype))
+            m6 = max(m6, _load(x, base + (c + 6) * stride, half, ftype))
+            m7 = max(m7, _load(x, base + (c + 7) * stride, half, ftype))
+            c += 8
+        for k in range(c, c1):
+            m0 = max(m0, _load(x, base + k * stride, half, ftype))
+        return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+
+    @njit(inline="always")
+    def segment_stats(x, base, s_class, lo, hi, cap, ref, target, t_row, t_class_stride,
+                      weight, one_minus_eps, eps_over_c):
+        """(row_max, sum_exp, aux, mass) over classes [lo, hi) of one row."""
+        stride = unit_or(s_class)
+        row_max = ftype(neg_inf)
+        sum_exp = 0.0
+        aux = 0.0
+        mass = 0.0
+        for c0 in range(lo, hi, CHUNK):
+            c1 = min(c0 + CHUNK, hi)
+            top = _cap(chunk_max(x, base, stride, c0, c1), cap, softcap)  # tanh is monotonic
+            if top > row_max:
+                if sum_exp > 0.0:
+                    rescale = math.exp(float(row_max - top))
+                    if entropy:
+                        aux = rescale * (aux + float(row_max - top) * sum_exp)
+                    sum_exp *= rescale
+                row_max = top
+            # While every value seen is -inf, shift by 0: exp(-inf) is 0, not nan.
+            shift = row_max if row_max > neg_inf else ftype(0.0)
+            # Values equal to the shift add exactly 1 each. Summing the rest apart keeps
+            # float32 from rounding 1 + (small rest), the whole loss of a confident row;
+            # their count is what the plain total adds beyond the rest. (Measured: a
+            # count kept in the loop, or a second select, stops it from vectorising.)
+            total = ftype(0.0)
+            rest = ftype(0.0)
+            chunk_aux = ftype(0.0)
+            chunk_mass = ftype(0.0)
+            for c in range(c0, c1):
+                at_top, e, aux_term, mass_term = element_terms(
+                    load_logit(x, base + c * stride, cap), shift, ref, c, target, t_row,
+                    t_class_stride, weight, one_minus_eps, eps_over_c)
+                total += e
+                rest += ftype(0.0) if at_top else e
+                chunk_aux += aux_term
+                chunk_mass += mass_term
+            sum_exp += math.floor(float(total - rest) + 0.5) + float(rest)
+            aux += chunk_aux
+            mass += chunk_mass
+        if row_max == np.inf:  # exp(inf - inf): nan, as in torch
+            sum_exp = np.nan
+        return row_max, sum_exp, aux, mass
 
     @njit(inline="always")
     def item_stats(item, n_seg, seg_len, x, x_geom, inner, n_classes, target, t_geom, weight,
-                   cap, one_minus_eps, eps_over_c, part_max, part_sum, part_aux, part_mass):
-        """Statistics of one work item (a row, or one of its ``n_seg`` segments)."""
+                   cap, one_minus_eps, eps_over_c, part):
+        """Statistics of one work item (a row, or one of its ``n_seg`` segments).
+
+        Also keeps the row's reference and target logits: with several items per
+        row and an in-place gradient, another item may overwrite them later.
+        """
         x_off, x_so, x_sc, x_si = x_geom
         t_off, t_so, t_sc, t_si = t_geom
         r = item // n_seg
@@ -239,20 +344,19 @@ def _build(half, compute64, target_kind, target_half, weighted, smoothing, softc
         o = r // inner
         i = r - o * inner
         base = x_off + o * x_so + i * x_si
-        part_max[item], part_sum[item], part_aux[item], part_mass[item] = segment_stats(
-            x, base, x_sc, lo, min(lo + seg_len, n_classes), cap, row_reference(x, base, cap),
-            target, t_off + o * t_so + i * t_si, t_sc, weight, one_minus_eps, eps_over_c)
-
-    @njit(inline="always")
-    def row_reference(x, base, cap):
-        """The row's first logit if finite, else 0: the shift of the non-exp sums."""
-        ref = load_logit(x, base, cap)
-        return ref if abs(ref) < np.inf else ftype(0.0)
+        t_row = t_off + o * t_so + i * t_si
+        ref = reference_logit(x, base, cap)
+        part[_REF, item] = ref
+        part[_T_LOGIT, item] = target_of(x, base, x_sc, target, t_row, n_classes, 0, weight,
+                                         cap)[2]
+        part[_MAX, item], part[_SUM, item], part[_AUX, item], part[_MASS, item] = \
+            segment_stats(x, base, x_sc, lo, min(lo + seg_len, n_classes), cap, ref, target,
+                          t_row, t_sc, weight, one_minus_eps, eps_over_c)
 
     @njit(inline="always")
     def finish_item(item, n_seg, seg_len, x, x_geom, inner, n_classes, target, t_geom,
-                    weight, weight_total, scalars, grad_output, g_geom, out, out_geom,
-                    part_max, part_sum, part_aux, part_mass, row_value, row_lse):
+                    weight, weight_total, scalars, grad_output, g_geom, out, out_geom, part,
+                    row_value, row_lse):
         """Combine a row's statistics; write its value, lse and the item's classes."""
         x_off, x_so, x_sc, x_si = x_geom
         t_off, t_so, t_sc, t_si = t_geom
@@ -268,37 +372,29 @@ def _build(half, compute64, target_kind, target_half, weighted, smoothing, softc
         base = x_off + o * x_so + i * x_si
         t_row = t_off + o * t_so + i * t_si
         first = r * n_seg
-        row_max = part_max[first]
+        row_max = ftype(part[_MAX, first])
         for k in range(first + 1, first + n_seg):
-            row_max = max(row_max, part_max[k])
+            row_max = max(row_max, ftype(part[_MAX, k]))
         shift = row_max if row_max > neg_inf else ftype(0.0)
         sum_exp = 0.0
         aux = 0.0
         mass = 0.0
         for k in range(first, first + n_seg):
-            if part_sum[k] != 0.0:  # empty and all -inf segments add nothing (nan does)
-                rescale = math.exp(float(part_max[k] - shift))
-                sum_exp += rescale * part_sum[k]
+            if part[_SUM, k] != 0.0:  # empty and all -inf segments add nothing (nan does)
+                rescale = math.exp(part[_MAX, k] - shift)
+                sum_exp += rescale * part[_SUM, k]
                 if entropy:
-                    aux += rescale * (part_aux[k] + float(part_max[k] - shift) * part_sum[k])
+                    aux += rescale * (part[_AUX, k] + (part[_MAX, k] - shift) * part[_SUM, k])
             if not entropy:
-                aux += part_aux[k]
-            mass += part_mass[k]
-        valid = True
-        target_logit = ftype(0.0)
-        target_weight = 1.0
-        t = np.int64(-1)
-        if indexed:
-            t = np.int64(target[t_row])
-            valid = t != np.int64(scalars[0])
-            if 0 <= t < n_classes:
-                target_logit = load_logit(x, base + t * x_sc, cap)
-                target_weight = float(weight[t]) if weighted else 1.0
-            else:  # an invalid index (validate=False): the row becomes nan
-                target_weight = np.nan
-        value, lse, log_sum, coef = row_result(
-            row_max, sum_exp, aux, mass, row_reference(x, base, cap), target_logit,
-            target_weight, weight_total, one_minus_eps, eps_over_c)
+                aux += part[_AUX, k]
+            mass += part[_MASS, k]
+        valid, t, _, target_weight = target_of(x, base, x_sc, target, t_row, n_classes,
+                                               np.int64(scalars[0]), weight, cap)
+        target_logit = ftype(part[_T_LOGIT, item])
+        log_sum = math.log(sum_exp)
+        value, lse, coef = row_result(row_max, sum_exp, log_sum, aux, mass,
+                                      ftype(part[_REF, item]), target_logit, target_weight,
+                                      weight_total, one_minus_eps, eps_over_c)
         if seg == 0:
             row_value[r] = value if valid else 0.0
             row_lse[r] = lse if valid else 0.0
@@ -307,61 +403,179 @@ def _build(half, compute64, target_kind, target_half, weighted, smoothing, softc
         lo = seg * seg_len
         hi = min(lo + seg_len, n_classes)
         out_base = o_off + o * o_so + i * o_si
+        stride = unit_or(x_sc)
+        out_stride = unit_or(o_sc)
         if not valid:
             for c in range(lo, hi):
-                _store(out, out_base + c * o_sc, ftype(0.0), half)
+                _store(out, out_base + c * out_stride, ftype(0.0), half)
             return
-        g = scalars[4]
-        if scalars[7] != 0.0:
-            g *= grad_output[g_off + o * g_so + i * g_si]
-        g_ce = g * scalars[5]
-        coef = g_ce * coef + 2.0 * scalars[2] * (g * scalars[6]) * lse
-        write_segment(x, base, x_sc, lo, hi, cap, out, out_base, o_sc, shift, log_sum,
-                      coef, ftype(g_ce), target, t_row, t_sc, weight,
-                      ftype(one_minus_eps), ftype(eps_over_c))
+        coef, g_ce = upstream(scalars, grad_output, g_off + o * g_so + i * g_si, coef, lse)
+        inv_sum = ftype(math.exp(-log_sum))
+        scaled_coef = ftype(coef) * inv_sum
+        for c in range(lo, hi):
+            result = element_result(load_logit(x, base + c * stride, cap), shift, log_sum,
+                                    inv_sum, scaled_coef, ftype(g_ce), c, target, t_row, t_sc,
+                                    weight, ftype(one_minus_eps), ftype(eps_over_c), cap)
+            _store(out, out_base + c * out_stride, result, half)
         if indexed and write == WRITE_GRAD and lo <= t < hi:
-            # The target class, from the logit read before any write (in place safe),
-            # in the compute type before rounding.
-            log_p = float(target_logit - shift) - log_sum
-            grad_t = coef * math.exp(log_p) - g_ce * one_minus_eps * target_weight
-            if smoothing:
-                grad_t -= g_ce * eps_over_c * target_weight
-            if softcap:
-                grad_t *= 1.0 - (target_logit / cap) ** 2
-            _store(out, out_base + t * o_sc, ftype(grad_t), half)
+            _store(out, out_base + t * o_sc,
+                   target_gradient(coef, g_ce, target_logit, shift, log_sum, target_weight,
+                                   one_minus_eps, eps_over_c, cap), half)
 
     @njit(cache=True, fastmath=FASTMATH, parallel=True)
-    def kernel(x, x_geom, n_seg, outer, inner, n_classes, target, t_geom, weight,
-               weight_total, scalars, grad_output, g_geom, out, out_geom, row_value,
-               row_lse):
+    def row_kernel(x, x_geom, split, outer, inner, n_classes, target, t_geom, weight,
+                   weight_total, scalars, grad_output, g_geom, out, out_geom, row_value,
+                   row_lse):
         one_minus_eps = 1.0 - scalars[1]
         eps_over_c = scalars[1] / n_classes
         cap = ftype(scalars[3])
-        n_items = outer * inner * n_seg
-        seg_len = (n_classes + n_seg - 1) // n_seg
-        part_max = np.empty(n_items, ftype)
-        part_sum = np.empty(n_items)
-        part_aux = np.empty(n_items)
-        part_mass = np.empty(n_items)
-        if n_seg == 1:
+        n_items = outer * inner * split
+        seg_len = (n_classes + split - 1) // split
+        # Partial statistics per work item, in float64 (row maxima of float32 logits
+        # are exact in it).
+        part = np.empty((_N_PARTS, n_items))
+        if split == 1:
             # Whole rows: statistics then writes while the row is still in cache.
             for item in prange(n_items):
                 item_stats(item, 1, seg_len, x, x_geom, inner, n_classes, target, t_geom,
-                           weight, cap, one_minus_eps, eps_over_c, part_max, part_sum,
-                           part_aux, part_mass)
+                           weight, cap, one_minus_eps, eps_over_c, part)
                 finish_item(item, 1, seg_len, x, x_geom, inner, n_classes, target, t_geom,
                             weight, weight_total, scalars, grad_output, g_geom, out,
-                            out_geom, part_max, part_sum, part_aux, part_mass, row_value,
-                            row_lse)
+                            out_geom, part, row_value, row_lse)
         else:
             for item in prange(n_items):
-                item_stats(item, n_seg, seg_len, x, x_geom, inner, n_classes, target,
-                           t_geom, weight, cap, one_minus_eps, eps_over_c, part_max,
-                           part_sum, part_aux, part_mass)
+                item_stats(item, split, seg_len, x, x_geom, inner, n_classes, target,
+                           t_geom, weight, cap, one_minus_eps, eps_over_c, part)
             for item in prange(n_items):
-                finish_item(item, n_seg, seg_len, x, x_geom, inner, n_classes, target,
+                finish_item(item, split, seg_len, x, x_geom, inner, n_classes, target,
                             t_geom, weight, weight_total, scalars, grad_output, g_geom, out,
-                            out_geom, part_max, part_sum, part_aux, part_mass, row_value,
-                            row_lse)
+                            out_geom, part, row_value, row_lse)
 
-    return kernel
+    return row_kernel
+
+
+def _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothing, softcap,
+                 unit_or, load_logit, reference_logit, element_terms, element_result,
+                 target_of, row_result, upstream, target_gradient):
+    """The tile kernel of one variant, built from the variant's shared helpers."""
+    neg_inf = -np.inf
+
+    @njit(inline="always")
+    def log_of_sum(n_top, rest):
+        """log(n_top + rest), precise when rest is small (the confident rows)."""
+        if compute64:
+            return math.log(n_top + rest)
+        if n_top == ftype(0.0):
+            return float(log32(rest))
+        return float(log32(n_top) + log1p32(rest / n_top))
+
+    @njit(inline="always")
+    def tile_body(tile_index, tiles_per_outer, width, x, x_geom, inner, n_classes, target,
+                  t_geom, weight, weight_total, scalars, grad_output, g_geom, out, out_geom,
+                  row_value, row_lse, scratch, target_index):
+        x_off, x_so, x_sc, x_si = x_geom
+        t_off, t_so, t_sc, t_si = t_geom
+        g_off, g_so, g_si = g_geom
+        o_off, o_so, o_sc, o_si = out_geom
+        one_minus_eps = 1.0 - scalars[1]
+        eps_over_c = scalars[1] / n_classes
+        cap = ftype(scalars[3])
+        o = tile_index // tiles_per_outer
+        i0 = (tile_index - o * tiles_per_outer) * width
+        n = min(width, inner - i0)
+        step = unit_or(x_si)
+        out_step = unit_or(o_si)
+        x_base = x_off + o * x_so + i0 * x_si
+        t_base = t_off + o * t_so + i0 * t_si
+        shift = scratch[_SHIFT]
+        for k in range(n):
+            shift[k] = ftype(neg_inf)
+        for c in range(n_classes):
+            for k in range(n):
+                shift[k] = max(shift[k], _load(x, x_base + c * x_sc + k * step, half, ftype))
+        for k in range(n):
+            top = _cap(shift[k], cap, softcap)
+            shift[k] = top if top > neg_inf else ftype(0.0)
+            scratch[_N_TOP, k] = ftype(np.nan) if top == np.inf else ftype(0.0)
+            scratch[_REST, k] = ftype(0.0)
+            scratch[_AUX, k] = ftype(0.0)
+            scratch[_MASS, k] = ftype(0.0)
+            scratch[_REF, k] = reference_logit(x, x_base + k * step, cap)
+        for c in range(n_classes):
+            for k in range(n):
+                at_top, e, aux_term, mass_term = element_terms(
+                    load_logit(x, x_base + c * x_sc + k * step, cap), shift[k],
+                    scratch[_REF, k], c, target, t_base + k * t_si, t_sc, weight,
+                    one_minus_eps, eps_over_c)
+                scratch[_N_TOP, k] += ftype(1.0) if at_top else ftype(0.0)
+                scratch[_REST, k] += ftype(0.0) if at_top else e
+                scratch[_AUX, k] += aux_term
+                scratch[_MASS, k] += mass_term
+        for k in range(n):
+            r = o * inner + i0 + k
+            valid, t, target_logit, target_weight = target_of(
+                x, x_base + k * step, x_sc, target, t_base + k * t_si, n_classes,
+                np.int64(scalars[0]), weight, cap)
+            n_top = scratch[_N_TOP, k]
+            log_sum = log_of_sum(n_top, scratch[_REST, k])
+            value, lse, coef = row_result(
+                shift[k], float(n_top) + float(scratch[_REST, k]), log_sum,
+                float(scratch[_AUX, k]), float(scratch[_MASS, k]), scratch[_REF, k],
+                target_logit, target_weight, weight_total, one_minus_eps, eps_over_c)
+            row_value[r] = value if valid else 0.0
+            row_lse[r] = lse if valid else 0.0
+            if write != WRITE_NOTHING:
+                coef, g_ce = upstream(scalars, grad_output, g_off + o * g_so + (i0 + k) * g_si,
+                                      coef, lse)
+                scratch[_COEF, k] = coef
+                scratch[_G_CE, k] = g_ce
+                scratch[_LOG_SUM, k] = log_sum
+                scratch[_T_LOGIT, k] = target_logit
+                scratch[_T_WEIGHT, k] = target_weight
+                scratch[_VALID, k] = ftype(1.0) if valid else ftype(0.0)
+                target_index[k] = t
+        if write == WRITE_NOTHING:
+            return
+        out_base = o_off + o * o_so + i0 * o_si
+        for c in range(n_classes):
+            for k in range(n):
+                log_sum = float(scratch[_LOG_SUM, k])
+                inv_sum = ftype(math.exp(-log_sum)) if compute64 else exp_(-scratch[_LOG_SUM, k], False)
+                result = element_result(
+                    load_logit(x, x_base + c * x_sc + k * step, cap), shift[k], log_sum,
+                    inv_sum, scratch[_COEF, k] * inv_sum, scratch[_G_CE, k], c, target,
+                    t_base + k * t_si, t_sc, weight, ftype(one_minus_eps), ftype(eps_over_c),
+                    cap)
+                _store(out, out_base + c * o_sc + k * out_step,
+                       result if scratch[_VALID, k] != ftype(0.0) else ftype(0.0), half)
+        if indexed and write == WRITE_GRAD:
+            for k in range(n):
+                t = target_index[k]
+                if scratch[_VALID, k] != ftype(0.0) and 0 <= t < n_classes:
+                    _store(out, out_base + t * o_sc + k * out_step,
+                           target_gradient(float(scratch[_COEF, k]), float(scratch[_G_CE, k]),
+                                           scratch[_T_LOGIT, k], shift[k],
+                                           float(scratch[_LOG_SUM, k]),
+                                           float(scratch[_T_WEIGHT, k]), one_minus_eps,
+                                           eps_over_c, cap), half)
+
+    @njit(cache=True, fastmath=FASTMATH, parallel=True)
+    def tile_kernel(x, x_geom, split, outer, inner, n_classes, target, t_geom, weight,
+                    weight_total, scalars, grad_output, g_geom, out, out_geom, row_value,
+                    row_lse):
+        width = split
+        tiles_per_outer = (inner + width - 1) // width
+        n_tiles = outer * tiles_per_outer
+        # Blocks of consecutive tiles, each with its own scratch; enough blocks to
+        # balance any thread count numba.set_num_threads may choose.
+        n_blocks = min(n_tiles, 256)
+        for block in prange(n_blocks):
+            scratch = np.empty((_N_SCRATCH, width), ftype)
+            target_index = np.empty(width, np.int64)
+            for tile_index in range(block * n_tiles // n_blocks,
+                                    (block + 1) * n_tiles // n_blocks):
+                tile_body(tile_index, tiles_per_outer, width, x, x_geom, inner, n_classes,
+                          target, t_geom, weight, weight_total, scalars, grad_output, g_geom,
+                          out, out_geom, row_value, row_lse, scratch, target_index)
+
+    return tile_kernel
