@@ -89,7 +89,16 @@ def op_table(document, op, peers):
     return "\n".join(lines)
 
 
-def section(document, name, command, logits):
+def source_revision():
+    """The commit measured, with "+ uncommitted changes" when nbxent/ differs from it."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=HERE.parent, capture_output=True,
+                              text=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + (" + uncommitted changes" if git("status", "--porcelain", "nbxent") else "")
+
+
+def section(document, name, command, logits, revision):
     """The RESULTS.md section for one sweep run, between its markers."""
     machine, versions, threads = document["machine"], document["versions"], document["threads"]
     peers = [p for p in ("numpy", "torch", "jax", "cupy") if p in document["peers"]]
@@ -120,7 +129,7 @@ def section(document, name, command, logits):
         "(above 1: nbxent is faster). GB/s and % of bandwidth by the byte model: "
         f"loss {document['byte_model']['loss']}; loss+grad {document['byte_model']['loss+grad']}.",
         "",
-        f"Command: `{command}`",
+        f"Command: `{command}` at commit {revision}.",
     ]
     for op in ("loss", "loss+grad"):
         if any(row["op"] == op for row in document["results"]):
@@ -153,12 +162,13 @@ def main(argv=None):
     parser.add_argument("--peers", default="all")
     args = parser.parse_args(argv)
     shapes = sweep_shapes([int(c) for c in args.classes.split(",")], args.logits)
+    revision = source_revision()
     for threads in (int(t) for t in args.threads.split(",")):
         name = f"{args.backend}-{threads}t"
         document = run_bench(args.backend, threads, shapes, args.dtype, args.peers, name)
         command = shlex.join(["python", "benchmarks/sweep.py", *(argv if argv is not None
                                                                   else sys.argv[1:])])
-        write_section(section(document, name, command, args.logits), name)
+        write_section(section(document, name, command, args.logits, revision), name)
         print(f"wrote the {name} section of {RESULTS.relative_to(HERE.parent)}")
 
 
