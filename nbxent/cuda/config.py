@@ -33,9 +33,18 @@ class Settings:
     max_blocks: int = 0
 
 
+#: Defaults under the CUDA simulator, which runs an OS thread per CUDA thread and
+#: the blocks one after another: small blocks and grids keep a launch to ~0.1 s.
+SIMULATOR_DEFAULTS = dict(threads=32, block_threads=64, block_threads_f64=64, max_blocks=2)
+
+
 def settings():
-    """The current ``Settings``, with ``NBXENT_CUDA_*`` environment overrides applied."""
-    values = {}
+    """The current ``Settings``, with ``NBXENT_CUDA_*`` environment overrides applied.
+
+    Under the simulator the defaults are ``SIMULATOR_DEFAULTS``; variables still win.
+    """
+    from ._sim import SIMULATED
+    values = dict(SIMULATOR_DEFAULTS) if SIMULATED else {}
     for field in fields(Settings):
         raw = os.environ.get("NBXENT_CUDA_" + field.name.upper())
         if raw is not None:
