@@ -28,6 +28,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nbxent.bench.report import format_number
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 DEFAULT_CLASSES = tuple(2 ** k for k in range(1, 19, 2)) + (2 ** 18,)   # 2, 8, ..., 128k, 256k
@@ -45,11 +47,12 @@ def run_bench(backend, threads, shapes, dtypes, peers, name):
     json_path.parent.mkdir(exist_ok=True)
     command = [sys.executable, "-m", "nbxent", "bench", "--backend", backend, "--threads",
                str(threads), "--shapes", shapes, "--dtype", dtypes, "--peers", peers,
-               "--json", str(json_path), "--plot", str(HERE / f"{name}.png")]
+               "--json", str(json_path.relative_to(HERE.parent)),
+               "--plot", str((HERE / f"{name}.png").relative_to(HERE.parent))]
     env = dict(os.environ)
     if threads == 1:
         env.setdefault("XLA_FLAGS", ONE_THREAD_XLA)
-    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(command, check=True, env=env, cwd=HERE.parent, stdout=subprocess.DEVNULL)
     return json.loads(json_path.read_text())
 
 
@@ -63,13 +66,13 @@ def _by_case(document, op):
 
 
 def _ms(row):
-    return f"{row['median_s'] * 1e3:.3g}" if row and row["status"] == "ok" else "—"
+    return format_number(row["median_s"] * 1e3) if row and row["status"] == "ok" else "—"
 
 
 def _ratio(row):
     if row is None:
         return "—"
-    return row["status"] if row["status"] != "ok" else f"{row['nbxent_speedup']:.2f}"
+    return row["status"] if row["status"] != "ok" else format_number(row["nbxent_speedup"])
 
 
 def op_table(document, op, peers):
@@ -83,7 +86,7 @@ def op_table(document, op, peers):
         cells = [str(n_classes), str(ours["n_rows"]), dtype, _ms(ours)]
         if op == "loss+grad":
             cells.append(_ms(rows.get("nbxent out=")))
-        cells += [f"{ours['GBps']:.3g}", f"{ours['bandwidth_fraction']:.0%}"]
+        cells += [format_number(ours["GBps"]), f"{ours['bandwidth_fraction']:.0%}"]
         cells += [_ratio(rows.get(peer)) for peer in peers]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

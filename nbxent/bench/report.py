@@ -119,7 +119,7 @@ def write_json(report, path):
 
 # ------------------------------------------------------------------ table
 
-def _num(value):
+def format_number(value):
     """``value`` to 3 significant digits without an exponent (1234 stays "1234")."""
     if value is None:
         return ""
@@ -172,10 +172,12 @@ def table_rows(report):
             timing = [row["status"]] + [""] * 6
             speedup = row["message"]
         else:
-            timing = [_num(row["median_s"] * 1e3), _num(row["best_s"] * 1e3),
-                      _num(row["first_call_s"] * 1e3), _num(row["rows_per_s"] / 1e6),
-                      _num(row["GBps"]), f"{row['bandwidth_fraction']:.0%}"]
-            speedup = "" if row["nbxent_speedup"] is None else f"{_num(row['nbxent_speedup'])}x"
+            timing = [format_number(row[key] * 1e3) for key in ("median_s", "best_s",
+                                                                 "first_call_s")]
+            timing += [format_number(row["rows_per_s"] / 1e6), format_number(row["GBps"]),
+                       f"{row['bandwidth_fraction']:.0%}"]
+            speedup = ("" if row["nbxent_speedup"] is None
+                       else f"{format_number(row['nbxent_speedup'])}x")
         cells.append([row["backend"], row["case"], row["dtype"], row["op"], row["impl"],
                       *timing[:6], speedup])
     return cells
@@ -285,8 +287,11 @@ def plot(report, path):
     machine = report["machine"]
     device = machine["gpu"]["name"] if machine["gpu"] else \
         f"{machine['cpu']}, {report['threads']['numba']} threads"
-    fig.suptitle(f"softmax cross-entropy throughput: nbxent {report['versions']['nbxent']} "
-                 f"and peers on {device} ({report['created'][:10]}); higher is better",
-                 fontsize=11)
+    title = (f"softmax cross-entropy throughput: nbxent {report['versions']['nbxent']} "
+             f"and peers on {device} ({report['created'][:10]}); higher is better")
+    load = machine["load_average"]
+    if load is not None and load > 0.5:
+        title += f"\nmachine busy when measured (load average {load:.1f}): figures are noisy"
+    fig.suptitle(title, fontsize=11)
     fig.savefig(path, dpi=120)
     plt.close(fig)
