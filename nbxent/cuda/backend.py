@@ -193,7 +193,8 @@ def _run(plan):
 
     chunk_base = kernels.SLOT_BASE + 4 * blocks
     rowc_base = chunk_base + (4 * n_rows * n_chunks if layout == "split" else 0)
-    acc_ws = launch.empty((rowc_base + (4 * n_rows if layout == "split" else 0),), acc_dtype)
+    row_coefs = kernels.ROW_COEFS * n_rows if layout == "split" else 0
+    acc_ws = launch.empty((rowc_base + row_coefs,), acc_dtype)
     int_ws = launch.zeros((kernels.CHUNKS_DONE + (n_rows if layout == "split" else 0),),
                           np.int64)
     acc_flat, int_flat = launch.flat_all(acc_ws), launch.flat_all(int_ws)
@@ -248,18 +249,22 @@ def _run(plan):
         want_loss=want_loss, want_grad=want_out and is_ce, reduce=reduce,
         has_grad_output=has_grad_output, denom_on_device=denom_on_device, cache=cache)
 
-    if denom_on_device:
+    # With out= the caller's buffer must stay untouched on a bad index: check first.
+    check_first = index_target and plan.validate and plan.out is not None
+    if denom_on_device or check_first:
         kernels.denominator_kernel(variant.acc64, variant.has_weight)[1, threads, launch.stream](
-            target, weight, acc_flat,
+            target, weight, acc_flat, int_flat,
             (n_rows, n_classes, plan.inner, tg_off, tg_s[0], tg_s[2], w_off, w_s,
              int(plan.ignore_index)))
+        if check_first:
+            _raise_on_bad_index(launch, plan, int_ws, target, tg_off, tg_s)
     args = (logits, target, weight, grad_output, loss_flat, out_flat, acc_flat, int_flat,
             dims, coef)
     kernels.row_kernel(variant)[grid, threads, launch.stream](*args)
     if layout == "split" and want_out:
         kernels.row_kernel(variant._replace(phase="apply"))[grid, threads, launch.stream](*args)
 
-    if index_target and plan.validate:
+    if index_target and plan.validate and not check_first:
         _raise_on_bad_index(launch, plan, int_ws, target, tg_off, tg_s)
     return loss, out
 

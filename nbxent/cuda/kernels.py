@@ -45,9 +45,10 @@ OPS = ("cross_entropy", "logsumexp", "softmax", "entropy")
 LAYOUTS = ("warp", "block", "split")
 
 # acc_ws holds [D, n_valid] (denominator kernel), then 4 reduction partials per
-# block, then (split) 4 online-softmax partials per (row, chunk) and 4 row
+# block, then (split) 4 online-softmax partials per (row, chunk) and ROW_COEFS row
 # coefficients per row. int_ws holds [error, blocks done, chunks done per row].
 SLOT_BASE = 2
+ROW_COEFS = 5
 ERROR, BLOCKS_DONE, CHUNKS_DONE = 0, 1, 2
 
 
@@ -180,6 +181,7 @@ def row_kernel(variant):
     is_ce = v.op == "cross_entropy"
     is_entropy = v.op == "entropy"
     is_softmax = v.op == "softmax"
+    is_logsumexp = v.op == "logsumexp"
     index_target = is_ce and v.target == "index"
     prob_target = is_ce and v.target == "prob"
     has_weight = is_ce and v.has_weight
@@ -205,12 +207,19 @@ def row_kernel(variant):
         return x
 
     @cuda.jit(device=True, inline="always")
+    def shift_u(u, s, m_old, m_new):
+        """Entropy's u = sum e^(x-m)(x-m) re-expressed around m_new (before rescaling)."""
+        if s == zero or m_old == m_new:
+            return u
+        return u + (m_old - m_new) * s
+
+    @cuda.jit(device=True, inline="always")
     def combine(m, s, u, w, m2, s2, u2, w2):
         """Merge two online-softmax partials (max, sum_exp, linear sums)."""
         row_max = m2 if m2 > m else m
         scale, scale2 = rescale(m, row_max), rescale(m2, row_max)
         if is_entropy:
-            u = u * scale + u2 * scale2
+            u = shift_u(u, s, m, row_max) * scale + shift_u(u2, s2, m2, row_max) * scale2
         else:
             u = u + u2
         return row_max, s * scale + s2 * scale2, u, w + w2
@@ -258,7 +267,7 @@ def row_kernel(variant):
 
         Returns (row_max, sum_exp, u, w): sum_exp = sum exp(x - row_max); for
         cross-entropy u = sum q_c (x_c - ref) and w = sum q_c over the smoothing /
-        probability target weights q; for entropy u = sum exp(x - row_max)(x - ref).
+        probability target weights q; for entropy u = sum exp(x - row_max)(x - row_max).
         Loads K logits before using them (bytes in flight), leaving them in ``cache``.
         """
         eps, eps_over_c, softcap, inv_softcap = coef[0], coef[1], coef[3], coef[4]
@@ -277,20 +286,27 @@ def row_kernel(variant):
                     chunk_max = x
             new_max = chunk_max if chunk_max > row_max else row_max
             scale = rescale(row_max, new_max)
-            sum_exp *= scale
             if is_entropy:
-                u *= scale
+                u = shift_u(u, sum_exp, row_max, new_max) * scale
+            sum_exp *= scale
             row_max = new_max
             for k in range(K):
                 c = base + k * step
                 if c < c_end:
                     x = cache[k]
-                    # exp(-inf - -inf) is nan: a -inf logit adds exactly nothing
-                    e = zero if x == neg_inf else math.exp(x - row_max)
+                    # exp(-inf - -inf) is nan: a -inf logit adds exactly nothing. The
+                    # logsumexp op counts a +inf max as e = 1 (torch: logsumexp = +inf);
+                    # cross-entropy keeps exp(inf - inf) = nan, as torch's loss does.
+                    if x == neg_inf:
+                        e = zero
+                    elif is_logsumexp and x == row_max:
+                        e = one
+                    else:
+                        e = math.exp(x - row_max)
                     sum_exp += e
                     if is_entropy:
                         if e != zero:
-                            u += e * (x - ref)
+                            u += e * (x - row_max)
                     elif linear_sums:
                         q = smooth_q(target, tg_base + c * tg_s1, weight, w_off + c * w_s,
                                      eps, eps_over_c)
@@ -300,12 +316,13 @@ def row_kernel(variant):
 
     @cuda.jit(device=True, inline="always")
     def apply_row(logits, target, weight, out, lg_base, lg_s1, tg_base, tg_s1, w_off, w_s,
-                  out_base, out_s1, c_first, c_end, step, cached, lse, cp, cq, tq, t,
-                  ignored, coef, cache):
+                  out_base, out_s1, c_first, c_end, step, cached, row_max, log_sum, cp, cq,
+                  tq, t, ignored, coef, cache):
         """Write one thread's columns of the gradient, softmax or log_softmax row.
 
         Cross-entropy: grad_j = (cp * p_j - cq * q_j - tq * [j == t]) * cap'(x_j),
-        with p = softmax(x); exactly 0 for ignored rows (an out-of-range index
+        with p = softmax(x) = exp((x - row_max) - log_sum) (not x - lse: lse rounds at
+        the logits' magnitude); exactly 0 for ignored rows (an out-of-range index
         carries cp = nan). ``cached`` rows come from
         the registers filled by ``row_stats``; others are read again.
         """
@@ -317,10 +334,11 @@ def row_kernel(variant):
                 if c < c_end:
                     x = cache[k] if cached else load_x(logits, lg_base + c * lg_s1,
                                                        softcap, inv_softcap)
+                    shifted = (x - row_max) - log_sum
                     if is_softmax:
-                        value = x - lse if coef[8] > zero else math.exp(x - lse)
+                        value = shifted if coef[8] > zero else math.exp(shifted)
                     elif not ignored:
-                        value = cp * math.exp(x - lse)
+                        value = cp * math.exp(shifted)
                         if smooth:
                             value -= cq * smooth_q(target, tg_base + c * tg_s1, weight,
                                                    w_off + c * w_s, eps, eps_over_c)
@@ -385,7 +403,7 @@ def row_kernel(variant):
                 valid = t != ignore_index
             in_range = t >= 0 and t < n_classes
             counted = valid and in_range
-            lse = cp = cq = tq = zero
+            row_max = log_sum = cp = cq = tq = zero
             row_done = active
             if do_stats:
                 softcap, inv_softcap = coef[3], coef[4]
@@ -438,7 +456,7 @@ def row_kernel(variant):
                     z_value = zero
                     row_d = row_n = one
                     if is_entropy:
-                        value = lse_ref - u / sum_exp
+                        value = log_sum - u / sum_exp
                     elif is_ce:
                         g = grad_scale
                         if has_grad_output:
@@ -451,7 +469,7 @@ def row_kernel(variant):
                         elif counted:
                             w_t = acc(weight[w_off + t * w_s]) if has_weight else one
                             target_weight = (one - eps) * w_t
-                            value = target_weight * (lse - target_logit)
+                            value = target_weight * ((row_max - target_logit) + log_sum)
                             weight_sum = target_weight
                             if eps > zero:  # u, w already carry the eps / C factor
                                 value += w * lse_ref - u
@@ -478,19 +496,21 @@ def row_kernel(variant):
                             part_d += row_d
                             part_n += row_n
                         if store_row_coefs:
-                            coefs = rowc_base + 4 * row
-                            acc_ws[coefs] = lse
-                            acc_ws[coefs + 1] = cp
-                            acc_ws[coefs + 2] = cq
-                            acc_ws[coefs + 3] = tq
+                            coefs = rowc_base + ROW_COEFS * row
+                            acc_ws[coefs] = row_max
+                            acc_ws[coefs + 1] = log_sum
+                            acc_ws[coefs + 2] = cp
+                            acc_ws[coefs + 3] = cq
+                            acc_ws[coefs + 4] = tq
             if do_apply and active:
                 if not do_stats:
-                    coefs = rowc_base + 4 * row
-                    lse, cp, cq, tq = (acc_ws[coefs], acc_ws[coefs + 1], acc_ws[coefs + 2],
-                                       acc_ws[coefs + 3])
+                    coefs = rowc_base + ROW_COEFS * row
+                    row_max, log_sum = acc_ws[coefs], acc_ws[coefs + 1]
+                    cp, cq, tq = acc_ws[coefs + 2], acc_ws[coefs + 3], acc_ws[coefs + 4]
                 apply_row(logits, target, weight, out, lg_base, lg_s1, tg_base, tg_s1, w_off,
                           w_s, out_off + o * out_s0 + i * out_s2, out_s1, c_begin + lane, c_end,
-                          group, cached, lse, cp, cq, tq, t, not valid, coef, cache)
+                          group, cached, row_max, log_sum, cp, cq, tq, t, not valid, coef,
+                          cache)
         if reduce:
             if finish_blocks(acc_ws, int_ws, part_ce, part_d, part_z, part_n):
                 ce_sum, d_sum, z_sum, n_sum = sum_slots(acc_ws)
@@ -505,27 +525,31 @@ def row_kernel(variant):
 
 @lru_cache(maxsize=None)
 def denominator_kernel(acc64, has_weight):
-    """Kernel for the 'mean' denominators of index targets, for the gradient.
+    """Kernel for the 'mean' denominators of index targets, and the index check.
 
     One block (launch it with grid 1); threads stride over the (outer, inner)
     target rows and write acc_ws[0] = sum of w_t over the counted rows (D) and
-    acc_ws[1] = their number, summed in a fixed order.
+    acc_ws[1] = their number, summed in a fixed order; an index outside [0, C)
+    that is not ignore_index sets the error flag as the row kernel does.
     """
     acc = float64 if acc64 else float32
     zero, one = acc(0.0), acc(1.0)
     _, block_sum4, _, _ = _tools(acc64)
 
     @cuda.jit
-    def kernel(target, weight, acc_ws, dims):
+    def kernel(target, weight, acc_ws, int_ws, dims):
         """acc_ws[0:2] = (D, n_valid) over the targets (one block; threads stride rows)."""
         (n_rows, n_classes, inner, tg_off, tg_s0, tg_s2, w_off, w_s, ignore_index) = dims
         d_sum = n_sum = zero
         for row in range(cuda.threadIdx.x, n_rows, cuda.blockDim.x):
             o = row // inner
             t = int64(target[tg_off + o * tg_s0 + (row - o * inner) * tg_s2])
-            if t != ignore_index and t >= 0 and t < n_classes:
-                d_sum += acc(weight[w_off + t * w_s]) if has_weight else one
-                n_sum += one
+            if t != ignore_index:
+                if t >= 0 and t < n_classes:
+                    d_sum += acc(weight[w_off + t * w_s]) if has_weight else one
+                    n_sum += one
+                else:
+                    cuda.atomic.max(int_ws, ERROR, n_rows - row)
         d_sum, n_sum, _, _ = block_sum4(d_sum, n_sum, zero, zero)
         if cuda.threadIdx.x == 0:
             acc_ws[0] = d_sum

@@ -39,7 +39,7 @@ def _signature(name, dtype):
     if name == "denominator":
         dims = types.UniTuple(types.int64, 9)
         return kernels.denominator_kernel(dtype == "float64", True), (
-            arr(types.int64), arr(types.float32), arr(acc), dims)
+            arr(types.int64), arr(types.float32), arr(acc), arr(types.int64), dims)
     if name == "copy":
         tup = types.UniTuple(types.int64, 3)
         return kernels.copy_kernel(3), (arr(logit), arr(logit), tup, tup, types.int64)
