@@ -8,7 +8,9 @@ named in ``BACKEND_FUNCTIONS``; ``register_backend`` adds one under a name.
 
 import importlib
 
-BACKEND_FUNCTIONS = ("asarray", "copy_contiguous", "cross_entropy", "normalize")
+import numpy as np
+
+BACKEND_FUNCTIONS = ("asarray", "copy_contiguous", "copy_into", "cross_entropy", "normalize")
 
 _backends = {"cpu": "nbxent.cpu.backend", "cuda": "nbxent.cuda.backend"}
 _loaded = {}
@@ -42,7 +44,10 @@ def array_kind(x):
     if kind is None:
         kind = next((name for name, test in _kind_tests if test(cls)), None)
         if kind is None:
-            kind = "cuda" if hasattr(cls, "__cuda_array_interface__") else "cpu"
+            # The CUDA simulator's device arrays carry __cuda_ndarray__ instead.
+            is_gpu = (hasattr(cls, "__cuda_array_interface__")
+                      or getattr(cls, "__cuda_ndarray__", False))
+            kind = "cuda" if is_gpu else "cpu"
         _kind_by_type[cls] = kind
     return kind
 
@@ -66,7 +71,7 @@ def backend_of(*arrays):
     """
     chosen = None
     for x in arrays:
-        if x is None or isinstance(x, (int, float, bool)):
+        if x is None or isinstance(x, (int, float, bool, np.generic)):
             continue
         kind = array_kind(x)
         if chosen is None:

@@ -66,6 +66,7 @@ class Plan:
     grad_scale: float = 1.0
     grad_output: View = None
     out: View = None
+    copy_back: object = None  # out= that no strided view reaches: the result is copied there
     validate: bool = True
     stream: object = None
 
@@ -274,6 +275,25 @@ def _check_out(out, logits, target, weight, dtype):
 
 # ---------------------------------------------------------------- plans
 
+def _out_view(out, logits, axis, copy_contiguous):
+    """(view of out, array to copy the result into, how the logits may be copied).
+
+    An ``out=`` whose batch dims do not collapse into one stride gets no view: the
+    backend writes a fresh array and the caller copies it into ``out`` (the same
+    holds in place, where the logits may then be copied too). Otherwise the
+    logits of an in-place call must not be copied: the gradient overwrites them.
+    """
+    if out is None:
+        return None, None, copy_contiguous
+    try:
+        view = _view3(out, axis, "out")
+    except ValueError:
+        if copy_contiguous is None:
+            raise
+        return None, out, copy_contiguous
+    return view, None, None if _same_memory(out, logits) else copy_contiguous
+
+
 def _common(logits, axis):
     axis = _check_logits(logits, axis)
     shape = tuple(logits.shape)
@@ -297,12 +317,10 @@ def make_loss_plan(logits, target, *, axis, weight, ignore_index, reduction, lab
         grad_scale, grad_view = _grad_output(grad_output, reduction, loss_shape, axis,
                                              copy_contiguous)
     dtype = _dtype(logits)
-    out_view = None
     if out is not None:
         _check_out(out, logits, target, weight, dtype)
-        out_view = _view3(out, axis, "out")
-    in_place = out is not None and _same_memory(out, logits)
-    logits_view = _view3(logits, axis, "logits", None if in_place else copy_contiguous)
+    out_view, copy_back, logits_copy = _out_view(out, logits, axis, copy_contiguous)
+    logits_view = _view3(logits, axis, "logits", logits_copy)
     if target_is_index:
         target_view = _view2(target, axis, "target", copy_contiguous)
     else:
@@ -316,7 +334,7 @@ def make_loss_plan(logits, target, *, axis, weight, ignore_index, reduction, lab
                 label_smoothing=float(label_smoothing), z_loss=float(z_loss),
                 softcap=0.0 if softcap is None else float(softcap), want_loss=want_loss,
                 want_grad=want_grad, grad_scale=grad_scale, grad_output=grad_view,
-                out=out_view, validate=bool(validate), stream=stream)
+                out=out_view, copy_back=copy_back, validate=bool(validate), stream=stream)
 
 
 def make_normalize_plan(op, x, *, axis, reduction="none", out=None, copy_contiguous=None,
@@ -327,17 +345,16 @@ def make_normalize_plan(op, x, *, axis, reduction="none", out=None, copy_contigu
         raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}; "
                          f"got {reduction!r}")
     dtype = _dtype(x)
-    out_view = None
     if out is not None:
         _check_out(out, x, None, None, dtype)
-        out_view = _view3(out, axis, "out")
-    in_place = out is not None and _same_memory(out, x)
-    view = _view3(x, axis, "x", None if in_place else copy_contiguous)
+    out_view, copy_back, x_copy = _out_view(out, x, axis, copy_contiguous)
+    view = _view3(x, axis, "x", x_copy)
     return Plan(op=op, logits=view, outer=view.shape[0], n_classes=shape[axis],
                 inner=view.shape[2], dtype=dtype, loss_dtype=_loss_dtype(dtype),
                 result_shape=result_shape, logits_shape=shape, axis=axis,
                 reduction=reduction, want_loss=op in ("logsumexp", "entropy"),
-                want_grad=op in ("log_softmax", "softmax"), out=out_view, stream=stream)
+                want_grad=op in ("log_softmax", "softmax"), out=out_view, copy_back=copy_back,
+                stream=stream)
 
 
 def index_error(position, value, n_classes, ignore_index):

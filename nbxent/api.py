@@ -6,6 +6,8 @@ from the arrays' type, or named with ``backend=``. Results come back in the
 caller's array kind.
 """
 
+import numpy as np
+
 from ._dispatch import backend_of, get_backend
 from ._plan import make_loss_plan, make_normalize_plan
 
@@ -26,12 +28,21 @@ def _loss_call(logits, target, options, *, want_loss, want_grad, grad_output=1.0
                       grad_output, out)
     logits, target = module.asarray(logits), module.asarray(target)
     options["weight"] = _as_input(module, options["weight"])
-    if not isinstance(grad_output, (int, float)):
+    if not isinstance(grad_output, (int, float, np.generic)):
         grad_output = module.asarray(grad_output)
     plan = make_loss_plan(logits, target, **options, want_loss=want_loss, want_grad=want_grad,
                           grad_output=grad_output, out=out,
                           copy_contiguous=module.copy_contiguous)
-    return module.cross_entropy(plan)
+    loss, grad = module.cross_entropy(plan)
+    return loss, _copied_back(module, plan, grad)
+
+
+def _copied_back(module, plan, result):
+    """``result``, or ``out=`` holding it when no strided view could reach ``out``."""
+    if plan.copy_back is None or result is None:
+        return result
+    module.copy_into(plan.copy_back, result)
+    return plan.copy_back
 
 
 def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
@@ -174,7 +185,7 @@ def _normalize(op, x, axis, *, reduction="none", out=None, backend=None, stream=
     module = _backend(backend, x, out)
     plan = make_normalize_plan(op, module.asarray(x), axis=axis, reduction=reduction, out=out,
                                copy_contiguous=module.copy_contiguous, stream=stream)
-    return module.normalize(plan)
+    return _copied_back(module, plan, module.normalize(plan))
 
 
 def logsumexp(x, axis=-1, *, backend=None, stream=None):

@@ -41,8 +41,12 @@ def logsumexp(x, axis=-1):
 def log_softmax(x, axis=-1):
     """x - logsumexp(x) along ``axis``; a row holding +inf or nan is all nan, as in PyTorch."""
     x64 = _to_class_last(x, axis)
-    with np.errstate(invalid="ignore"):
-        return np.moveaxis(x64 - _shifted_logsumexp(x64)[..., None], -1, axis)
+    row_max = np.max(x64, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # x - max first: subtracting a whole lse from logits near 1e4 loses digits.
+        shifted = x64 - np.where(np.isneginf(row_max), 0.0, row_max)
+        log_sum = np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+        return np.moveaxis(shifted - log_sum, -1, axis)
 
 
 def softmax(x, axis=-1):

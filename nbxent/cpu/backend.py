@@ -29,6 +29,11 @@ def copy_contiguous(x):
     return np.ascontiguousarray(x)
 
 
+def copy_into(destination, source):
+    """Copy ``source`` into the strided array ``destination`` of the same shape."""
+    np.copyto(destination, source)
+
+
 def _flat(view):
     """(1-D buffer over the view's memory, (offset, *element strides)).
 

@@ -153,6 +153,10 @@ def _build(variant):
     indexed = target_kind == INDEX_TARGET
     prob = target_kind == PROB_TARGET
     neg_inf = -np.inf
+    # A +inf logit: logsumexp is +inf (as in torch and SciPy); every probability,
+    # and so the cross-entropy, log_softmax and entropy, is nan (exp(inf - inf)).
+    sum_at_inf = np.inf if target_kind == NO_TARGET and not entropy and write == WRITE_NOTHING \
+        else np.nan
 
     @njit(inline="always")
     def unit_or(stride):
@@ -285,7 +289,8 @@ def _build(variant):
 
     if tiled:
         return _cached(variant, _tile_kernel(
-            ftype, half, compute64, indexed, prob, entropy, write, smoothing, softcap, unit_or,
+            ftype, half, compute64, indexed, prob, entropy, write, smoothing, softcap, sum_at_inf,
+            unit_or,
             load_logit, reference_logit, element_terms, element_result, target_of, row_result,
             upstream, target_gradient))
 
@@ -319,6 +324,7 @@ def _build(variant):
         stride = unit_or(s_class)
         row_max = ftype(neg_inf)
         sum_exp = 0.0
+        rest_sum = 0.0  # only to let a nan logit through when the max is +inf
         aux = 0.0
         mass = 0.0
         for c0 in range(lo, hi, CHUNK):
@@ -350,10 +356,11 @@ def _build(variant):
                 chunk_aux += aux_term
                 chunk_mass += mass_term
             sum_exp += math.floor(float(total - rest) + 0.5) + float(rest)
+            rest_sum += float(rest)
             aux += chunk_aux
             mass += chunk_mass
-        if row_max == np.inf:  # exp(inf - inf): nan, as in torch
-            sum_exp = np.nan
+        if row_max == np.inf:
+            sum_exp = sum_at_inf + 0.0 * rest_sum
         return row_max, sum_exp, aux, mass
 
     @njit(inline="always")
@@ -408,7 +415,8 @@ def _build(variant):
         mass = 0.0
         for k in range(first, first + n_seg):
             if part[_SUM, k] != 0.0:  # empty and all -inf segments add nothing (nan does)
-                rescale = math.exp(part[_MAX, k] - shift)
+                # (Equal maxima rescale by 1: a +inf max minus itself would be nan.)
+                rescale = 1.0 if part[_MAX, k] == shift else math.exp(part[_MAX, k] - shift)
                 sum_exp += rescale * part[_SUM, k]
                 if entropy:
                     aux += rescale * (part[_AUX, k] + (part[_MAX, k] - shift) * part[_SUM, k])
@@ -482,7 +490,7 @@ def _build(variant):
 
 
 def _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothing, softcap,
-                 unit_or, load_logit, reference_logit, element_terms, element_result,
+                 sum_at_inf, unit_or, load_logit, reference_logit, element_terms, element_result,
                  target_of, row_result, upstream, target_gradient):
     """The tile kernel of one variant, built from the variant's shared helpers."""
     neg_inf = -np.inf
@@ -527,7 +535,7 @@ def _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothin
         for k in range(n):
             top = _cap(shift[k], cap, softcap)
             shift[k] = top if top > neg_inf else ftype(0.0)
-            n_top[k] = ftype(np.nan) if top == np.inf else ftype(0.0)
+            n_top[k] = ftype(sum_at_inf) if top == np.inf else ftype(0.0)
             rest[k] = ftype(0.0)
             aux[k] = ftype(0.0)
             mass[k] = ftype(0.0)

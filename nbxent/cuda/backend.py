@@ -19,7 +19,7 @@ from . import _sim, kernels
 from .arrays import Launch, is_cupy
 from .config import settings
 
-__all__ = ["asarray", "copy_contiguous", "cross_entropy", "normalize"]
+__all__ = ["asarray", "copy_contiguous", "copy_into", "cross_entropy", "normalize"]
 
 
 # ---------------------------------------------------------------- arrays
@@ -44,6 +44,19 @@ def asarray(x):
     if is_cupy(x) or _sim.is_sim_array(x) or getattr(type(x), "__cuda_ndarray__", False):
         return x
     return cuda.as_cuda_array(x)
+
+
+def copy_into(destination, source):
+    """Copy ``source`` into the strided device array ``destination`` (same shape).
+
+    For an ``out=`` view that no (outer, C, inner) view reaches: the kernels wrote
+    ``source``, a fresh array, on the current stream; the copy follows it there.
+    """
+    if is_cupy(destination):
+        import cupy
+        cupy.copyto(destination, source)
+    else:
+        destination[...] = source
 
 
 def copy_contiguous(x):
