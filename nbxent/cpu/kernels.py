@@ -27,7 +27,7 @@ from numba import njit, prange
 from numba.core.caching import FunctionCache
 
 from .bits import float_to_half, half_to_float
-from .fastexp import exp_, log1p32, log32
+from .fastexp import exp64, exp_, log1p32, log32
 
 # No nnan/ninf: nan must propagate and -inf logits must stay -inf.
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -279,7 +279,7 @@ def _build(variant):
     def target_gradient(coef, g_ce, target_logit, shift, log_sum, target_weight,
                         one_minus_eps, eps_over_c, cap):
         """The target class's gradient, in float64, from the logit read before any write."""
-        grad_t = (coef * math.exp(float(target_logit - shift) - log_sum)
+        grad_t = (coef * exp64(float(target_logit - shift) - log_sum)
                   - g_ce * one_minus_eps * target_weight)
         if smoothing:
             grad_t -= g_ce * eps_over_c * target_weight
@@ -564,7 +564,7 @@ def _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothin
             if write != WRITE_NOTHING:
                 coef, g_ce = upstream(scalars, grad_output, g_off + o * g_so + (i0 + k) * g_si,
                                       coef, lse)
-                inv_sum = math.exp(-log_sum)
+                inv_sum = exp64(-log_sum)
                 scale[k] = inv_sum if write == WRITE_SOFTMAX else coef * inv_sum
                 g_scale[k] = g_ce
                 log_sums[k] = log_sum
@@ -589,7 +589,7 @@ def _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothin
                 t = target_index[k]
                 if valid[k] != ftype(0.0) and 0 <= t < n_classes:
                     _store(out, out_base + t * o_sc + k * out_step,
-                           target_gradient(float(scale[k]) * math.exp(float(log_sums[k])),
+                           target_gradient(float(scale[k]) * exp64(float(log_sums[k])),
                                            float(g_scale[k]), t_logit[k], shift[k],
                                            float(log_sums[k]), float(t_weight[k]),
                                            one_minus_eps, eps_over_c, cap), half)
