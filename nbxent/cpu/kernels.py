@@ -469,22 +469,17 @@ def _build(variant):
         # Partial statistics per work item, in float64 (row maxima of float32 logits
         # are exact in it).
         part = np.empty((_N_PARTS, n_items))
-        if split == 1:
-            # Whole rows: statistics then writes while the row is still in cache.
+        # split == 1: one pass, each row's statistics then its writes while the row is
+        # still in cache. split > 1: all statistics, then (phase 1) combine and write.
+        for phase in range(1 if split == 1 else 2):
             for item in prange(n_items):
-                item_stats(item, 1, seg_len, x, x_geom, inner, n_classes, target, t_geom,
-                           weight, cap, one_minus_eps, eps_over_c, part)
-                finish_item(item, 1, seg_len, x, x_geom, inner, n_classes, target, t_geom,
-                            weight, weight_total, scalars, grad_output, g_geom, out,
-                            out_geom, part, row_value, row_lse)
-        else:
-            for item in prange(n_items):
-                item_stats(item, split, seg_len, x, x_geom, inner, n_classes, target,
-                           t_geom, weight, cap, one_minus_eps, eps_over_c, part)
-            for item in prange(n_items):
-                finish_item(item, split, seg_len, x, x_geom, inner, n_classes, target,
-                            t_geom, weight, weight_total, scalars, grad_output, g_geom, out,
-                            out_geom, part, row_value, row_lse)
+                if phase == 0:
+                    item_stats(item, split, seg_len, x, x_geom, inner, n_classes, target,
+                               t_geom, weight, cap, one_minus_eps, eps_over_c, part)
+                if phase == 1 or split == 1:
+                    finish_item(item, split, seg_len, x, x_geom, inner, n_classes, target,
+                                t_geom, weight, weight_total, scalars, grad_output, g_geom,
+                                out, out_geom, part, row_value, row_lse)
 
     return _cached(variant, row_kernel)
 
