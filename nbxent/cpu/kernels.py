@@ -317,7 +317,7 @@ def _build(variant):
             m0 = max(m0, _load(x, base + k * stride, half, ftype))
         return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
 
-    @njit(inline="always")
+    @njit
     def segment_stats(x, base, s_class, lo, hi, cap, ref, target, t_row, t_class_stride,
                       weight, one_minus_eps, eps_over_c):
         """(row_max, sum_exp, aux, mass) over classes [lo, hi) of one row."""
@@ -363,7 +363,7 @@ def _build(variant):
             sum_exp = sum_at_inf + 0.0 * rest_sum
         return row_max, sum_exp, aux, mass
 
-    @njit(inline="always")
+    @njit
     def item_stats(item, n_seg, seg_len, x, x_geom, inner, n_classes, target, t_geom, weight,
                    cap, one_minus_eps, eps_over_c, part):
         """Statistics of one work item (a row, or one of its ``n_seg`` segments).
@@ -387,7 +387,7 @@ def _build(variant):
             segment_stats(x, base, x_sc, lo, min(lo + seg_len, n_classes), cap, ref, target,
                           t_row, t_sc, weight, one_minus_eps, eps_over_c)
 
-    @njit(inline="always")
+    @njit
     def finish_item(item, n_seg, seg_len, x, x_geom, inner, n_classes, target, t_geom,
                     weight, weight_total, scalars, grad_output, g_geom, out, out_geom, part,
                     row_value, row_lse):
@@ -498,7 +498,7 @@ def _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothin
         with_top = log32(max(n_top, ftype(1.0))) + log1p32(rest / max(n_top, ftype(1.0)))
         return float(with_top if n_top > ftype(0.0) else log32(rest))
 
-    @njit(inline="always")
+    @njit
     def tile_body(tile_index, tiles_per_outer, width, x, x_geom, inner, n_classes, target,
                   t_geom, weight, weight_total, scalars, grad_output, g_geom, out, out_geom,
                   row_value, row_lse, scratch, target_index):
