@@ -496,7 +496,7 @@ def test_nonfinite_logits(backend, rng, dtype, reduction, option_id):
     logits[2, :] = -np.inf
     logits[3, 0] = -np.inf                                 # non-target class (target is 3)
     logits[4, 4] = -np.inf                                 # the target class
-    logits[5, 1:] = -np.inf                                # all but one, not the target
+    logits[5, :4] = -np.inf                                # most classes, not the target
     grad_output = np.linspace(0.5, 2, 8) if reduction == "none" else 1.0
     check_all_three(backend, logits, target, keywords, reduction, dtype,
                     grad_output=grad_output)
@@ -552,8 +552,10 @@ def test_extreme_logits(backend, rng, dtype, scale, option_id):
     # lse - x_target at magnitude `scale` rounds at scale * eps of the computing dtype.
     eps = np.finfo(np.float64 if dtype == F64 else np.float32).eps
     assert_close(loss, expected_loss, dtype, "loss", atol=4 * scale * eps)
+    # The z-loss gradient 2*z*lse*p grows with the logits (|lse| ~ scale): relative slack.
+    rtol = 2 * eps if keywords["z_loss"] and dtype != F16 else None
     assert_close(grad, R.cross_entropy_grad(logits, target, reduction="none", **keywords),
-                 dtype, "grad")
+                 dtype, "grad", rtol=rtol)
     assert np.all(np.isfinite(loss)) and np.all(np.isfinite(grad))
 
 
