@@ -63,7 +63,7 @@ TOLERANCES = {
     ("loss", np.dtype(np.float64)): (1e-12, 1e-13),
     ("loss", np.dtype(np.float32)): (1e-5, 1e-6),
     ("grad", np.dtype(np.float64)): (1e-12, 1e-14),
-    ("grad", np.dtype(np.float32)): (0.0, 1e-6),
+    ("grad", np.dtype(np.float32)): (1e-6, 1e-6),   # absolute 1e-6 up to |g| = 1
     ("grad", np.dtype(np.float16)): (1e-3, 1e-5),
 }
 
@@ -86,7 +86,8 @@ def assert_close(actual, expected, dtype, what="grad", *, rtol=None, atol=None,
     ``what`` is "loss" (held in the loss dtype: loss, logsumexp, entropy) or
     "grad" (held in the logits' dtype: gradient, log_softmax, softmax). Shapes
     must agree; nan, +inf and -inf must sit at exactly the same positions; the
-    finite values must satisfy |actual - expected| <= atol + rtol * |expected|.
+    finite values must satisfy |actual - expected| <= max(atol, rtol * |expected|):
+    absolute near 0 and up to 1, relative above.
     With ``check_dtype`` the result's dtype must be the one DESIGN §1 promises.
     """
     default_rtol, default_atol = tolerance(dtype, what)
@@ -110,7 +111,7 @@ def assert_close(actual, expected, dtype, what="grad", *, rtol=None, atol=None,
     finite = np.isfinite(expected)
     with np.errstate(invalid="ignore"):
         err = np.where(finite, np.abs(a - expected), 0.0)
-    bound = atol + rtol * np.abs(expected)
+    bound = np.maximum(atol, rtol * np.abs(expected))
     bad = finite & ~(err <= bound)
     if bad.any():
         idx = np.argwhere(bad)
