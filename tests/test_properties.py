@@ -140,12 +140,13 @@ def test_in_place_gradient_equals_out_of_place(problem, fused):
     if fused:
         loss, result = nbxent.cross_entropy_with_grad(work, target, reduction=reduction,
                                                       out=work, **keywords)
-        np.testing.assert_array_equal(loss, expected_loss)
+        # The fused kernel is another compiled variant: fastmath may round differently.
+        assert_close(loss, expected_loss, logits.dtype, "loss")
     else:
         result = nbxent.cross_entropy_grad(work, target, reduction=reduction, out=work,
                                            **keywords)
     assert result is work
-    np.testing.assert_array_equal(work, expected)
+    assert_close(work, expected, logits.dtype, "grad")
 
 
 @settings(max_examples=25, **SETTINGS)

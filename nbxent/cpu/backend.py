@@ -5,7 +5,9 @@ copy of the logits), validates class indices before anything is written,
 splits rows over threads, and finishes reductions in float64.
 """
 
+import contextlib
 import math
+import threading
 
 import numba
 import numpy as np
@@ -52,6 +54,19 @@ def _flat(view):
     if flat.dtype == np.float16:
         flat = flat.view(np.uint16)
     return flat, (offset, *view.strides)
+
+
+_workqueue_lock = threading.Lock()
+
+
+def _launch_guard():
+    """A lock for Numba's workqueue threading layer, which aborts the process when two
+    Python threads launch parallel kernels at once; omp and tbb need none."""
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet: the layer is not chosen
+        layer = "workqueue"
+    return _workqueue_lock if layer == "workqueue" else contextlib.nullcontext()
 
 
 def _class_weights(plan, dtype):
@@ -149,9 +164,10 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None):
             out is None or out_geom[vector_axis] == 1))
     scalars = np.array([plan.ignore_index, plan.label_smoothing, plan.z_loss, plan.softcap,
                         plan.grad_scale, inv_ce, inv_z, has_grad_output])
-    kernel_for(variant)(x, x_geom, split, outer, inner, plan.n_classes, target, t_geom,
-                        weight, weight_total, scalars, grad_output, g_geom, out_buffer,
-                        out_geom, row_value, row_lse)
+    with _launch_guard():
+        kernel_for(variant)(x, x_geom, split, outer, inner, plan.n_classes, target, t_geom,
+                            weight, weight_total, scalars, grad_output, g_geom, out_buffer,
+                            out_geom, row_value, row_lse)
     return row_value, row_lse, denominator, n_valid
 
 
@@ -166,9 +182,10 @@ def _index_target(plan):
         view = View(np.ascontiguousarray(view.array, dtype=np.int64), view.shape,
                     (plan.inner, 1))
     target, (offset, s_outer, s_inner) = _flat(view)
-    first_bad, weight_sum, n_valid = scan_targets(
-        target, (offset, s_outer, s_inner), plan.outer, plan.inner, plan.n_classes,
-        plan.ignore_index, _class_weights(plan, np.float64))
+    with _launch_guard():
+        first_bad, weight_sum, n_valid = scan_targets(
+            target, (offset, s_outer, s_inner), plan.outer, plan.inner, plan.n_classes,
+            plan.ignore_index, _class_weights(plan, np.float64))
     if first_bad >= 0 and plan.validate:
         o, i = divmod(first_bad, plan.inner)
         value = target[offset + o * s_outer + i * s_inner]
