@@ -171,7 +171,10 @@ def make_prob_target(rng, shape, axis, form="prob"):
     if form == "onehot":
         last = np.eye(n_classes)[rng.integers(0, n_classes, rows_shape)]
     elif form == "unnormalized":
-        last = rng.uniform(0.0, 2.0, rows_shape + (n_classes,))
+        # Rows summing to 0.5..2, not 1 (torch takes them as they are); a total mass of
+        # O(1) keeps sum(q)*p - q free of cancellation beyond float32's own rounding.
+        last = rng.uniform(0.0, 1.0, rows_shape + (n_classes,))
+        last *= rng.uniform(0.5, 2.0, rows_shape + (1,)) / last.sum(axis=-1, keepdims=True)
     else:
         raw = rng.standard_normal(rows_shape + (n_classes,)) * 2
         raw -= raw.max(axis=-1, keepdims=True) if raw.size else 0
