@@ -252,7 +252,9 @@ def _build(variant):
         """
         lse = float(row_max) + log_sum
         if entropy:
-            return log_sum - aux / sum_exp, lse, 0.0
+            # A row of all -inf sums to 0: its entropy is nan (Python's division would raise).
+            mean_term = aux / sum_exp if sum_exp != 0.0 else np.nan
+            return log_sum - mean_term, lse, 0.0
         from_ref = float(row_max - ref) + log_sum  # lse - ref without cancellation
         if prob:
             return mass * from_ref - aux, lse, mass
