@@ -1,7 +1,9 @@
 """Which backend serves a call: array-kind detection and the backend registry.
 
-The kind of an array is read from its type, never by importing CuPy: an object
-exposing ``__cuda_array_interface__`` is a GPU array, anything else is handed to
+The kind of an array is read from its type, never by importing CuPy or Dask: a
+Dask array (its class comes from ``dask.array``, or has ``__dask_graph__`` and
+``chunks``) goes to the Dask backend, an object exposing
+``__cuda_array_interface__`` is a GPU array, anything else is handed to
 ``np.asarray`` by the CPU backend. A backend is a module providing the functions
 named in ``BACKEND_FUNCTIONS``; ``register_backend`` adds one under a name.
 """
@@ -12,12 +14,18 @@ import numpy as np
 
 BACKEND_FUNCTIONS = ("asarray", "copy_contiguous", "copy_into", "cross_entropy", "normalize")
 
-_backends = {"cpu": "nbxent.cpu.backend", "cuda": "nbxent.cuda.backend"}
+_backends = {"cpu": "nbxent.cpu.backend", "cuda": "nbxent.cuda.backend",
+             "dask": "nbxent.dask.backend"}
 _loaded = {}
 _kind_by_type = {}
+# Kinds whose backend takes CPU arrays met beside its own and wraps them, as NumPy +
+# Dask arithmetic does.
+_WRAPS_CPU_ARRAYS = {"dask"}
 
-_CUDA_INSTALL_HINT = (
-    "the CUDA backend needs numba-cuda and CuPy: pip install 'nbxent[cuda]'")
+_INSTALL_HINTS = {
+    "cuda": "the CUDA backend needs numba-cuda and CuPy: pip install 'nbxent[cuda]'",
+    "dask": "the Dask backend needs dask[array] and distributed: pip install 'nbxent[dask]'",
+}
 
 
 def register_backend(name, module_path, kind_test=None):
@@ -34,11 +42,17 @@ def register_backend(name, module_path, kind_test=None):
     _kind_by_type.clear()
 
 
-_kind_tests = []
+def _is_dask_array(cls):
+    return cls.__module__.startswith("dask.array") or (
+        hasattr(cls, "__dask_graph__") and hasattr(cls, "chunks"))
+
+
+_kind_tests = [("dask", _is_dask_array)]
 
 
 def array_kind(x):
-    """'cuda' for GPU arrays, 'cpu' for everything NumPy can take, or a registered name."""
+    """'dask' for Dask arrays, 'cuda' for GPU arrays, 'cpu' for everything NumPy can
+    take, or a registered name."""
     cls = type(x)
     kind = _kind_by_type.get(cls)
     if kind is None:
@@ -58,10 +72,12 @@ def _describe(x):
 
 
 def backend_of(*arrays):
-    """Name of the backend the dispatcher picks for these arrays: "cpu" or "cuda".
+    """Name of the backend the dispatcher picks for these arrays: "cpu", "cuda" or "dask".
 
-    ``None`` entries and Python scalars are ignored. Mixing kinds (a NumPy array
-    with a CuPy array, say) raises ``TypeError`` naming both.
+    ``None`` entries and Python scalars are ignored. A Dask array beside NumPy
+    arrays picks "dask" (the NumPy arrays are wrapped as Dask arrays). Other
+    mixes of kinds (a NumPy array with a CuPy array, a Dask array with a CuPy
+    array) raise ``TypeError`` naming both.
 
     Examples
     --------
@@ -74,9 +90,9 @@ def backend_of(*arrays):
         if x is None or isinstance(x, (int, float, bool, np.generic)):
             continue
         kind = array_kind(x)
-        if chosen is None:
+        if chosen is None or (chosen[0] == "cpu" and kind in _WRAPS_CPU_ARRAYS):
             chosen = (kind, x)
-        elif kind != chosen[0]:
+        elif kind != chosen[0] and not (kind == "cpu" and chosen[0] in _WRAPS_CPU_ARRAYS):
             raise TypeError(
                 f"cannot mix array kinds: {_describe(chosen[1])} ({chosen[0]}) with "
                 f"{_describe(x)} ({kind}); move them to one device first")
@@ -93,8 +109,8 @@ def get_backend(name):
     try:
         module = importlib.import_module(_backends[name])
     except ImportError as exc:
-        if name == "cuda":
-            raise ImportError(f"{_CUDA_INSTALL_HINT} ({exc})") from exc
+        if name in _INSTALL_HINTS:
+            raise ImportError(f"{_INSTALL_HINTS[name]} ({exc})") from exc
         raise
     _loaded[name] = module
     return module

@@ -361,3 +361,9 @@ def index_error(position, value, n_classes, ignore_index):
     """The ValueError for a class index outside [0, C) that is not ignore_index."""
     return ValueError(f"target {value} at position {tuple(position)} is not a class index in "
                       f"[0, {n_classes}) nor ignore_index={ignore_index}")
+
+
+def immutable_out_error(kind):
+    """The TypeError for ``out=`` given to a backend whose arrays cannot be written."""
+    return TypeError(f"out= is not supported with {kind} arrays: they are immutable, so the "
+                     f"result is always a new (lazy) array; drop out= and use the return value")

@@ -1,7 +1,10 @@
 """nbxent's public functions: check the call, make a plan, hand it to a backend.
 
-Every function here works on NumPy arrays (CPU backend) and on CuPy arrays or
-any ``__cuda_array_interface__`` object (CUDA backend); the backend is picked
+Every function here works on NumPy arrays (CPU backend), on CuPy arrays or
+any ``__cuda_array_interface__`` object (CUDA backend), and on Dask arrays
+(Dask backend, ``nbxent[dask]``: lazy results, nbxent's kernels per chunk;
+NumPy arrays passed beside a Dask array are wrapped as Dask arrays, and
+``out=`` is a TypeError since Dask arrays are immutable). The backend is picked
 from the arrays' type, or named with ``backend=``. Results come back in the
 caller's array kind.
 """
@@ -84,7 +87,7 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
         an error flag once after the kernel; ``validate=False`` skips that read
         and such rows give nan. On the CPU indices are always checked before
         anything is written; ``validate=False`` only turns the error into nan rows.
-    backend : {'cpu', 'cuda'}, optional
+    backend : {'cpu', 'cuda', 'dask'}, optional
         Overrides the choice made from the arrays' type.
     stream : optional
         GPU only: the stream to launch on (default: the caller's current CuPy stream).
@@ -94,7 +97,7 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
     loss : array
         Per row (logits' shape without ``axis``) for 'none', else a 0-d array;
         float32 for float16/float32 logits, float64 for float64; NumPy in,
-        NumPy out; CuPy in, CuPy out.
+        NumPy out; CuPy in, CuPy out; Dask in, a lazy Dask array out.
 
     Notes
     -----
