@@ -17,14 +17,18 @@ def cpu_tile_max_classes():
     """Most classes for which rows (class axis last) go to the tile kernel.
 
     Shorter rows cost more in per-row work than vectorising along them saves.
+    Measured (2-core EPYC, float32, 25 M logits): the tile kernel is 1.2-2.9x
+    faster up to C = 128, the row kernel from C = 192 on.
     ``NBXENT_CPU_TILE_MAX_CLASSES``.
     """
-    return int(os.environ.get("NBXENT_CPU_TILE_MAX_CLASSES", 64))
+    return int(os.environ.get("NBXENT_CPU_TILE_MAX_CLASSES", 128))
 
 
 def cpu_tile_elements():
-    """Logits per tile of the tile kernel: a tile is re-read from L1/L2 three times.
+    """Logits per tile of the tile kernel: a tile is staged once, then re-read from
+    L2 by each pass. Measured (2-core EPYC, NCHW 8x21x512x512): 4096 costs 15-20 %
+    more than 16384, where it levels off; 10-class rows do not care.
 
     ``NBXENT_CPU_TILE_ELEMENTS``.
     """
-    return int(os.environ.get("NBXENT_CPU_TILE_ELEMENTS", 4096))
+    return int(os.environ.get("NBXENT_CPU_TILE_ELEMENTS", 16384))

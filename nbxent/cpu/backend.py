@@ -90,7 +90,7 @@ def _shape(plan):
     """
     threads = numba.get_num_threads()
     rows = plan.n_rows
-    tile_width = min(256, max(8, _config.cpu_tile_elements() // plan.n_classes))
+    tile_width = min(4096, max(8, _config.cpu_tile_elements() // plan.n_classes))
     if plan.inner > 1:
         return True, tile_width, False
     if plan.n_classes <= _config.cpu_tile_max_classes() and rows >= 2 * tile_width:
@@ -182,16 +182,15 @@ def _index_target(plan):
         view = View(np.ascontiguousarray(view.array, dtype=np.int64), view.shape,
                     (plan.inner, 1))
     target, (offset, s_outer, s_inner) = _flat(view)
+    rows = np.lib.stride_tricks.as_strided(target[offset:], view.shape,
+                                           (s_outer * 8, s_inner * 8)).reshape(-1)
     with _launch_guard():
         first_bad, weight_sum, n_valid = scan_targets(
-            target, (offset, s_outer, s_inner), plan.outer, plan.inner, plan.n_classes,
-            plan.ignore_index, _class_weights(plan, np.float64))
+            rows, plan.n_classes, plan.ignore_index, _class_weights(plan, np.float64))
     if first_bad >= 0 and plan.validate:
-        o, i = divmod(first_bad, plan.inner)
-        value = target[offset + o * s_outer + i * s_inner]
         position = np.unravel_index(first_bad, plan.result_shape)
-        raise index_error(tuple(int(p) for p in position), int(value), plan.n_classes,
-                          plan.ignore_index)
+        raise index_error(tuple(int(p) for p in position), int(rows[first_bad]),
+                          plan.n_classes, plan.ignore_index)
     return target, (offset, s_outer, 0, s_inner), weight_sum, n_valid
 
 

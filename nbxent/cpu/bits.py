@@ -1,4 +1,5 @@
-"""Bit-level helpers for the CPU kernels: float <-> integer casts and float16.
+"""Bit-level helpers for the CPU kernels: float <-> integer casts, order keys and
+float16.
 
 Numba's CPU target has no float16 type, so float16 arrays reach the kernels as
 uint16 and are converted here with integer arithmetic that LLVM can vectorise
@@ -6,6 +7,7 @@ uint16 and are converted here with integer arithmetic that LLVM can vectorise
 """
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
@@ -57,3 +59,44 @@ def float_to_half(value):
         mantissa_odd = (magnitude >> 13) & 1
         half = (magnitude + ((15 - 127) << 23) + 0xFFF + mantissa_odd) >> 13
     return np.uint16(half | sign)
+
+
+def _flip_magnitude(builder, bits, width):
+    """bits ^ (sign ? 0x7F..F : 0): maps the float order onto the signed integers
+    and back (the sign bit is kept, so the map is its own inverse)."""
+    int_type = ir.IntType(width)
+    sign = builder.ashr(bits, ir.Constant(int_type, width - 1))
+    return builder.xor(bits, builder.and_(sign, ir.Constant(int_type, (1 << (width - 1)) - 1)))
+
+
+@intrinsic
+def order_key(typingctx, value):
+    """A signed integer of the float's width that orders like it: for non-nan a, b,
+    ``order_key(a) < order_key(b)`` iff ``a < b`` (-0.0 just below 0.0).
+
+    Integer max reductions vectorise without fastmath's nnan; float ones do not.
+    A nan's key lies beyond the infinities of its sign.
+    """
+    if not isinstance(value, types.Float):
+        return None
+    key_type = types.int32 if value.bitwidth == 32 else types.int64
+
+    def codegen(context, builder, signature, args):
+        bits = builder.bitcast(args[0], ir.IntType(value.bitwidth))
+        return _flip_magnitude(builder, bits, value.bitwidth)
+
+    return key_type(value), codegen
+
+
+@intrinsic
+def from_order_key(typingctx, key):
+    """The float (float32 for an int32 key, float64 for int64) ``order_key`` maps to ``key``."""
+    if not isinstance(key, types.Integer) or key.bitwidth not in (32, 64):
+        return None
+    float_type = types.float32 if key.bitwidth == 32 else types.float64
+
+    def codegen(context, builder, signature, args):
+        bits = _flip_magnitude(builder, args[0], key.bitwidth)
+        return builder.bitcast(bits, context.get_value_type(float_type))
+
+    return float_type(key), codegen
