@@ -1,5 +1,6 @@
-"""Threads: concurrent calls from Python threads, numba.set_num_threads, and rows
-whose classes are split across threads (fewer rows than threads).
+"""Threads: concurrent calls from Python threads, numba.set_num_threads, rows
+whose classes are split across threads (fewer rows than threads), and the tiles
+the tile kernel cuts rows into.
 
 Concurrency and thread-count checks run in subprocesses: a threading layer that
 is not thread-safe aborts the whole process, which must show up as one failed
@@ -231,6 +232,19 @@ def _split_case(rng, kind, c):
     return x, t
 
 
+def _option_keywords(rng, option, shape, axis=-1, *, softcap):
+    """Keywords of one option set, and the float32 probability target it needs (or None)."""
+    n_classes = shape[axis]
+    if option == "weight-smooth":
+        return dict(weight=rng.uniform(0.5, 2, n_classes), label_smoothing=0.2), None
+    if option == "z_loss-softcap":
+        return dict(z_loss=1e-3, softcap=softcap), None
+    if option == "prob":
+        target = R.softmax(rng.standard_normal(shape), axis=axis).astype(np.float32)
+        return dict(label_smoothing=0.1), target
+    return {}, None
+
+
 SPLIT_KINDS = ["plain", "max-in-last-part", "max-in-first-part", "first-part-all-minus-inf",
                "last-part-all-minus-inf", "nan-in-one-part", "plus-inf-in-one-part",
                "target-minus-inf", "all-minus-inf", "ignored", "huge-logits"]
@@ -244,14 +258,8 @@ def test_class_split_edge_cases(rng, monkeypatch, all_threads, kind, option):
     monkeypatch.setenv("NBXENT_CPU_SPLIT_MIN_CLASSES", "16")
     c = 4099
     x, t = _split_case(rng, kind, c)
-    kw = {}
-    if option == "weight-smooth":
-        kw = dict(weight=rng.uniform(0.5, 2, c), label_smoothing=0.2)
-    elif option == "z_loss-softcap":
-        kw = dict(z_loss=1e-3, softcap=20.0)
-    elif option == "prob":
-        t = R.softmax(rng.standard_normal((1, c))).astype(np.float32)
-        kw = dict(label_smoothing=0.1)
+    kw, prob_target = _option_keywords(rng, option, (1, c), softcap=20.0)
+    t = t if prob_target is None else prob_target
     for reduction in ("none", "sum"):
         loss, grad = nbxent.cross_entropy_with_grad(x, t, reduction=reduction, **kw)
         scale = 1e4 if kind == "huge-logits" else 1.0
@@ -276,3 +284,40 @@ def test_split_threshold_really_splits(rng, monkeypatch, all_threads):
     split = nbxent.cross_entropy_with_grad(x, t)
     np.testing.assert_allclose(split[0], unsplit[0], rtol=1e-6)
     np.testing.assert_allclose(split[1], unsplit[1], atol=1e-8)
+
+
+TILE_CASES = [pytest.param((40, 10), -1, id="short-rows-40x10"),
+              pytest.param((3, 5, 37), 1, id="class-middle-3x5x37"),
+              pytest.param((2, 7, 3, 11), 1, id="nchw-2x7x3x11"),
+              pytest.param((37, 3), 0, id="axis0-37x3")]
+
+
+@pytest.mark.parametrize("option", ["plain", "weight-smooth", "z_loss-softcap", "prob"])
+@pytest.mark.parametrize("shape, axis", TILE_CASES)
+def test_tile_kernel_geometry(rng, monkeypatch, shape, axis, option):
+    """Tiles of 8 positions: several tiles per batch item and a partial last one, for
+    short rows (transposed into the tile on the way in and out) and for a class axis
+    that is not the last; ignored rows among them; and the gradient in place."""
+    monkeypatch.setenv("NBXENT_CPU_TILE_ELEMENTS", "8")
+    monkeypatch.setenv("NBXENT_CPU_TILE_MAX_CLASSES", "16")
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    axis_ = axis % len(shape)
+    loss_shape = shape[:axis_] + shape[axis_ + 1:]
+    t = rng.integers(0, shape[axis_], loss_shape)
+    t.reshape(-1)[::5] = -100
+    kw, prob_target = _option_keywords(rng, option, shape, axis, softcap=5.0)
+    t = t if prob_target is None else prob_target
+    for reduction in ("none", "mean"):
+        loss, grad = nbxent.cross_entropy_with_grad(x, t, axis=axis, reduction=reduction, **kw)
+        assert_close(loss, R.cross_entropy(x, t, axis=axis, reduction=reduction, **kw),
+                     np.float32, "loss")
+        assert_close(grad, R.cross_entropy_grad(x, t, axis=axis, reduction=reduction, **kw),
+                     np.float32, "grad")
+    in_place = x.copy()
+    nbxent.cross_entropy_grad(in_place, t, axis=axis, out=in_place, **kw)
+    np.testing.assert_array_equal(in_place, nbxent.cross_entropy_grad(x, t, axis=axis, **kw))
+    assert_close(nbxent.logsumexp(x, axis=axis), R.logsumexp(x, axis=axis), np.float32, "loss")
+    assert_close(nbxent.entropy(x, axis=axis), R.entropy(x, axis=axis), np.float32, "loss")
+    assert_close(nbxent.softmax(x, axis=axis), R.softmax(x, axis=axis), np.float32, "grad")
+    assert_close(nbxent.log_softmax(x, axis=axis), R.log_softmax(x, axis=axis), np.float32,
+                 "grad", rtol=1e-5)
