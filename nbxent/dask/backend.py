@@ -144,7 +144,10 @@ def _whole_rows(plan, x, target, weight, denominators, indices):
         partials.row_cross_entropy, rows, x, full,
         target, rows if plan.target_is_index else full, ArraySliceDep(row_chunks), rows,
         *_optional(weight, cls), *_grad_output(plan, row_chunks, rows),
-        *_optional(denominators, _DENOMINATORS), axis=plan.axis, options=options,
+        # Without a gradient or z-loss the chunks' sums do not depend on W and V: the
+        # chunks then need not wait for the targets' reduction.
+        *_optional(denominators if plan.want_grad or plan.z_loss else None, _DENOMINATORS),
+        axis=plan.axis, options=options,
         reduction=plan.reduction, want_loss=plan.want_loss, want_grad=plan.want_grad,
         meta=np.empty((0,) * len(rows), object))
     loss = grad = None

@@ -100,21 +100,21 @@ def row_cross_entropy(x, target, where, weight, grad_output, denominators, *, ax
     """(loss part or None, gradient or None) of a chunk of whole rows, by nbxent itself.
 
     The loss part is the per-row loss for 'none', else the chunk's sum as a float64
-    array of the loss's ndim. 'mean' runs as 'sum' with the exact denominators
-    folded in: grad_output / W, and z_loss * W / V, so that sum / W is the mean.
+    array of the loss's ndim. 'mean' runs as 'sum' (the caller divides by W);
+    given [W, V], they are folded in: grad_output / W and z_loss * W / V, so
+    that sum / W is the mean and the gradient is the mean's.
     """
     options = dict(options)
     target, weight = _like(x, target), _like(x, weight)
     if options["validate"] and target.dtype.kind in "iu":
         check_targets(target, where, x.shape[axis], options["ignore_index"])
-    call_reduction = reduction
-    if reduction == "mean":
+    call_reduction = "sum" if reduction == "mean" else reduction
+    if denominators is not None:
         inv_ce, inv_z = mean_scales(_like(x, denominators))
         with np.errstate(invalid="ignore"):
             z_ratio = float(inv_z / inv_ce)
         options["z_loss"] *= z_ratio if np.isfinite(z_ratio) else 0.0
         grad_output = grad_output * inv_ce
-        call_reduction = "sum"
     keywords = dict(options, axis=axis, weight=weight, reduction=call_reduction)
     loss = grad = None
     if want_grad:
@@ -171,7 +171,7 @@ def _capped(xp, x, softcap):
 
 
 def _chunk_lse(x, axis):
-    """(SHIFT, LSE) of a chunk along ``axis`` (kept, size 1), float64.
+    """(SHIFT, LSE, x - SHIFT) of a chunk along ``axis``; SHIFT and LSE float64, kept (size 1).
 
     nbxent's kernel sees the chunk shifted by its max, so its float32 result
     lies in [0, log C] and keeps ~1e-7 absolute accuracy whatever the logits.
@@ -179,8 +179,9 @@ def _chunk_lse(x, axis):
     xp = namespace(x)
     row_max = xp.max(x, axis=axis, keepdims=True)
     shift = xp.where(xp.isfinite(row_max), row_max, 0)
-    lse = xp.expand_dims(api.logsumexp(x - shift, axis=axis), axis)
-    return shift.astype(xp.float64), lse.astype(xp.float64)
+    shifted = x - shift
+    lse = xp.expand_dims(api.logsumexp(shifted, axis=axis), axis)
+    return shift.astype(xp.float64), lse.astype(xp.float64), shifted
 
 
 def _merge_lse(xp, shift, lse, axis):
@@ -197,23 +198,24 @@ def _merge_lse(xp, shift, lse, axis):
 
 def _target_terms(xp, x, target, weight, first_class, *, axis, n_classes, ignore_index,
                   label_smoothing, index_target):
-    """(q over the chunk or None, the target's one-hot in the chunk or None, weights).
+    """(q over the chunk or None, the target's place in the chunk or None, class weights).
 
-    q is what MASS and SPREAD sum (see the module docstring); the one-hot marks
-    the target's class when a class-index target lies in this chunk; the class
-    weights are float64, shaped to broadcast along ``axis``.
+    q is what MASS and SPREAD sum (see the module docstring), float64. For class
+    indices the place is (index along ``axis`` into the chunk, 0 where absent;
+    whether the row's target lies in this chunk), both kept along ``axis``.
+    The class weights are a float64 vector.
     """
     eps = label_smoothing
     chunk_classes = x.shape[axis]
-    w = (xp.ones(chunk_classes) if weight is None
-         else _like(x, weight).astype(xp.float64))
-    w = _along(xp, w, axis, x.ndim)
+    w = xp.ones(chunk_classes) if weight is None else _like(x, weight).astype(xp.float64)
+    w_along = _along(xp, w, axis, x.ndim)
     if not index_target:
-        return ((1 - eps) * _like(x, target).astype(xp.float64) + eps / n_classes) * w, None, w
+        q = ((1 - eps) * _like(x, target).astype(xp.float64) + eps / n_classes) * w_along
+        return q, None, w
     t = xp.expand_dims(_like(x, target).astype(xp.int64), axis)
-    classes = _along(xp, xp.arange(first_class, first_class + chunk_classes), axis, x.ndim)
-    onehot = (t == classes) & (t != ignore_index)
-    return (eps / n_classes * w if eps else None), onehot, w
+    local = t - first_class
+    here = (local >= 0) & (local < chunk_classes) & (t != ignore_index)
+    return (eps / n_classes * w_along if eps else None), (xp.where(here, local, 0), here), w
 
 
 def loss_partials(x, target, weight, class_slice, where, *, axis, n_classes, ignore_index,
@@ -224,19 +226,21 @@ def loss_partials(x, target, weight, class_slice, where, *, axis, n_classes, ign
     if validate and index_target:
         check_targets(target, where, n_classes, ignore_index)
     x = _capped(xp, x, softcap)
-    shift, lse = _chunk_lse(x, axis)
+    shift, lse, shifted = _chunk_lse(x, axis)
     zeros = xp.zeros_like(lse)
     t_logit = t_weight = mass = spread = zeros
-    q, onehot, w = _target_terms(xp, x, target, weight, class_slice[0].start, axis=axis,
-                                 n_classes=n_classes, ignore_index=ignore_index,
-                                 label_smoothing=label_smoothing, index_target=index_target)
-    if onehot is not None:
-        t_logit = xp.sum(xp.where(onehot, x, 0).astype(xp.float64), axis=axis, keepdims=True)
-        t_weight = xp.sum(onehot * w, axis=axis, keepdims=True)
+    q, place, w = _target_terms(xp, x, target, weight, class_slice[0].start, axis=axis,
+                                n_classes=n_classes, ignore_index=ignore_index,
+                                label_smoothing=label_smoothing, index_target=index_target)
+    if place is not None:
+        index, here = place
+        t_logit = xp.where(here, xp.take_along_axis(x, index, axis).astype(xp.float64), 0.0)
+        t_weight = xp.where(here, w[index], 0.0)
     if q is not None:
         with np.errstate(invalid="ignore"):
             mass = zeros + xp.sum(q, axis=axis, keepdims=True)
-            spread = xp.sum(q * ((shift - x) + lse), axis=axis, keepdims=True)
+            # sum q (SHIFT + LSE - x) with x - SHIFT <= 0: two non-negative parts.
+            spread = lse * mass - xp.sum(q * shifted, axis=axis, keepdims=True)
     return xp.stack([shift, lse, t_logit, t_weight, mass, spread])
 
 
@@ -287,9 +291,11 @@ def loss_rows(parts, target, *, n_classes, ignore_index, label_smoothing):
 
 
 def _log_p(xp, x, parts, axis):
-    """float64 log-softmax of a chunk from the merged (SHIFT, LSE) of its rows."""
-    return (x.astype(xp.float64) - xp.expand_dims(parts[SHIFT], axis)) - xp.expand_dims(
-        parts[LSE], axis)
+    """float64 log-softmax of a chunk from the merged (SHIFT, LSE) of its rows (a new array)."""
+    log_p = x.astype(xp.float64)
+    log_p -= xp.expand_dims(parts[SHIFT], axis)
+    log_p -= xp.expand_dims(parts[LSE], axis)
+    return log_p
 
 
 def grad_chunk(x, target, weight, parts, grad_output, denominators, class_slice, *, axis,
@@ -298,37 +304,45 @@ def grad_chunk(x, target, weight, parts, grad_output, denominators, class_slice,
 
     q_sum * p - q for the cross-entropy (q_sum the row's whole target mass), plus
     2 * z_loss * lse * p, times grad_output (over W and V for 'mean'), times
-    1 - tanh(x/c)**2 under a soft cap; p = exp(log_softmax) in float64.
+    1 - tanh(x/c)**2 under a soft cap; p = exp(log_softmax) in float64, updated
+    in place (a chunk's float64 temporaries are the cost of this path).
     """
     xp = namespace(x)
     index_target = target.dtype.kind in "iu"
     capped = _capped(xp, x, softcap)
     with np.errstate(invalid="ignore", over="ignore"):
-        p = xp.exp(_log_p(xp, capped, parts, axis))
-        q, onehot, w = _target_terms(xp, capped, target, weight, class_slice[0].start,
-                                     axis=axis, n_classes=n_classes, ignore_index=ignore_index,
-                                     label_smoothing=label_smoothing, index_target=index_target)
-        mass = xp.expand_dims(parts[MASS], axis)
-        if onehot is not None:
-            target_q = (1 - label_smoothing) * onehot * w
-            q = target_q if q is None else q + target_q
-            mass = mass + (1 - label_smoothing) * xp.expand_dims(parts[T_WEIGHT], axis)
+        log_p = _log_p(xp, capped, parts, axis)
+        grad = xp.exp(log_p, out=log_p)
+        q, place, w = _target_terms(xp, capped, target, weight, class_slice[0].start,
+                                    axis=axis, n_classes=n_classes, ignore_index=ignore_index,
+                                    label_smoothing=label_smoothing, index_target=index_target)
         g = _scalar_or_block(x, grad_output, axis)
         ce_scale = z_scale = g
         if reduction == "mean":
             inv_ce, inv_z = mean_scales(_like(x, denominators))
             ce_scale, z_scale = g * inv_ce, g * inv_z
-        grad = ce_scale * (mass * p - q)
+        mass = xp.expand_dims(parts[MASS], axis)
+        if place is not None:
+            target_coef = (1 - label_smoothing) * xp.expand_dims(parts[T_WEIGHT], axis)
+            mass = mass + target_coef
+        row_scale = ce_scale * mass
         if z_loss:
-            lse = xp.expand_dims(parts[SHIFT] + parts[LSE], axis)
-            grad = grad + z_scale * 2 * z_loss * lse * p
+            row_scale = row_scale + z_scale * 2 * z_loss * xp.expand_dims(
+                parts[SHIFT] + parts[LSE], axis)
+        grad *= row_scale
+        if q is not None:
+            grad -= ce_scale * q
+        if place is not None:
+            index, here = place
+            classes = _along(xp, xp.arange(x.shape[axis]), axis, x.ndim)
+            grad -= xp.where((classes == index) & here, ce_scale * target_coef, 0.0)
         if softcap:
-            grad = grad * (1 - xp.tanh(x.astype(xp.float64) / softcap) ** 2)
+            grad *= 1 - xp.tanh(x.astype(xp.float64) / softcap) ** 2
         if index_target:
             t = xp.expand_dims(_like(x, target).astype(xp.int64), axis)
             valid = t != ignore_index
-            grad = xp.where(valid, grad, 0.0)
-            grad = xp.where(valid & ((t < 0) | (t >= n_classes)), np.nan, grad)
+            bad = valid & ((t < 0) | (t >= n_classes))
+            grad = xp.where(valid & ~bad, grad, xp.where(bad, np.nan, 0.0))
     return grad.astype(x.dtype)
 
 
@@ -336,7 +350,7 @@ def normalize_partials(x, *, axis, entropy):
     """[SHIFT, LSE, ENTROPY] of a chunk of the classes (ENTROPY 0 unless asked), float64."""
     xp = namespace(x)
     x = _capped(xp, x, None)
-    shift, lse = _chunk_lse(x, axis)
+    shift, lse, _ = _chunk_lse(x, axis)
     h = xp.zeros_like(lse)
     if entropy:
         h = xp.expand_dims(api.entropy(x, axis=axis).astype(xp.float64), axis)
