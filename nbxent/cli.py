@@ -64,8 +64,10 @@ def build_parser():
     bench.add_argument("--shapes", type=_shapes, help=SHAPES_HELP)
     bench.add_argument("--dtype", type=_comma_list(DTYPES, "dtype"), default=DEFAULT_DTYPES,
                        help=f"comma-separated logits dtypes (default {','.join(DEFAULT_DTYPES)})")
-    bench.add_argument("--backend", choices=("cpu", "cuda"),
-                       help="one backend (default: cpu, and cuda when a GPU is usable)")
+    bench.add_argument("--backend", choices=("cpu", "cuda", "dask"),
+                       help="one backend (default: cpu, and cuda when a GPU is usable); dask "
+                       "times a LocalCluster of 1, then 2 workers (default case 16384x1000 "
+                       "float32, chunked along the rows and along both rows and classes)")
     bench.add_argument("--op", choices=(*OPS, "both"), default="both",
                        help="loss only, loss and gradient in one call, or both (default)")
     bench.add_argument("--threads", type=_positive_int,
@@ -127,22 +129,45 @@ def _bench(args):
         if args.threads > numba.config.NUMBA_NUM_THREADS:
             bench_parser.error(f"--threads {args.threads} is more than Numba's "
                                f"{numba.config.NUMBA_NUM_THREADS} (raise NUMBA_NUM_THREADS)")
+    if args.backend == "dask":
+        return _bench_dask(args)
     if args.backend is not None:
         why_not = run.usable_backends()[args.backend]
         if why_not:
             bench_parser.error(f"--backend {args.backend} cannot run here: {why_not}")
-    settings = run.Settings(
-        shapes=args.shapes, dtypes=args.dtype,
-        backends=None if args.backend is None else (args.backend,),
-        ops=OPS if args.op == "both" else (args.op,), peers=args.peers,
-        repeat=args.repeat, threads=args.threads, quick=args.quick,
-        command=shlex.join(["nbxent", *args.argv]))
+    settings = _settings(args)
     result = run.run(settings, progress.make_progress(not args.no_progress))
     print(report.format_table(result))
     if args.json:
         report.write_json(result, args.json)
     if args.plot:
         report.plot(result, args.plot)
+    return 0
+
+
+def _settings(args):
+    from nbxent.bench import run
+
+    return run.Settings(
+        shapes=args.shapes, dtypes=args.dtype,
+        backends=None if args.backend is None else (args.backend,),
+        ops=OPS if args.op == "both" else (args.op,), peers=args.peers,
+        repeat=args.repeat, threads=args.threads, quick=args.quick,
+        command=shlex.join(["nbxent", *args.argv]))
+
+
+def _bench_dask(args):
+    from nbxent.bench import dask_scaling, progress, report
+
+    why_not = dask_scaling.why_not()
+    if why_not:
+        args.subparser.error(f"--backend dask cannot run here: {why_not}")
+    if args.plot:
+        args.subparser.error("--plot draws throughput against C; the dask bench has no plot")
+    result = dask_scaling.run(_settings(args), progress.make_progress(not args.no_progress))
+    print(dask_scaling.format_table(result))
+    if args.json:
+        report.write_json(result, args.json)
     return 0
 
 
