@@ -62,8 +62,15 @@ def _store(buf, idx, value, half):
 
 @njit(inline="always")
 def _cap(value, cap, softcap):
+    """cap * tanh(value / cap), rounded the same wherever it is inlined.
+
+    The division is a multiplication by a reciprocal rounded from float64:
+    under fastmath a plain ``value / cap`` became a reciprocal multiply in
+    some loops and stayed a division elsewhere, so a row's max and its target
+    logit, the same value, could differ by an ulp (a 1e-5 relative loss error).
+    """
     if softcap:
-        return cap * math.tanh(value / cap)
+        return cap * math.tanh(value * type(cap)(1.0 / float(cap)))
     return value
 
 
