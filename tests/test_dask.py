@@ -61,11 +61,21 @@ OPTION_DTYPES = [pytest.param(option, dtype, id=f"{option}-{dtype.name}")
                  if dtype == F32 or option in ("plain", "everything", "prob-zloss-softcap")]
 
 
+# A computation that outlives this is a hang (a cluster whose processes were stopped
+# and resumed, say): fail the test rather than block the run.
+COMPUTE_TIMEOUT_S = 180
+
+
+def _as_is(value):
+    return value
+
+
 def compute(lazy):
-    """``lazy`` computed on the cluster, after a run in this process that fills the cache."""
+    """``lazy`` (Dask arrays, possibly nested in tuples and dicts) computed on the cluster,
+    after a run in this process that fills the kernel cache."""
     dask.compute(lazy, scheduler="synchronous")
-    (result,) = dask.compute(lazy)
-    return result
+    future = distributed.get_client().compute(dask.delayed(_as_is)(lazy))
+    return future.result(timeout=COMPUTE_TIMEOUT_S)
 
 
 def _dask(array, chunks):
