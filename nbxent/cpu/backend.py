@@ -36,6 +36,13 @@ def copy_into(destination, source):
     np.copyto(destination, source)
 
 
+def _strided(view):
+    """The NumPy array a ``View`` describes."""
+    itemsize = view.array.dtype.itemsize
+    return np.lib.stride_tricks.as_strided(view.array, view.shape,
+                                           tuple(s * itemsize for s in view.strides))
+
+
 def _flat(view):
     """(1-D buffer over the view's memory, (offset, *element strides)).
 
@@ -44,8 +51,7 @@ def _flat(view):
     buffers are reinterpreted as uint16 (Numba's CPU target has no float16).
     """
     itemsize = view.array.dtype.itemsize
-    strided = np.lib.stride_tricks.as_strided(
-        view.array, view.shape, tuple(s * itemsize for s in view.strides))
+    strided = _strided(view)
     flips = tuple(slice(None, None, -1) if s < 0 else slice(None) for s in view.strides)
     lowest = strided[flips]
     offset = sum((n - 1) * -s for n, s in zip(view.shape, view.strides) if s < 0 and n > 0)
@@ -182,8 +188,7 @@ def _index_target(plan):
         view = View(np.ascontiguousarray(view.array, dtype=np.int64), view.shape,
                     (plan.inner, 1))
     target, (offset, s_outer, s_inner) = _flat(view)
-    rows = np.lib.stride_tricks.as_strided(target[offset:], view.shape,
-                                           (s_outer * 8, s_inner * 8)).reshape(-1)
+    rows = _strided(view).reshape(-1)  # one index per row, in row order (a view if it can be)
     with _launch_guard():
         first_bad, weight_sum, n_valid = scan_targets(
             rows, plan.n_classes, plan.ignore_index, _class_weights(plan, np.float64))

@@ -61,6 +61,13 @@ def _store(buf, idx, value, half):
 
 
 @njit(inline="always")
+def _cell(row, pitch, k):
+    """Index of ``tile[row, k]`` in a flat tile with rows ``pitch`` apart (unsigned, as in
+    ``_load``)."""
+    return np.uint64(row * pitch + k)
+
+
+@njit(inline="always")
 def _cap(value, cap, softcap):
     """cap * tanh(value / cap), rounded the same wherever it is inlined.
 
@@ -179,10 +186,14 @@ def _build(variant):
         return _cap(_load(x, idx, half, ftype), cap, softcap)
 
     @njit(inline="always")
+    def finite_or_zero(value):
+        """The reference logit of the non-exp sums: a row's first logit if finite, else 0."""
+        return value if abs(value) < np.inf else ftype(0.0)
+
+    @njit(inline="always")
     def reference_logit(x, base, cap):
-        """The row's first logit if finite, else 0: the shift of the non-exp sums."""
-        ref = load_logit(x, base, cap)
-        return ref if abs(ref) < np.inf else ftype(0.0)
+        """The row's reference logit, read from memory."""
+        return finite_or_zero(load_logit(x, base, cap))
 
     @njit(inline="always")
     def class_target_weight(c, t_row, t_class_stride, target, weight, one_minus_eps,
@@ -317,8 +328,8 @@ def _build(variant):
     if tiled:
         return _cached(variant, _tile_kernel(
             ftype, half, compute64, indexed, prob, entropy, write, smoothing, softcap, sum_at_inf,
-            unit_or, load_logit, element_terms, element_result, target_of, row_result,
-            grad_output_at, upstream, target_gradient))
+            unit_or, load_logit, finite_or_zero, element_terms, element_result, target_of,
+            row_result, grad_output_at, upstream, target_gradient))
 
     @njit(inline="always")
     def chunk_max(x, base, stride, c0, c1):
@@ -503,8 +514,8 @@ def _build(variant):
 
 
 def _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothing, softcap,
-                 sum_at_inf, unit_or, load_logit, element_terms, element_result, target_of,
-                 row_result, grad_output_at, upstream, target_gradient):
+                 sum_at_inf, unit_or, load_logit, finite_or_zero, element_terms, element_result,
+                 target_of, row_result, grad_output_at, upstream, target_gradient):
     """The tile kernel of one variant, built from the variant's shared helpers."""
     neg_inf = -np.inf
 
@@ -535,8 +546,8 @@ def _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothin
             s_class, s_pos, n_classes, n, pitch)
         for a in range(n_outer):
             for b in range(n_inner):
-                tile[np.uint64(a * t_outer + b * t_inner)] = load_logit(x, base + a * s_outer + b * s_inner,
-                                                             cap)
+                tile[_cell(a, t_outer, b * t_inner)] = load_logit(
+                    x, base + a * s_outer + b * s_inner, cap)
 
     @njit(inline="always")
     def unstage(out, base, s_class, s_pos, tile, n_classes, n, pitch):
@@ -545,8 +556,8 @@ def _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothin
             s_class, s_pos, n_classes, n, pitch)
         for a in range(n_outer):
             for b in range(n_inner):
-                _store(out, base + a * s_outer + b * s_inner, tile[np.uint64(a * t_outer + b * t_inner)],
-                       half)
+                _store(out, base + a * s_outer + b * s_inner,
+                       tile[_cell(a, t_outer, b * t_inner)], half)
 
     @njit
     def tile_body(tile_index, tiles_per_outer, width, pitch, x, x_geom, inner, n_classes, target,
@@ -575,10 +586,10 @@ def _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothin
         t_grads = scratch[_T_GRAD]
         t_weight, g_rows = wide_scratch[0], wide_scratch[1]
         for k in range(n):
-            shift[k] = logits[np.uint64(k)]
+            shift[k] = logits[_cell(0, pitch, k)]
         for c in range(1, n_classes):
             for k in range(n):
-                shift[k] = max(shift[k], logits[np.uint64(c * pitch + k)])
+                shift[k] = max(shift[k], logits[_cell(c, pitch, k)])
         for k in range(n):
             top = shift[k]
             shift[k] = top if top > neg_inf else ftype(0.0)
@@ -586,15 +597,15 @@ def _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothin
             rest[k] = ftype(0.0)
             aux[k] = ftype(0.0)
             mass[k] = ftype(0.0)
-            first = logits[np.uint64(k)]
-            ref[k] = first if (smoothing or prob) and abs(first) < np.inf else ftype(0.0)
+            ref[k] = finite_or_zero(logits[_cell(0, pitch, k)]) if smoothing or prob \
+                else ftype(0.0)
         for c in range(n_classes):
             for k in range(n):
                 at_top, e, aux_term, mass_term = element_terms(
-                    logits[np.uint64(c * pitch + k)], shift[k], ref[k], c, target, t_base + k * t_si,
-                    t_sc, weight, one_minus_eps, eps_over_c)
+                    logits[_cell(c, pitch, k)], shift[k], ref[k], c, target,
+                    t_base + k * t_si, t_sc, weight, one_minus_eps, eps_over_c)
                 if write != WRITE_NOTHING:
-                    exps[np.uint64(c * pitch + k)] = e
+                    exps[_cell(c, pitch, k)] = e
                 n_top[k] += ftype(1.0) if at_top else ftype(0.0)
                 rest[k] += ftype(0.0) if at_top else e
                 # (Unused sums are not touched: each stored array adds alias checks
@@ -640,15 +651,16 @@ def _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothin
         for c in range(n_classes):
             for k in range(n):
                 result = element_result(
-                    logits[np.uint64(c * pitch + k)], exps[np.uint64(c * pitch + k)], shift[k], float(log_sums[k]),
-                    scale[k], scale[k], g_scale[k], c, target, t_base + k * t_si, t_sc, weight,
-                    ftype(one_minus_eps), ftype(eps_over_c), cap)
-                exps[np.uint64(c * pitch + k)] = result if valid[k] != ftype(0.0) else ftype(0.0)
+                    logits[_cell(c, pitch, k)], exps[_cell(c, pitch, k)], shift[k],
+                    float(log_sums[k]), scale[k], scale[k], g_scale[k], c, target,
+                    t_base + k * t_si, t_sc, weight, ftype(one_minus_eps), ftype(eps_over_c),
+                    cap)
+                exps[_cell(c, pitch, k)] = result if valid[k] != ftype(0.0) else ftype(0.0)
         if indexed and write == WRITE_GRAD:
             for k in range(n):
                 t = target_index[k]
                 if valid[k] != ftype(0.0) and 0 <= t < n_classes:
-                    exps[np.uint64(t * pitch + k)] = t_grads[k]
+                    exps[_cell(t, pitch, k)] = t_grads[k]
         unstage(out, o_off + o * o_so + i0 * o_si, o_sc, o_si, exps, n_classes, n, pitch)
 
     # No reassociation here: the tile loops vectorise across positions without it, and
