@@ -1,0 +1,112 @@
+"""The CPU measurements of benchmarks/RESULTS.md that `nbxent bench` does not make.
+
+    python benchmarks/cpu_checks.py times        # loss and loss+grad (out=), best of 7, 2 threads
+    python benchmarks/cpu_checks.py threads      # 1 against 2 threads in one process, alternating
+    python benchmarks/cpu_checks.py first-call   # run twice: the first call of a fresh process
+    python benchmarks/cpu_checks.py accuracy     # float32 loss and gradient against the reference
+
+Needs nbxent importable (`pip install -e .`, or `PYTHONPATH=.` from the repository root).
+To compare two commits, run
+``times`` with ``PYTHONPATH`` pointing at a ``git worktree`` of each, one after the other.
+"""
+
+import sys
+import time
+
+START = time.perf_counter()
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+import nbxent  # noqa: E402
+from nbxent import reference  # noqa: E402
+
+CASES = [((16384, 1000), -1, np.float32), ((4096, 32000), -1, np.float32),
+         ((512, 128256), -1, np.float32), ((1000000, 10), -1, np.float32),
+         ((8, 21, 512, 512), 1, np.float32), ((262144, 32), -1, np.float32),
+         ((65536, 100), -1, np.float32), ((16384, 1000), -1, np.float64),
+         ((1000000, 10), -1, np.float16), ((8, 21, 512, 512), 1, np.float16)]
+
+
+def _inputs(shape, axis, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    axis %= len(shape)
+    logits = rng.standard_normal(shape).astype(dtype)
+    target = rng.integers(0, shape[axis], shape[:axis] + shape[axis + 1:])
+    return logits, target
+
+
+def _best(call, repeat=7):
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _calls(shape, axis, dtype):
+    logits, target = _inputs(shape, axis, dtype)
+    out = np.empty_like(logits)
+    loss = lambda: nbxent.cross_entropy(logits, target, axis=axis)  # noqa: E731
+    fused = lambda: nbxent.cross_entropy_with_grad(logits, target, axis=axis, out=out)  # noqa: E731
+    loss(), fused()
+    return loss, fused
+
+
+def times():
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    for shape, axis, dtype in CASES:
+        loss, fused = _calls(shape, axis, dtype)
+        print(f"{shape} axis={axis} {np.dtype(dtype).name}: loss {_best(loss) * 1e3:.2f} ms, "
+              f"loss+grad out= {_best(fused) * 1e3:.2f} ms")
+
+
+def threads():
+    for shape, axis, dtype in CASES[:5]:
+        loss, fused = _calls(shape, axis, dtype)
+        best = {}
+        for _ in range(3):
+            for n in (1, 2):
+                numba.set_num_threads(n)
+                for name, call in (("loss", loss), ("loss+grad", fused)):
+                    best[n, name] = min(best.get((n, name), np.inf), _best(call))
+        print(f"{shape} axis={axis}: " + ", ".join(
+            f"{name} {best[1, name] * 1e3:.2f} -> {best[2, name] * 1e3:.2f} ms "
+            f"({best[1, name] / best[2, name]:.2f}x)" for name in ("loss", "loss+grad")))
+
+
+def first_call():
+    logits, target = _inputs((16384, 1000), -1, np.float32)
+    ready = time.perf_counter()
+    nbxent.cross_entropy_with_grad(logits, target)
+    done = time.perf_counter()
+    print(f"first call {done - ready:.2f} s, returned {done - START:.2f} s after start")
+
+
+def accuracy():
+    worst_loss = worst_grad = 0.0
+    for shape, axis in (((4096, 10), -1), ((2048, 100), -1), ((2, 21, 64, 64), 1),
+                        ((64, 1000), -1), ((8, 32000), -1), ((2, 262144), -1)):
+        for offset in (0.0, 1e4):
+            logits, target = _inputs(shape, axis, np.float64)
+            logits = (logits * (3.0 if offset == 0 else 1.0) + offset).astype(np.float32)
+            loss, grad = nbxent.cross_entropy_with_grad(logits, target, axis=axis,
+                                                        reduction="none")
+            expected = reference.cross_entropy(logits, target, axis=axis, reduction="none")
+            expected_grad = reference.cross_entropy_grad(logits, target, axis=axis,
+                                                         reduction="none")
+            loss_error = np.max(np.abs(loss - expected) / np.abs(expected))
+            grad_error = np.max(np.abs(grad - expected_grad))
+            worst_loss, worst_grad = max(worst_loss, loss_error), max(worst_grad, grad_error)
+            print(f"{shape} logits around {offset:g}: loss {loss_error:.2e} relative, "
+                  f"gradient {grad_error:.2e} absolute")
+    print(f"worst: loss {worst_loss:.2e} relative, gradient {worst_grad:.2e} absolute")
+
+
+if __name__ == "__main__":
+    commands = {"times": times, "threads": threads, "first-call": first_call,
+                "accuracy": accuracy}
+    if len(sys.argv) != 2 or sys.argv[1] not in commands:
+        sys.exit(f"usage: python {sys.argv[0]} {{{','.join(commands)}}}")
+    commands[sys.argv[1]]()
