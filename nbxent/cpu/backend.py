@@ -161,13 +161,12 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None):
         outer, inner = 1, outer
         x_geom, t_geom, g_geom, out_geom = map(_rows_as_positions,
                                                (x_geom, t_geom, g_geom, out_geom))
-    vector_axis = 3 if tiled else 2  # the stride that must be 1 for contiguous loads
     variant = Variant(
         tiled=tiled, half=plan.dtype == np.float16, compute64=compute is np.float64,
         target=target_kind, target_half=target_kind == PROB_TARGET and target.dtype == np.uint16,
         smoothing=plan.label_smoothing > 0.0, softcap=plan.softcap > 0.0, entropy=entropy,
-        write=write, contiguous=x_geom[vector_axis] == 1 and (
-            out is None or out_geom[vector_axis] == 1))
+        write=write, contiguous=_unit_stride(x_geom, tiled) and (
+            out is None or _unit_stride(out_geom, tiled)))
     scalars = np.array([plan.ignore_index, plan.label_smoothing, plan.z_loss, plan.softcap,
                         plan.grad_scale, inv_ce, inv_z, has_grad_output])
     with _launch_guard():
@@ -175,6 +174,17 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None):
                             weight, weight_total, scalars, grad_output, g_geom, out_buffer,
                             out_geom, row_value, row_lse)
     return row_value, row_lse, denominator, n_valid
+
+
+def _unit_stride(geom, tiled):
+    """True when the kernel's innermost copy loops over ``geom`` run along a unit stride.
+
+    The row kernel's run along the classes. The tile kernel's run along the
+    classes when they are contiguous (short rows, transposed as they are staged)
+    and along the positions otherwise.
+    """
+    s_class, s_inner = geom[2], geom[3]
+    return s_class == 1 or (tiled and s_inner == 1)
 
 
 def _index_target(plan):

@@ -501,7 +501,10 @@ def _build(variant):
         # split == 1: one pass, each row's statistics then its writes while the row is
         # still in cache. split > 1: all statistics, then (phase 1) combine and write.
         for phase in range(1 if split == 1 else 2):
-            for item in prange(n_items):
+            for prange_item in prange(n_items):
+                # One index type for both typings of this body (the kernel's and the
+                # parfor's, which is unsigned): each helper then compiles once.
+                item = np.int64(prange_item)
                 if phase == 0:
                     item_stats(item, split, seg_len, x, x_geom, inner, n_classes, target,
                                t_geom, weight, cap, one_minus_eps, eps_over_c, part)
