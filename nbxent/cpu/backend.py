@@ -165,8 +165,8 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None):
         tiled=tiled, half=plan.dtype == np.float16, compute64=compute is np.float64,
         target=target_kind, target_half=target_kind == PROB_TARGET and target.dtype == np.uint16,
         smoothing=plan.label_smoothing > 0.0, softcap=plan.softcap > 0.0, entropy=entropy,
-        write=write, contiguous=_unit_stride(x_geom, tiled) and (
-            out is None or _unit_stride(out_geom, tiled)))
+        write=write, contiguous=tiled and _unit_stride(x_geom) and (
+            out is None or _unit_stride(out_geom)))
     scalars = np.array([plan.ignore_index, plan.label_smoothing, plan.z_loss, plan.softcap,
                         plan.grad_scale, inv_ce, inv_z, has_grad_output])
     with _launch_guard():
@@ -176,15 +176,13 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None):
     return row_value, row_lse, denominator, n_valid
 
 
-def _unit_stride(geom, tiled):
-    """True when the kernel's innermost copy loops over ``geom`` run along a unit stride.
-
-    The row kernel's run along the classes. The tile kernel's run along the
-    classes when they are contiguous (short rows, transposed as they are staged)
-    and along the positions otherwise.
-    """
+def _unit_stride(geom):
+    """True when the tile kernel's copy loops over ``geom`` run along a unit stride:
+    along the classes when they are contiguous (short rows, transposed as they are
+    staged), along the positions otherwise. (The row kernel's variants do not
+    depend on strides.)"""
     s_class, s_inner = geom[2], geom[3]
-    return s_class == 1 or (tiled and s_inner == 1)
+    return s_class == 1 or s_inner == 1
 
 
 def _index_target(plan):
