@@ -4,12 +4,14 @@
     python benchmarks/cpu_checks.py threads      # 1 against 2 threads in one process, alternating
     python benchmarks/cpu_checks.py first-call   # run twice: the first call of a fresh process
     python benchmarks/cpu_checks.py accuracy     # float32 loss and gradient against the reference
+    python benchmarks/cpu_checks.py table RUN.json ...   # issue 3's table, from bench --json
 
 Needs nbxent importable (`pip install -e .`, or `PYTHONPATH=.` from the repository root).
 To compare two commits, run
 ``times`` with ``PYTHONPATH`` pointing at a ``git worktree`` of each, one after the other.
 """
 
+import json
 import sys
 import time
 
@@ -104,9 +106,32 @@ def accuracy():
     print(f"worst: loss {worst_loss:.2e} relative, gradient {worst_grad:.2e} absolute")
 
 
+def table(*paths):
+    """Issue 3's table (GB/s and % of the run's bandwidth, each implementation) from
+    ``nbxent bench --json`` files."""
+    for op, bandwidth in (("loss+grad", "copy_GBps"), ("loss", "read_GBps")):
+        impls = ("numpy", "torch", "jax", "nbxent") + (
+            ("nbxent out=",) if op == "loss+grad" else ())
+        print(f"\n{op} (GB/s, % of the {bandwidth[:4]} bandwidth of the same run)\n")
+        print("| case | dtype | " + " | ".join(impls) + " |")
+        print("|---|---|" + "---:|" * len(impls))
+        for path in paths:
+            with open(path) as file:
+                run = json.load(file)
+            rows = {}
+            for r in run["results"]:
+                if r["op"] == op and r["status"] == "ok":
+                    rows.setdefault((r["case"], r["dtype"]), {})[r["impl"]] = r
+            peak = run["bandwidth"]["cpu"][bandwidth]
+            for (case, dtype), by_impl in rows.items():
+                cells = [f"{by_impl[i]['GBps']:.1f} ({by_impl[i]['GBps'] / peak:.0%})"
+                         if i in by_impl else "" for i in impls]
+                print(f"| {case} | {dtype} | " + " | ".join(cells) + " |")
+
+
 if __name__ == "__main__":
     commands = {"times": times, "threads": threads, "first-call": first_call,
-                "accuracy": accuracy}
-    if len(sys.argv) != 2 or sys.argv[1] not in commands:
-        sys.exit(f"usage: python {sys.argv[0]} {{{','.join(commands)}}}")
-    commands[sys.argv[1]]()
+                "accuracy": accuracy, "table": table}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        sys.exit(f"usage: python {sys.argv[0]} {{{','.join(commands)}}} [args]")
+    commands[sys.argv[1]](*sys.argv[2:])
