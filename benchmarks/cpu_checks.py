@@ -5,6 +5,7 @@
     python benchmarks/cpu_checks.py first-call   # run twice: the first call of a fresh process
     python benchmarks/cpu_checks.py accuracy     # float32 loss and gradient against the reference
     python benchmarks/cpu_checks.py table RUN.json ...   # issue 3's table, from bench --json
+    python benchmarks/cpu_checks.py plain        # issue 3's baseline: a plain fused @njit kernel
 
 Needs nbxent importable (`pip install -e .`, or `PYTHONPATH=.` from the repository root).
 To compare two commits, run
@@ -12,6 +13,7 @@ To compare two commits, run
 """
 
 import json
+import math
 import sys
 import time
 
@@ -22,6 +24,7 @@ import numpy as np  # noqa: E402
 
 import nbxent  # noqa: E402
 from nbxent import reference  # noqa: E402
+from nbxent.bench.roofline import measure_cpu  # noqa: E402
 
 CASES = [((16384, 1000), -1, np.float32), ((4096, 32000), -1, np.float32),
          ((512, 128256), -1, np.float32), ((1000000, 10), -1, np.float32),
@@ -129,9 +132,52 @@ def table(*paths):
                 print(f"| {case} | {dtype} | " + " | ".join(cells) + " |")
 
 
+@numba.njit(parallel=True, fastmath=True)
+def _plain_loss_and_grad(logits, target, grad):
+    """The fused kernel issue 3 measured as its baseline, written plainly: per row a max,
+    the exps (kept in ``grad``) and their sum, then softmax minus one-hot ('mean'
+    reduction). ``logits`` is (outer, C, inner), the class axis in the middle."""
+    outer, n_classes, inner = logits.shape
+    n_rows = outer * inner
+    losses = np.empty(n_rows)
+    for r in numba.prange(n_rows):
+        o, i = r // inner, r % inner
+        row_max = logits[o, 0, i]  # in the logits' dtype: float32 rows take expf
+        for c in range(1, n_classes):
+            row_max = max(row_max, logits[o, c, i])
+        total = 0.0
+        for c in range(n_classes):
+            e = math.exp(logits[o, c, i] - row_max)
+            grad[o, c, i] = e
+            total += e
+        t = target[o, i]
+        losses[r] = math.log(total) + row_max - logits[o, t, i]
+        scale = 1.0 / (total * n_rows)
+        for c in range(n_classes):
+            grad[o, c, i] *= scale
+        grad[o, t, i] -= 1.0 / n_rows
+    return losses.mean()
+
+
+def plain():
+    """GB/s of the plain kernel on issue 3's shapes, against the copy bandwidth of this run."""
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    copy = measure_cpu().copy_GBps
+    print(f"copy bandwidth {copy:.1f} GB/s; plain fused kernel, 2 threads, best of 7:")
+    for shape, axis, dtype in CASES[:5] + CASES[6:8]:
+        logits, target = _inputs(shape, axis, dtype)
+        view = logits.reshape(int(np.prod(shape[:axis % len(shape)])), shape[axis], -1)
+        rows = target.reshape(view.shape[0], view.shape[2])
+        grad = np.empty_like(view)
+        seconds = _best(lambda: _plain_loss_and_grad(view, rows, grad))  # noqa: B023
+        gbps = (2 * logits.nbytes + target.nbytes) / seconds / 1e9
+        print(f"{shape} axis={axis} {np.dtype(dtype).name}: {seconds * 1e3:.2f} ms, "
+              f"{gbps:.1f} GB/s ({gbps / copy:.0%} of copy)")
+
+
 if __name__ == "__main__":
     commands = {"times": times, "threads": threads, "first-call": first_call,
-                "accuracy": accuracy, "table": table}
+                "accuracy": accuracy, "table": table, "plain": plain}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(f"usage: python {sys.argv[0]} {{{','.join(commands)}}} [args]")
     commands[sys.argv[1]](*sys.argv[2:])
