@@ -1,5 +1,5 @@
-"""Bit-level helpers for the CPU kernels: float <-> integer casts, order keys and
-float16.
+"""Bit-level helpers for the CPU kernels: float <-> integer casts, order keys,
+float16, and a cache prefetch hint (what Numba cannot say itself).
 
 Numba's CPU target has no float16 type, so float16 arrays reach the kernels as
 uint16 and are converted here with integer arithmetic that LLVM can vectorise
@@ -100,3 +100,24 @@ def from_order_key(typingctx, key):
         return builder.bitcast(bits, context.get_value_type(float_type))
 
     return float_type(key), codegen
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Hint the cache to fetch ``array[index]`` (into L2); no effect on results."""
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        address = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        name = "llvm.prefetch.p0"
+        module = builder.module
+        function = module.globals.get(name) or ir.Function(
+            module, ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32]), name=name)
+        builder.call(function, [address, ir.Constant(i32, 0), ir.Constant(i32, 2),
+                                ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(array, types.int64), codegen

@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 from numba.core.caching import FunctionCache
 
-from .bits import float_to_half, from_order_key, half_to_float, order_key
+from .bits import float_to_half, from_order_key, half_to_float, order_key, prefetch
 from .fastexp import exp64, exp_, log1p32, log32
 
 # No nnan/ninf: nan must propagate and -inf logits must stay -inf. The kernels also
@@ -525,6 +525,7 @@ def _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothin
                  target_of, row_result, grad_output_at, upstream, target_gradient):
     """The tile kernel of one variant, built from the variant's shared helpers."""
     neg_inf = -np.inf
+    LINE = 64 // np.dtype(ftype).itemsize  # logits per cache line (float16 tiles take none)
 
     @njit(inline="always")
     def log_of_sum(n_top, rest):
@@ -557,6 +558,20 @@ def _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothin
                     x, base + a * s_outer + b * s_inner, cap)
 
     @njit(inline="always")
+    def prefetch_tile(x, base, s_class, s_pos, n_classes, n, pitch):
+        """Ask for the next tile's logits while this one is computed: the staging of
+        short rows otherwise waits on memory. One hint per row of memory (per cache
+        line along long rows); measured, 1000000 x 10 float32: loss and loss+grad
+        7-10 % faster (one hint per cache line instead: 2 %); NCHW, whose long runs
+        the hardware prefetcher follows, unchanged. Not for float16 tiles, whose
+        conversions leave time for the memory: there the hints cost 3 %."""
+        n_outer, n_inner, s_outer, s_inner, _, _ = tile_layout(
+            s_class, s_pos, n_classes, n, pitch)
+        for a in range(n_outer):
+            for b in range(0, n_inner, LINE):
+                prefetch(x, np.int64(base + a * s_outer + b * s_inner))
+
+    @njit(inline="always")
     def unstage(out, base, s_class, s_pos, tile, n_classes, n, pitch):
         """Store a tile of results, rounded to the output's type."""
         n_outer, n_inner, s_outer, s_inner, t_outer, t_inner = tile_layout(
@@ -586,6 +601,9 @@ def _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothin
         # contiguous) and their exps kept in ``exps``: every later pass is a
         # contiguous loop over positions, the vectorised one.
         stage(x, x_base, x_sc, x_si, logits, n_classes, n, pitch, cap)
+        if not half and i0 + width < inner:
+            prefetch_tile(x, x_base + width * x_si, x_sc, x_si, n_classes,
+                          min(width, inner - i0 - width), pitch)
         shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
         aux, mass, ref = scratch[_AUX], scratch[_MASS], scratch[_REF]
         t_logit, valid = scratch[_T_LOGIT], scratch[_VALID]
