@@ -54,6 +54,23 @@ if SIMULATOR:
     sys.setswitchinterval(1e-4)
 
 
+# --------------------------------------------------------------- test order
+# Modules whose items run long alone (the PTX report compiles every CUDA kernel; the
+# hypothesis searches). pytest-xdist hands out items in collection order, so at the end
+# of the collection they finished alone on one core while the other idled: first, they
+# run beside the thousands of short items instead.
+_LONG_ITEMS_FIRST = ("test_ptx.py", "test_properties.py")
+
+
+def _run_first_rank(item):
+    name = item.path.name
+    return _LONG_ITEMS_FIRST.index(name) if name in _LONG_ITEMS_FIRST else len(_LONG_ITEMS_FIRST)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=_run_first_rank)  # stable: the order within each module is kept
+
+
 # --------------------------------------------------------------- tolerances
 # (rtol, atol) by the dtype a result is held in. float16 logits are computed in
 # float32 (so their float32 losses get float32 tolerances) and only results held
