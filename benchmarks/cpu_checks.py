@@ -24,7 +24,9 @@ import numpy as np  # noqa: E402
 
 import nbxent  # noqa: E402
 from nbxent import reference  # noqa: E402
+from nbxent.bench.cases import Case, Shape, make_inputs  # noqa: E402
 from nbxent.bench.roofline import measure_cpu  # noqa: E402
+from nbxent.bench.timing import steady_state  # noqa: E402
 
 CASES = [((16384, 1000), -1, np.float32), ((4096, 32000), -1, np.float32),
          ((512, 128256), -1, np.float32), ((1000000, 10), -1, np.float32),
@@ -33,21 +35,14 @@ CASES = [((16384, 1000), -1, np.float32), ((4096, 32000), -1, np.float32),
          ((1000000, 10), -1, np.float16), ((8, 21, 512, 512), 1, np.float16)]
 
 
-def _inputs(shape, axis, dtype, seed=0):
-    rng = np.random.default_rng(seed)
-    axis %= len(shape)
-    logits = rng.standard_normal(shape).astype(dtype)
-    target = rng.integers(0, shape[axis], shape[:axis] + shape[axis + 1:])
-    return logits, target
+def _inputs(shape, axis, dtype):
+    """Standard-normal logits and int64 targets, made as ``nbxent bench`` makes them."""
+    return make_inputs(Case(Shape(shape, axis % len(shape)), np.dtype(dtype).name))
 
 
-def _best(call, repeat=7):
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def _best(call):
+    """Best of 7 timed samples after a warm-up call."""
+    return steady_state(call, samples=7).best_s
 
 
 def _calls(shape, axis, dtype):
