@@ -6,6 +6,7 @@
     python benchmarks/cpu_checks.py accuracy     # float32 loss and gradient against the reference
     python benchmarks/cpu_checks.py table RUN.json ...   # issue 3's table, from bench --json
     python benchmarks/cpu_checks.py plain        # issue 3's baseline: a plain fused @njit kernel
+    python benchmarks/cpu_checks.py classes      # cost per logit around C = 1024; C = 100 tile/row
 
 Needs nbxent importable (`pip install -e .`, or `PYTHONPATH=.` from the repository root).
 To compare two commits, run
@@ -14,6 +15,7 @@ To compare two commits, run
 
 import json
 import math
+import os
 import sys
 import time
 
@@ -170,9 +172,32 @@ def plain():
               f"{gbps:.1f} GB/s ({gbps / copy:.0%} of copy)")
 
 
+def classes():
+    """Picoseconds per logit of the row kernel at C around 1024 (its vector loops' scalar
+    remainder), and the tile kernel against the row kernel at C = 100."""
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    sizes = (1000, 1008, 1016, 1024, 1040)
+    best = {}
+    for _ in range(3):  # fresh arrays each round, best over the rounds
+        for n_classes in sizes:
+            for name, call in zip(("loss", "loss+grad"), _calls((16384, n_classes), -1,
+                                                                np.float32)):
+                best[n_classes, name] = min(best.get((n_classes, name), np.inf), _best(call))
+    for n_classes in sizes:
+        per_logit = 1e12 / (16384 * n_classes)
+        print(f"C = {n_classes}: loss {best[n_classes, 'loss'] * per_logit:.0f} ps per logit, "
+              f"loss+grad out= {best[n_classes, 'loss+grad'] * per_logit:.0f}")
+    loss, fused = _calls((65536, 100), -1, np.float32)
+    for kernel, max_tile_classes in (("tile", "128"), ("row", "64")):
+        os.environ["NBXENT_CPU_TILE_MAX_CLASSES"] = max_tile_classes
+        print(f"65536x100, {kernel} kernel: loss {_best(loss) * 1e3:.2f} ms, "
+              f"loss+grad out= {_best(fused) * 1e3:.2f} ms")
+    del os.environ["NBXENT_CPU_TILE_MAX_CLASSES"]
+
+
 if __name__ == "__main__":
     commands = {"times": times, "threads": threads, "first-call": first_call,
-                "accuracy": accuracy, "table": table, "plain": plain}
+                "accuracy": accuracy, "table": table, "plain": plain, "classes": classes}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(f"usage: python {sys.argv[0]} {{{','.join(commands)}}} [args]")
     commands[sys.argv[1]](*sys.argv[2:])
