@@ -83,6 +83,20 @@ def _cap(value, cap, softcap):
     return value
 
 
+@njit(fastmath=False, error_model="numpy")
+def _difference_plus(a, b, c):
+    """``(a - b) + c``, in that order, where a and b are logits (or a row's max).
+
+    Without fastmath of its own (a Numba callee otherwise inherits its caller's):
+    under reassociation LLVM regroups ``(x - max) - log_sum`` into ``x - (max +
+    log_sum)``, hoisted out of the loop or shared with ``lse = max + log_sum``,
+    which rounds to the ulp of the logits: large logits lose every digit. The
+    whole expression must be here: a reassociating caller reaches through a lone
+    unflagged subtraction. LLVM still inlines and vectorises it.
+    """
+    return (a - b) + c
+
+
 @njit(cache=True, parallel=True, fastmath={"reassoc"}, error_model="numpy")
 def scan_targets(rows, n_classes, ignore_index, weight):
     """First bad row (or -1), summed weight and count of the non-ignored rows.
@@ -243,7 +257,7 @@ def _build(variant):
         (``target_gradient``).
         """
         if write == WRITE_LOG_SOFTMAX:
-            return ftype(float(value - shift) - log_sum)
+            return ftype(_difference_plus(value, shift, -log_sum))
         if write == WRITE_SOFTMAX:
             return e * inv_sum
         result = scaled_coef * e
@@ -289,13 +303,14 @@ def _build(variant):
             # A row of all -inf sums to 0: its entropy is nan (Python's division would raise).
             mean_term = aux / sum_exp if sum_exp != 0.0 else np.nan
             return log_sum - mean_term, lse, 0.0
-        from_ref = float(row_max - ref) + log_sum  # lse - ref without cancellation
+        from_ref = _difference_plus(row_max, ref, log_sum)  # lse - ref without cancellation
         if prob:
             return mass * from_ref - aux, lse, mass
         value = 0.0
         coef = 0.0
         if indexed:
-            value = one_minus_eps * target_weight * (float(row_max - target_logit) + log_sum)
+            value = one_minus_eps * target_weight * _difference_plus(row_max, target_logit,
+                                                                     log_sum)
             coef = one_minus_eps * target_weight
             if smoothing:
                 value += eps_over_c * (weight_total * from_ref - aux)
@@ -324,7 +339,7 @@ def _build(variant):
     def target_gradient(coef, g_ce, target_logit, shift, log_sum, target_weight,
                         one_minus_eps, eps_over_c, cap):
         """The target class's gradient, in float64, from the logit read before any write."""
-        grad_t = (coef * exp64(float(target_logit - shift) - log_sum)
+        grad_t = (coef * exp64(_difference_plus(target_logit, shift, -log_sum))
                   - g_ce * one_minus_eps * target_weight)
         if smoothing:
             grad_t -= g_ce * eps_over_c * target_weight
