@@ -1,16 +1,20 @@
 """Which backend serves a call: array-kind detection and the backend registry.
 
-The kind of an array is read from its type, never by importing CuPy or Dask: a
-Dask array (its class comes from ``dask.array``, or has ``__dask_graph__`` and
-``chunks``) goes to the Dask backend, an object exposing
-``__cuda_array_interface__`` is a GPU array, anything else is handed to
-``np.asarray`` by the CPU backend. A backend is a module providing the functions
+The kind of an array is read from its type, never by importing CuPy, PyTorch,
+JAX or Dask: a Dask array (its class comes from ``dask.array``, or has
+``__dask_graph__`` and ``chunks``) goes to the Dask backend, an object exposing
+``__cuda_array_interface__`` is a GPU array, anything else is a CPU array, read
+by ``as_cpu_array``. Classes that declare ``__cuda_array_interface__`` for
+every instance but hold some on the host (PyTorch tensors, JAX arrays) also
+have ``__dlpack_device__``: for them the instance's device decides. A backend is a module providing the functions
 named in ``BACKEND_FUNCTIONS``; ``register_backend`` adds one under a name.
 """
 
 import importlib
 
 import numpy as np
+
+from ._plan import mixed_kinds_error
 
 BACKEND_FUNCTIONS = ("asarray", "copy_contiguous", "copy_into", "cross_entropy", "normalize")
 
@@ -21,6 +25,9 @@ _kind_by_type = {}
 # Kinds whose backend takes CPU arrays met beside its own and wraps them, as NumPy +
 # Dask arithmetic does.
 _WRAPS_CPU_ARRAYS = {"dask"}
+# The kind of a class whose instances live on the host or the GPU: see _device_kind.
+_BY_DEVICE = "by device"
+_DLPACK_CPU = 1  # DLPack's kDLCPU
 
 _INSTALL_HINTS = {
     "cuda": "the CUDA backend needs numba-cuda and CuPy: pip install 'nbxent[cuda]'",
@@ -61,14 +68,39 @@ def array_kind(x):
             # The CUDA simulator's device arrays carry __cuda_ndarray__ instead.
             is_gpu = (hasattr(cls, "__cuda_array_interface__")
                       or getattr(cls, "__cuda_ndarray__", False))
-            kind = "cuda" if is_gpu else "cpu"
+            kind = "cpu" if not is_gpu else (
+                _BY_DEVICE if hasattr(cls, "__dlpack_device__") else "cuda")
         _kind_by_type[cls] = kind
-    return kind
+    return _device_kind(x) if kind == _BY_DEVICE else kind
 
 
-def _describe(x):
-    cls = type(x)
-    return f"{cls.__module__}.{cls.__qualname__}"
+def _device_kind(x):
+    """'cpu' for an instance on the host by its ``__dlpack_device__``, else 'cuda'.
+
+    A PyTorch CPU tensor or a JAX CPU array declares ``__cuda_array_interface__``
+    (its class does) but raises on reading it; its DLPack device says where it is.
+    """
+    try:
+        device_type = int(x.__dlpack_device__()[0])
+    except Exception:  # noqa: BLE001 - a broken export: let the GPU path report it
+        return "cuda"
+    return "cpu" if device_type == _DLPACK_CPU else "cuda"
+
+
+def as_cpu_array(x):
+    """The NumPy array for a CPU input, without a copy where the producer allows one.
+
+    NumPy arrays (subclasses as their base class), then DLPack exporters on the host
+    (PyTorch, JAX: ``np.from_dlpack``, a view), then anything ``np.asarray`` takes
+    (lists, scalars, ``__array__``, the buffer protocol). Errors are the producer's;
+    the public functions turn them into nbxent's ``TypeError`` naming the argument.
+    """
+    if not isinstance(x, np.ndarray) and hasattr(type(x), "__dlpack__"):
+        try:
+            return np.from_dlpack(x)
+        except Exception:  # noqa: BLE001 - (bfloat16, requires_grad, ...): try __array__
+            pass
+    return np.asarray(x)
 
 
 def backend_of(*arrays):
@@ -85,17 +117,20 @@ def backend_of(*arrays):
     >>> nbxent.backend_of(np.zeros((2, 3)), np.array([0, 1]))
     'cpu'
     """
+    return choose_backend(dict(enumerate(arrays)))
+
+
+def choose_backend(named):
+    """``backend_of`` for ``{argument name: array}``; a mix of kinds names the arguments."""
     chosen = None
-    for x in arrays:
+    for name, x in named.items():
         if x is None or isinstance(x, (int, float, bool, np.generic)):
             continue
         kind = array_kind(x)
         if chosen is None or (chosen[0] == "cpu" and kind in _WRAPS_CPU_ARRAYS):
-            chosen = (kind, x)
+            chosen = (kind, x, name)
         elif kind != chosen[0] and not (kind == "cpu" and chosen[0] in _WRAPS_CPU_ARRAYS):
-            raise TypeError(
-                f"cannot mix array kinds: {_describe(chosen[1])} ({chosen[0]}) with "
-                f"{_describe(x)} ({kind}); move them to one device first")
+            raise mixed_kinds_error(chosen[1], chosen[0], chosen[2], x, kind, name)
     return "cpu" if chosen is None else chosen[0]
 
 

@@ -195,19 +195,52 @@ def _loss_dtype(dtype):
     return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
 
 
-def _check_options(reduction, label_smoothing, z_loss, softcap):
-    if reduction not in REDUCTIONS:
+def _check_reduction(reduction):
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}; "
                          f"got {reduction!r}")
-    for name, value in (("label_smoothing", label_smoothing), ("z_loss", z_loss)):
-        if not isinstance(value, (int, float, np.floating, np.integer)) or isinstance(value, bool):
-            raise TypeError(f"{name} must be a real number; got {value!r}")
+
+
+def _real(name, value, accepted):
+    """``value`` as a Python float, or nbxent's error naming ``name``.
+
+    Booleans, strings, complex numbers and arrays are a TypeError; an integer too
+    large for a float (``2**2000``) is a ValueError saying what is accepted.
+    """
+    if not isinstance(value, (int, float, np.floating, np.integer)) or isinstance(
+            value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number; got {value!r}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be {accepted}; got an integer of "
+                         f"{int(value).bit_length()} bits (too large for a float)") from None
+
+
+def _check_options(reduction, label_smoothing, z_loss, softcap):
+    _check_reduction(reduction)
+    label_smoothing = _real("label_smoothing", label_smoothing, "in [0, 1]")
+    z_loss = _real("z_loss", z_loss, "a finite number >= 0")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1]; got {label_smoothing}")
     if not (z_loss >= 0.0 and np.isfinite(z_loss)):
         raise ValueError(f"z_loss must be a finite number >= 0; got {z_loss}")
-    if softcap is not None and not (np.isfinite(softcap) and softcap > 0):
-        raise ValueError(f"softcap must be None or a finite number > 0; got {softcap}")
+    if softcap is not None:
+        softcap = _real("softcap", softcap, "None or a finite number > 0")
+        if not (np.isfinite(softcap) and softcap > 0):
+            raise ValueError(f"softcap must be None or a finite number > 0; got {softcap}")
+
+
+INDEX_MIN, INDEX_MAX = -2**63, 2**63 - 1
+
+
+def _check_ignore_index(ignore_index):
+    if not isinstance(ignore_index, (int, np.integer)) or isinstance(ignore_index, (bool, np.bool_)):
+        raise TypeError(f"ignore_index must be an integer; got {ignore_index!r}")
+    if not INDEX_MIN <= int(ignore_index) <= INDEX_MAX:
+        raise ValueError(f"ignore_index={ignore_index} is out of range: accepted integers "
+                         f"from -2**63 to 2**63 - 1 (int64)")
+    return int(ignore_index)
 
 
 def _check_target(target, logits, axis, ignore_index):
@@ -245,7 +278,7 @@ def _check_weight(weight, n_classes):
 def _grad_output(grad_output, reduction, loss_shape, axis, copy_contiguous):
     """(scalar, view or None) for ``grad_output``."""
     if isinstance(grad_output, (int, float, np.integer, np.floating)) and not isinstance(grad_output, bool):
-        return float(grad_output), None
+        return _real("grad_output", grad_output, "a real scalar or array within float range"), None
     dtype = _dtype(grad_output)
     if dtype is None or dtype.kind not in "fiu":
         raise TypeError(f"grad_output must be a real scalar or array; got {grad_output!r}")
@@ -260,12 +293,27 @@ def _grad_output(grad_output, reduction, loss_shape, axis, copy_contiguous):
     return 1.0, _view2(grad_output, axis, "grad_output", copy_contiguous)
 
 
-def _check_out(out, logits, target, weight, dtype):
+def _is_read_only(x):
+    flags = getattr(x, "flags", None)
+    writeable = getattr(flags, "writeable", None)
+    if writeable is not None:
+        return not writeable
+    interface = getattr(x, "__cuda_array_interface__", None)
+    return bool(interface and interface["data"][1])
+
+
+def _check_out(out, logits, target, weight, dtype, grad_output=None):
     shape = tuple(logits.shape)
+    if getattr(out, "shape", None) is None or _dtype(out) is None:
+        raise TypeError(f"out= must be an array of the logits' kind, shape {shape} and dtype "
+                        f"{dtype}; got {_type_name(out)}")
     if _dtype(out) != dtype or tuple(out.shape) != shape:
         raise ValueError(f"out= must have the logits' shape {shape} and dtype {dtype}; got "
                          f"shape {tuple(out.shape)} and dtype {_dtype(out)}")
-    for name, other in (("target", target), ("weight", weight)):
+    if _is_read_only(out):
+        raise ValueError("out= is read-only: pass a writeable array (or drop out= and use "
+                         "the return value)")
+    for name, other in (("target", target), ("weight", weight), ("grad_output", grad_output)):
         if other is not None and _overlap(out, other):
             raise ValueError(f"out= overlaps {name}: the gradient would overwrite it")
     if _overlap(out, logits) and not _same_memory(out, logits):
@@ -306,8 +354,7 @@ def make_loss_plan(logits, target, *, axis, weight, ignore_index, reduction, lab
     """Check a cross-entropy call and describe it as a ``Plan``."""
     axis, shape, loss_shape = _common(logits, axis)
     _check_options(reduction, label_smoothing, z_loss, softcap)
-    if not isinstance(ignore_index, (int, np.integer)) or isinstance(ignore_index, bool):
-        raise TypeError(f"ignore_index must be an integer; got {ignore_index!r}")
+    ignore_index = _check_ignore_index(ignore_index)
     target_is_index = _check_target(target, logits, axis, ignore_index)
     n_classes = shape[axis]
     if weight is not None:
@@ -318,7 +365,8 @@ def make_loss_plan(logits, target, *, axis, weight, ignore_index, reduction, lab
                                              copy_contiguous)
     dtype = _dtype(logits)
     if out is not None:
-        _check_out(out, logits, target, weight, dtype)
+        _check_out(out, logits, target, weight, dtype,
+                   None if grad_view is None else grad_output)
     out_view, copy_back, logits_copy = _out_view(out, logits, axis, copy_contiguous)
     logits_view = _view3(logits, axis, "logits", logits_copy)
     if target_is_index:
@@ -341,9 +389,7 @@ def make_normalize_plan(op, x, *, axis, reduction="none", out=None, copy_contigu
                         stream=None):
     """Check a logsumexp / log_softmax / softmax / entropy call and describe it."""
     axis, shape, result_shape = _common(x, axis)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}; "
-                         f"got {reduction!r}")
+    _check_reduction(reduction)
     dtype = _dtype(x)
     if out is not None:
         _check_out(out, x, None, None, dtype)
@@ -361,6 +407,33 @@ def index_error(position, value, n_classes, ignore_index):
     """The ValueError for a class index outside [0, C) that is not ignore_index."""
     return ValueError(f"target {value} at position {tuple(position)} is not a class index in "
                       f"[0, {n_classes}) nor ignore_index={ignore_index}")
+
+
+def _type_name(x):
+    cls = type(x)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def mixed_kinds_error(first, first_kind, first_name, other, other_kind, other_name):
+    """The TypeError for arrays of two kinds (NumPy and GPU, say) in one call.
+
+    Names are the arguments' (``logits``, ``target``, ...), or positions for
+    ``backend_of``, where they are left out.
+    """
+    given = ("" if isinstance(first_name, int) else
+             f" (given as {first_name} and {other_name})")
+    return TypeError(f"cannot mix array kinds: {_type_name(first)} ({first_kind}) with "
+                     f"{_type_name(other)} ({other_kind}){given}; move them to one device first")
+
+
+def conversion_error(name, x, exc):
+    """The TypeError for an argument no backend can read as an array."""
+    return TypeError(
+        f"{name} of type {_type_name(x)} cannot be read as an array "
+        f"({type(exc).__name__}: {exc}); accepted: NumPy arrays and what np.asarray takes "
+        f"(lists, scalars, objects with __array__ or the buffer protocol), CPU arrays "
+        f"exporting DLPack (PyTorch, JAX), CuPy and other __cuda_array_interface__ arrays, "
+        f"Dask arrays")
 
 
 def immutable_out_error(kind):

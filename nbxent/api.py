@@ -7,45 +7,69 @@ NumPy arrays passed beside a Dask array are wrapped as Dask arrays, and
 ``out=`` is a TypeError since Dask arrays are immutable). The backend is picked
 from the arrays' type, or named with ``backend=``. Results come back in the
 caller's array kind.
+
+Host arrays of other libraries (PyTorch CPU tensors, JAX CPU arrays, anything
+exporting DLPack or ``__array__``) run on the CPU backend, read without a copy
+where the producer allows it, and their results come back as NumPy arrays
+(``out=`` such an array is written through and returned as given). An argument
+that cannot be read as an array is a ``TypeError`` naming it.
 """
 
 import numpy as np
 
-from ._dispatch import backend_of, get_backend
-from ._plan import make_loss_plan, make_normalize_plan
+from ._dispatch import backend_of, choose_backend, get_backend
+from ._plan import conversion_error, make_loss_plan, make_normalize_plan
 
 __all__ = ["cross_entropy", "cross_entropy_grad", "cross_entropy_with_grad", "logsumexp",
            "log_softmax", "softmax", "entropy", "backend_of"]
 
 
-def _backend(backend, *arrays):
-    return get_backend(backend if backend is not None else backend_of(*arrays))
+def _backend(backend, **arrays):
+    return get_backend(backend if backend is not None else choose_backend(arrays))
 
 
-def _as_input(module, x):
-    return None if x is None else module.asarray(x)
+def _as_input(module, x, name):
+    """The backend's array for argument ``name`` (None stays None); a producer's failure
+    (a ragged list, a broken ``__array__``) becomes nbxent's TypeError naming it."""
+    if x is None:
+        return None
+    try:
+        return module.asarray(x)
+    except Exception as exc:  # noqa: BLE001 - whatever the foreign object raised
+        raise conversion_error(name, x, exc) from exc
+
+
+def _as_out(module, out):
+    """``out=`` as the backend's array: only array objects (a list would be copied, and
+    the result lost), read without a copy (a PyTorch CPU tensor through DLPack)."""
+    if out is None or (getattr(out, "shape", None) is None or getattr(out, "dtype", None) is None):
+        return out  # the plan's TypeError names what out= must be
+    return _as_input(module, out, "out")
 
 
 def _loss_call(logits, target, options, *, want_loss, want_grad, grad_output=1.0, out=None):
-    module = _backend(options.pop("backend"), logits, target, options["weight"],
-                      grad_output, out)
-    logits, target = module.asarray(logits), module.asarray(target)
-    options["weight"] = _as_input(module, options["weight"])
+    module = _backend(options.pop("backend"), logits=logits, target=target,
+                      weight=options["weight"], grad_output=grad_output, out=out)
+    logits = _as_input(module, logits, "logits")
+    target = _as_input(module, target, "target")
+    options["weight"] = _as_input(module, options["weight"], "weight")
     if not isinstance(grad_output, (int, float, np.generic)):
-        grad_output = module.asarray(grad_output)
+        grad_output = _as_input(module, grad_output, "grad_output")
     plan = make_loss_plan(logits, target, **options, want_loss=want_loss, want_grad=want_grad,
-                          grad_output=grad_output, out=out,
+                          grad_output=grad_output, out=_as_out(module, out),
                           copy_contiguous=module.copy_contiguous)
     loss, grad = module.cross_entropy(plan)
-    return loss, _copied_back(module, plan, grad)
+    return loss, _copied_back(module, plan, grad, out)
 
 
-def _copied_back(module, plan, result):
-    """``result``, or ``out=`` holding it when no strided view could reach ``out``."""
-    if plan.copy_back is None or result is None:
+def _copied_back(module, plan, result, out):
+    """``result``, or ``out=`` holding it when no strided view could reach ``out``;
+    ``out`` itself (the caller's object, a PyTorch tensor say) whenever it was given."""
+    if result is None:
         return result
-    module.copy_into(plan.copy_back, result)
-    return plan.copy_back
+    if plan.copy_back is not None:
+        module.copy_into(plan.copy_back, result)
+    return result if out is None else out
 
 
 def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
@@ -185,10 +209,13 @@ def cross_entropy_with_grad(logits, target, *, axis=-1, weight=None, ignore_inde
 
 
 def _normalize(op, x, axis, *, reduction="none", out=None, backend=None, stream=None):
-    module = _backend(backend, x, out)
-    plan = make_normalize_plan(op, module.asarray(x), axis=axis, reduction=reduction, out=out,
-                               copy_contiguous=module.copy_contiguous, stream=stream)
-    return _copied_back(module, plan, module.normalize(plan))
+    name = "logits" if op == "entropy" else "x"
+    module = _backend(backend, **{name: x, "out": out})
+    plan = make_normalize_plan(op, _as_input(module, x, name), axis=axis, reduction=reduction,
+                               out=_as_out(module, out), copy_contiguous=module.copy_contiguous,
+                               stream=stream)
+    result = module.normalize(plan)
+    return _copied_back(module, plan, result, out if op in ("log_softmax", "softmax") else None)
 
 
 def logsumexp(x, axis=-1, *, backend=None, stream=None):

@@ -13,6 +13,7 @@ import numba
 import numpy as np
 
 from .. import _config
+from .._dispatch import as_cpu_array
 from .._plan import View, index_error
 from .kernels import (INDEX_TARGET, NO_TARGET, PROB_TARGET, WRITE_GRAD, WRITE_LOG_SOFTMAX,
                       WRITE_NOTHING, WRITE_SOFTMAX, Variant, kernel_for, scan_targets)
@@ -22,8 +23,8 @@ _UNUSED = np.zeros(1)
 
 
 def asarray(x):
-    """The NumPy array for an input (lists and scalars included)."""
-    return np.asarray(x)
+    """The NumPy array for an input (lists, scalars, PyTorch/JAX CPU arrays included)."""
+    return as_cpu_array(x)
 
 
 def copy_contiguous(x):
@@ -133,8 +134,9 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None):
     weight = _class_weights(plan, compute)
     weight_total = float(np.sum(weight, dtype=np.float64))
     denominator = n_valid = plan.n_rows
+    ignore_index = plan.ignore_index
     if target_kind == INDEX_TARGET:
-        target, t_geom, denominator, n_valid = _index_target(plan)
+        target, t_geom, denominator, n_valid, ignore_index = _index_target(plan)
     elif target_kind == PROB_TARGET:
         target, t_geom = _flat(plan.target)
     inv_ce = inv_z = 1.0
@@ -167,7 +169,7 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None):
         smoothing=plan.label_smoothing > 0.0, softcap=plan.softcap > 0.0, entropy=entropy,
         write=write, contiguous=tiled and _unit_stride(x_geom) and (
             out is None or _unit_stride(out_geom)))
-    scalars = np.array([plan.ignore_index, plan.label_smoothing, plan.z_loss, plan.softcap,
+    scalars = np.array([ignore_index, plan.label_smoothing, plan.z_loss, plan.softcap,
                         plan.grad_scale, inv_ce, inv_z, has_grad_output])
     with _launch_guard():
         kernel_for(variant)(x, x_geom, split, outer, inner, plan.n_classes, target, t_geom,
@@ -191,20 +193,52 @@ def _index_target(plan):
     Raises the index error before anything is written when ``plan.validate``.
     """
     view = plan.target
+    ignore_index = plan.ignore_index
     if view.array.dtype != np.int64:
         # One kernel per index dtype would multiply compile time; rows are cheap to copy.
-        view = View(np.ascontiguousarray(view.array, dtype=np.int64), view.shape,
-                    (plan.inner, 1))
+        view = View(_as_int64(view.array, ignore_index), view.shape, (plan.inner, 1))
+    if float(ignore_index) != ignore_index:
+        # The kernels get ignore_index among float64 scalars: beyond 2**53 it would round.
+        view, ignore_index = _exact_ignore_index(view, plan.inner, ignore_index)
     target, (offset, s_outer, s_inner) = _flat(view)
     rows = _strided(view).reshape(-1)  # one index per row, in row order (a view if it can be)
     with _launch_guard():
         first_bad, weight_sum, n_valid = scan_targets(
-            rows, plan.n_classes, plan.ignore_index, _class_weights(plan, np.float64))
+            rows, plan.n_classes, ignore_index, _class_weights(plan, np.float64))
     if first_bad >= 0 and plan.validate:
         position = np.unravel_index(first_bad, plan.result_shape)
-        raise index_error(tuple(int(p) for p in position), int(rows[first_bad]),
+        value = _strided(plan.target).reshape(-1)[first_bad]  # the caller's, not the copy's
+        raise index_error(tuple(int(p) for p in position), int(value),
                           plan.n_classes, plan.ignore_index)
-    return target, (offset, s_outer, 0, s_inner), weight_sum, n_valid
+    return target, (offset, s_outer, 0, s_inner), weight_sum, n_valid, ignore_index
+
+
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def _as_int64(target, ignore_index):
+    """A C-contiguous int64 copy of an index target; uint64 values above int64's range
+    (never class indices) become int64's largest value, so they do not wrap onto
+    ignore_index or a class and stay bad."""
+    copy = np.ascontiguousarray(target, dtype=np.int64)
+    if target.dtype == np.uint64:
+        huge = target > np.uint64(_INT64_MAX)
+        if huge.any():
+            copy[huge] = _INT64_MAX if ignore_index != _INT64_MAX else _INT64_MAX - 1
+    return copy
+
+
+def _exact_ignore_index(view, inner, ignore_index):
+    """(targets, ignore_index) with ignore_index replaced by a value float64 holds exactly.
+
+    An ignore_index beyond 2**53 is outside [0, C): its rows become a negative value
+    no other row holds (below the smallest target), unless targets reach below -2**53.
+    """
+    copy = np.array(_strided(view), dtype=np.int64, order="C", copy=True)
+    smallest = int(copy.min()) if copy.size else 0
+    stand_in = min(smallest, 0) - 1 if smallest > -2**53 else -1
+    copy[copy == ignore_index] = stand_in
+    return View(copy, view.shape, (copy.shape[1], 1)), stand_in
 
 
 def _reduce(plan, row_value, row_lse, denominator, n_valid):

@@ -192,6 +192,8 @@ def _run(plan):
             loss = launch.full((), plan.loss_dtype, np.nan if plan.reduction == "mean" else 0.0)
         return loss, out
 
+    if index_target and plan.validate and np.dtype(plan.target.array.dtype) == np.uint64:
+        _check_uint64_targets(launch, plan)
     layout, threads, group, cache, chunk_cols, n_chunks = _config(cfg, plan)
     if layout == "warp":
         blocks = min(-(-n_rows // (threads // group)), _max_blocks(cfg))
@@ -294,3 +296,26 @@ def _raise_on_bad_index(launch, plan, int_ws, target, tg_off, tg_s):
     position = np.unravel_index(row, plan.result_shape) if plan.result_shape else ()
     raise index_error(tuple(int(p) for p in position), value, plan.n_classes,
                       plan.ignore_index)
+
+
+def _check_uint64_targets(launch, plan):
+    """Check uint64 class indices on the host, before anything is launched.
+
+    The kernels read class indices as int64, where a uint64 value from 2**63 on
+    wraps (onto ignore_index, even) and would be reported wrapped; this rare
+    dtype is read back once and checked exactly instead.
+    """
+    view = plan.target
+    flat, offset = launch.flat(view.array, view.shape, view.strides)
+    host = np.asarray(launch.read(flat))
+    rows = np.lib.stride_tricks.as_strided(
+        host[offset:], view.shape, tuple(s * host.dtype.itemsize for s in view.strides))
+    rows = rows.reshape(-1)
+    bad = rows >= np.uint64(plan.n_classes)
+    if plan.ignore_index >= 0:
+        bad &= rows != np.uint64(plan.ignore_index)
+    if bad.any():
+        row = int(np.argmax(bad))
+        position = np.unravel_index(row, plan.result_shape) if plan.result_shape else ()
+        raise index_error(tuple(int(p) for p in position), int(rows[row]), plan.n_classes,
+                          plan.ignore_index)

@@ -23,6 +23,7 @@ import numpy as np
 from dask.array.utils import meta_from_array
 from dask.layers import ArraySliceDep
 
+from .._dispatch import as_cpu_array
 from .._plan import immutable_out_error
 from . import partials
 
@@ -34,8 +35,8 @@ _FIELDS, _ROW_PARTS, _DENOMINATORS = "F", "R", "D"
 
 
 def asarray(x):
-    """``x`` when it is a Dask array, else a Dask array over it (NumPy beside Dask)."""
-    return x if isinstance(x, da.Array) else da.asarray(x)
+    """``x`` when it is a Dask array, else a Dask array over it (a CPU array beside Dask)."""
+    return x if isinstance(x, da.Array) else da.asarray(as_cpu_array(x))
 
 
 def copy_contiguous(x):

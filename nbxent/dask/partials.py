@@ -68,13 +68,21 @@ def check_targets(target, where, n_classes, ignore_index):
     the global position.
     """
     xp = namespace(target)
-    t = target.astype(xp.int64)
-    bad = (t != ignore_index) & ((t < 0) | (t >= n_classes))
+    if target.dtype.kind == "u":
+        # Compared in the target's own dtype: a uint64 value from 2**63 must not wrap.
+        largest = np.iinfo(target.dtype).max
+        bad = (target >= target.dtype.type(n_classes) if n_classes <= largest
+               else xp.zeros(target.shape, bool))
+        if 0 <= ignore_index <= largest:
+            bad &= target != target.dtype.type(ignore_index)
+    else:
+        t = target.astype(xp.int64)
+        bad = (t != ignore_index) & ((t < 0) | (t >= n_classes))
     if bool(bad.any()):
         first = int(xp.argmax(bad.ravel()))
-        local = np.unravel_index(first, t.shape)
+        local = np.unravel_index(first, target.shape)
         position = tuple(s.start + int(i) for s, i in zip(where, local))
-        raise index_error(position, int(t.ravel()[first]), n_classes, ignore_index)
+        raise index_error(position, int(target.ravel()[first]), n_classes, ignore_index)
 
 
 def mean_scales(denominators):
