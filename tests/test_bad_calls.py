@@ -511,6 +511,17 @@ def test_uint64_target_is_reported_as_passed(backend, value, ignore_index):
                                       ignore_index=ignore_index)
 
 
+@pytest.mark.parametrize("value,ignore_index", [(2**64 - 100, -100), (2**64 - 1, -1)])
+def test_uint64_target_unchecked_is_nan_not_ignored(backend, value, ignore_index):
+    """validate=False: a value from 2**63 is a bad index (nan row), never ignore_index."""
+    target = np.array([1, value], np.uint64)
+    loss = nbxent.cross_entropy(backend.to_backend(np.zeros((2, 3), np.float32)),
+                                backend.to_backend(target), ignore_index=ignore_index,
+                                reduction="none", validate=False)
+    loss = backend.to_numpy(loss)
+    assert loss[0] == pytest.approx(np.log(3)) and np.isnan(loss[1])
+
+
 @pytest.mark.parametrize("ignore_index", [2**70, 2**63, -2**63 - 1])
 def test_ignore_index_outside_int64_is_a_value_error(backend, ignore_index):
     with pytest.raises(ValueError, match=rf"ignore_index={ignore_index} is out of range: "

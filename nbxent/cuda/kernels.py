@@ -84,6 +84,18 @@ class Variant(NamedTuple):
         return "-".join(parts)
 
 
+_INT64_MAX = 2**63 - 1
+
+
+@cuda.jit(device=True, inline="always")
+def class_index(value):
+    """A target element as an int64 class index. A uint64 value from 2**63 on would
+    wrap to a negative number (a negative ignore_index, even): it becomes int64's
+    largest value instead, out of range like the value itself."""
+    t = int64(value)
+    return int64(_INT64_MAX) if t < 0 and value > 0 else t
+
+
 @lru_cache(maxsize=None)
 def _tools(acc64):
     """Inline device helpers for one accumulation dtype (typed constants, no f64 leaks)."""
@@ -399,7 +411,7 @@ def row_kernel(variant):
             t = int64(0)
             valid = True
             if index_target and active:
-                t = int64(target[tg_base])
+                t = class_index(target[tg_base])
                 valid = t != ignore_index
             in_range = t >= 0 and t < n_classes
             counted = valid and in_range
@@ -543,7 +555,7 @@ def denominator_kernel(acc64, has_weight):
         d_sum = n_sum = zero
         for row in range(cuda.threadIdx.x, n_rows, cuda.blockDim.x):
             o = row // inner
-            t = int64(target[tg_off + o * tg_s0 + (row - o * inner) * tg_s2])
+            t = class_index(target[tg_off + o * tg_s0 + (row - o * inner) * tg_s2])
             if t != ignore_index:
                 if t >= 0 and t < n_classes:
                     d_sum += acc(weight[w_off + t * w_s]) if has_weight else one
