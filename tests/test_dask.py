@@ -179,6 +179,33 @@ def test_large_logits_split_classes(client, rng, dtype):
     assert_close(entropy, R.entropy(logits), dtype, "loss", atol=1e-5 if dtype == F32 else None)
 
 
+@pytest.mark.parametrize("dtype, offset, option_id", [
+    pytest.param(F32, 1e8, "weight-smooth-ignore", id="float32-1e8"),
+    pytest.param(F32, 1e30, "prob-weight-smooth", id="float32-1e30"),
+    pytest.param(F64, 1e16, "plain", id="float64-1e16"),
+    pytest.param(F64, 1e300, "plain", id="float64-1e300")])
+@pytest.mark.parametrize("shape, axis, chunks", [LAYOUTS[0], LAYOUTS[1], LAYOUTS[3]])
+def test_any_offset_of_the_logits(client, rng, shape, axis, chunks, dtype, offset, option_id):
+    """Row and class chunks are exact at any common offset of the logits (as in memory)."""
+    logits, target, keywords = make_inputs(rng, shape, axis, dtype, OPTIONS_BY_ID[option_id])
+    logits = (logits.astype(np.float64) + offset).astype(dtype)
+    dx = _dask(logits, chunks)
+    lazy = {"loss+grad": nbxent.cross_entropy_with_grad(dx, target, reduction="none",
+                                                        **keywords)}
+    lazy.update({op: getattr(nbxent, op)(dx, axis=axis)
+                 for op in ("logsumexp", "log_softmax", "softmax", "entropy")})
+    computed = compute(lazy)
+    loss, grad = computed.pop("loss+grad")
+    assert_close(loss, R.cross_entropy(logits, target, reduction="none", **keywords), dtype,
+                 "loss")
+    assert_close(grad, R.cross_entropy_grad(logits, target, reduction="none", **keywords),
+                 dtype, "grad")
+    for op, got in computed.items():
+        what = "loss" if op in ("logsumexp", "entropy") else "grad"
+        assert_close(got, getattr(R, op)(logits, axis=axis), dtype, what, err_msg=op,
+                     atol=1e-5 if op == "entropy" and dtype == F32 else None)
+
+
 def test_results_are_lazy_and_keep_the_chunks(client, rng):
     logits = make_logits(rng, (40, 11), np.float16)
     target = rng.integers(0, 11, 40)

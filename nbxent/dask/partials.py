@@ -285,7 +285,7 @@ def loss_rows(parts, target, *, n_classes, ignore_index, label_smoothing):
     Ignored rows give 0; class indices outside [0, C) (validate=False) nan.
     """
     xp = namespace(parts)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):  # lse**2 of logits near 1e300 is inf
         lse_squared = (parts[SHIFT] + parts[LSE]) ** 2
         if target is None:
             return xp.stack([parts[SPREAD], lse_squared])
