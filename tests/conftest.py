@@ -15,7 +15,8 @@ import zlib
 # --------------------------------------------------------------- Numba cache
 # Numba's on-disk cache keys a kernel on its own file only: an edit in a helper
 # module it inlines (nbxent/_math.py, say) would be served stale. Key the cache
-# directory on every source file of the package under test, before numba loads.
+# directory on every source file of the package under test and on the versions
+# of the compilers, before numba loads.
 
 
 def _package_dir():
@@ -39,8 +40,23 @@ def _source_hash(root):
     return digest.hexdigest()[:16]
 
 
-NUMBA_CACHE_DIR = os.path.join(tempfile.gettempdir(),
-                               f"nbxent-numba-cache-{_source_hash(_package_dir())}")
+def _versions_tag():
+    """The versions that compiled code depends on, read without importing them: two
+    environments (say the newest and the oldest supported Numba) never share a cache."""
+    import importlib.metadata
+
+    tag = []
+    for name in ("numba", "llvmlite", "numpy", "numba-cuda"):
+        try:
+            tag.append(f"{name}{importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return "-".join(tag)
+
+
+NUMBA_CACHE_DIR = os.path.join(
+    tempfile.gettempdir(),
+    f"nbxent-numba-cache-{_source_hash(_package_dir())}-{_versions_tag()}")
 os.environ["NUMBA_CACHE_DIR"] = NUMBA_CACHE_DIR
 if "numba" in sys.modules:  # a plugin got there first: make numba re-read the variable
     sys.modules["numba"].core.config.reload_config()

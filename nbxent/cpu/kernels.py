@@ -18,15 +18,14 @@ Sums that do not involve exp (smoothing, probability targets) are taken
 relative to a per-row reference logit, so large equal logits do not cancel.
 """
 
-import hashlib
 import math
 from collections import namedtuple
 
 import numpy as np
 from numba import njit, prange
-from numba.core.caching import FunctionCache
 
 from .bits import float_to_half, from_order_key, half_to_float, order_key, prefetch
+from .disk_cache import cached as _cached
 from .fastexp import exp64, exp_, log1p32, log32
 
 # No nnan/ninf: nan must propagate and -inf logits must stay -inf. The kernels also
@@ -128,30 +127,6 @@ _SHIFT, _N_TOP, _REST = _MAX, _SUM, _N_PARTS
 _COEF, _G_CE, _LOG_SUM, _VALID, _T_GRAD, _N_SCRATCH = range(_N_PARTS + 1, _N_PARTS + 7)
 
 _kernels = {}
-
-
-class _VariantCache(FunctionCache):
-    """Numba's on-disk cache, keyed on the variant instead of the closure's cells.
-
-    Numba keys a closure's cache entries on its pickled cell contents. The kernels
-    close over helper dispatchers, which pickle differently in every process, so
-    with ``cache=True`` each process compiled again. The variant (Python scalars)
-    determines the kernel; an edit of this file invalidates the cache as usual.
-    """
-
-    def __init__(self, py_func, variant):
-        self._variant = variant
-        super().__init__(py_func)
-
-    def _index_key(self, sig, codegen):
-        code = hashlib.sha256(self._py_func.__code__.co_code).hexdigest()
-        return sig, codegen.magic_tuple(), (code, repr(tuple(self._variant)))
-
-
-def _cached(variant, kernel):
-    """``kernel`` with its on-disk cache keyed on ``variant``."""
-    kernel._cache = _VariantCache(kernel.py_func, variant)
-    return kernel
 
 
 def kernel_for(variant):

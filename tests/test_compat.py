@@ -1,0 +1,225 @@
+"""The dependency versions nbxent states, and the private parts of Numba and of
+numba-cuda's simulator that it relies on.
+
+These tests fail when an upgrade changes what nbxent assumes (instead of the
+kernel cache quietly switching off, or simulated kernels quietly misbehaving),
+and check the fallbacks a user on such a version gets.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from nbxent import _versions
+from nbxent.cpu import disk_cache
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _run(script, **env):
+    """Run ``script`` in a fresh interpreter (``env`` added to the environment)."""
+    environ = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    environ.update(env)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=environ,
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+# --------------------------------------------------------------- stated ranges
+
+def _pyproject():
+    tomllib = pytest.importorskip("tomllib")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def test_pyproject_states_the_tested_ranges():
+    project = _pyproject()
+    dependencies = set(project["dependencies"])
+    assert f"numpy{_versions.TESTED['numpy']}" in dependencies
+    assert f"numba{_versions.TESTED['numba']}" in dependencies
+    for extra in ("cuda", "test"):
+        assert f"numba-cuda[cu13]{_versions.TESTED['numba-cuda']}" in (
+            project["optional-dependencies"][extra]), extra
+
+
+def test_oldest_constraints_pin_the_lower_bounds():
+    """CI's oldest-versions run installs exactly the lower bound of each range."""
+    pins = {}
+    for line in (ROOT / ".ci" / "oldest-constraints.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[name.strip()] = version.strip()
+    for name, spec in _versions.TESTED.items():
+        lower = spec.split(",")[0].removeprefix(">=")
+        assert name in pins, f"{name} is not pinned in .ci/oldest-constraints.txt"
+        assert pins[name] == lower or pins[name].startswith(lower + "."), (name, pins[name], spec)
+
+
+@pytest.mark.parametrize("distribution", sorted(_versions.TESTED))
+def test_installed_versions_are_in_the_tested_ranges(distribution):
+    specifiers = pytest.importorskip("packaging.specifiers")
+    installed = _versions.installed_version(distribution)
+    if installed == "not installed":
+        pytest.skip(f"{distribution} is not installed")
+    assert installed in specifiers.SpecifierSet(_versions.TESTED[distribution]), (
+        f"{distribution} {installed} is outside the tested range "
+        f"{_versions.TESTED[distribution]}: check the guards in nbxent/cpu/disk_cache.py "
+        "and nbxent/cuda/_sim.py against it, then widen the range in pyproject.toml and "
+        "nbxent/_versions.py")
+
+
+# --------------------------------------------------------------- the CPU kernel cache
+
+def test_numba_cache_internals_are_as_expected():
+    problem = disk_cache.internals_problem()
+    assert problem is None, (
+        f"the CPU kernels' on-disk cache would be off with {_versions.describe('numba')}: "
+        f"{problem}")
+
+
+def _closure_kernel():
+    from numba import njit
+
+    @njit
+    def helper(x):
+        return x + 1
+
+    @njit
+    def kernel(x):
+        return helper(x)
+
+    return kernel
+
+
+def test_cache_off_with_one_warning_when_internals_differ(monkeypatch):
+    monkeypatch.setattr(disk_cache, "internals_problem", lambda: "something changed")
+    monkeypatch.setattr(_versions, "_warned", set())
+    kernel = _closure_kernel()
+    with pytest.warns(_versions.CompatibilityWarning, match=r"something changed.*numba \S+ "
+                      r"\(nbxent is tested with numba>="):
+        assert disk_cache.cached((1, 2), kernel) is kernel
+    assert kernel.stats.cache_path is None  # Numba's no-op cache: compiled, never stored
+    with _no_warning():
+        disk_cache.cached((1, 3), _closure_kernel())
+    assert kernel(1) == 2
+
+
+def test_cache_off_with_one_warning_when_it_cannot_be_set_up(monkeypatch):
+    def failing(py_func, variant):
+        raise RuntimeError("no writable directory")
+
+    monkeypatch.setattr(disk_cache, "_variant_cache_class", lambda: failing)
+    monkeypatch.setattr(_versions, "_warned", set())
+    kernel = _closure_kernel()
+    with pytest.warns(_versions.CompatibilityWarning, match="no writable directory"):
+        assert disk_cache.cached((1, 2), kernel) is kernel
+    assert kernel(1) == 2
+
+
+class _no_warning:
+    def __enter__(self):
+        import warnings
+
+        self._catcher = warnings.catch_warnings(record=True)
+        self._caught = self._catcher.__enter__()
+        warnings.simplefilter("always")
+
+    def __exit__(self, *exc):
+        self._catcher.__exit__(*exc)
+        assert not [w for w in self._caught
+                    if issubclass(w.category, _versions.CompatibilityWarning)]
+
+
+_CACHE_SCRIPT = """
+    import json, warnings
+    import numpy as np
+    import nbxent
+    from nbxent._versions import CompatibilityWarning
+    from nbxent.cpu import kernels
+
+    warnings.simplefilter("error", CompatibilityWarning)
+    loss = nbxent.cross_entropy(np.linspace(-2, 2, 20, dtype=np.float32).reshape(4, 5),
+                                np.array([0, 1, 4, 2]))
+    stats = {repr(v): [sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values())]
+             for v, k in kernels._kernels.items()}
+    print(json.dumps({"loss": float(loss), "stats": stats}))
+"""
+
+
+def test_kernels_load_from_the_disk_cache_in_a_new_process(tmp_path):
+    """A first process compiles and stores its kernel; a second one loads it, compiling nothing."""
+    runs = []
+    for _ in range(2):
+        done = _run(_CACHE_SCRIPT, NUMBA_CACHE_DIR=str(tmp_path))
+        assert done.returncode == 0, done.stderr
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    first, second = runs
+    assert first["stats"] and first["stats"].keys() == second["stats"].keys()
+    for variant, (hits, misses) in first["stats"].items():
+        assert (hits, misses) == (0, 1), f"first process, {variant}: {hits} hits, {misses} misses"
+    for variant, (hits, misses) in second["stats"].items():
+        assert (hits, misses) == (1, 0), (
+            f"second process, {variant}: {hits} hits, {misses} misses (compiled again)")
+    assert first["loss"] == second["loss"]
+
+
+# --------------------------------------------------------------- the CUDA simulator
+
+def _sim_module():
+    try:
+        from numba import cuda  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"numba.cuda does not import: {exc}")
+    from nbxent.cuda import _sim
+
+    return _sim
+
+
+def test_simulator_internals_are_as_expected():
+    essential, shared_lock = _sim_module().simulator_problems()
+    assert not essential + shared_lock, (
+        f"the CUDA simulator stand-ins cannot work with {_versions.describe('numba-cuda')}: "
+        f"{essential + shared_lock}")
+
+
+def test_simulator_stand_ins_give_the_right_results():
+    _sim = _sim_module()
+    if _sim.SIMULATED:
+        _sim.probe()
+        return
+    done = _run("from nbxent.cuda import _sim; _sim.probe()", NUMBA_ENABLE_CUDASIM="1")
+    assert done.returncode == 0, done.stderr
+
+
+def test_unsupported_simulator_is_a_clear_error():
+    _sim_module()
+    done = _run("""
+        import numba.cuda.simulator.kernel as kernel
+        del kernel.BlockThread.syncthreads
+        import nbxent.cuda._sim
+    """, NUMBA_ENABLE_CUDASIM="1")
+    assert done.returncode != 0
+    assert "RuntimeError: nbxent cannot run its CUDA kernels in this CUDA simulator" in (
+        done.stderr), done.stderr
+    assert "BlockThread has no syncthreads()" in done.stderr
+    assert "nbxent is tested with numba-cuda>=" in done.stderr
+
+
+def test_simulator_without_the_shared_array_lock_warns():
+    _sim_module()
+    done = _run("""
+        import warnings
+        from numba.cuda.simulator.kernelapi import FakeCUDAShared
+        FakeCUDAShared.array = lambda self, shape, dtype: None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import nbxent.cuda._sim
+        print([str(w.message) for w in caught])
+    """, NUMBA_ENABLE_CUDASIM="1")
+    assert done.returncode == 0, done.stderr
+    assert "shared arrays are left unlocked" in done.stdout, done.stdout
