@@ -1,4 +1,4 @@
-"""The Dask backend on a real dask.distributed cluster (issue 6).
+"""The Dask backend on a real dask.distributed cluster.
 
 One LocalCluster per module: two worker processes on loopback, one thread each.
 Every Dask result is compared with the in-memory nbxent call on the same NumPy
@@ -31,7 +31,8 @@ da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
 
-pytestmark = pytest.mark.dask
+# A cluster of worker processes per module: slow to start, left out of the quick subset.
+pytestmark = [pytest.mark.dask, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

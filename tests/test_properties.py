@@ -17,6 +17,9 @@ from nbxent import reference as R
 
 from conftest import assert_close
 
+# Long single items (searches): left out of the quick subset.
+pytestmark = pytest.mark.slow
+
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow],
                 derandomize=False)
 
