@@ -3,7 +3,9 @@
 Every option torch shares with nbxent is compared with ``F.cross_entropy``
 directly, with the class axis moved to torch's dimension 1; ``z_loss`` and
 ``softcap`` are compared with torch composites (loss + z*logsumexp**2 over the
-non-ignored rows; torch on c*tanh(x/c)). Skipped when torch is not installed.
+non-ignored rows; torch on c*tanh(x/c)). Skipped when torch is not installed;
+test_golden.py checks the oracle against values PyTorch stored in tests/golden/ too,
+so that agreement is tested where torch is not installed.
 
 Known, chosen divergence: torch's gradient of an ignored row whose logits hold
 nan or +-inf is nan (log_softmax's backward multiplies 0 by nan); nbxent and the
