@@ -186,6 +186,9 @@ def _info(args):
     for name in ("numpy", "numba", "numba_cuda", "cupy"):
         print(f"{name.replace('_', '-'):<11} {version(name)}")
     print(f"cpu         {host['cpu']} ({host['cpu_count']} logical cores)")
+    target = host["cpu_target"]
+    print(f"compiled    for {target['name']}, {target['vector_isa']} "
+          f"(NUMBA_CPU_NAME and NUMBA_CPU_FEATURES choose another)")
     print(f"threads     numba uses {threads['numba']} of {threads['numba_max']}, "
           f"threading layer {threads['threading_layer']}")
     seconds, compiled = machine.first_calls()

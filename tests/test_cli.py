@@ -109,6 +109,27 @@ def test_info_describes_the_setup(tiny_run, capsys):
     assert "cache       warm" in out
 
 
+def test_header_and_info_name_the_compile_target(tiny_run, capsys):
+    """Figures are read against the CPU the kernels were compiled for and its vector ISA."""
+    _, stdout, document, _ = tiny_run
+    target = document["machine"]["cpu_target"]
+    assert target["vector_isa"] in ("AVX-512", "AVX2", "AVX", "SVE", "NEON", "SSE2")
+    assert f"kernels compiled for {target['name']}, {target['vector_isa']}" in stdout
+    assert main(["info"]) == 0
+    assert f"compiled    for {target['name']}, {target['vector_isa']}" in capsys.readouterr().out
+
+
+def test_compile_target_follows_numba_overrides(monkeypatch):
+    from numba.core import config
+
+    from nbxent.bench import machine
+    monkeypatch.setattr(config, "CPU_NAME", "haswell")
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx,+avx2,+fma,-avx512f")
+    assert machine.cpu_target() == {"name": "haswell", "vector_isa": "AVX2"}
+    monkeypatch.setattr(config, "CPU_FEATURES", "+neon")
+    assert machine.cpu_target()["vector_isa"] == "NEON"
+
+
 def test_module_entry_point():
     done = subprocess.run([sys.executable, "-m", "nbxent", "bench", "--help"], capture_output=True,
                           text=True, env=os.environ, timeout=120)

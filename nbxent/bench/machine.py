@@ -45,6 +45,30 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
+# LLVM feature names of vector instruction sets, widest first, with the name users know.
+_VECTOR_ISAS = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sve", "SVE"),
+                ("neon", "NEON"), ("sse2", "SSE2"))
+
+
+def cpu_target():
+    """What Numba compiles the CPU kernels for: LLVM's CPU name (``znver4``,
+    ``haswell``) and the widest vector instruction set among its features.
+
+    ``NUMBA_CPU_NAME`` and ``NUMBA_CPU_FEATURES`` override the host's, as they do for
+    Numba (both are needed to build, say, AVX2 code on an AVX-512 machine).
+    """
+    import llvmlite.binding as llvm
+    from numba.core import config
+
+    name = config.CPU_NAME or llvm.get_host_cpu_name()
+    features = config.CPU_FEATURES
+    if features is None:
+        features = llvm.get_host_cpu_features().flatten()
+    enabled = {f[1:] for f in features.split(",") if f.startswith("+")}
+    isa = next((label for flag, label in _VECTOR_ISAS if flag in enabled), "no vector ISA")
+    return {"name": name, "vector_isa": isa}
+
+
 def numba_threads():
     """Numba's threads in use and available, and the threading layer it runs parallel code on.
 
@@ -70,10 +94,12 @@ def load_average():
 
 
 def machine():
-    """The machine: OS, CPU model, logical cores, load, and the GPU (or why none is usable)."""
+    """The machine: OS, CPU model and compile target, logical cores, load, and the GPU (or why
+    none is usable)."""
     gpu, why_no_gpu = probe_gpu()
-    return {"platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-            "load_average": load_average(), "gpu": gpu, "why_no_gpu": why_no_gpu}
+    return {"platform": platform.platform(), "cpu": cpu_name(), "cpu_target": cpu_target(),
+            "cpu_count": os.cpu_count(), "load_average": load_average(), "gpu": gpu,
+            "why_no_gpu": why_no_gpu}
 
 
 def probe_gpu():

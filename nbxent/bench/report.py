@@ -6,7 +6,8 @@ JSON Schema (draft 2020-12). In short::
     schema_version  1
     created         ISO 8601 time (UTC) of the run
     command         the command line
-    machine         {platform, cpu, cpu_count, load_average (1-minute, when the
+    machine         {platform, cpu, cpu_target: {name (LLVM's CPU name the kernels are
+                     compiled for), vector_isa}, cpu_count, load_average (1-minute, when the
                      run began; null where unknown), gpu: {name, memory_bytes,
                      compute_capability} or null, why_no_gpu: str or null}
     versions        {python, nbxent, numpy, numba, numba_cuda, cupy, torch, jax,
@@ -56,6 +57,9 @@ REPORT_SCHEMA = {
             "properties": {
                 "platform": {"type": "string"},
                 "cpu": {"type": "string"},
+                "cpu_target": {"type": "object", "required": ["name", "vector_isa"],
+                               "properties": {"name": {"type": "string"},
+                                              "vector_isa": {"type": "string"}}},
                 "cpu_count": _OPT_INT,
                 "load_average": _OPT_NUMBER,
                 "gpu": {"oneOf": [{"type": "null"}, {
@@ -128,12 +132,19 @@ def format_number(value):
     return f"{value:.{min(2 - math.floor(math.log10(abs(value))), 5)}f}"
 
 
+def _target(machine):
+    """"znver4, AVX-512": the CPU the kernels were compiled for and its vector ISA."""
+    target = machine.get("cpu_target") or {"name": "?", "vector_isa": "?"}
+    return f"{target['name']}, {target['vector_isa']}"
+
+
 def header(report):
     """The lines above the table: machine, threads, measured bandwidth and the byte model."""
     machine, threads, versions = report["machine"], report["threads"], report["versions"]
     peers = ", ".join(f"{name} {versions.get(name) or ''}".strip() for name in report["peers"])
     lines = [
-        f"nbxent {versions['nbxent']} bench on {machine['cpu']} ({machine['cpu_count']} cores)"
+        f"nbxent {versions['nbxent']} bench on {machine['cpu']} ({machine['cpu_count']} cores; "
+        f"kernels compiled for {_target(machine)})"
         + (f" + {machine['gpu']['name']}" if machine["gpu"] else ""),
         f"threads: numba {threads['numba']} ({threads['threading_layer']})"
         + (f", torch {threads['torch']}" if "torch" in threads else "")
@@ -286,7 +297,7 @@ def plot(report, path):
     fig.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)
     machine = report["machine"]
     device = machine["gpu"]["name"] if machine["gpu"] else \
-        f"{machine['cpu']}, {report['threads']['numba']} threads"
+        f"{machine['cpu']} ({_target(machine)}), {report['threads']['numba']} threads"
     title = (f"softmax cross-entropy throughput: nbxent {report['versions']['nbxent']} "
              f"and peers on {device} ({report['created'][:10]}); higher is better")
     load = machine["load_average"]
