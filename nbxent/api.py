@@ -223,7 +223,8 @@ def logsumexp(x, axis=-1, *, backend=None, stream=None):
 
     Returns an array of x's shape without ``axis``, float32 for float16/float32
     input (float16 is computed in float32 and not rounded back), float64 for
-    float64. A row of all -inf gives -inf; nan propagates.
+    float64. A row of all -inf gives -inf, a row holding +inf gives +inf (as in
+    PyTorch and SciPy); nan propagates.
 
     Examples
     --------
@@ -237,6 +238,11 @@ def logsumexp(x, axis=-1, *, backend=None, stream=None):
 def log_softmax(x, axis=-1, out=None, *, backend=None, stream=None):
     """``x - logsumexp(x)`` along ``axis``, in x's dtype (``out=x`` works in place).
 
+    Computed as ``(x - max) - log(sum(exp(x - max)))``: exact whatever the logits'
+    magnitude (``[1e300, 1e300]`` gives ``-log 2``). A row holding +inf (or nan) is
+    all nan, as in PyTorch; SciPy's ``log_softmax`` differs there (nan at the +inf,
+    -inf elsewhere). A row of all -inf is all nan.
+
     Examples
     --------
     >>> import numpy as np, nbxent
@@ -248,6 +254,8 @@ def log_softmax(x, axis=-1, out=None, *, backend=None, stream=None):
 
 def softmax(x, axis=-1, out=None, *, backend=None, stream=None):
     """``exp(x - logsumexp(x))`` along ``axis``, in x's dtype (``out=x`` works in place).
+
+    A row holding +inf or nan, or of all -inf, is all nan (as in PyTorch and SciPy).
 
     Examples
     --------
