@@ -8,7 +8,8 @@ import importlib.util
 import shlex
 import sys
 
-from nbxent.bench.cases import DEFAULT_DTYPES, DTYPES, OPS, parse_shapes
+from nbxent.bench.cases import (DEFAULT_DTYPES, DTYPES, OPS, SUITES, parse_shapes,
+                                suite_shapes)
 from nbxent.bench.peers import PEER_NAMES
 
 SHAPES_HELP = ("comma-separated cases DIMxDIMx...[:axis=K]; the class axis is the last dim "
@@ -61,7 +62,12 @@ def build_parser():
         "backend against the peers that are installed, and against the memory bandwidth "
         "measured on the same device in the same run. Progress goes to stderr, the table "
         "to stdout.")
-    bench.add_argument("--shapes", type=_shapes, help=SHAPES_HELP)
+    cases = bench.add_mutually_exclusive_group()
+    cases.add_argument("--shapes", type=_shapes, help=SHAPES_HELP)
+    cases.add_argument("--suite", choices=tuple(SUITES),
+                       help="a named set of cases: default, or cv (classification with 10 to "
+                       "1000 classes, VOC/Cityscapes/ADE20K segmentation maps, two long-row "
+                       "cases); --quick takes an eighth of each")
     bench.add_argument("--dtype", type=_comma_list(DTYPES, "dtype"), default=DEFAULT_DTYPES,
                        help=f"comma-separated logits dtypes (default {','.join(DEFAULT_DTYPES)})")
     bench.add_argument("--backend", choices=("cpu", "cuda", "dask"),
@@ -149,7 +155,8 @@ def _settings(args):
     from nbxent.bench import run
 
     return run.Settings(
-        shapes=args.shapes, dtypes=args.dtype,
+        shapes=args.shapes or (suite_shapes(args.suite, args.quick) if args.suite else None),
+        dtypes=args.dtype,
         backends=None if args.backend is None else (args.backend,),
         ops=OPS if args.op == "both" else (args.op,), peers=args.peers,
         repeat=args.repeat, threads=args.threads, quick=args.quick,

@@ -130,6 +130,21 @@ def test_compile_target_follows_numba_overrides(monkeypatch):
     assert machine.cpu_target()["vector_isa"] == "NEON"
 
 
+def test_suite_names_a_set_of_cases(capsys):
+    from nbxent.cli import _settings, build_parser
+    args = build_parser().parse_args(["bench", "--suite", "cv"])
+    args.argv = ["bench", "--suite", "cv"]
+    labels = [shape.label for shape in _settings(args).shapes]
+    assert labels[:3] == ["1000000x10", "262144x32", "65536x100"]
+    assert "2x150x512x512:axis=1" in labels and labels[-1] == "512x128256"
+    args = build_parser().parse_args(["bench", "--suite", "cv", "--quick"])
+    args.argv = []
+    assert _settings(args).shapes[0].label == "125000x10"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--suite", "cv", "--shapes", "64x10"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_module_entry_point():
     done = subprocess.run([sys.executable, "-m", "nbxent", "bench", "--help"], capture_output=True,
                           text=True, env=os.environ, timeout=120)

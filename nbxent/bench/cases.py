@@ -105,9 +105,38 @@ QUICK_SHAPES = ("16384x128", "2048x1024", "64x32768", "2x21x224x224:axis=1")
 DEFAULT_DTYPES = ("float32", "float64")
 
 
+# Named suites. "cv": the computer-vision shapes (classification with 10, 32, 100 and
+# 1000 classes; segmentation maps of Pascal VOC, Cityscapes and ADE20K, class axis 1) and,
+# so that nothing regresses, two long-row cases.
+SUITES = {
+    "default": DEFAULT_SHAPES,
+    "cv": ("1000000x10", "262144x32", "65536x100", "16384x1000", "8x21x512x512:axis=1",
+           "4x19x512x1024:axis=1", "2x150x512x512:axis=1", "4096x32000", "512x128256"),
+}
+
+
 def default_shapes(quick=False):
     """The default cases' shapes: small, medium and large C, and an NCHW map (axis=1)."""
     return [parse_shape(text) for text in (QUICK_SHAPES if quick else DEFAULT_SHAPES)]
+
+
+def suite_shapes(name, quick=False):
+    """The shapes of the suite ``name`` (see ``SUITES``); ``quick``: the default suite's
+    quick cases, or another suite's with the first dimension an eighth (at least 1).
+
+    Examples
+    --------
+    >>> [s.label for s in suite_shapes("cv")][:2]
+    ['1000000x10', '262144x32']
+    >>> suite_shapes("cv", quick=True)[0].label
+    '125000x10'
+    """
+    if name == "default":
+        return default_shapes(quick)
+    shapes = [parse_shape(text) for text in SUITES[name]]
+    if not quick:
+        return shapes
+    return [Shape((max(1, s.dims[0] // 8),) + s.dims[1:], s.axis) for s in shapes]
 
 
 def make_inputs(case, seed=0):
