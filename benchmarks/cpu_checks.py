@@ -4,8 +4,8 @@
     python benchmarks/cpu_checks.py threads      # 1 against 2 threads in one process, alternating
     python benchmarks/cpu_checks.py first-call   # run twice: the first call of a fresh process
     python benchmarks/cpu_checks.py accuracy     # float32 loss and gradient against the reference
-    python benchmarks/cpu_checks.py table RUN.json ...   # issue 3's table, from bench --json
-    python benchmarks/cpu_checks.py plain        # issue 3's baseline: a plain fused @njit kernel
+    python benchmarks/cpu_checks.py table RUN.json ...   # the CPU targets table, from bench --json
+    python benchmarks/cpu_checks.py plain        # the targets' baseline: a plain fused @njit kernel
     python benchmarks/cpu_checks.py classes      # cost per logit around C = 1024; C = 100 tile/row
 
 Needs nbxent importable (`pip install -e .`, or `PYTHONPATH=.` from the repository root).
@@ -15,7 +15,6 @@ To compare two commits, run
 
 import json
 import math
-import os
 import sys
 import time
 
@@ -26,6 +25,7 @@ import numpy as np  # noqa: E402
 
 import nbxent  # noqa: E402
 from nbxent import reference  # noqa: E402
+from nbxent._config import CPU  # noqa: E402
 from nbxent.bench.cases import Case, Shape, make_inputs  # noqa: E402
 from nbxent.bench.roofline import measure_cpu  # noqa: E402
 from nbxent.bench.timing import steady_state  # noqa: E402
@@ -107,8 +107,8 @@ def accuracy():
 
 
 def table(*paths):
-    """Issue 3's table (GB/s and % of the run's bandwidth, each implementation) from
-    ``nbxent bench --json`` files."""
+    """The table of RESULTS.md's "CPU targets" section (GB/s and % of the run's bandwidth,
+    each implementation) from ``nbxent bench --json`` files."""
     for op, bandwidth in (("loss+grad", "copy_GBps"), ("loss", "read_GBps")):
         impls = ("numpy", "torch", "jax", "nbxent") + (
             ("nbxent out=",) if op == "loss+grad" else ())
@@ -131,7 +131,7 @@ def table(*paths):
 
 @numba.njit(parallel=True, fastmath=True)
 def _plain_loss_and_grad(logits, target, grad):
-    """The fused kernel issue 3 measured as its baseline, written plainly: per row a max,
+    """The baseline of RESULTS.md's "CPU targets", a fused kernel written plainly: per row a max,
     the exps (kept in ``grad``) and their sum, then softmax minus one-hot ('mean'
     reduction). ``logits`` is (outer, C, inner), the class axis in the middle."""
     outer, n_classes, inner = logits.shape
@@ -157,7 +157,8 @@ def _plain_loss_and_grad(logits, target, grad):
 
 
 def plain():
-    """GB/s of the plain kernel on issue 3's shapes, against the copy bandwidth of this run."""
+    """GB/s of the plain kernel on the CPU targets' shapes, against the copy bandwidth of this
+    run."""
     numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
     copy = measure_cpu().copy_GBps
     print(f"copy bandwidth {copy:.1f} GB/s; plain fused kernel, 2 threads, best of 7:")
@@ -188,11 +189,10 @@ def classes():
         print(f"C = {n_classes}: loss {best[n_classes, 'loss'] * per_logit:.0f} ps per logit, "
               f"loss+grad out= {best[n_classes, 'loss+grad'] * per_logit:.0f}")
     loss, fused = _calls((65536, 100), -1, np.float32)
-    for kernel, max_tile_classes in (("tile", "128"), ("row", "64")):
-        os.environ["NBXENT_CPU_TILE_MAX_CLASSES"] = max_tile_classes
-        print(f"65536x100, {kernel} kernel: loss {_best(loss) * 1e3:.2f} ms, "
-              f"loss+grad out= {_best(fused) * 1e3:.2f} ms")
-    del os.environ["NBXENT_CPU_TILE_MAX_CLASSES"]
+    for kernel, max_tile_classes in (("tile", 128), ("row", 64)):
+        with CPU.override(tile_max_classes=max_tile_classes):
+            print(f"65536x100, {kernel} kernel: loss {_best(loss) * 1e3:.2f} ms, "
+                  f"loss+grad out= {_best(fused) * 1e3:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -1,34 +1,99 @@
-"""Tunables, one place. Each reads an ``NBXENT_*`` environment variable at call
-time (so tests and benchmarks can move thresholds without reloading modules)."""
+"""Tunables: one frozen dataclass per backend, read from the environment once.
 
+Each backend keeps its launch parameters and thresholds in a frozen dataclass
+(``CpuSettings`` here, ``nbxent.cuda.config.Settings`` for the GPU) behind a
+``Tunables`` object. The first call that needs them reads the ``NBXENT_*``
+environment variables (``NBXENT_CPU_`` or ``NBXENT_CUDA_`` plus the field name in
+capitals, e.g. ``NBXENT_CPU_TILE_MAX_CLASSES=64``) and keeps the result: set the
+variables before the first call; later changes to the environment are not seen.
+The backend reads ``current()`` once per call and passes the settings to the
+functions that size its launches.
+
+Tests and benchmarks move thresholds within a block instead::
+
+    with nbxent._config.CPU.override(tile_max_classes=16):
+        ...
+
+``override`` swaps the process-wide settings (not per thread): for tests and
+benchmarks, not for code that runs calls from several threads at once.
+
+The figures behind the defaults were measured on the development machine; they
+are in benchmarks/RESULTS.md ("Figures moved from docstrings").
+"""
+
+import contextlib
+import dataclasses
 import os
 
 
-def cpu_split_min_classes():
-    """Fewest classes per work item when a row's classes are split over threads.
+@dataclasses.dataclass(frozen=True)
+class CpuSettings:
+    """Thresholds of the CPU backend (``NBXENT_CPU_<FIELD>``)."""
 
-    Below it, the partial statistics and the second pass cost more than the
-    idle threads they put to work. ``NBXENT_CPU_SPLIT_MIN_CLASSES``.
+    #: Fewest classes per work item when a row's classes are split over threads.
+    #: Below it, the partial statistics and the second pass cost more than the
+    #: idle threads they put to work.
+    split_min_classes: int = 16384
+    #: Most classes for which rows (class axis last) go to the tile kernel: shorter
+    #: rows cost more in per-row work than vectorising along them saves; beyond it
+    #: the row kernel is faster (see benchmarks/RESULTS.md).
+    tile_max_classes: int = 128
+    #: Logits per tile of the tile kernel: a tile is staged once, then re-read from
+    #: L2 by each pass; smaller tiles cost more, larger ones gain nothing (see
+    #: benchmarks/RESULTS.md).
+    tile_elements: int = 16384
+
+
+def from_environment(settings_class, prefix, defaults=None, environ=os.environ):
+    """A ``settings_class`` from ``defaults`` and the ``prefix + FIELD`` variables.
+
+    A variable that is set wins over ``defaults``, which win over the class's own.
     """
-    return int(os.environ.get("NBXENT_CPU_SPLIT_MIN_CLASSES", 16384))
+    values = dict(defaults or {})
+    for field in dataclasses.fields(settings_class):
+        raw = environ.get(prefix + field.name.upper())
+        if raw is not None:
+            values[field.name] = int(raw)
+    return settings_class(**values)
 
 
-def cpu_tile_max_classes():
-    """Most classes for which rows (class axis last) go to the tile kernel.
+class Tunables:
+    """One backend's settings, read from the environment at first use and kept.
 
-    Shorter rows cost more in per-row work than vectorising along them saves.
-    Measured (2-core EPYC, float32, 25 M logits): the tile kernel is 1.2-2.9x
-    faster up to C = 128, the row kernel from C = 192 on.
-    ``NBXENT_CPU_TILE_MAX_CLASSES``.
+    Parameters
+    ----------
+    settings_class : frozen dataclass
+        The fields and their defaults.
+    prefix : str
+        Environment variable prefix, e.g. ``"NBXENT_CPU_"``.
+    defaults : callable, optional
+        Returns a dict of defaults replacing the class's own, called at first use
+        (the CUDA simulator's small blocks, say).
     """
-    return int(os.environ.get("NBXENT_CPU_TILE_MAX_CLASSES", 128))
+
+    def __init__(self, settings_class, prefix, defaults=dict):
+        self.settings_class = settings_class
+        self.prefix = prefix
+        self._defaults = defaults
+        self._current = None
+
+    def current(self):
+        """The settings in force: read at the first call, the same object after."""
+        current = self._current
+        if current is None:
+            current = self._current = from_environment(self.settings_class, self.prefix,
+                                                       self._defaults())
+        return current
+
+    @contextlib.contextmanager
+    def override(self, **fields):
+        """Within the block, the current settings with ``fields`` replaced; yields them."""
+        previous = self.current()
+        self._current = dataclasses.replace(previous, **fields)
+        try:
+            yield self._current
+        finally:
+            self._current = previous
 
 
-def cpu_tile_elements():
-    """Logits per tile of the tile kernel: a tile is staged once, then re-read from
-    L2 by each pass. Measured (2-core EPYC, NCHW 8x21x512x512): 4096 costs 15-20 %
-    more than 16384, where it levels off; 10-class rows do not care.
-
-    ``NBXENT_CPU_TILE_ELEMENTS``.
-    """
-    return int(os.environ.get("NBXENT_CPU_TILE_ELEMENTS", 16384))
+CPU = Tunables(CpuSettings, "NBXENT_CPU_")

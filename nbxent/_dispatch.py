@@ -6,8 +6,9 @@ JAX or Dask: a Dask array (its class comes from ``dask.array``, or has
 ``__cuda_array_interface__`` is a GPU array, anything else is a CPU array, read
 by ``as_cpu_array``. Classes that declare ``__cuda_array_interface__`` for
 every instance but hold some on the host (PyTorch tensors, JAX arrays) also
-have ``__dlpack_device__``: for them the instance's device decides. A backend is a module providing the functions
-named in ``BACKEND_FUNCTIONS``; ``register_backend`` adds one under a name.
+have ``__dlpack_device__``: for them the instance's device decides. A backend is
+a module providing the functions named in ``BACKEND_FUNCTIONS``;
+``register_backend`` adds one under a name.
 """
 
 import importlib
@@ -35,6 +36,15 @@ _INSTALL_HINTS = {
 }
 
 
+def _is_dask_array(cls):
+    return cls.__module__.startswith("dask.array") or (
+        hasattr(cls, "__dask_graph__") and hasattr(cls, "chunks"))
+
+
+# (kind, test(type) -> bool), tried in order before the CPU/CUDA detection.
+_kind_tests = [("dask", _is_dask_array)]
+
+
 def register_backend(name, module_path, kind_test=None):
     """Register a backend module under ``name``.
 
@@ -47,14 +57,6 @@ def register_backend(name, module_path, kind_test=None):
     if kind_test is not None:
         _kind_tests.insert(0, (name, kind_test))
     _kind_by_type.clear()
-
-
-def _is_dask_array(cls):
-    return cls.__module__.startswith("dask.array") or (
-        hasattr(cls, "__dask_graph__") and hasattr(cls, "chunks"))
-
-
-_kind_tests = [("dask", _is_dask_array)]
 
 
 def array_kind(x):

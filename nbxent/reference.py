@@ -3,7 +3,7 @@
 Every kernel of nbxent is tested against these functions. They follow PyTorch's
 ``torch.nn.functional.cross_entropy`` on every option the two share, with
 ``axis`` in place of torch's class dimension 1, and add ``z_loss`` and
-``softcap`` as DESIGN.md §1 defines them. Nothing here imports from nbxent, and
+``softcap`` as README.md ("Semantics") defines them. Nothing here imports from nbxent, and
 nothing here is fast: whole N×C temporaries are fine.
 """
 

@@ -14,7 +14,7 @@ import zlib
 
 # --------------------------------------------------------------- Numba cache
 # Numba's on-disk cache keys a kernel on its own file only: an edit in a helper
-# module it inlines (nbxent/_math.py, say) would be served stale. Key the cache
+# module it inlines (nbxent/cpu/fastexp.py, say) would be served stale. Key the cache
 # directory on every source file of the package under test and on the versions
 # of the compilers, before numba loads.
 
@@ -121,7 +121,8 @@ def assert_close(actual, expected, dtype, what="grad", *, rtol=None, atol=None,
     must agree; nan, +inf and -inf must sit at exactly the same positions; the
     finite values must satisfy |actual - expected| <= max(atol, rtol * |expected|):
     absolute near 0 and up to 1, relative above.
-    With ``check_dtype`` the result's dtype must be the one DESIGN §1 promises.
+    With ``check_dtype`` the result's dtype must be the one README.md ("Semantics",
+    dtypes) promises: ``loss_dtype`` for "loss", the logits' dtype for "grad".
     """
     default_rtol, default_atol = tolerance(dtype, what)
     rtol = default_rtol if rtol is None else rtol

@@ -438,7 +438,7 @@ def test_normalizers_nonfinite_rows(backend, rng, dtype, shape, axis):
     assert np.isnan(lse[rows[0]]) and lse[rows[1]] == np.inf and lse[rows[2]] == -np.inf
 
 
-# ------------------------------------------------------------------ edge cases (DESIGN §2)
+# ------------------------------------------------------------------ edge cases (README.md)
 
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("option_id", ["plain", "weight-smooth-ignore", "z_loss", "softcap"])

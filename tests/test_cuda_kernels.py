@@ -1,8 +1,8 @@
 """The CUDA backend's kernels, every layout, against the float64 oracle.
 
 Runs under ``NUMBA_ENABLE_CUDASIM=1`` (CI) with Numba device arrays, and
-unchanged on a real GPU. The variant thresholds are lowered through the
-``NBXENT_CUDA_*`` settings so tiny shapes reach every layout: a warp or less
+unchanged on a real GPU. The variant thresholds are lowered through
+``nbxent.cuda.config.CUDA.override`` so tiny shapes reach every layout: a warp or less
 per row (``warp``, ``warp1`` = a thread per row for class-not-last views),
 a block per row (``block``), and a row split across blocks (``split``);
 ``*-reread`` layouts keep fewer logits in registers than a row has, so the
@@ -32,18 +32,19 @@ from nbxent.cuda import backend  # noqa: E402
 # The simulator does the kernels' IEEE arithmetic in NumPy scalars, which warn on
 # the inf/nan results the tests ask for on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
-from nbxent.cuda.config import settings  # noqa: E402
+from nbxent._config import Tunables, from_environment  # noqa: E402
+from nbxent.cuda.config import CUDA, Settings  # noqa: E402
 
-# Settings per layout name (small blocks and grids for the simulator), and the
-# layout each must produce for the shapes used below (C between 20 and 150).
-SIM_BASE = {"THREADS": 32, "BLOCK_THREADS": 64, "BLOCK_THREADS_F64": 64, "MAX_BLOCKS": 2}
+# Settings per layout name (over the defaults: small blocks and grids under the
+# simulator), and the layout each must produce for the shapes used below (C between
+# 20 and 150).
 LAYOUTS = {
-    "warp": dict(WARP_MAX_C=1024),
-    "warp-reread": dict(WARP_MAX_C=1024, WARP_CACHE=2),
-    "block": dict(WARP_MAX_C=8, BLOCK_CACHE=4),
-    "block-reread": dict(WARP_MAX_C=8, BLOCK_CACHE=1),
-    "split": dict(WARP_MAX_C=8, SPLIT_MIN_C=16, SPLIT_COLS=32, SPLIT_MAX_ROWS=64,
-                  BLOCK_CACHE=2),
+    "warp": dict(warp_max_c=1024),
+    "warp-reread": dict(warp_max_c=1024, warp_cache=2),
+    "block": dict(warp_max_c=8, block_cache=4),
+    "block-reread": dict(warp_max_c=8, block_cache=1),
+    "split": dict(warp_max_c=8, split_min_c=16, split_cols=32, split_max_rows=64,
+                  block_cache=2),
 }
 TOL = {np.dtype(np.float16): dict(loss=(2e-5, 2e-6), grad=(2e-3, 1e-4)),
        np.dtype(np.float32): dict(loss=(2e-5, 2e-6), grad=(2e-5, 2e-6)),
@@ -52,17 +53,15 @@ DTYPES = [np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)]
 
 
 @pytest.fixture(params=list(LAYOUTS))
-def layout(request, monkeypatch):
-    """Set the NBXENT_CUDA_* thresholds for one layout; yields its name."""
-    values = {**(SIM_BASE if SIMULATED else {}), **LAYOUTS[request.param]}
-    for key, value in values.items():
-        monkeypatch.setenv("NBXENT_CUDA_" + key, str(value))
-    return request.param
+def layout(request):
+    """Override the CUDA thresholds for one layout; yields its name."""
+    with CUDA.override(**LAYOUTS[request.param]):
+        yield request.param
 
 
 def expected_layout(name, plan):
     """True when the backend picks the layout the fixture named for this plan."""
-    return backend._config(settings(), plan)[0] == name.split("-")[0]
+    return backend._layout(CUDA.current(), plan)[0] == name.split("-")[0]
 
 
 def _host(x):
@@ -96,7 +95,7 @@ def run_loss(x, target, *, layout=None, weight=None, want_loss=True, want_grad=T
         copy_contiguous=backend.copy_contiguous)
     assert not options, options
     if layout is not None:
-        assert expected_layout(layout, plan), (layout, backend._config(settings(), plan))
+        assert expected_layout(layout, plan), (layout, backend._layout(CUDA.current(), plan))
     loss, grad = backend.cross_entropy(plan)
     if out == "in-place":
         assert grad is x_dev
@@ -373,9 +372,18 @@ def test_cupy_default_thresholds(shape):
     _check(grad.get(), reference.cross_entropy_grad(x, t, **options), np.float32, "grad")
 
 
-def test_settings_read_from_environment(monkeypatch):
+def test_settings_read_once_from_environment(monkeypatch):
+    """NBXENT_CUDA_* variables are read at first use and kept; override() changes the
+    settings within a block only."""
     monkeypatch.setenv("NBXENT_CUDA_WARP_MAX_C", "17")
-    assert settings().warp_max_c == 17
+    tunables = Tunables(Settings, "NBXENT_CUDA_")
+    first = tunables.current()
+    assert first.warp_max_c == 17
     monkeypatch.delenv("NBXENT_CUDA_WARP_MAX_C")
-    assert settings().warp_max_c == 1024
+    assert tunables.current() is first
+    with tunables.override(warp_max_c=8, split_cols=64) as inside:
+        assert tunables.current() is inside
+        assert (inside.warp_max_c, inside.split_cols, inside.threads) == (8, 64, first.threads)
+    assert tunables.current() is first
+    assert from_environment(Settings, "NBXENT_CUDA_", environ={}) == Settings()
     assert os.environ.get("NBXENT_CUDA_WARP_MAX_C") is None

@@ -1,4 +1,4 @@
-"""DESIGN §3 dispatch: the kind comes from the array's type, CuPy is never imported
+"""Dispatch: the kind comes from the array's type, CuPy is never imported
 to decide, mixing kinds is a TypeError naming both, ``backend=`` overrides, and a
 backend is a registered module."""
 

@@ -1,4 +1,4 @@
-"""DESIGN §2, one parametrised row per kind of bad input: the error type, the
+"""README.md's table of bad input, one parametrised row per kind: the error type, the
 message (``match=``), and that no input (nor ``out``) was changed.
 
 Rows that build their arrays with NumPy-only tricks (object/complex dtypes,

@@ -1,21 +1,26 @@
 """Every CUDA kernel variant x dtype compiles for sm_80 and sm_90, without spills or f64 leaks.
 
-Runs ``python -m nbxent.cuda.ptx_report`` in a subprocess with
-``NUMBA_ENABLE_CUDASIM`` removed (the simulator cannot compile, and the
-variable is read when numba is imported), so it works under a simulator CI run.
+Runs ``python benchmarks/ptx_report.py`` (a development tool, not installed with the
+package) in a subprocess with ``NUMBA_ENABLE_CUDASIM`` removed (the simulator cannot
+compile, and the variable is read when numba is imported), so it works under a
+simulator CI run.
 Needs numba-cuda with its NVVM / nvJitLink wheels and cuda.core; no GPU.
 """
 
 import importlib.util
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
+import nbxent
+
 pytestmark = pytest.mark.ptx
 
+PTX_REPORT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "ptx_report.py"
 
 
 def _missing(name):
@@ -34,8 +39,11 @@ def report(tmp_path_factory):
         pytest.skip(f"needs numba-cuda[cu13] and cuda-core; missing {', '.join(_MISSING)}")
     out = tmp_path_factory.mktemp("ptx") / "report.json"
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    # The script's own folder heads sys.path: point it at the nbxent under test.
+    package_root = str(pathlib.Path(nbxent.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     done = subprocess.run(
-        [sys.executable, "-m", "nbxent.cuda.ptx_report", "--json", str(out),
+        [sys.executable, str(PTX_REPORT), "--json", str(out),
          "--jobs", str(max(1, min(4, os.cpu_count() or 1)))],
         env=env, capture_output=True, text=True, timeout=1200)
     if not out.exists():

@@ -19,6 +19,7 @@ import pytest
 
 import nbxent
 from nbxent import reference as R
+from nbxent._config import CPU
 
 from conftest import assert_close
 
@@ -252,36 +253,36 @@ SPLIT_KINDS = ["plain", "max-in-last-part", "max-in-first-part", "first-part-all
 
 @pytest.mark.parametrize("option", ["plain", "weight-smooth", "z_loss-softcap", "prob"])
 @pytest.mark.parametrize("kind", SPLIT_KINDS)
-def test_class_split_edge_cases(rng, monkeypatch, all_threads, kind, option):
+def test_class_split_edge_cases(rng, all_threads, kind, option):
     """Force the class axis of one row to be split (small split threshold) and check the
     partial statistics combine right, whatever each part holds."""
-    monkeypatch.setenv("NBXENT_CPU_SPLIT_MIN_CLASSES", "16")
-    c = 4099
-    x, t = _split_case(rng, kind, c)
-    kw, prob_target = _option_keywords(rng, option, (1, c), softcap=20.0)
-    t = t if prob_target is None else prob_target
-    for reduction in ("none", "sum"):
-        loss, grad = nbxent.cross_entropy_with_grad(x, t, reduction=reduction, **kw)
-        scale = 1e4 if kind == "huge-logits" else 1.0
-        assert_close(loss, R.cross_entropy(x, t, reduction=reduction, **kw), np.float32, "loss",
-                     atol=1e-6 * scale)
-        assert_close(grad, R.cross_entropy_grad(x, t, reduction=reduction, **kw), np.float32,
-                     "grad")
-    assert_close(nbxent.logsumexp(x), R.logsumexp(x), np.float32, "loss")
-    assert_close(nbxent.softmax(x), R.softmax(x), np.float32, "grad")
-    assert_close(nbxent.log_softmax(x), R.log_softmax(x), np.float32, "grad", rtol=1e-5)
+    with CPU.override(split_min_classes=16):
+        c = 4099
+        x, t = _split_case(rng, kind, c)
+        kw, prob_target = _option_keywords(rng, option, (1, c), softcap=20.0)
+        t = t if prob_target is None else prob_target
+        for reduction in ("none", "sum"):
+            loss, grad = nbxent.cross_entropy_with_grad(x, t, reduction=reduction, **kw)
+            scale = 1e4 if kind == "huge-logits" else 1.0
+            assert_close(loss, R.cross_entropy(x, t, reduction=reduction, **kw), np.float32, "loss",
+                         atol=1e-6 * scale)
+            assert_close(grad, R.cross_entropy_grad(x, t, reduction=reduction, **kw), np.float32,
+                         "grad")
+        assert_close(nbxent.logsumexp(x), R.logsumexp(x), np.float32, "loss")
+        assert_close(nbxent.softmax(x), R.softmax(x), np.float32, "grad")
+        assert_close(nbxent.log_softmax(x), R.log_softmax(x), np.float32, "grad", rtol=1e-5)
 
 
-def test_split_threshold_really_splits(rng, monkeypatch, all_threads):
+def test_split_threshold_really_splits(rng, all_threads):
     """The class-split path is the one the edge cases above exercise: with the threshold
     lowered, a one-row call gives the same answer as the unsplit call, within rounding."""
     if all_threads < 2:
         pytest.skip("needs two threads")
     x, t = _split_case(rng, "plain", 5000)
-    monkeypatch.setenv("NBXENT_CPU_SPLIT_MIN_CLASSES", str(10**9))
-    unsplit = nbxent.cross_entropy_with_grad(x, t)
-    monkeypatch.setenv("NBXENT_CPU_SPLIT_MIN_CLASSES", "16")
-    split = nbxent.cross_entropy_with_grad(x, t)
+    with CPU.override(split_min_classes=10**9):
+        unsplit = nbxent.cross_entropy_with_grad(x, t)
+    with CPU.override(split_min_classes=16):
+        split = nbxent.cross_entropy_with_grad(x, t)
     np.testing.assert_allclose(split[0], unsplit[0], rtol=1e-6)
     np.testing.assert_allclose(split[1], unsplit[1], atol=1e-8)
 
@@ -294,30 +295,29 @@ TILE_CASES = [pytest.param((40, 10), -1, id="short-rows-40x10"),
 
 @pytest.mark.parametrize("option", ["plain", "weight-smooth", "z_loss-softcap", "prob"])
 @pytest.mark.parametrize("shape, axis", TILE_CASES)
-def test_tile_kernel_geometry(rng, monkeypatch, shape, axis, option):
+def test_tile_kernel_geometry(rng, shape, axis, option):
     """Tiles of 8 positions: several tiles per batch item and a partial last one, for
     short rows (transposed into the tile on the way in and out) and for a class axis
     that is not the last; ignored rows among them; and the gradient in place."""
-    monkeypatch.setenv("NBXENT_CPU_TILE_ELEMENTS", "8")
-    monkeypatch.setenv("NBXENT_CPU_TILE_MAX_CLASSES", "16")
-    x = (rng.standard_normal(shape) * 3).astype(np.float32)
-    axis_ = axis % len(shape)
-    loss_shape = shape[:axis_] + shape[axis_ + 1:]
-    t = rng.integers(0, shape[axis_], loss_shape)
-    t.reshape(-1)[::5] = -100
-    kw, prob_target = _option_keywords(rng, option, shape, axis, softcap=5.0)
-    t = t if prob_target is None else prob_target
-    for reduction in ("none", "mean"):
-        loss, grad = nbxent.cross_entropy_with_grad(x, t, axis=axis, reduction=reduction, **kw)
-        assert_close(loss, R.cross_entropy(x, t, axis=axis, reduction=reduction, **kw),
-                     np.float32, "loss")
-        assert_close(grad, R.cross_entropy_grad(x, t, axis=axis, reduction=reduction, **kw),
-                     np.float32, "grad")
-    in_place = x.copy()
-    nbxent.cross_entropy_grad(in_place, t, axis=axis, out=in_place, **kw)
-    np.testing.assert_array_equal(in_place, nbxent.cross_entropy_grad(x, t, axis=axis, **kw))
-    assert_close(nbxent.logsumexp(x, axis=axis), R.logsumexp(x, axis=axis), np.float32, "loss")
-    assert_close(nbxent.entropy(x, axis=axis), R.entropy(x, axis=axis), np.float32, "loss")
-    assert_close(nbxent.softmax(x, axis=axis), R.softmax(x, axis=axis), np.float32, "grad")
-    assert_close(nbxent.log_softmax(x, axis=axis), R.log_softmax(x, axis=axis), np.float32,
-                 "grad", rtol=1e-5)
+    with CPU.override(tile_elements=8, tile_max_classes=16):
+        x = (rng.standard_normal(shape) * 3).astype(np.float32)
+        axis_ = axis % len(shape)
+        loss_shape = shape[:axis_] + shape[axis_ + 1:]
+        t = rng.integers(0, shape[axis_], loss_shape)
+        t.reshape(-1)[::5] = -100
+        kw, prob_target = _option_keywords(rng, option, shape, axis, softcap=5.0)
+        t = t if prob_target is None else prob_target
+        for reduction in ("none", "mean"):
+            loss, grad = nbxent.cross_entropy_with_grad(x, t, axis=axis, reduction=reduction, **kw)
+            assert_close(loss, R.cross_entropy(x, t, axis=axis, reduction=reduction, **kw),
+                         np.float32, "loss")
+            assert_close(grad, R.cross_entropy_grad(x, t, axis=axis, reduction=reduction, **kw),
+                         np.float32, "grad")
+        in_place = x.copy()
+        nbxent.cross_entropy_grad(in_place, t, axis=axis, out=in_place, **kw)
+        np.testing.assert_array_equal(in_place, nbxent.cross_entropy_grad(x, t, axis=axis, **kw))
+        assert_close(nbxent.logsumexp(x, axis=axis), R.logsumexp(x, axis=axis), np.float32, "loss")
+        assert_close(nbxent.entropy(x, axis=axis), R.entropy(x, axis=axis), np.float32, "loss")
+        assert_close(nbxent.softmax(x, axis=axis), R.softmax(x, axis=axis), np.float32, "grad")
+        assert_close(nbxent.log_softmax(x, axis=axis), R.log_softmax(x, axis=axis), np.float32,
+                     "grad", rtol=1e-5)

@@ -12,7 +12,7 @@ import threading
 import numba
 import numpy as np
 
-from .. import _config
+from .._config import CPU
 from .._dispatch import as_cpu_array
 from .._plan import View, index_error
 from .kernels import (INDEX_TARGET, NO_TARGET, PROB_TARGET, WRITE_GRAD, WRITE_LOG_SOFTMAX,
@@ -87,25 +87,26 @@ def _class_weights(plan, dtype):
     return np.ascontiguousarray(plan.weight.array, dtype=dtype)
 
 
-def _shape(plan):
+def _shape(settings, plan):
     """(tiled, split, swap): which kernel shape serves the plan, and how.
 
     A class axis that is not the last (inner > 1, NCHW) goes to the tile kernel,
     vectorised across neighbouring positions. So do rows of few classes
     (``swap``: the rows become the positions). Long rows go to the row kernel,
     vectorised along the classes, split over threads when rows are fewer.
+    ``settings`` is a ``nbxent._config.CpuSettings`` (the thresholds).
     """
     threads = numba.get_num_threads()
     rows = plan.n_rows
-    tile_width = min(4096, max(8, _config.cpu_tile_elements() // plan.n_classes))
+    tile_width = min(4096, max(8, settings.tile_elements // plan.n_classes))
     if plan.inner > 1:
         return True, tile_width, False
-    if plan.n_classes <= _config.cpu_tile_max_classes() and rows >= 2 * tile_width:
+    if plan.n_classes <= settings.tile_max_classes and rows >= 2 * tile_width:
         return True, tile_width, True
     if rows == 0 or rows >= threads:
         return False, 1, False
     return False, max(1, min(-(-threads // rows),
-                             plan.n_classes // _config.cpu_split_min_classes())), False
+                             plan.n_classes // settings.split_min_classes)), False
 
 
 def _rows_as_positions(geom):
@@ -157,7 +158,7 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None):
         out_buffer = out_buffer.view(np.uint16)
     row_value = np.empty(plan.n_rows, plan.loss_dtype)
     row_lse = np.empty(plan.n_rows)
-    tiled, split, swap = _shape(plan)
+    tiled, split, swap = _shape(CPU.current(), plan)
     outer, inner = plan.outer, plan.inner
     if swap:
         outer, inner = 1, outer

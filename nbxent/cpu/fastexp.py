@@ -1,11 +1,11 @@
 """exp and log from arithmetic that LLVM vectorises.
 
 pip's llvmlite has no SVML, so ``math.exp`` in a Numba loop is a scalar libm
-call (about 0.25 G exp/s per thread here) and the loop around it does not
-vectorise. These bodies use only multiplies, adds, floor, selects and an
-integer-to-float bit cast: range reduction x = k ln2 + r with |r| <= ln2/2,
-a polynomial for e^r, and 2^k placed in the exponent bits (about 8 G exp/s
-per thread in float32 with AVX-512).
+call and the loop around it does not vectorise. These bodies use only
+multiplies, adds, floor, selects and an integer-to-float bit cast: range
+reduction x = k ln2 + r with |r| <= ln2/2, a polynomial for e^r, and 2^k placed
+in the exponent bits. The throughput of each is in benchmarks/RESULTS.md
+("Figures moved from docstrings").
 
 Accuracy, measured against float64 (the kernels only take exp of x - max <= 0):
 ``exp32`` within 1.3e-7 relative on [-20, 0] and 3e-7 on [-87, 88.3] (Cephes'

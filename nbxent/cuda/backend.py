@@ -17,7 +17,7 @@ from numba import cuda
 from .._plan import index_error
 from . import _sim, kernels
 from .arrays import Launch, is_cupy
-from .config import settings
+from .config import CUDA
 
 __all__ = ["asarray", "copy_contiguous", "copy_into", "cross_entropy", "normalize"]
 
@@ -73,7 +73,8 @@ def copy_contiguous(x):
         A new C-contiguous array of ``x``'s shape and dtype.
     """
     if is_cupy(x):
-        return __import__("cupy").ascontiguousarray(x)
+        import cupy
+        return cupy.ascontiguousarray(x)
     launch = Launch(x)
     dtype = np.dtype(x.dtype)
     shape = tuple(x.shape)
@@ -99,28 +100,32 @@ def _pow2_at_least(n):
     return p
 
 
-def _config(cfg, plan):
-    """(layout, threads, group, cache K, chunk columns, chunks) for this plan."""
+def _layout(settings, plan):
+    """(layout, threads, group, cache K, chunk columns, chunks) for this plan.
+
+    ``settings`` is a ``nbxent.cuda.config.Settings`` (the thresholds).
+    """
     n_classes, n_rows = plan.n_classes, plan.n_rows
     _, s1, s2 = plan.logits.strides
-    if n_classes <= cfg.warp_max_c:
-        threads = max(32, cfg.threads // 32 * 32)
+    if n_classes <= settings.warp_max_c:
+        threads = max(32, settings.threads // 32 * 32)
         if s1 != 1 and s2 == 1 and plan.inner > 1:
             group = 1  # class axis not last: a thread per row, neighbouring rows coalesce
         else:
-            group = min(32, _pow2_at_least(-(-n_classes // cfg.warp_cache)))
-        return "warp", threads, group, cfg.warp_cache, n_classes, 1
-    block_threads = cfg.block_threads_f64 if plan.dtype == np.float64 else cfg.block_threads
+            group = min(32, _pow2_at_least(-(-n_classes // settings.warp_cache)))
+        return "warp", threads, group, settings.warp_cache, n_classes, 1
+    block_threads = (settings.block_threads_f64 if plan.dtype == np.float64
+                     else settings.block_threads)
     threads = max(32, block_threads // 32 * 32)
-    max_rows = cfg.split_max_rows or _sim.multiprocessor_count()
-    n_chunks = -(-n_classes // max(1, cfg.split_cols))
-    if n_classes >= cfg.split_min_c and n_rows < max_rows and n_chunks > 1:
-        return "split", threads, threads, cfg.block_cache, cfg.split_cols, n_chunks
-    return "block", threads, threads, cfg.block_cache, n_classes, 1
+    max_rows = settings.split_max_rows or _sim.multiprocessor_count()
+    n_chunks = -(-n_classes // max(1, settings.split_cols))
+    if n_classes >= settings.split_min_c and n_rows < max_rows and n_chunks > 1:
+        return "split", threads, threads, settings.block_cache, settings.split_cols, n_chunks
+    return "block", threads, threads, settings.block_cache, n_classes, 1
 
 
-def _max_blocks(cfg):
-    return cfg.max_blocks or 16 * _sim.multiprocessor_count()
+def _max_blocks(settings):
+    return settings.max_blocks or 16 * _sim.multiprocessor_count()
 
 
 # ---------------------------------------------------------------- entry points
@@ -170,7 +175,7 @@ def normalize(plan):
 
 
 def _run(plan):
-    cfg = settings()
+    settings = CUDA.current()
     launch = Launch(plan.logits.array, plan.stream)
     is_ce = plan.op == "cross_entropy"
     index_target = is_ce and plan.target_is_index
@@ -194,15 +199,15 @@ def _run(plan):
 
     if index_target and plan.validate and np.dtype(plan.target.array.dtype) == np.uint64:
         _check_uint64_targets(launch, plan)
-    layout, threads, group, cache, chunk_cols, n_chunks = _config(cfg, plan)
+    layout, threads, group, cache, chunk_cols, n_chunks = _layout(settings, plan)
     if layout == "warp":
-        blocks = min(-(-n_rows // (threads // group)), _max_blocks(cfg))
+        blocks = min(-(-n_rows // (threads // group)), _max_blocks(settings))
         grid = blocks
     elif layout == "block":
-        blocks = min(n_rows, _max_blocks(cfg))
+        blocks = min(n_rows, _max_blocks(settings))
         grid = blocks
     else:
-        row_blocks = min(n_rows, max(1, _max_blocks(cfg) // n_chunks))
+        row_blocks = min(n_rows, max(1, _max_blocks(settings) // n_chunks))
         blocks = n_chunks * row_blocks
         grid = (n_chunks, row_blocks)
 

@@ -1,12 +1,15 @@
-"""Tunables of the CUDA backend, read at each launch so tests can lower them.
+"""Tunables of the CUDA backend: launch parameters and variant thresholds.
 
-Every value can be overridden by an environment variable of the same name with
-the prefix ``NBXENT_CUDA_`` (e.g. ``NBXENT_CUDA_WARP_MAX_C=64``). The simulator
-tests use that to reach every kernel variant with tiny shapes and small blocks.
+``CUDA.current()`` is a frozen ``Settings``, read once at the first launch with
+``NBXENT_CUDA_*`` environment overrides (e.g. ``NBXENT_CUDA_WARP_MAX_C=64``);
+``CUDA.override(warp_max_c=8)`` changes it within a block. The simulator tests
+use that to reach every kernel variant with tiny shapes and small blocks. How
+settings are read and overridden is described in ``nbxent/_config.py``.
 """
 
-import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+
+from .._config import Tunables
 
 
 @dataclass(frozen=True)
@@ -34,19 +37,14 @@ class Settings:
 
 
 #: Defaults under the CUDA simulator, which runs an OS thread per CUDA thread and
-#: the blocks one after another: small blocks and grids keep a launch to ~0.1 s.
+#: the blocks one after another: small blocks and grids keep a launch short.
 SIMULATOR_DEFAULTS = dict(threads=32, block_threads=64, block_threads_f64=64, max_blocks=2)
 
 
-def settings():
-    """The current ``Settings``, with ``NBXENT_CUDA_*`` environment overrides applied.
-
-    Under the simulator the defaults are ``SIMULATOR_DEFAULTS``; variables still win.
-    """
+def _defaults():
+    """``SIMULATOR_DEFAULTS`` under the simulator (variables still win), else none."""
     from ._sim import SIMULATED
-    values = dict(SIMULATOR_DEFAULTS) if SIMULATED else {}
-    for field in fields(Settings):
-        raw = os.environ.get("NBXENT_CUDA_" + field.name.upper())
-        if raw is not None:
-            values[field.name] = int(raw)
-    return Settings(**values)
+    return dict(SIMULATOR_DEFAULTS) if SIMULATED else {}
+
+
+CUDA = Tunables(Settings, "NBXENT_CUDA_", _defaults)

@@ -6,9 +6,10 @@ through ``cuda.core.Linker`` (registers, spills, stack from its verbose log),
 and to PTX, which is scanned for float64 arithmetic in float16/float32 kernels
 (the ``float32 / int64`` trap). Must not run under ``NUMBA_ENABLE_CUDASIM``.
 
-Usage::
+A development tool, not part of the installed package; ``tests/test_ptx.py`` runs it.
+Usage, from the repository root with nbxent importable (``pip install -e .``)::
 
-    python -m nbxent.cuda.ptx_report [--cc 8.0 9.0] [--jobs 2] [--json FILE] [--markdown]
+    python benchmarks/ptx_report.py [--cc 8.0 9.0] [--jobs 2] [--json FILE] [--markdown]
 
 Exit status 1 when a kernel fails to compile, spills, or does f64 arithmetic
 where it must not; the table goes to stdout either way.
