@@ -18,7 +18,8 @@ import pytest
 
 import nbxent
 
-pytestmark = pytest.mark.ptx
+# Compiles every CUDA kernel variant (minutes): left out of the quick subset.
+pytestmark = [pytest.mark.ptx, pytest.mark.slow]
 
 PTX_REPORT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "ptx_report.py"
 
