@@ -229,8 +229,8 @@ def logsumexp(x, axis=-1, *, backend=None, stream=None):
     Examples
     --------
     >>> import numpy as np, nbxent
-    >>> nbxent.logsumexp(np.array([[0.0, 0.0], [1000.0, 1000.0]]))
-    array([   0.69314718, 1000.69314718])
+    >>> nbxent.logsumexp(np.array([[0.0, 0.0], [1000.0, 1000.0]])).round(6).tolist()
+    [0.693147, 1000.693147]
     """
     return _normalize("logsumexp", x, axis, backend=backend, stream=stream)
 
