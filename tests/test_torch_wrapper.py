@@ -1,0 +1,329 @@
+"""nbxent.torch: the PyTorch loss (function, module, custom operator) against
+torch.nn.functional.cross_entropy, forward and backward. Skipped when torch is not
+installed."""
+
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import assert_close
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+nbxent_torch = pytest.importorskip("nbxent.torch")
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# (input shape, index target shape): rows, an NCHW map (classes on dim 1), one sample
+# without a batch dimension.
+SHAPES = [
+    pytest.param((7, 5), (7,), id="rows"),
+    pytest.param((2, 5, 3, 4), (2, 3, 4), id="nchw"),
+    pytest.param((6,), (), id="1d"),
+]
+# (form, weighted, label_smoothing)
+OPTIONS = [
+    pytest.param("index", False, 0.0, id="index"),
+    pytest.param("index", True, 0.15, id="index-weighted-smoothed"),
+    pytest.param("prob", False, 0.0, id="prob"),
+    pytest.param("prob", True, 0.15, id="prob-weighted-smoothed"),
+]
+
+
+def _inputs(rng, shape, target_shape, form, weighted, dtype):
+    """(logits, target, weight) as tensors; a quarter of index targets are ignored."""
+    n_classes = shape[1] if len(shape) > 1 else shape[0]
+    logits = torch.tensor(rng.normal(0.0, 3.0, shape), dtype=dtype)
+    if form == "index":
+        target = rng.integers(0, n_classes, target_shape)
+        target = np.where(rng.random(target_shape) < 0.25, -100, target)
+        if not target_shape:  # keep the lone sample of a 1-D input counted
+            target = np.asarray(rng.integers(0, n_classes))
+        target = torch.tensor(target, dtype=torch.int64)
+    else:
+        probs = rng.dirichlet(np.ones(n_classes), size=int(np.prod(target_shape)))
+        probs = probs.reshape(target_shape + (n_classes,))
+        target = torch.tensor(np.moveaxis(probs, -1, 1 if len(shape) > 1 else 0), dtype=dtype)
+    weight = torch.tensor(rng.uniform(0.3, 2.0, n_classes), dtype=dtype) if weighted else None
+    return logits, target, weight
+
+
+def _upstream(rng, loss_shape, reduction, dtype):
+    """A random upstream gradient ('none': one per row), as a later layer would send."""
+    if reduction == "none":
+        return torch.tensor(rng.uniform(-1.0, 1.0, loss_shape), dtype=dtype)
+    return torch.tensor(0.5, dtype=dtype)
+
+
+def _loss_and_grad(fn, logits, target, upstream, **options):
+    x = logits.detach().clone().requires_grad_(True)
+    loss = fn(x, target, **options)
+    loss.backward(upstream)
+    return loss.detach(), x.grad
+
+
+def _torch_float64(logits, target, weight, upstream, **options):
+    """torch's loss and gradient, computed in float64 from the same values."""
+    target = target if not target.is_floating_point() else target.double()
+    weight = None if weight is None else weight.double()
+    loss, grad = _loss_and_grad(F.cross_entropy, logits.double(), target, upstream.double(),
+                                weight=weight, **options)
+    return loss.numpy(), grad.numpy()
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("form,weighted,label_smoothing", OPTIONS)
+@pytest.mark.parametrize("shape,target_shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_forward_and_backward_match_torch(rng, dtype, shape, target_shape, form, weighted,
+                                          label_smoothing, reduction):
+    logits, target, weight = _inputs(rng, shape, target_shape, form, weighted, dtype)
+    options = dict(reduction=reduction, label_smoothing=label_smoothing)
+    upstream = _upstream(rng, target_shape, reduction, dtype)
+    loss, grad = _loss_and_grad(nbxent_torch.cross_entropy, logits, target, upstream,
+                                weight=weight, **options)
+    expected_loss, expected_grad = _torch_float64(logits, target, weight, upstream, **options)
+    np_dtype = np.dtype(str(dtype).removeprefix("torch."))
+    assert loss.dtype == dtype and grad.dtype == dtype
+    assert_close(loss.numpy(), expected_loss, np_dtype, "loss")
+    assert_close(grad.numpy(), expected_grad, np_dtype, "grad")
+
+
+def test_ignore_index_other_than_default(rng):
+    logits, _, weight = _inputs(rng, (9, 4), (9,), "index", True, torch.float64)
+    target = torch.tensor([0, 3, 255, 1, 255, 2, 0, 3, 1])
+    options = dict(ignore_index=255)
+    upstream = torch.tensor(1.0, dtype=torch.float64)
+    loss, grad = _loss_and_grad(nbxent_torch.cross_entropy, logits, target, upstream,
+                                weight=weight, **options)
+    expected_loss, expected_grad = _torch_float64(logits, target, weight, upstream, **options)
+    assert_close(loss.numpy(), expected_loss, np.dtype(np.float64), "loss")
+    assert_close(grad.numpy(), expected_grad, np.dtype(np.float64), "grad")
+    assert (grad[target == 255] == 0).all()
+
+
+@pytest.mark.parametrize("extra", [{"z_loss": 1e-3}, {"softcap": 4.0}], ids=["z_loss", "softcap"])
+def test_z_loss_and_softcap_match_torch_composites(rng, extra):
+    logits, target, _ = _inputs(rng, (7, 5), (7,), "index", False, torch.float64)
+
+    def composite(x, t, z_loss=0.0, softcap=None):
+        x = x if softcap is None else softcap * torch.tanh(x / softcap)
+        valid = t != -100
+        z_rows = torch.where(valid, torch.logsumexp(x, dim=1), 0.0) ** 2
+        return F.cross_entropy(x, t) + z_loss * z_rows.sum() / valid.sum()
+
+    upstream = torch.tensor(1.0, dtype=torch.float64)
+    loss, grad = _loss_and_grad(nbxent_torch.cross_entropy, logits, target, upstream, **extra)
+    expected_loss, expected_grad = _loss_and_grad(composite, logits, target, upstream, **extra)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("reduction,form,weighted,label_smoothing", [
+    ("mean", "index", True, 0.15), ("none", "index", False, 0.0), ("sum", "prob", False, 0.0)])
+def test_gradcheck_float64(rng, reduction, form, weighted, label_smoothing):
+    logits, target, weight = _inputs(rng, (4, 5), (4,), form, weighted, torch.float64)
+    x = logits.clone().requires_grad_(True)
+
+    def loss(x):
+        return nbxent_torch.cross_entropy(x, target, weight=weight, reduction=reduction,
+                                          label_smoothing=label_smoothing)
+
+    assert torch.autograd.gradcheck(loss, (x,), eps=1e-6, atol=1e-8)
+
+
+def test_module_matches_torch_module(rng):
+    logits, target, weight = _inputs(rng, (7, 5), (7,), "index", True, torch.float32)
+    ours = nbxent_torch.CrossEntropyLoss(weight=weight, label_smoothing=0.15)
+    theirs = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=0.15)
+    upstream = torch.tensor(1.0)
+    loss, grad = _loss_and_grad(ours, logits, target, upstream)
+    expected_loss, expected_grad = _loss_and_grad(theirs, logits, target, upstream)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-6)
+    assert set(ours.state_dict()) == {"weight"}  # a buffer, as in torch
+    assert "label_smoothing=0.15" in repr(ours)
+
+
+def test_without_autograd_gives_the_loss(rng):
+    logits, target, _ = _inputs(rng, (7, 5), (7,), "index", False, torch.float64)
+    with torch.no_grad():
+        loss = nbxent_torch.cross_entropy(logits.requires_grad_(True), target, reduction="none")
+    assert not loss.requires_grad
+    torch.testing.assert_close(loss, F.cross_entropy(logits.detach(), target, reduction="none"))
+
+
+def test_non_contiguous_input(rng):
+    base = torch.tensor(rng.normal(0.0, 3.0, (5, 14)))
+    logits = base[:, ::2].t()  # (7, 5), neither row- nor column-contiguous
+    target = torch.tensor(rng.integers(0, 5, 7))
+    upstream = torch.tensor(1.0, dtype=torch.float64)
+    loss, grad = _loss_and_grad(nbxent_torch.cross_entropy, logits, target, upstream)
+    logits = logits.detach().requires_grad_(True)
+    expected = F.cross_entropy(logits, target)
+    expected.backward()
+    torch.testing.assert_close(loss, expected.detach())
+    torch.testing.assert_close(grad, logits.grad)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_inplace_backward_overwrites_the_logits_with_the_gradient(rng, reduction):
+    logits, target, _ = _inputs(rng, (7, 5), (7,), "index", False, torch.float64)
+    upstream = _upstream(rng, (7,), reduction, torch.float64)
+    expected_loss, expected_grad = _loss_and_grad(F.cross_entropy, logits, target, upstream,
+                                                  reduction=reduction)
+    x = logits.clone().requires_grad_(True)
+    storage = x.data_ptr()
+    loss = nbxent_torch.cross_entropy(x, target, reduction=reduction, inplace_backward=True)
+    loss.backward(upstream)
+    torch.testing.assert_close(loss.detach(), expected_loss)
+    torch.testing.assert_close(x.grad, expected_grad)
+    assert x.grad.data_ptr() == storage  # no second N×C buffer
+    torch.testing.assert_close(x.detach(), expected_grad)  # the logits are gone
+
+
+def test_inplace_backward_through_a_linear_layer(rng):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 5).double()
+    features = torch.tensor(rng.normal(size=(7, 6)))
+    target = torch.tensor(rng.integers(0, 5, 7))
+    grads = []
+    for loss_fn in (F.cross_entropy,
+                    lambda x, t: nbxent_torch.cross_entropy(x, t, inplace_backward=True)):
+        layer.zero_grad()
+        loss_fn(layer(features), target).backward()
+        grads.append([p.grad.clone() for p in layer.parameters()])
+    for ours, theirs in zip(grads[1], grads[0]):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_inplace_backward_after_an_op_that_saved_its_output_fails_loudly(rng):
+    x = torch.tensor(rng.normal(size=(4, 5)), requires_grad=True)
+    logits = torch.exp(x)  # exp's backward needs its output, which the gradient overwrites
+    loss = nbxent_torch.cross_entropy(logits, torch.tensor([0, 1, 2, 3]), inplace_backward=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_float16(rng):
+    logits, target, _ = _inputs(rng, (7, 5), (7,), "index", False, torch.float16)
+    upstream = torch.tensor(1.0, dtype=torch.float16)
+    loss, grad = _loss_and_grad(nbxent_torch.cross_entropy, logits, target, upstream)
+    expected_loss, expected_grad = _torch_float64(logits, target, None, upstream)
+    assert loss.dtype == torch.float16 and grad.dtype == torch.float16  # as torch returns
+    np.testing.assert_allclose(loss.double().numpy(), expected_loss, rtol=1e-3)
+    assert_close(grad.numpy(), expected_grad, np.dtype(np.float16), "grad")
+
+
+def test_bfloat16_is_a_clear_type_error():
+    logits = torch.zeros(3, 4, dtype=torch.bfloat16, requires_grad=True)
+    with pytest.raises(TypeError, match=r"float16, float32 or float64; got torch\.bfloat16.*"
+                                        r"input\.float\(\)"):
+        nbxent_torch.cross_entropy(logits, torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda x, t: nbxent_torch.cross_entropy(x, t[:2]), ValueError,
+     r"class-index target of shape \(2,\) does not fit logits of shape \(3, 4\)"),
+    (lambda x, t: nbxent_torch.cross_entropy(x, t + 2), ValueError, "4"),
+    (lambda x, t: nbxent_torch.cross_entropy(x, t, reduction="avg"), ValueError, "reduction"),
+    (lambda x, t: nbxent_torch.cross_entropy(x, t, label_smoothing=1.5), ValueError,
+     r"label_smoothing must be in \[0, 1\]"),
+    (lambda x, t: nbxent_torch.cross_entropy(x, t, weight=torch.ones(3)), ValueError, "weight"),
+    (lambda x, t: nbxent_torch.cross_entropy(x, t.float()), ValueError, "probability target"),
+], ids=["target-shape", "index-out-of-range", "reduction", "label_smoothing", "weight-shape",
+        "prob-target-shape"])
+def test_bad_input_gets_nbxent_errors(call, error, match):
+    logits = torch.zeros(3, 4, requires_grad=True)
+    with pytest.raises(error, match=match):
+        call(logits, torch.tensor([0, 1, 2]))
+
+
+def test_bad_index_leaves_the_logits_alone_with_inplace_backward(rng):
+    logits = torch.tensor(rng.normal(size=(3, 4)), requires_grad=True)
+    before = logits.detach().clone()
+    with pytest.raises(ValueError):
+        nbxent_torch.cross_entropy(logits, torch.tensor([0, 9, 1]), inplace_backward=True)
+    assert torch.equal(logits.detach(), before)
+
+
+def test_target_requiring_grad_is_refused(rng):
+    logits, target, _ = _inputs(rng, (3, 4), (3,), "prob", False, torch.float64)
+    with pytest.raises(RuntimeError, match="target requires grad"):
+        nbxent_torch.cross_entropy(logits.requires_grad_(True), target.requires_grad_(True))
+
+
+class _TinyModel(torch.nn.Module):
+    """Softmax regression whose forward returns the loss, as training loops compile it."""
+
+    def __init__(self, inplace_backward):
+        super().__init__()
+        self.linear = torch.nn.Linear(6, 5)
+        self.criterion = nbxent_torch.CrossEntropyLoss(label_smoothing=0.15,
+                                                       inplace_backward=inplace_backward)
+
+    def forward(self, features, target):
+        return self.criterion(self.linear(features), target)
+
+
+@pytest.mark.parametrize("inplace_backward", [False, True], ids=["saved", "inplace"])
+def test_torch_compile_fullgraph(rng, inplace_backward):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _TinyModel(inplace_backward)
+    features = torch.tensor(rng.normal(size=(7, 6)), dtype=torch.float32)
+    target = torch.tensor(rng.integers(0, 5, 7))
+    expected = model(features, target)
+    expected.backward()
+    expected_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    # aot_eager: the capture inductor gets (Dynamo, AOTAutograd tracing forward and
+    # backward through the fake implementation), without compiling C++ for a tiny model.
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    loss = compiled(features, target)
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), expected.detach())
+    for param, grad in zip(model.parameters(), expected_grads):
+        torch.testing.assert_close(param.grad, grad)
+
+
+def test_custom_operator_is_registered_with_a_fake_implementation():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        logits = torch.empty(2, 5, 3, 4)
+        target = torch.empty(2, 3, 4, dtype=torch.int64)
+        loss, grad = torch.ops.nbxent.cross_entropy_with_grad(
+            logits, target, None, 1, -100, "none", 0.0, 0.0, None)
+    assert loss.shape == (2, 3, 4) and grad.shape == logits.shape
+    torch.library.opcheck(torch.ops.nbxent.cross_entropy_with_grad.default,
+                          (torch.randn(3, 4), torch.tensor([0, 1, 2]), None, 1, -100, "mean",
+                           0.0, 0.0, None))
+
+
+@pytest.mark.cuda
+def test_cuda_tensors(rng):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible to torch")
+    logits, target, weight = _inputs(rng, (33, 70), (33,), "index", True, torch.float32)
+    upstream = torch.tensor(0.5)
+    options = dict(weight=weight, label_smoothing=0.15)
+    expected_loss, expected_grad = _loss_and_grad(F.cross_entropy, logits, target, upstream,
+                                                  **options)
+    device_options = dict(options, weight=weight.cuda())
+    loss, grad = _loss_and_grad(nbxent_torch.cross_entropy, logits.cuda(), target.cuda(),
+                                upstream.cuda(), **device_options)
+    assert loss.is_cuda and grad.is_cuda
+    torch.testing.assert_close(loss.cpu(), expected_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad.cpu(), expected_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_digits_example_runs():
+    pytest.importorskip("sklearn")
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "torch_digits.py"),
+                             "--epochs", "2"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "loss curves agree" in result.stdout
