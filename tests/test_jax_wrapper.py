@@ -1,0 +1,242 @@
+"""nbxent.jax.cross_entropy inside JAX: values and gradients against the optax formulas
+written with jax.nn.log_softmax (PyTorch's semantics for weights, ignore_index and
+smoothing), under jit, grad and vmap, in float32 and float64. Skipped without JAX."""
+
+import numpy as np
+import pytest
+
+from _cases import make_index_target, make_logits, make_prob_target
+from conftest import assert_close
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+
+from nbxent.jax import cross_entropy  # noqa: E402 (needs jax)
+
+
+@pytest.fixture(params=[np.dtype(np.float32), np.dtype(np.float64)], ids=["float32", "float64"])
+def dtype(request):
+    """The logits' dtype; float64 turns on jax_enable_x64 for the test, and restores it."""
+    was_x64 = bool(jax.config.jax_enable_x64)
+    jax.config.update("jax_enable_x64", request.param == np.float64)
+    yield request.param
+    jax.config.update("jax_enable_x64", was_x64)
+
+
+def reference(logits, labels, *, axis=-1, weight=None, ignore_index=-100, reduction="mean",
+              label_smoothing=0.0, z_loss=0.0, softcap=None):
+    """The loss in plain JAX: optax's log_softmax formulas with PyTorch's options."""
+    x = jnp.moveaxis(logits, axis, -1)
+    if softcap is not None:
+        x = softcap * jnp.tanh(x / softcap)
+    n_classes = x.shape[-1]
+    log_p = jax.nn.log_softmax(x, axis=-1)
+    lse = jax.nn.logsumexp(x, axis=-1)
+    w = jnp.ones(n_classes, x.dtype) if weight is None else weight.astype(x.dtype)
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        valid = labels != ignore_index
+        safe = jnp.where(valid, labels, 0)
+        nll = -jnp.take_along_axis(log_p, safe[..., None], axis=-1)[..., 0] * w[safe]
+        smooth = -(log_p * w).sum(-1)
+        rows = jnp.where(valid, (1 - label_smoothing) * nll
+                         + label_smoothing / n_classes * smooth, 0)
+        z_rows = jnp.where(valid, z_loss * lse ** 2, 0)
+        denominator = jnp.where(valid, w[safe], 0).sum()
+        n_valid = valid.sum()
+    else:
+        q = jnp.moveaxis(labels, axis, -1) * (1 - label_smoothing) + label_smoothing / n_classes
+        rows = -(q * log_p * w).sum(-1)
+        z_rows = z_loss * lse ** 2
+        denominator = n_valid = rows.size
+    if reduction == "none":
+        return rows + z_rows
+    if reduction == "sum":
+        return (rows + z_rows).sum()
+    return rows.sum() / denominator + z_rows.sum() / n_valid
+
+
+# Option sets the rest of the suite compiles kernels for (tests/_cases.py OPTIONS).
+CASES = {
+    "plain": dict(),
+    "weight-smooth-ignore": dict(weight=True, ignored=0.3, label_smoothing=0.2),
+    "everything": dict(weight=True, ignored=0.3, label_smoothing=0.2, z_loss=1e-3, softcap=5.0),
+    "prob": dict(prob=True),
+    "prob-weight-smooth": dict(prob=True, weight=True, label_smoothing=0.15),
+}
+SHAPE_CASES = [pytest.param((7, 5), -1, case, id=f"7x5-{case}") for case in CASES] + [
+    pytest.param((2, 3, 4), 1, case, id=f"2x3x4-axis1-{case}")
+    for case in ("everything", "prob-weight-smooth")]
+
+
+def _inputs(rng, shape, axis, dtype, case):
+    case = dict(CASES[case])
+    logits = make_logits(rng, shape, dtype)
+    if case.pop("prob", False):
+        labels = make_prob_target(rng, shape, axis).astype(dtype)
+    else:
+        labels = make_index_target(rng, shape, axis, ignored=case.pop("ignored", 0.0))
+    case.pop("ignored", None)
+    if case.pop("weight", False):
+        case["weight"] = jnp.asarray(rng.uniform(0.25, 2.0, shape[axis]).astype(dtype))
+    return jnp.asarray(logits), jnp.asarray(labels), dict(axis=axis, **case)
+
+
+def _objective(fn, cotangent, **options):
+    """Loss to differentiate: the loss itself, or <loss, cotangent> for 'none'."""
+    if options["reduction"] == "none":
+        return lambda x, y: jnp.sum(fn(x, y, **options) * cotangent)
+    return lambda x, y: fn(x, y, **options) * cotangent
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shape,axis,case", SHAPE_CASES)
+def test_loss_and_grad_match_formulas(rng, dtype, shape, axis, case, reduction):
+    logits, labels, options = _inputs(rng, shape, axis, dtype, case)
+    options["reduction"] = reduction
+    rows_shape = tuple(np.delete(np.array(shape), axis % len(shape)))
+    cotangent = jnp.asarray(rng.uniform(-1, 1, rows_shape if reduction == "none" else ())
+                            .astype(dtype))
+    expected_loss = reference(logits, labels, **options)
+    argnums = (0, 1) if jnp.issubdtype(labels.dtype, jnp.floating) else 0
+    objective = _objective(cross_entropy, cotangent, **options)
+    loss, grads = jax.jit(jax.value_and_grad(objective, argnums))(logits, labels)
+    expected = jax.grad(_objective(reference, cotangent, **options), argnums)(logits, labels)
+    if options["reduction"] == "none":
+        expected_loss = jnp.sum(expected_loss * cotangent)
+        assert_close(loss, expected_loss, dtype, "loss", check_dtype=False)
+    else:
+        assert_close(loss, expected_loss * cotangent, dtype, "loss", check_dtype=False)
+    if argnums == 0:
+        grads, expected = (grads,), (expected,)
+    for got, want in zip(grads, expected):
+        assert_close(got, want, dtype, "grad")
+
+
+def test_eager_call_matches_jit_and_value_and_grad(rng, dtype):
+    logits, labels, options = _inputs(rng, (7, 5), -1, dtype, "weight-smooth-ignore")
+    eager = cross_entropy(logits, labels, **options)
+    assert isinstance(eager, jax.Array)
+    loss, grad = jax.jit(jax.value_and_grad(lambda x: cross_entropy(x, labels, **options)))(logits)
+    assert_close(eager, loss, dtype, "loss")
+    assert_close(eager, reference(logits, labels, **options), dtype, "loss")
+    assert grad.dtype == dtype and grad.shape == logits.shape
+
+
+def test_numpy_inputs(rng):
+    logits = make_logits(rng, (7, 5), np.float32)
+    labels = make_index_target(rng, (7, 5), -1)
+    loss = cross_entropy(logits, labels)
+    assert_close(loss, reference(jnp.asarray(logits), jnp.asarray(labels)), np.float32, "loss")
+
+
+def test_ignored_rows_get_zero_gradient(rng, dtype):
+    logits, labels, options = _inputs(rng, (7, 5), -1, dtype, "weight-smooth-ignore")
+    labels = labels.at[2].set(-100)
+    grad = jax.jit(jax.grad(lambda x: cross_entropy(x, labels, **options)))(logits)
+    ignored = np.asarray(labels) == -100
+    assert np.all(np.asarray(grad)[ignored] == 0)
+    assert np.all(np.asarray(grad)[~ignored] != 0)
+
+
+def test_integer_labels_get_a_zero_cotangent(rng, dtype):
+    logits, labels, _ = _inputs(rng, (7, 5), -1, dtype, "plain")
+    loss, vjp = jax.vjp(cross_entropy, logits, labels)
+    grad_logits, grad_labels = vjp(jnp.ones_like(loss))
+    assert grad_logits.shape == logits.shape
+    assert grad_labels.dtype == jax.dtypes.float0
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_vmap_over_a_batch_of_logits(rng, dtype, reduction):
+    shape, batch = (7, 5), 3
+    logits = jnp.asarray(make_logits(rng, (batch, *shape), dtype))
+    labels = jnp.asarray(make_index_target(rng, shape, -1, ignored=0.3))
+    weight = jnp.asarray(rng.uniform(0.25, 2.0, shape[-1]).astype(dtype))
+    options = dict(weight=weight, reduction=reduction, label_smoothing=0.1)
+
+    def loss_of(x):
+        return jnp.sum(cross_entropy(x, labels, **options))
+
+    def reference_of(x):
+        return jnp.sum(reference(x, labels, **options))
+
+    losses = jax.jit(jax.vmap(loss_of))(logits)
+    grads = jax.jit(jax.vmap(jax.grad(loss_of)))(logits)
+    for b in range(batch):
+        assert_close(losses[b], reference_of(logits[b]), dtype, "loss")
+        assert_close(grads[b], jax.grad(reference_of)(logits[b]), dtype, "grad")
+
+
+def test_vmap_over_logits_labels_and_weight(rng, dtype):
+    shape, batch = (7, 5), 2
+    logits = jnp.asarray(make_logits(rng, (batch, *shape), dtype))
+    labels = jnp.asarray(np.stack([make_index_target(rng, shape, -1) for _ in range(batch)]))
+    weight = jnp.asarray(rng.uniform(0.25, 2.0, (batch, shape[-1])).astype(dtype))
+    for reduction in ("mean", "none"):
+        got = jax.vmap(lambda x, y, w: cross_entropy(x, y, weight=w, reduction=reduction))(
+            logits, labels, weight)
+        for b in range(batch):
+            assert_close(got[b], reference(logits[b], labels[b], weight=weight[b],
+                                           reduction=reduction), dtype, "loss")
+
+
+def test_bfloat16_logits_are_computed_in_float32(rng):
+    logits = jnp.asarray(make_logits(rng, (7, 5), np.float32)).astype(jnp.bfloat16)
+    labels = jnp.asarray(make_index_target(rng, (7, 5), -1))
+    loss, grad = jax.value_and_grad(cross_entropy)(logits, labels)
+    assert loss.dtype == jnp.float32 and grad.dtype == jnp.bfloat16
+    expected = reference(logits.astype(jnp.float32), labels)
+    assert_close(loss, expected, np.float32, "loss")
+
+
+# --------------------------------------------------------------- unsupported input
+
+def test_unsupported_dtype_and_options_are_clear_errors():
+    logits, labels = jnp.zeros((2, 3)), jnp.array([0, 1])
+    with pytest.raises(TypeError, match="logits"):
+        cross_entropy(jnp.zeros((2, 3), jnp.int32), labels)
+    with pytest.raises(ValueError, match="reduction"):
+        cross_entropy(logits, labels, reduction="avg")
+    with pytest.raises(ValueError, match=r"\(3,\)"):
+        jax.jit(cross_entropy)(logits, jnp.array([0, 1, 2]))
+
+
+def test_bad_class_index(rng):
+    logits, labels = jnp.zeros((2, 3)), jnp.array([0, 5])
+    with pytest.raises(ValueError, match="not a class index"):
+        cross_entropy(logits, labels)
+    with pytest.raises(Exception, match="not a class index"):  # JAX's runtime error wraps it
+        jax.block_until_ready(jax.jit(cross_entropy)(logits, labels))
+
+
+def test_gradient_with_respect_to_weight_is_refused():
+    logits, labels, weight = jnp.zeros((2, 3)), jnp.array([0, 1]), jnp.ones(3)
+    with pytest.raises(NotImplementedError, match="weight"):
+        jax.grad(lambda w: cross_entropy(logits, labels, weight=w))(weight)
+
+
+class _FakeDevice:
+    platform = "gpu"
+
+
+class _FakeGpuArray:
+    """Stands in for a JAX array held on a GPU (no GPU is needed to test the check)."""
+    shape, dtype = (2, 3), np.dtype(np.float32)
+
+    def devices(self):
+        return {_FakeDevice()}
+
+
+def test_arrays_on_a_gpu_are_refused():
+    with pytest.raises(TypeError, match="CPU backend only.*logits is on gpu"):
+        cross_entropy(_FakeGpuArray(), jnp.array([0, 1]))
+
+
+def test_docstring_examples():
+    import doctest
+
+    import nbxent.jax
+
+    failures, tried = doctest.testmod(nbxent.jax, optionflags=doctest.ELLIPSIS)
+    assert tried > 0
+    assert failures == 0
