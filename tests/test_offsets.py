@@ -55,7 +55,12 @@ def _cases(dtypes, layouts, option_ids):
 
 DTYPES = [np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)]
 CASES = _cases(DTYPES, LAYOUTS, OPTION_IDS)
-SMALL_CASES = _cases(DTYPES, SMALL_LAYOUTS, ["plain", "prob-weight-smooth"])
+# The simulator is slow (a launch takes tenths of a second): the largest offset of each
+# dtype, both layouts, index and probability targets.
+SMALL_CASES = [pytest.param(dtype, _offsets(dtype)[-1], *layout.values, option_id,
+                            id=f"{dtype.name}-{_offsets(dtype)[-1]:g}-{layout.id}-{option_id}")
+               for dtype in DTYPES for layout in SMALL_LAYOUTS
+               for option_id in ("plain", "prob-weight-smooth")]
 
 
 def _inputs(rng, dtype, offset, shape, axis, option_id):
