@@ -306,9 +306,9 @@ def cross_entropy(logits, labels, *, axis=-1, weight=None, ignore_index=-100,
     (the N×C gradient included) into XLA's buffers, and the backward's scaling is one
     more pass (measured: benchmarks/RESULTS.md, "JAX: the host callback's cost").
 
-    So inside ``jax.jit`` this path matches XLA's own fused formula at large shapes and
-    is slower at small ones; its use is nbxent's options and exactness (``z_loss``,
-    ``softcap``, ``ignore_index``, weights, every magnitude) with one code path. A call
+    So inside ``jax.jit`` this path is slower than XLA's own formula; its use is
+    nbxent's options and exactness (``z_loss``, ``softcap``, ``ignore_index``,
+    weights, every magnitude) with one code path. A call
     on concrete arrays outside any transformation runs at nbxent's own speed. An XLA
     FFI handler reading and writing JAX's buffers in place would remove the copies.
 
