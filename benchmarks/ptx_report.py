@@ -37,22 +37,23 @@ def _signature(name, dtype):
     logit = types.float16 if dtype == "float16" else getattr(types, dtype)
     acc = types.float64 if dtype == "float64" else types.float32
     arr = lambda t: types.Array(t, 1, "C")  # noqa: E731
+    geom = types.UniTuple(types.int64, len(kernels.Geometry._fields))
+    dims = types.UniTuple(types.int64, len(kernels.Dims._fields))
     if name == "denominator":
-        dims = types.UniTuple(types.int64, 9)
         return kernels.denominator_kernel(dtype == "float64", True), (
-            arr(types.int64), arr(types.float32), arr(acc), arr(types.int64), dims)
+            arr(types.int64), geom, arr(types.float32), geom, arr(acc), arr(types.int64), dims)
     if name == "copy":
         tup = types.UniTuple(types.int64, 3)
         return kernels.copy_kernel(3), (arr(logit), arr(logit), tup, tup, types.int64)
     variant = dict(kernels.VARIANTS)[name]._replace(acc64=dtype == "float64")
-    target = {"index": types.int64, "prob": logit}.get(variant.target, logit)
+    target = {kernels.TargetKind.INDEX: types.int64}.get(variant.target, logit)
     weight = types.float32 if variant.has_weight else logit
     grad_output = types.float32 if variant.has_grad_output else logit
     # the loss array is float32 (float64 for f64 logits), or acc_ws standing in: acc either way
-    return kernels.row_kernel(variant), (
-        arr(logit), arr(target), arr(weight), arr(grad_output), arr(acc), arr(logit),
-        arr(acc), arr(types.int64), types.UniTuple(types.int64, len(kernels.DIMS)),
-        types.UniTuple(acc, len(kernels.COEF)))
+    return kernels.kernel_for(variant), (
+        arr(logit), geom, arr(target), geom, arr(weight), geom, arr(grad_output), geom,
+        arr(acc), arr(logit), geom, arr(acc), arr(types.int64), dims,
+        types.UniTuple(acc, len(kernels.Scalars._fields)))
 
 
 def _parse_log(log):

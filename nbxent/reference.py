@@ -5,6 +5,53 @@ Every kernel of nbxent is tested against these functions. They follow PyTorch's
 ``axis`` in place of torch's class dimension 1, and add ``z_loss`` and
 ``softcap`` as README.md ("Semantics") defines them. Nothing here imports from nbxent, and
 nothing here is fast: whole N×C temporaries are fine.
+
+Notation
+--------
+The symbols of one row, with the names the kernels of every backend give them:
+
+=============  ===========  ================================================================
+m              row_max      max_c x_c, the shift of the exponentials (0 where not finite)
+e_c                         exp(x_c - m)
+s, log s       sum_exp,     sum_c e_c, and its log
+               log_sum
+lse            lse          m + log s = log sum_c exp(x_c)
+p_c            p            e_c / s = exp((x_c - m) - log s), the softmax
+w_c            weight       class weights (1 without ``weight``)
+t, w_t, x_t    t, t_weight, the target class index, its weight and its logit
+               t_logit
+q_c            q            target distribution: ((1 - eps)[c == t] + eps/C) w_c for an
+                            index t, ((1 - eps) y_c + eps/C) w_c for probabilities y
+               t_mass       (1 - eps) w_t, the index target's own term of q (0 for y)
+q~_c           class_q      q_c - t_mass [c == t]: the part of q summed class by class
+r              ref          reference logit: the row's first logit if finite, else 0
+               mass         sum_c q~_c
+               moment       sum_c q~_c (x_c - r); for the entropy, sum_c e_c (x_c - m)
+               spread       sum_c q~_c (lse - x_c) = mass (lse - r) - moment
+Q              row_mass     sum_c q_c = t_mass + mass
+D, N                        'mean' denominators: the summed w_t of the counted rows (the
+                            row count for probabilities), and the number of counted rows
+g, g_ce, g_z   g, g_ce, g_z upstream gradient (grad_output times a constant scale); g / D
+                            and g / N under 'mean', else g
+               p_coef,      g_ce Q + 2 z_loss g_z lse, and g_ce t_mass
+               t_coef
+=============  ===========  ================================================================
+
+A counted row has a target that is not ``ignore_index`` and lies in [0, C); other
+rows give 0. Soft cap a: the raw logits z become x_c = a tanh(z_c / a) first.
+
+- loss: log p_c = x_c - lse, so ce = -sum_c q_c log p_c = sum_c q_c (lse - x_c)
+  = t_mass ((m - x_t) + log s) + spread; spread is taken as mass (lse - r) - moment,
+  whose two terms do not cancel when the logits are large.
+- gradient: d lse / dx_j = p_j, so d ce / dx_j = Q p_j - q_j.
+- z-loss: z_loss lse**2, so its gradient is 2 z_loss lse p_j.
+- the gradient the kernels write: (p_coef p_j - g_ce q~_j - t_coef [j == t]) cap'_j, where
+  cap'_j = dx_j / dz_j = 1 - tanh(z_j / a)**2 = 1 - (x_j / a)**2 (1 without a cap).
+- entropy: H = -sum_c p_c log p_c = sum_c p_c (lse - x_c) = log s - moment / s.
+- online softmax: for a larger max m', s becomes s exp(m - m') and the entropy's moment
+  (moment + (m - m') s) exp(m - m'); partials over two sets of classes merge so, while
+  mass and the cross-entropy's moment (taken from a fixed r) add.
+- 'sum' adds the rows; 'mean' divides the cross-entropy sum by D and the z-loss sum by N.
 """
 
 import numpy as np

@@ -14,6 +14,7 @@ thread's share of a row fits its registers (``Settings.warp_cache`` /
 import numpy as np
 from numba import cuda
 
+from .._kinds import TargetKind
 from .._plan import index_error
 from . import _sim, kernels
 from .arrays import Launch, is_cupy
@@ -124,6 +125,14 @@ def _layout(settings, plan):
     return "block", threads, threads, settings.block_cache, n_classes, 1
 
 
+def _flat(launch, view, strides):
+    """(flat buffer, Geometry) of a plan's array view; ``strides`` are its
+    (s_outer, s_class, s_inner), 0 along an axis the view lacks."""
+    flat, offset = launch.flat(view.array, view.shape, view.strides)
+    s_outer, s_class, s_inner = strides
+    return flat, kernels.Geometry(int(offset), int(s_outer), int(s_class), int(s_inner))
+
+
 def _max_blocks(settings):
     return settings.max_blocks or 16 * _sim.multiprocessor_count()
 
@@ -219,84 +228,93 @@ def _run(plan):
                           np.int64)
     acc_flat, int_flat = launch.flat_all(acc_ws), launch.flat_all(int_ws)
 
-    logits, lg_off = launch.flat(plan.logits.array, plan.logits.shape, plan.logits.strides)
-    lg_s0, lg_s1, lg_s2 = plan.logits.strides
-    target, tg_off, tg_s = logits, 0, (0, 0, 0)
+    logits, x_geom = _flat(launch, plan.logits, plan.logits.strides)
+    target, t_geom = logits, kernels.Geometry()
     if is_ce:
-        target, tg_off = launch.flat(plan.target.array, plan.target.shape, plan.target.strides)
-        ts = plan.target.strides
-        tg_s = (ts[0], 0, ts[1]) if plan.target_is_index else ts
-    weight, w_off, w_s = logits, 0, 0
+        s = plan.target.strides
+        target, t_geom = _flat(launch, plan.target,
+                               (s[0], 0, s[1]) if plan.target_is_index else s)
+    weight, w_geom = logits, kernels.Geometry()
     if is_ce and plan.weight is not None:
-        weight, w_off = launch.flat(plan.weight.array, plan.weight.shape, plan.weight.strides)
-        w_s = plan.weight.strides[0]
+        weight, w_geom = _flat(launch, plan.weight, (0, plan.weight.strides[0], 0))
     has_grad_output = is_ce and want_out and plan.grad_output is not None
-    grad_output, go_off, go_s = logits, 0, (0, 0)
+    grad_output, g_geom = logits, kernels.Geometry()
     if has_grad_output:
-        grad_output, go_off = launch.flat(plan.grad_output.array, plan.grad_output.shape,
-                                          plan.grad_output.strides)
-        go_s = plan.grad_output.strides
-    out_flat, out_off, out_s = logits, 0, (0, 0, 0)
+        s = plan.grad_output.strides
+        grad_output, g_geom = _flat(launch, plan.grad_output, (s[0], 0, s[1]))
+    out_flat, out_geom = logits, kernels.Geometry()
     if want_out:
         if plan.out is not None:
-            out_flat, out_off = launch.flat(out, plan.out.shape, plan.out.strides)
-            out_s = plan.out.strides
+            out_flat, out_geom = _flat(launch, plan.out, plan.out.strides)
         else:
             out_flat = launch.flat_all(out)
-            out_s = (n_classes * plan.inner, plan.inner, 1)
+            out_geom = kernels.Geometry(0, int(n_classes * plan.inner), int(plan.inner), 1)
     loss_flat = launch.flat_all(loss) if want_loss else acc_flat
 
-    dims = (n_rows, n_classes, plan.inner, group, chunk_cols, n_chunks,
-            lg_off, lg_s0, lg_s1, lg_s2, tg_off, *tg_s, w_off, w_s, go_off, *go_s,
-            out_off, *out_s, 1, plan.ignore_index, chunk_base, rowc_base)
-    dims = tuple(int(d) for d in dims)
-    mean = plan.reduction == "mean"
-    denom_on_device = index_target and mean and want_out
-    inv_rows = 1.0 / n_rows if mean and is_ce and not index_target else 1.0
-    eps = plan.label_smoothing if is_ce else 0.0
-    softcap = plan.softcap if is_ce else 0.0
-    coef = (eps, eps / n_classes, plan.z_loss if is_ce else 0.0, softcap,
-            1.0 / softcap if softcap else 0.0, plan.grad_scale if is_ce else 1.0,
-            1.0 if mean else 0.0, inv_rows, 1.0 if plan.op == "log_softmax" else 0.0)
-    coef = tuple(acc_dtype.type(c) for c in coef)
-
+    dims = kernels.Dims(n_rows=n_rows, n_classes=n_classes, inner=plan.inner,
+                        ignore_index=int(plan.ignore_index), group=group,
+                        chunk_cols=chunk_cols, n_chunks=n_chunks, chunk_base=chunk_base,
+                        rowc_base=rowc_base)
+    denom_on_device = index_target and plan.reduction == "mean" and want_out
+    scalars = _scalars(plan, acc_dtype)
+    target_kind = TargetKind.NONE
+    if is_ce:
+        target_kind = TargetKind.INDEX if plan.target_is_index else TargetKind.PROB
     variant = kernels.Variant(
         op="softmax" if plan.op == "log_softmax" else plan.op, layout=layout,
         phase="stats" if layout == "split" else "fused",
-        acc64=acc_dtype == np.float64,
-        target=("index" if plan.target_is_index else "prob") if is_ce else "none",
-        has_weight=is_ce and plan.weight is not None, softcap=softcap > 0,
+        acc64=acc_dtype == np.float64, target=target_kind,
+        has_weight=is_ce and plan.weight is not None, softcap=is_ce and plan.softcap > 0,
         want_loss=want_loss, want_grad=want_out and is_ce, reduce=reduce,
         has_grad_output=has_grad_output, denom_on_device=denom_on_device, cache=cache)
 
+    # The kernels take their named tuples as plain ones and name them again on entry:
+    # Numba types a plain tuple argument in C, a named one in Python, at every launch.
+    x_geom, t_geom, w_geom, g_geom, out_geom = map(tuple, (x_geom, t_geom, w_geom, g_geom,
+                                                           out_geom))
+    dims = tuple(map(int, dims))
     # With out= the caller's buffer must stay untouched on a bad index: check first.
     check_first = index_target and plan.validate and plan.out is not None
     if denom_on_device or check_first:
         kernels.denominator_kernel(variant.acc64, variant.has_weight)[1, threads, launch.stream](
-            target, weight, acc_flat, int_flat,
-            (n_rows, n_classes, plan.inner, tg_off, tg_s[0], tg_s[2], w_off, w_s,
-             int(plan.ignore_index)))
+            target, t_geom, weight, w_geom, acc_flat, int_flat, dims)
         if check_first:
-            _raise_on_bad_index(launch, plan, int_ws, target, tg_off, tg_s)
-    args = (logits, target, weight, grad_output, loss_flat, out_flat, acc_flat, int_flat,
-            dims, coef)
-    kernels.row_kernel(variant)[grid, threads, launch.stream](*args)
+            _raise_on_bad_index(launch, plan, int_ws, target, t_geom)
+    args = (logits, x_geom, target, t_geom, weight, w_geom, grad_output, g_geom, loss_flat,
+            out_flat, out_geom, acc_flat, int_flat, dims, scalars)
+    kernels.kernel_for(variant)[grid, threads, launch.stream](*args)
     if layout == "split" and want_out:
-        kernels.row_kernel(variant._replace(phase="apply"))[grid, threads, launch.stream](*args)
+        kernels.kernel_for(variant._replace(phase="apply"))[grid, threads, launch.stream](*args)
 
     if index_target and plan.validate and not check_first:
-        _raise_on_bad_index(launch, plan, int_ws, target, tg_off, tg_s)
+        _raise_on_bad_index(launch, plan, int_ws, target, t_geom)
     return loss, out
 
 
-def _raise_on_bad_index(launch, plan, int_ws, target, tg_off, tg_s):
+def _scalars(plan, acc_dtype):
+    """The kernels' ``Scalars`` of a plan, as a plain tuple of ``acc_dtype`` values."""
+    is_ce = plan.op == "cross_entropy"
+    mean = plan.reduction == "mean"
+    eps = plan.label_smoothing if is_ce else 0.0
+    softcap = plan.softcap if is_ce else 0.0
+    scalars = kernels.Scalars(
+        eps=eps, eps_over_c=eps / plan.n_classes, z_loss=plan.z_loss if is_ce else 0.0,
+        softcap=softcap, inv_softcap=1.0 / softcap if softcap else 0.0,
+        grad_scale=plan.grad_scale if is_ce else 1.0, is_mean=1.0 if mean else 0.0,
+        inv_rows=1.0 / plan.n_rows if mean and is_ce and not plan.target_is_index else 1.0,
+        log_output=1.0 if plan.op == "log_softmax" else 0.0)
+    return tuple(map(acc_dtype.type, scalars))
+
+
+def _raise_on_bad_index(launch, plan, int_ws, target, t_geom):
     """Read the error flag (n_rows - first bad row, 0 if none) and raise for that row."""
     flag = int(launch.read(int_ws)[kernels.ERROR])
     if flag == 0:
         return
     row = plan.n_rows - flag
     o, i = divmod(row, plan.inner)
-    at = tg_off + o * tg_s[0] + i * tg_s[2]
+    offset, s_outer, _, s_inner = t_geom
+    at = offset + o * s_outer + i * s_inner
     value = int(target[at:at + 1].copy_to_host()[0])
     position = np.unravel_index(row, plan.result_shape) if plan.result_shape else ()
     raise index_error(tuple(int(p) for p in position), value, plan.n_classes,

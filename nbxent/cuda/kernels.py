@@ -1,6 +1,6 @@
 """The ``@cuda.jit`` kernels of nbxent: one body for every row operation.
 
-``row_kernel(variant)`` builds (and memoises) the kernel for one ``Variant``:
+``kernel_for(variant)`` builds (and memoises) the kernel for one ``Variant``:
 cross-entropy loss and/or gradient, logsumexp, log_softmax, softmax or
 entropy, in one of three layouts chosen by the number of classes C:
 
@@ -15,12 +15,21 @@ entropy, in one of three layouts chosen by the number of classes C:
   partial; the last chunk of a row to finish combines them in chunk order.
   Phase ``apply`` (a second launch) writes the gradient / normalised row.
 
-Every array argument is a flat 1-D view of the caller's memory, addressed with
-the element offsets and strides in ``dims``; the float scalars travel in
-``coef`` (see ``DIMS`` and ``COEF``). One pass over a row computes the running
-max, the rescaled sum of exponentials and the linear sums the loss needs; each
-thread keeps its logits of the row in registers (``Variant.cache`` per thread),
-so when a row fits, the gradient pass reads no logits from memory again.
+The symbols and names (m, s, lse, q, mass, moment, p_coef, ...) are those of
+the "Notation" section of ``nbxent/reference.py``. Per row, the kernel's steps
+are: each thread's pass over its classes (``thread_stats``: the running max,
+the rescaled sum of exponentials and the sums the loss needs), the merge over
+the row's threads (``group_reduce``) and, split, over its chunks
+(``merge_chunks``), the row's loss and gradient coefficients (``ce_terms``),
+then the gradient or normalised row (``write_row``). Each thread keeps its
+logits of the row in registers (``Variant.cache`` per thread), so when a row
+fits, the gradient pass reads no logits from memory again.
+
+Arguments: every array is a flat 1-D view of the caller's memory, followed by
+its ``Geometry``; the other integers travel in ``Dims``, the floats in
+``Scalars``. The kernels take these as plain tuples and name them on entry
+(``Dims(*dims)``), which costs nothing in the compiled code: a named tuple
+passed at launch would be typed by Python code at every launch instead.
 """
 
 import math
@@ -29,23 +38,53 @@ from typing import NamedTuple
 
 from numba import cuda, float32, float64, int64
 
+from .._kinds import TargetKind
 from ._sim import log, shfl_xor4
 
-#: Names of the integer launch arguments, in the order of the ``dims`` tuple.
-DIMS = ("n_rows", "n_classes", "inner", "group", "chunk_cols", "n_chunks",
-        "lg_off", "lg_s0", "lg_s1", "lg_s2", "tg_off", "tg_s0", "tg_s1", "tg_s2",
-        "w_off", "w_s", "go_off", "go_s0", "go_s2", "out_off", "out_s0", "out_s1", "out_s2",
-        "loss_s", "ignore_index", "chunk_base", "rowc_base")
-#: Names of the float launch arguments (accumulation dtype), in ``coef`` order.
-COEF = ("eps", "eps_over_c", "z_loss", "softcap", "inv_softcap", "grad_scale",
-        "is_mean", "inv_rows", "log_output")
 
-#: Kernel operations; log_softmax is ``softmax`` with the launch argument log_output = 1.
+class Geometry(NamedTuple):
+    """Where element (o, c, i) of an array lies in its flat buffer, in elements:
+    ``offset + o*s_outer + c*s_class + i*s_inner``, for row ``r = o * inner + i``
+    and class c. A stride is 0 along an axis the array lacks (s_class of a per-row
+    array; s_outer and s_inner of the class weights)."""
+    offset: int = 0
+    s_outer: int = 0
+    s_class: int = 0
+    s_inner: int = 0
+
+
+class Dims(NamedTuple):
+    """The integer launch arguments of the row and denominator kernels."""
+    n_rows: int
+    n_classes: int
+    inner: int
+    ignore_index: int
+    group: int             # threads per row: lanes of a warp (warp), the block (block, split)
+    chunk_cols: int        # classes per chunk (split); C otherwise
+    n_chunks: int          # chunks per row (split); 1 otherwise
+    chunk_base: int        # acc_ws index of the first (row, chunk) partial (split)
+    rowc_base: int         # acc_ws index of the first row's coefficients (split)
+
+
+class Scalars(NamedTuple):
+    """The float launch arguments, in the accumulation dtype."""
+    eps: float             # label smoothing
+    eps_over_c: float      # eps / C
+    z_loss: float
+    softcap: float         # a (0: no cap)
+    inv_softcap: float     # 1 / a
+    grad_scale: float      # the constant factor of the upstream gradient g
+    is_mean: float         # 1 for reduction 'mean', else 0
+    inv_rows: float        # 1 / N for 'mean' of probability targets (D = N), else 1
+    log_output: float      # 1: the softmax op writes log_softmax
+
+
+#: Kernel operations; log_softmax is ``softmax`` with Scalars.log_output = 1.
 OPS = ("cross_entropy", "logsumexp", "softmax", "entropy")
 LAYOUTS = ("warp", "block", "split")
 
-# acc_ws holds [D, n_valid] (denominator kernel), then 4 reduction partials per
-# block, then (split) 4 online-softmax partials per (row, chunk) and ROW_COEFS row
+# acc_ws holds [D, N] (denominator kernel), then 4 reduction partials per block,
+# then (split) 4 online-softmax partials per (row, chunk) and ROW_COEFS row
 # coefficients per row. int_ws holds [error, blocks done, chunks done per row].
 SLOT_BASE = 2
 ROW_COEFS = 5
@@ -58,23 +97,24 @@ class Variant(NamedTuple):
     layout: str = "warp"
     phase: str = "fused"          # "fused" (warp/block), "stats" or "apply" (split)
     acc64: bool = False           # accumulate in float64 (float64 logits)
-    target: str = "index"         # "index", "prob" or "none"
+    target: TargetKind = TargetKind.INDEX
     has_weight: bool = False
     softcap: bool = False
     want_loss: bool = True
     want_grad: bool = False
     reduce: bool = False          # 'sum'/'mean': the loss is finished on the device
     has_grad_output: bool = False
-    denom_on_device: bool = False  # 'mean' gradient of index targets: D from acc_ws[0:2]
+    denom_on_device: bool = False  # 'mean' gradient of index targets: D, N from acc_ws[0:2]
     cache: int = 16               # logits per thread kept in registers
 
     @property
     def name(self):
+        """The variant as reports name it, e.g. ``softmax-split-apply-k16``."""
         parts = [self.op, self.layout]
         if self.phase != "fused":
             parts.append(self.phase)
         if self.op == "cross_entropy":
-            parts.append(self.target)
+            parts.append(self.target.name.lower())
             parts += [flag for flag in ("has_weight", "softcap", "want_loss", "want_grad",
                                         "reduce", "has_grad_output", "denom_on_device")
                       if getattr(self, flag)]
@@ -83,9 +123,31 @@ class Variant(NamedTuple):
         parts.append(f"k{self.cache}")
         return "-".join(parts)
 
+    @property
+    def acc(self):
+        """The accumulation dtype (a Numba type)."""
+        return float64 if self.acc64 else float32
+
+    @property
+    def index_target(self):
+        """Cross-entropy with a class index per row."""
+        return self.op == "cross_entropy" and self.target == TargetKind.INDEX
+
+    @property
+    def prob_target(self):
+        """Cross-entropy with a distribution per row."""
+        return self.op == "cross_entropy" and self.target == TargetKind.PROB
+
+    @property
+    def writes_out(self):
+        """Whether a gradient or a normalised row is written."""
+        return (self.op == "cross_entropy" and self.want_grad) or self.op == "softmax"
+
 
 _INT64_MAX = 2**63 - 1
 
+
+# ---------------------------------------------------------------- helpers of every kernel
 
 @cuda.jit(device=True, inline="always")
 def class_index(value):
@@ -96,18 +158,33 @@ def class_index(value):
     return int64(_INT64_MAX) if t < 0 and value > 0 else t
 
 
-@lru_cache(maxsize=None)
-def _tools(acc64):
-    """Inline device helpers for one accumulation dtype (typed constants, no f64 leaks)."""
-    acc = float64 if acc64 else float32
-    zero, one = acc(0.0), acc(1.0)
+@cuda.jit(device=True, inline="always")
+def row_start(geom, o, i):
+    """Where row (o, i) of an array starts; its class c lies ``c * geom.s_class`` further."""
+    return geom.offset + o * geom.s_outer + i * geom.s_inner
 
-    @cuda.jit(device=True, inline="always")
-    def rescale(m_old, m_new):
-        """exp(m_old - m_new); 1 when equal, so a -inf max keeps a zero sum zero."""
-        if m_old == m_new:
-            return one
-        return math.exp(m_old - m_new)
+
+@cuda.jit(device=True, inline="always")
+def store_row_coefs(acc_ws, at, row_max, log_sum, p_coef, g_ce, t_coef):
+    """Keep what the split layout's apply phase needs of a row, at acc_ws[at:at + 5]."""
+    acc_ws[at] = row_max
+    acc_ws[at + 1] = log_sum
+    acc_ws[at + 2] = p_coef
+    acc_ws[at + 3] = g_ce
+    acc_ws[at + 4] = t_coef
+
+
+@cuda.jit(device=True, inline="always")
+def load_row_coefs(acc_ws, at):
+    """(row_max, log_sum, p_coef, g_ce, t_coef) as ``store_row_coefs`` kept them."""
+    return acc_ws[at], acc_ws[at + 1], acc_ws[at + 2], acc_ws[at + 3], acc_ws[at + 4]
+
+
+@lru_cache(maxsize=None)
+def _block_sums(acc64):
+    """(block_sum4, reduce_rows): block-wide sums in one accumulation dtype."""
+    acc = float64 if acc64 else float32
+    zero = acc(0.0)
 
     @cuda.jit(device=True, inline="always")
     def block_sum4(a, b, c, d):
@@ -178,130 +255,201 @@ def _tools(acc64):
             d += acc_ws[slot + 3]
         return block_sum4(a, b, c, d)
 
-    return rescale, block_sum4, finish_blocks, sum_slots
+    @cuda.jit(device=True, inline="always")
+    def reduce_rows(loss, acc_ws, int_ws, part_ce, part_d, part_z, part_n, scalars):
+        """loss[0] = sum ce / D + z_loss * sum lse**2 / N ('mean'; 'sum' without the
+        divisions) from every thread's partial sums. Every thread must call it."""
+        if finish_blocks(acc_ws, int_ws, part_ce, part_d, part_z, part_n):
+            ce_sum, d_sum, z_sum, n_sum = sum_slots(acc_ws)
+            if cuda.threadIdx.x == 0:
+                total = ce_sum / d_sum if scalars.is_mean > zero else ce_sum
+                if scalars.z_loss > zero:
+                    total += scalars.z_loss * (z_sum / n_sum if scalars.is_mean > zero
+                                               else z_sum)
+                loss[0] = total
 
+    return block_sum4, reduce_rows
+
+
+# ---------------------------------------------------------------- online softmax
 
 @lru_cache(maxsize=None)
-def row_kernel(variant):
-    """The kernel for ``variant`` (see the module docstring), compiled lazily per dtype."""
-    v = variant
-    acc = float64 if v.acc64 else float32
-    zero, one, two = acc(0.0), acc(1.0), acc(2.0)
-    neg_inf, nan = acc(-math.inf), acc(math.nan)
-    rescale, block_sum4, finish_blocks, sum_slots = _tools(v.acc64)
-    K = v.cache
-    is_ce = v.op == "cross_entropy"
-    is_entropy = v.op == "entropy"
-    is_softmax = v.op == "softmax"
-    is_logsumexp = v.op == "logsumexp"
-    index_target = is_ce and v.target == "index"
-    prob_target = is_ce and v.target == "prob"
-    has_weight = is_ce and v.has_weight
-    softcap_on = is_ce and v.softcap
-    has_grad_output = is_ce and v.has_grad_output
-    denom_on_device = v.denom_on_device
-    block_group = v.layout != "warp"
-    split = v.layout == "split"
-    do_stats = v.phase in ("fused", "stats")
-    do_apply = v.phase in ("fused", "apply") and ((is_ce and v.want_grad) or is_softmax)
-    store_row_coefs = split and v.phase == "stats" and ((is_ce and v.want_grad) or is_softmax)
-    row_output = v.op in ("logsumexp", "entropy") or (is_ce and v.want_loss)
-    write_rows = do_stats and row_output and not v.reduce
-    reduce = do_stats and row_output and v.reduce
-    use_cache = v.phase == "fused"
+def _online_softmax(acc64, entropy, block_group):
+    """(raise_max, group_reduce, merge_chunks) for partials (row_max, sum_exp, moment, mass).
+
+    ``raise_max`` moves a partial onto a larger max; ``group_reduce`` merges the
+    partials of a row's threads, ``merge_chunks`` those of a split row's chunks.
+    For entropy the moment is taken about the max, so it moves with it.
+    """
+    acc = float64 if acc64 else float32
+    zero, one = acc(0.0), acc(1.0)
 
     @cuda.jit(device=True, inline="always")
-    def load_x(logits, index, softcap, inv_softcap):
-        """One logit in the accumulation dtype, soft-capped when the variant caps."""
-        x = acc(logits[index])
-        if softcap_on:
-            x = softcap * math.tanh(x * inv_softcap)
-        return x
+    def rescale(m_old, m_new):
+        """exp(m_old - m_new); 1 when equal, so a -inf max keeps a zero sum zero."""
+        if m_old == m_new:
+            return one
+        return math.exp(m_old - m_new)
 
     @cuda.jit(device=True, inline="always")
-    def shift_u(u, s, m_old, m_new):
-        """Entropy's u = sum e^(x-m)(x-m) re-expressed around m_new (before rescaling)."""
-        if s == zero or m_old == m_new:
-            return u
-        return u + (m_old - m_new) * s
+    def shift_moment(moment, sum_exp, m_old, m_new):
+        """Entropy's moment sum_c e_c (x_c - m) about m_new instead (before rescaling)."""
+        if sum_exp == zero or m_old == m_new:
+            return moment
+        return moment + (m_old - m_new) * sum_exp
 
     @cuda.jit(device=True, inline="always")
-    def combine(m, s, u, w, m2, s2, u2, w2):
-        """Merge two online-softmax partials (max, sum_exp, linear sums)."""
+    def raise_max(row_max, sum_exp, moment, new_max):
+        """(row_max, sum_exp, moment) about max(row_max, new_max)."""
+        new_max = new_max if new_max > row_max else row_max
+        scale = rescale(row_max, new_max)
+        if entropy:
+            moment = shift_moment(moment, sum_exp, row_max, new_max) * scale
+        return new_max, sum_exp * scale, moment
+
+    @cuda.jit(device=True, inline="always")
+    def merge(m, s, moment, mass, m2, s2, moment2, mass2):
+        """The partial of the union of two sets of classes."""
         row_max = m2 if m2 > m else m
         scale, scale2 = rescale(m, row_max), rescale(m2, row_max)
-        if is_entropy:
-            u = shift_u(u, s, m, row_max) * scale + shift_u(u2, s2, m2, row_max) * scale2
+        if entropy:
+            moment = (shift_moment(moment, s, m, row_max) * scale
+                      + shift_moment(moment2, s2, m2, row_max) * scale2)
         else:
-            u = u + u2
-        return row_max, s * scale + s2 * scale2, u, w + w2
+            moment = moment + moment2
+        return row_max, s * scale + s2 * scale2, moment, mass + mass2
 
     @cuda.jit(device=True, inline="always")
-    def group_reduce(m, s, u, w, group, lane32, warp_id):
-        """Combine the partials of a row's lanes; every lane gets the same result.
+    def group_reduce(m, s, moment, mass, group, lane32, warp_id):
+        """Merge the partials of a row's threads; every thread gets the same result.
 
         A butterfly over ``min(group, 32)`` lanes (commutative, so bitwise
         identical in every lane); block layouts then merge the warps in warp
-        order through shared memory. Every thread of the block must call it.
+        order through shared memory. ``lane32`` and ``warp_id`` place this
+        thread in its warp and its block. Every thread of the block must call it.
         """
         offset = (group if group < 32 else 32) // 2
         while offset > 0:
-            m2, s2, u2, w2 = shfl_xor4(m, s, u, w, offset)
-            m, s, u, w = combine(m, s, u, w, m2, s2, u2, w2)
+            m2, s2, moment2, mass2 = shfl_xor4(m, s, moment, mass, offset)
+            m, s, moment, mass = merge(m, s, moment, mass, m2, s2, moment2, mass2)
             offset //= 2
         if block_group:
             warp_stats = cuda.shared.array(128, acc)
             if lane32 == 0:
                 warp_stats[4 * warp_id] = m
                 warp_stats[4 * warp_id + 1] = s
-                warp_stats[4 * warp_id + 2] = u
-                warp_stats[4 * warp_id + 3] = w
+                warp_stats[4 * warp_id + 2] = moment
+                warp_stats[4 * warp_id + 3] = mass
             cuda.syncthreads()
-            m, s, u, w = warp_stats[0], warp_stats[1], warp_stats[2], warp_stats[3]
+            m, s, moment, mass = warp_stats[0], warp_stats[1], warp_stats[2], warp_stats[3]
             for other in range(1, cuda.blockDim.x // 32):
-                m, s, u, w = combine(m, s, u, w, warp_stats[4 * other], warp_stats[4 * other + 1],
-                                     warp_stats[4 * other + 2], warp_stats[4 * other + 3])
+                m, s, moment, mass = merge(m, s, moment, mass, warp_stats[4 * other],
+                                           warp_stats[4 * other + 1], warp_stats[4 * other + 2],
+                                           warp_stats[4 * other + 3])
             cuda.syncthreads()
-        return m, s, u, w
+        return m, s, moment, mass
 
     @cuda.jit(device=True, inline="always")
-    def smooth_q(target, tg_at, weight, w_at, eps, eps_over_c):
-        """The target-distribution weight of one class, without the index target's own term."""
-        w_c = acc(weight[w_at]) if has_weight else one
+    def merge_chunks(acc_ws, int_ws, dims, row, chunk, active, m, s, moment, mass):
+        """Publish this block's partial of ``row``; the block of the row's last chunk
+        to finish merges them all in chunk order.
+
+        Returns (whether this block has the row's whole partial, that partial).
+        Every thread of the block must call it.
+        """
+        is_last = cuda.shared.array(1, int64)
+        part = dims.chunk_base + 4 * (row * dims.n_chunks + chunk)
+        if cuda.threadIdx.x == 0 and active:
+            acc_ws[part] = m
+            acc_ws[part + 1] = s
+            acc_ws[part + 2] = moment
+            acc_ws[part + 3] = mass
+            cuda.threadfence()
+            done = cuda.atomic.add(int_ws, CHUNKS_DONE + row, 1)
+            is_last[0] = 1 if done == dims.n_chunks - 1 else 0
+        cuda.syncthreads()
+        row_done = active and is_last[0] == 1
+        if row_done:
+            cuda.threadfence()
+            part = dims.chunk_base + 4 * row * dims.n_chunks
+            m, s, moment, mass = acc_ws[part], acc_ws[part + 1], acc_ws[part + 2], acc_ws[part + 3]
+            for other in range(1, dims.n_chunks):
+                part = dims.chunk_base + 4 * (row * dims.n_chunks + other)
+                m, s, moment, mass = merge(m, s, moment, mass, acc_ws[part], acc_ws[part + 1],
+                                           acc_ws[part + 2], acc_ws[part + 3])
+        cuda.syncthreads()
+        return row_done, m, s, moment, mass
+
+    return raise_max, group_reduce, merge_chunks
+
+
+# ---------------------------------------------------------------- the passes over a row
+
+@lru_cache(maxsize=None)
+def _class_terms(variant):
+    """(load_x, class_q): one logit, and one class's share of the target distribution."""
+    v = variant
+    acc = v.acc
+    one = acc(1.0)
+    capped = v.op == "cross_entropy" and v.softcap
+    weighted = v.op == "cross_entropy" and v.has_weight
+    prob_target = v.prob_target
+
+    @cuda.jit(device=True, inline="always")
+    def load_x(logits, at, scalars):
+        """One logit in the accumulation dtype, soft-capped (x = a tanh(z / a)) when
+        the variant caps."""
+        x = acc(logits[at])
+        if capped:
+            x = scalars.softcap * math.tanh(x * scalars.inv_softcap)
+        return x
+
+    @cuda.jit(device=True, inline="always")
+    def class_q(target, t_at, weight, w_at, scalars):
+        """q~_c: class c's target weight without the index target's own term."""
+        w_c = acc(weight[w_at]) if weighted else one
         if prob_target:
-            return ((one - eps) * acc(target[tg_at]) + eps_over_c) * w_c
-        return eps_over_c * w_c
+            return ((one - scalars.eps) * acc(target[t_at]) + scalars.eps_over_c) * w_c
+        return scalars.eps_over_c * w_c
+
+    return load_x, class_q
+
+
+@lru_cache(maxsize=None)
+def _stats_pass(variant):
+    """``thread_stats``: one thread's pass over its classes of a row."""
+    v = variant
+    acc = v.acc
+    zero, one, neg_inf = acc(0.0), acc(1.0), acc(-math.inf)
+    K = v.cache
+    entropy = v.op == "entropy"
+    logsumexp = v.op == "logsumexp"
+    index_target, prob_target = v.index_target, v.prob_target
+    load_x, class_q = _class_terms(v)
+    raise_max, _, _ = _online_softmax(v.acc64, entropy, v.layout != "warp")
 
     @cuda.jit(device=True, inline="always")
-    def row_stats(logits, target, weight, lg_base, lg_s1, tg_base, tg_s1, w_off, w_s,
-                  c_first, c_end, step, ref, coef, cache):
-        """One thread's online-softmax partial over columns c_first, c_first+step, ... < c_end.
+    def thread_stats(logits, x_row, x_geom, target, t_row, t_geom, weight, w_geom, c_first,
+                     c_end, step, ref, scalars, cache):
+        """This thread's partial (row_max, sum_exp, moment, mass) over the classes
+        c_first, c_first + step, ... < c_end of a row (see the notation).
 
-        Returns (row_max, sum_exp, u, w): sum_exp = sum exp(x - row_max); for
-        cross-entropy u = sum q_c (x_c - ref) and w = sum q_c over the smoothing /
-        probability target weights q; for entropy u = sum exp(x - row_max)(x - row_max).
         Loads K logits before using them (bytes in flight), leaving them in ``cache``.
         """
-        eps, eps_over_c, softcap, inv_softcap = coef[0], coef[1], coef[3], coef[4]
-        linear_sums = prob_target or (index_target and eps > zero)
+        has_spread = prob_target or (index_target and scalars.eps > zero)
         row_max = neg_inf
-        sum_exp = u = w = zero
+        sum_exp = moment = mass = zero
         for base in range(c_first, c_end, step * K):
             chunk_max = neg_inf
             for k in range(K):
                 c = base + k * step
                 x = neg_inf
                 if c < c_end:
-                    x = load_x(logits, lg_base + c * lg_s1, softcap, inv_softcap)
+                    x = load_x(logits, x_row + c * x_geom.s_class, scalars)
                 cache[k] = x
                 if x > chunk_max:
                     chunk_max = x
-            new_max = chunk_max if chunk_max > row_max else row_max
-            scale = rescale(row_max, new_max)
-            if is_entropy:
-                u = shift_u(u, sum_exp, row_max, new_max) * scale
-            sum_exp *= scale
-            row_max = new_max
+            row_max, sum_exp, moment = raise_max(row_max, sum_exp, moment, chunk_max)
             for k in range(K):
                 c = base + k * step
                 if c < c_end:
@@ -311,226 +459,269 @@ def row_kernel(variant):
                     # cross-entropy keeps exp(inf - inf) = nan, as torch's loss does.
                     if x == neg_inf:
                         e = zero
-                    elif is_logsumexp and x == row_max:
+                    elif logsumexp and x == row_max:
                         e = one
                     else:
                         e = math.exp(x - row_max)
                     sum_exp += e
-                    if is_entropy:
+                    if entropy:
                         if e != zero:
-                            u += e * (x - row_max)
-                    elif linear_sums:
-                        q = smooth_q(target, tg_base + c * tg_s1, weight, w_off + c * w_s,
-                                     eps, eps_over_c)
-                        u += q * (x - ref)
-                        w += q
-        return row_max, sum_exp, u, w
+                            moment += e * (x - row_max)
+                    elif has_spread:
+                        q = class_q(target, t_row + c * t_geom.s_class, weight,
+                                    w_geom.offset + c * w_geom.s_class, scalars)
+                        moment += q * (x - ref)
+                        mass += q
+        return row_max, sum_exp, moment, mass
+
+    return thread_stats
+
+
+@lru_cache(maxsize=None)
+def _ce_terms(variant):
+    """``ce_terms``: a cross-entropy row's loss and gradient coefficients."""
+    v = variant
+    acc = v.acc
+    zero, one, two, nan = acc(0.0), acc(1.0), acc(2.0), acc(math.nan)
+    index_target = v.index_target
+    weighted = v.has_weight
 
     @cuda.jit(device=True, inline="always")
-    def apply_row(logits, target, weight, out, lg_base, lg_s1, tg_base, tg_s1, w_off, w_s,
-                  out_base, out_s1, c_first, c_end, step, cached, row_max, log_sum, cp, cq,
-                  tq, t, ignored, coef, cache):
-        """Write one thread's columns of the gradient, softmax or log_softmax row.
+    def ce_terms(row_max, log_sum, lse, ref, moment, mass, t_logit, t, valid, counted, weight,
+                 w_geom, g_ce, g_z, scalars, int_ws, flag):
+        """(ce, lse**2 or 0, the row's shares of D and N, p_coef, t_coef) of one row.
 
-        Cross-entropy: grad_j = (cp * p_j - cq * q_j - tq * [j == t]) * cap'(x_j),
-        with p = softmax(x) = exp((x - row_max) - log_sum) (not x - lse: lse rounds at
-        the logits' magnitude); exactly 0 for ignored rows (an out-of-range index
-        carries cp = nan). ``cached`` rows come from
-        the registers filled by ``row_stats``; others are read again.
+        The gradient is then (p_coef p_j - g_ce q~_j - t_coef [j == t]) cap'(x_j).
+        An ignored row gives 0; an out-of-range index nan (p_coef = nan), and
+        a nonzero ``flag`` (n_rows - row, so the first bad row wins) goes to the
+        error flag.
         """
-        eps, eps_over_c, softcap, inv_softcap = coef[0], coef[1], coef[3], coef[4]
-        smooth = prob_target or (index_target and eps > zero)
+        lse_from_ref = (row_max - ref) + log_sum
+        row_d = row_n = one
+        t_coef = zero
+        if not index_target:
+            # ce = spread = sum_c q_c (lse - x_c), its two terms from r (no cancellation)
+            ce = mass * lse_from_ref - moment
+            p_coef = g_ce * mass                   # d ce / dx_j = Q p_j - q_j, Q = mass
+        elif counted:
+            t_weight = acc(weight[w_geom.offset + t * w_geom.s_class]) if weighted else one
+            t_mass = (one - scalars.eps) * t_weight
+            ce = t_mass * ((row_max - t_logit) + log_sum)   # the target's term: t_mass (lse - x_t)
+            row_mass = t_mass
+            if scalars.eps > zero:  # mass and moment already carry the eps / C factor
+                ce += mass * lse_from_ref - moment          # + spread
+                row_mass += mass
+            row_d = t_weight
+            t_coef = g_ce * t_mass                  # d ce / dx_j = Q p_j - q~_j - t_mass [j == t]
+            p_coef = g_ce * row_mass
+        else:
+            ce = zero if not valid else nan
+            p_coef = nan
+            row_d = row_n = zero
+            if valid and flag:
+                cuda.atomic.max(int_ws, ERROR, flag)
+        z_value = zero
+        if scalars.z_loss > zero and counted:
+            z_value = lse * lse
+            # d (z_loss lse**2) / dx_j = 2 z_loss lse p_j
+            p_coef += two * scalars.z_loss * g_z * lse
+        return ce, z_value, row_d, row_n, p_coef, t_coef
+
+    return ce_terms
+
+
+@lru_cache(maxsize=None)
+def _write_pass(variant):
+    """``write_row``: one thread's columns of the gradient or normalised row."""
+    v = variant
+    acc = v.acc
+    zero, one = acc(0.0), acc(1.0)
+    K = v.cache
+    softmax = v.op == "softmax"
+    index_target, prob_target = v.index_target, v.prob_target
+    capped = v.op == "cross_entropy" and v.softcap
+    load_x, class_q = _class_terms(v)
+
+    @cuda.jit(device=True, inline="always")
+    def write_row(logits, x_row, x_geom, target, t_row, t_geom, weight, w_geom, out, out_row,
+                  out_geom, c_first, c_end, step, cached, row_max, log_sum, p_coef, g_ce, t_coef,
+                  t, ignored, scalars, cache):
+        """Write the classes c_first, c_first + step, ... < c_end of a row's output.
+
+        p_j = exp((x_j - m) - log s), not exp(x_j - lse): lse rounds at the logits'
+        magnitude. Ignored rows get exactly 0. ``cached`` rows come from the
+        registers ``thread_stats`` filled; others are read again.
+        """
+        has_spread = prob_target or (index_target and scalars.eps > zero)
         for base in range(c_first, c_end, step * K):
             for k in range(K):
                 c = base + k * step
                 if c < c_end:
-                    x = cache[k] if cached else load_x(logits, lg_base + c * lg_s1,
-                                                       softcap, inv_softcap)
-                    shifted = (x - row_max) - log_sum
-                    if is_softmax:
-                        value = shifted if coef[8] > zero else math.exp(shifted)
+                    x = cache[k] if cached else load_x(logits, x_row + c * x_geom.s_class,
+                                                       scalars)
+                    log_p = (x - row_max) - log_sum
+                    if softmax:
+                        value = log_p if scalars.log_output > zero else math.exp(log_p)
                     elif not ignored:
-                        value = cp * math.exp(shifted)
-                        if smooth:
-                            value -= cq * smooth_q(target, tg_base + c * tg_s1, weight,
-                                                   w_off + c * w_s, eps, eps_over_c)
+                        # d loss / dx_j = p_coef p_j - g_ce q~_j - t_coef [j == t]
+                        value = p_coef * math.exp(log_p)
+                        if has_spread:
+                            value -= g_ce * class_q(target, t_row + c * t_geom.s_class, weight,
+                                                    w_geom.offset + c * w_geom.s_class, scalars)
                         if index_target and c == t:
-                            value -= tq
-                        if softcap_on:
-                            value *= one - (x * inv_softcap) * (x * inv_softcap)
+                            value -= t_coef
+                        if capped:  # times dx/dz = 1 - tanh(z / a)**2 = 1 - (x / a)**2
+                            value *= one - (x * scalars.inv_softcap) * (x * scalars.inv_softcap)
                     else:
                         value = zero
-                    out[out_base + c * out_s1] = value
+                    out[out_row + c * out_geom.s_class] = value
+
+    return write_row
+
+
+# ---------------------------------------------------------------- the kernels
+
+@lru_cache(maxsize=None)
+def kernel_for(variant):
+    """The kernel for ``variant`` (see the module docstring), compiled lazily per dtype."""
+    v = variant
+    acc = v.acc
+    zero, one, neg_inf = acc(0.0), acc(1.0), acc(-math.inf)
+    K = v.cache
+    is_ce = v.op == "cross_entropy"
+    index_target = v.index_target
+    split = v.layout == "split"
+    do_stats = v.phase in ("fused", "stats")
+    do_apply = v.phase in ("fused", "apply") and v.writes_out
+    store_coefs = split and v.phase == "stats" and v.writes_out
+    row_output = v.op in ("logsumexp", "entropy") or (is_ce and v.want_loss)
+    write_rows = do_stats and row_output and not v.reduce
+    reduce = do_stats and row_output and v.reduce
+    use_cache = v.phase == "fused"
+    entropy = v.op == "entropy"
+    has_grad_output = is_ce and v.has_grad_output
+    denom_on_device = v.denom_on_device
+    _, reduce_rows = _block_sums(v.acc64)
+    _, group_reduce, merge_chunks = _online_softmax(v.acc64, entropy, v.layout != "warp")
+    load_x, _ = _class_terms(v)
+    thread_stats = _stats_pass(v)
+    ce_terms = _ce_terms(v)
+    write_row = _write_pass(v)
+
+    @cuda.jit(device=True, inline="always")
+    def block_rows(dims):
+        """(chunk, first class, class end, first row, row step) of this thread's block."""
+        if split:
+            c_begin = cuda.blockIdx.x * dims.chunk_cols
+            return (cuda.blockIdx.x, c_begin, min(dims.n_classes, c_begin + dims.chunk_cols),
+                    cuda.blockIdx.y, cuda.gridDim.y)
+        rows_per_block = cuda.blockDim.x // dims.group
+        return (0, 0, dims.n_classes, cuda.blockIdx.x * rows_per_block,
+                cuda.gridDim.x * rows_per_block)
+
+    @cuda.jit(device=True, inline="always")
+    def row_target(logits, x_row, x_geom, target, t_row, active, dims, scalars):
+        """(t, valid, counted, ref, t_logit) of a row: its class index (0 without one),
+        whether it is not ignore_index, whether it also lies in [0, C); the reference
+        logit r and the target's logit x_t, read before any lane writes the row."""
+        t = int64(0)
+        valid = True
+        if index_target and active:
+            t = class_index(target[t_row])
+            valid = t != dims.ignore_index
+        in_range = t >= 0 and t < dims.n_classes
+        counted = valid and in_range
+        ref = t_logit = zero
+        if do_stats and active:
+            ref = load_x(logits, x_row, scalars)
+            if not (ref > neg_inf and ref < -neg_inf):
+                ref = zero
+            if index_target and counted:
+                t_logit = load_x(logits, x_row + t * x_geom.s_class, scalars)
+        return t, valid, counted, ref, t_logit
 
     @cuda.jit
-    def kernel(logits, target, weight, grad_output, loss, out, acc_ws, int_ws, dims, coef):
+    def kernel(logits, x_geom, target, t_geom, weight, w_geom, grad_output, g_geom, loss, out,
+               out_geom, acc_ws, int_ws, dims, scalars):
         """Rows of one operation (``variant``); see the module docstring.
 
-        Layout: logits element (o, c, i) of row r = o * inner + i at
-        lg_off + o*lg_s0 + c*lg_s1 + i*lg_s2 (likewise target, out). Threads:
-        groups of ``group`` lanes per row (warp), the block per row (block), or
-        the block per (chunk = blockIdx.x, row) (split); rows grid-stride.
+        Threads: groups of ``group`` lanes per row (warp), the block per row
+        (block), or the block per (chunk = blockIdx.x, row) (split); rows grid-stride.
+        ``loss`` is a fresh buffer: a value per row, or the reduced loss in loss[0].
         """
-        (n_rows, n_classes, inner, group, chunk_cols, n_chunks, lg_off, lg_s0, lg_s1, lg_s2,
-         tg_off, tg_s0, tg_s1, tg_s2, w_off, w_s, go_off, go_s0, go_s2, out_off, out_s0,
-         out_s1, out_s2, loss_s, ignore_index, chunk_base, rowc_base) = dims
-        eps, eps_over_c, z_loss = coef[0], coef[1], coef[2]
-        grad_scale, is_mean, inv_rows = coef[5], coef[6], coef[7]
+        x_geom, t_geom, w_geom = Geometry(*x_geom), Geometry(*t_geom), Geometry(*w_geom)
+        g_geom, out_geom = Geometry(*g_geom), Geometry(*out_geom)
+        dims, scalars = Dims(*dims), Scalars(*scalars)
         tid = cuda.threadIdx.x
-        lane32 = tid % 32
-        warp_id = tid // 32
-        lane = tid % group
-        group_id = tid // group
-        if split:
-            chunk = cuda.blockIdx.x
-            c_begin = chunk * chunk_cols
-            c_end = min(n_classes, c_begin + chunk_cols)
-            first_row = cuda.blockIdx.y
-            row_step = cuda.gridDim.y
-        else:
-            chunk = 0
-            c_begin = 0
-            c_end = n_classes
-            first_row = cuda.blockIdx.x * (cuda.blockDim.x // group)
-            row_step = cuda.gridDim.x * (cuda.blockDim.x // group)
-        cached = use_cache and c_end - c_begin <= group * K
-        inv_d = inv_n = inv_rows
+        lane32, warp_id = tid % 32, tid // 32
+        group_id, lane = divmod(tid, dims.group)
+        chunk, c_begin, c_end, first_row, row_step = block_rows(dims)
+        cached = use_cache and c_end - c_begin <= dims.group * K
+        inv_d = inv_n = scalars.inv_rows
         if denom_on_device:
             inv_d = one / acc_ws[0]
             inv_n = one / acc_ws[1]
-        row_done_flag = cuda.shared.array(1, int64)
         cache = cuda.local.array(K, acc)
         part_ce = part_d = part_z = part_n = zero
-        for block_row in range(first_row, n_rows, row_step):
+        for block_row in range(first_row, dims.n_rows, row_step):
             row = block_row + group_id
-            active = row < n_rows
-            o = row // inner
-            i = row - o * inner
-            lg_base = lg_off + o * lg_s0 + i * lg_s2
-            tg_base = tg_off + o * tg_s0 + i * tg_s2
-            t = int64(0)
-            valid = True
-            if index_target and active:
-                t = class_index(target[tg_base])
-                valid = t != ignore_index
-            in_range = t >= 0 and t < n_classes
-            counted = valid and in_range
-            row_max = log_sum = cp = cq = tq = zero
-            row_done = active
+            active = row < dims.n_rows
+            o = row // dims.inner
+            i = row - o * dims.inner
+            x_row, t_row = row_start(x_geom, o, i), row_start(t_geom, o, i)
+            t, valid, counted, ref, t_logit = row_target(logits, x_row, x_geom, target, t_row,
+                                                         active, dims, scalars)
+            row_max = log_sum = p_coef = g_ce = t_coef = zero
             if do_stats:
-                softcap, inv_softcap = coef[3], coef[4]
-                # Linear sums are taken relative to the row's first logit, so that
-                # sum_q * lse - sum_q * x does not cancel when logits are large.
-                ref = zero
-                target_logit = zero
+                row_max, sum_exp, moment, mass = neg_inf, zero, zero, zero
                 if active:
-                    ref = load_x(logits, lg_base, softcap, inv_softcap)
-                    if not (ref > neg_inf and ref < -neg_inf):
-                        ref = zero
-                    # Read before any lane writes: with out=logits the row is overwritten.
-                    if index_target and counted:
-                        target_logit = load_x(logits, lg_base + t * lg_s1, softcap, inv_softcap)
-                row_max, sum_exp, u, w = neg_inf, zero, zero, zero
-                if active:
-                    row_max, sum_exp, u, w = row_stats(
-                        logits, target, weight, lg_base, lg_s1, tg_base, tg_s1, w_off, w_s,
-                        c_begin + lane, c_end, group, ref, coef, cache)
-                row_max, sum_exp, u, w = group_reduce(row_max, sum_exp, u, w, group, lane32,
-                                                      warp_id)
+                    row_max, sum_exp, moment, mass = thread_stats(
+                        logits, x_row, x_geom, target, t_row, t_geom, weight, w_geom,
+                        c_begin + lane, c_end, dims.group, ref, scalars, cache)
+                row_max, sum_exp, moment, mass = group_reduce(row_max, sum_exp, moment, mass,
+                                                              dims.group, lane32, warp_id)
+                row_done = active
                 if split:
-                    part = chunk_base + 4 * (row * n_chunks + chunk)
-                    if tid == 0 and active:
-                        acc_ws[part] = row_max
-                        acc_ws[part + 1] = sum_exp
-                        acc_ws[part + 2] = u
-                        acc_ws[part + 3] = w
-                        cuda.threadfence()
-                        done = cuda.atomic.add(int_ws, CHUNKS_DONE + row, 1)
-                        row_done_flag[0] = 1 if done == n_chunks - 1 else 0
-                    cuda.syncthreads()
-                    row_done = active and row_done_flag[0] == 1
-                    if row_done:
-                        cuda.threadfence()
-                        part = chunk_base + 4 * row * n_chunks
-                        row_max, sum_exp, u, w = (acc_ws[part], acc_ws[part + 1],
-                                                  acc_ws[part + 2], acc_ws[part + 3])
-                        for other in range(1, n_chunks):
-                            part = chunk_base + 4 * (row * n_chunks + other)
-                            row_max, sum_exp, u, w = combine(
-                                row_max, sum_exp, u, w, acc_ws[part], acc_ws[part + 1],
-                                acc_ws[part + 2], acc_ws[part + 3])
-                    cuda.syncthreads()
+                    row_done, row_max, sum_exp, moment, mass = merge_chunks(
+                        acc_ws, int_ws, dims, row, chunk, active, row_max, sum_exp, moment, mass)
                 if row_done:
                     log_sum = log(sum_exp)
                     lse = row_max + log_sum
-                    lse_ref = (row_max - ref) + log_sum
-                    value = lse
+                    value = lse  # the logsumexp op's result
                     z_value = zero
                     row_d = row_n = one
-                    if is_entropy:
-                        value = log_sum - u / sum_exp
+                    if entropy:
+                        value = log_sum - moment / sum_exp  # H = log s - sum_c e_c (x_c - m) / s
                     elif is_ce:
-                        g = grad_scale
+                        g = scalars.grad_scale
                         if has_grad_output:
-                            g *= acc(grad_output[go_off + o * go_s0 + i * go_s2])
-                        g_ce, g_z = g * inv_d, g * inv_n
-                        cq = g_ce
-                        if not index_target:
-                            value = w * lse_ref - u
-                            cp = g_ce * w
-                        elif counted:
-                            w_t = acc(weight[w_off + t * w_s]) if has_weight else one
-                            target_weight = (one - eps) * w_t
-                            value = target_weight * ((row_max - target_logit) + log_sum)
-                            weight_sum = target_weight
-                            if eps > zero:  # u, w already carry the eps / C factor
-                                value += w * lse_ref - u
-                                weight_sum += w
-                            row_d = w_t
-                            tq = g_ce * target_weight
-                            cp = g_ce * weight_sum
-                        else:
-                            # ignored: loss and gradient exactly 0; out of range: nan + error flag
-                            value = zero if not valid else nan
-                            cp = nan
-                            row_d = row_n = zero
-                            if valid and lane == 0:
-                                cuda.atomic.max(int_ws, ERROR, n_rows - row)
-                        if z_loss > zero and counted:
-                            z_value = lse * lse
-                            cp += two * z_loss * g_z * lse
+                            g *= acc(grad_output[row_start(g_geom, o, i)])
+                        g_ce = g * inv_d
+                        value, z_value, row_d, row_n, p_coef, t_coef = ce_terms(
+                            row_max, log_sum, lse, ref, moment, mass, t_logit, t, valid, counted,
+                            weight, w_geom, g_ce, g * inv_n, scalars, int_ws,
+                            dims.n_rows - row if lane == 0 else 0)
                     if lane == 0:
                         if write_rows:
-                            loss[row * loss_s] = value + z_loss * z_value if is_ce else value
+                            loss[row] = value + scalars.z_loss * z_value if is_ce else value
                         if reduce:
                             part_ce += value
                             part_z += z_value
                             part_d += row_d
                             part_n += row_n
-                        if store_row_coefs:
-                            coefs = rowc_base + ROW_COEFS * row
-                            acc_ws[coefs] = row_max
-                            acc_ws[coefs + 1] = log_sum
-                            acc_ws[coefs + 2] = cp
-                            acc_ws[coefs + 3] = cq
-                            acc_ws[coefs + 4] = tq
+                        if store_coefs:
+                            store_row_coefs(acc_ws, dims.rowc_base + ROW_COEFS * row, row_max,
+                                            log_sum, p_coef, g_ce, t_coef)
             if do_apply and active:
                 if not do_stats:
-                    coefs = rowc_base + ROW_COEFS * row
-                    row_max, log_sum = acc_ws[coefs], acc_ws[coefs + 1]
-                    cp, cq, tq = acc_ws[coefs + 2], acc_ws[coefs + 3], acc_ws[coefs + 4]
-                apply_row(logits, target, weight, out, lg_base, lg_s1, tg_base, tg_s1, w_off,
-                          w_s, out_off + o * out_s0 + i * out_s2, out_s1, c_begin + lane, c_end,
-                          group, cached, row_max, log_sum, cp, cq, tq, t, not valid, coef,
+                    row_max, log_sum, p_coef, g_ce, t_coef = load_row_coefs(
+                        acc_ws, dims.rowc_base + ROW_COEFS * row)
+                write_row(logits, x_row, x_geom, target, t_row, t_geom, weight, w_geom, out,
+                          row_start(out_geom, o, i), out_geom, c_begin + lane, c_end, dims.group,
+                          cached, row_max, log_sum, p_coef, g_ce, t_coef, t, not valid, scalars,
                           cache)
         if reduce:
-            if finish_blocks(acc_ws, int_ws, part_ce, part_d, part_z, part_n):
-                ce_sum, d_sum, z_sum, n_sum = sum_slots(acc_ws)
-                if tid == 0:
-                    total = ce_sum / d_sum if is_mean > zero else ce_sum
-                    if z_loss > zero:
-                        total += z_loss * (z_sum / n_sum if is_mean > zero else z_sum)
-                    loss[0] = total
+            reduce_rows(loss, acc_ws, int_ws, part_ce, part_d, part_z, part_n, scalars)
 
     return kernel
 
@@ -540,28 +731,28 @@ def denominator_kernel(acc64, has_weight):
     """Kernel for the 'mean' denominators of index targets, and the index check.
 
     One block (launch it with grid 1); threads stride over the (outer, inner)
-    target rows and write acc_ws[0] = sum of w_t over the counted rows (D) and
-    acc_ws[1] = their number, summed in a fixed order; an index outside [0, C)
-    that is not ignore_index sets the error flag as the row kernel does.
+    target rows and write acc_ws[0] = D, the sum of w_t over the counted rows,
+    and acc_ws[1] = N, their number, summed in a fixed order; an index outside
+    [0, C) that is not ignore_index sets the error flag as the row kernel does.
     """
     acc = float64 if acc64 else float32
     zero, one = acc(0.0), acc(1.0)
-    _, block_sum4, _, _ = _tools(acc64)
+    block_sum4, _ = _block_sums(acc64)
 
     @cuda.jit
-    def kernel(target, weight, acc_ws, int_ws, dims):
-        """acc_ws[0:2] = (D, n_valid) over the targets (one block; threads stride rows)."""
-        (n_rows, n_classes, inner, tg_off, tg_s0, tg_s2, w_off, w_s, ignore_index) = dims
+    def kernel(target, t_geom, weight, w_geom, acc_ws, int_ws, dims):
+        """acc_ws[0:2] = (D, N) over the targets (one block; threads stride rows)."""
+        t_geom, w_geom, dims = Geometry(*t_geom), Geometry(*w_geom), Dims(*dims)
         d_sum = n_sum = zero
-        for row in range(cuda.threadIdx.x, n_rows, cuda.blockDim.x):
-            o = row // inner
-            t = class_index(target[tg_off + o * tg_s0 + (row - o * inner) * tg_s2])
-            if t != ignore_index:
-                if t >= 0 and t < n_classes:
-                    d_sum += acc(weight[w_off + t * w_s]) if has_weight else one
+        for row in range(cuda.threadIdx.x, dims.n_rows, cuda.blockDim.x):
+            o = row // dims.inner
+            t = class_index(target[row_start(t_geom, o, row - o * dims.inner)])
+            if t != dims.ignore_index:
+                if t >= 0 and t < dims.n_classes:
+                    d_sum += acc(weight[w_geom.offset + t * w_geom.s_class]) if has_weight else one
                     n_sum += one
                 else:
-                    cuda.atomic.max(int_ws, ERROR, n_rows - row)
+                    cuda.atomic.max(int_ws, ERROR, dims.n_rows - row)
         d_sum, n_sum, _, _ = block_sum4(d_sum, n_sum, zero, zero)
         if cuda.threadIdx.x == 0:
             acc_ws[0] = d_sum
@@ -598,17 +789,18 @@ def _variants():
     """
     out = []
     full = dict(has_weight=True, softcap=True, want_grad=True, has_grad_output=True)
+    index, prob, none = TargetKind.INDEX, TargetKind.PROB, TargetKind.NONE
     for layout, phase, cache in (("warp", "fused", 16), ("block", "fused", 16),
                                  ("split", "stats", 16), ("split", "apply", 16)):
         common = dict(layout=layout, phase=phase, cache=cache)
-        out += [Variant(op="cross_entropy", target="index", **full, **common),
-                Variant(op="cross_entropy", target="prob", reduce=True, **full, **common),
-                Variant(op="softmax", target="none", want_loss=False, **common)]
+        out += [Variant(op="cross_entropy", target=index, **full, **common),
+                Variant(op="cross_entropy", target=prob, reduce=True, **full, **common),
+                Variant(op="softmax", target=none, want_loss=False, **common)]
         if phase != "apply":
-            out += [Variant(op="cross_entropy", target="index", reduce=True,
+            out += [Variant(op="cross_entropy", target=index, reduce=True,
                             denom_on_device=True, **full, **common),
-                    Variant(op="logsumexp", target="none", **common),
-                    Variant(op="entropy", target="none", reduce=True, **common)]
+                    Variant(op="logsumexp", target=none, **common),
+                    Variant(op="entropy", target=none, reduce=True, **common)]
     return [(v.name, v) for v in out]
 
 

@@ -6,8 +6,8 @@ computed here. Two layouts, picked by how the class axis is chunked:
 
 - whole rows (the class axis in one chunk): each chunk is one call of nbxent's
   public function, which runs it on the CPU (NumPy chunks) or the GPU (CuPy
-  chunks). 'mean' runs as 'sum' with the exact denominators W (summed weights
-  of the non-ignored targets) and V (non-ignored rows) folded in, computed from
+  chunks). 'mean' runs as 'sum' with the exact denominators D (summed weights
+  of the non-ignored targets) and N (non-ignored rows) folded in, computed from
   the targets alone: no second pass over the logits.
 - split classes: each chunk yields per-row float64 partials, merged across the
   class chunks by one tree reduction (``partials`` explains the math); losses
@@ -30,7 +30,7 @@ from . import partials
 __all__ = ["asarray", "copy_contiguous", "copy_into", "cross_entropy", "normalize"]
 
 # Index letters of the axes the graph adds: partial fields, [cross-entropy, lse**2]
-# per row, and the 'mean' denominators [W, V].
+# per row, and the 'mean' denominators [D, N].
 _FIELDS, _ROW_PARTS, _DENOMINATORS = "F", "R", "D"
 
 
@@ -91,7 +91,7 @@ def _merge(parts, combine, axis):
 
 
 def _finish(ce_total, z_total, denominators, *, reduction, z_loss, loss_dtype):
-    """The 0-d loss from 0-d totals: divided by [W, V] for 'mean'."""
+    """The 0-d loss from 0-d totals: divided by [D, N] for 'mean'."""
     return _blockwise(partials.finish_total, "", ce_total, "", z_total,
                       "" if isinstance(z_total, da.Array) else None,
                       *_optional(denominators, _DENOMINATORS), reduction=reduction,
@@ -101,7 +101,7 @@ def _finish(ce_total, z_total, denominators, *, reduction, z_loss, loss_dtype):
 # ---------------------------------------------------------------- cross-entropy
 
 def _denominators(plan, target, weight, rows, cls):
-    """[W, V] of 'mean' as a lazy (2,) array read from the targets (and weights) only."""
+    """[D, N] of 'mean' as a lazy (2,) array read from the targets (and weights) only."""
     if not plan.target_is_index:
         return da.from_array(np.full(2, float(plan.n_rows)))
     parts = _blockwise(partials.denominator_parts, _DENOMINATORS + rows, target, rows,
@@ -145,7 +145,7 @@ def _whole_rows(plan, x, target, weight, denominators, indices):
         partials.row_cross_entropy, rows, x, full,
         target, rows if plan.target_is_index else full, ArraySliceDep(row_chunks), rows,
         *_optional(weight, cls), *_grad_output(plan, row_chunks, rows),
-        # Without a gradient or z-loss the chunks' sums do not depend on W and V: the
+        # Without a gradient or z-loss the chunks' sums do not depend on D and N: the
         # chunks then need not wait for the targets' reduction.
         *_optional(denominators if plan.want_grad or plan.z_loss else None, _DENOMINATORS),
         axis=plan.axis, options=options,

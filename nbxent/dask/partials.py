@@ -11,22 +11,24 @@ namespace read from the chunk's type) and scalars; none knows about Dask.
   gradient and the normalised outputs of a chunk then follow from the
   combined log-sum-exp.
 
-Loss partials, one field per entry of the leading axis (class axis kept, size 1);
-the chunk's log-sum-exp is SHIFT + LSE, kept in two parts so that logits near
-1e4 lose no digits: x - SHIFT is exact, and LSE lies in [0, log C].
+Loss partials, one field per entry of the leading axis (class axis kept, size 1),
+in the notation of ``nbxent/reference.py`` ("Notation") over the chunk's classes;
+the chunk's lse is SHIFT + LOG_SUM, kept in two parts so that logits near 1e4
+lose no digits: x - SHIFT is exact, and LOG_SUM lies in [0, log C].
 
-    SHIFT    the chunk's largest (capped) logit, 0 when that is not finite
-    LSE      log(sum_c exp(x_c - SHIFT)) over the chunk's classes (x soft-capped)
-    T_LOGIT  the target's capped logit when the target lies in the chunk, else 0
-    T_WEIGHT the target's class weight when it lies in the chunk, else 0
-    MASS     sum_c q_c, q the part of the target distribution summed over all
-             classes (smoothing eps/C * w_c for class indices; for probabilities
-             ((1 - eps) p_c + eps/C) * w_c)
-    SPREAD   sum_c q_c * (SHIFT + LSE - x_c): -sum_c q_c log p_c within the chunk
+    SHIFT    m, the chunk's largest (capped) logit, 0 when that is not finite
+    LOG_SUM  log s = log(sum_c exp(x_c - SHIFT)) (x soft-capped)
+    T_LOGIT  x_t, the target's capped logit, when the target lies in the chunk, else 0
+    T_WEIGHT w_t, the target's class weight, when it lies in the chunk, else 0
+    MASS     mass = sum_c q~_c, q~ the part of the target distribution summed class
+             by class (eps/C * w_c for class indices; ((1 - eps) y_c + eps/C) * w_c
+             for probabilities y)
+    SPREAD   spread = sum_c q~_c (lse - x_c), with the chunk's lse
 
-A row's cross-entropy is then (1 - eps) * T_WEIGHT * (SHIFT - T_LOGIT + LSE) +
-SPREAD for class indices, SPREAD for probabilities. Normalise partials are
-(SHIFT, LSE, ENTROPY).
+A row's cross-entropy is then t_mass (lse - x_t) + spread, that is (1 - eps) *
+T_WEIGHT * (SHIFT - T_LOGIT + LOG_SUM) + SPREAD for class indices, SPREAD for
+probabilities. Normalise partials are (SHIFT, LOG_SUM, ENTROPY). The 'mean'
+denominators are [D, N]: the summed w_t of the counted rows, and their number.
 """
 
 import importlib
@@ -36,7 +38,7 @@ import numpy as np
 from .. import api
 from .._plan import index_error
 
-SHIFT, LSE, T_LOGIT, T_WEIGHT, MASS, SPREAD = range(6)
+SHIFT, LOG_SUM, T_LOGIT, T_WEIGHT, MASS, SPREAD = range(6)
 N_LOSS_FIELDS = 6
 ENTROPY = 2
 N_NORMALIZE_FIELDS = 3
@@ -86,10 +88,10 @@ def check_targets(target, where, n_classes, ignore_index):
 
 
 def mean_scales(denominators):
-    """(1/W, 1/V) for 'mean' from [W, V]: inf for a zero, as in memory (0-d arrays)."""
+    """(1/D, 1/N) for 'mean' from [D, N]: inf for a zero, as in memory (0-d arrays)."""
     with np.errstate(divide="ignore"):
-        inv_ce, inv_z = 1.0 / denominators
-    return inv_ce, inv_z
+        inv_d, inv_n = 1.0 / denominators
+    return inv_d, inv_n
 
 
 def _scalar_or_block(x, grad_output, axis=None):
@@ -108,9 +110,9 @@ def row_cross_entropy(x, target, where, weight, grad_output, denominators, *, ax
     """(loss part or None, gradient or None) of a chunk of whole rows, by nbxent itself.
 
     The loss part is the per-row loss for 'none', else the chunk's sum as a float64
-    array of the loss's ndim. 'mean' runs as 'sum' (the caller divides by W);
-    given [W, V], they are folded in: grad_output / W and z_loss * W / V, so
-    that sum / W is the mean and the gradient is the mean's.
+    array of the loss's ndim. 'mean' runs as 'sum' (the caller divides by D);
+    given [D, N], they are folded in: grad_output / D and z_loss * D / N, so
+    that sum / D is the mean and the gradient is the mean's.
     """
     options = dict(options)
     target, weight = _like(x, target), _like(x, weight)
@@ -118,11 +120,11 @@ def row_cross_entropy(x, target, where, weight, grad_output, denominators, *, ax
         check_targets(target, where, x.shape[axis], options["ignore_index"])
     call_reduction = "sum" if reduction == "mean" else reduction
     if denominators is not None:
-        inv_ce, inv_z = mean_scales(_like(x, denominators))
+        inv_d, inv_n = mean_scales(_like(x, denominators))
         with np.errstate(invalid="ignore"):
-            z_ratio = float(inv_z / inv_ce)
+            z_ratio = float(inv_n / inv_d)
         options["z_loss"] *= z_ratio if np.isfinite(z_ratio) else 0.0
-        grad_output = grad_output * inv_ce
+        grad_output = grad_output * inv_d
     keywords = dict(options, axis=axis, weight=weight, reduction=call_reduction)
     loss = grad = None
     if want_grad:
@@ -160,11 +162,11 @@ def denominator_parts(target, weight, *, ignore_index, n_classes):
 
 
 def finish_total(ce_total, z_total, denominators, *, reduction, z_loss, loss_dtype):
-    """The 0-d loss from the summed cross-entropy and z rows (0-d arrays) and [W, V]."""
+    """The 0-d loss from the summed cross-entropy and z rows (0-d arrays) and [D, N]."""
     with np.errstate(invalid="ignore"):
         if reduction == "mean":
-            inv_ce, inv_z = mean_scales(_like(ce_total, denominators))
-            total = ce_total * inv_ce + (z_loss * z_total * inv_z if z_loss else 0.0)
+            inv_d, inv_n = mean_scales(_like(ce_total, denominators))
+            total = ce_total * inv_d + (z_loss * z_total * inv_n if z_loss else 0.0)
         else:
             total = ce_total + (z_loss * z_total if z_loss else 0.0)
     return total.astype(loss_dtype)
@@ -179,7 +181,8 @@ def _capped(xp, x, softcap):
 
 
 def _chunk_lse(x, axis):
-    """(SHIFT, LSE, x - SHIFT) of a chunk along ``axis``; SHIFT and LSE float64, kept (size 1).
+    """(SHIFT, LOG_SUM, x - SHIFT) of a chunk along ``axis``; SHIFT and LOG_SUM float64,
+    kept (size 1).
 
     nbxent's kernel sees the chunk shifted by its max, so its float32 result
     lies in [0, log C] and keeps ~1e-7 absolute accuracy whatever the logits.
@@ -188,20 +191,20 @@ def _chunk_lse(x, axis):
     row_max = xp.max(x, axis=axis, keepdims=True)
     shift = xp.where(xp.isfinite(row_max), row_max, 0)
     shifted = x - shift
-    lse = xp.expand_dims(api.logsumexp(shifted, axis=axis), axis)
-    return shift.astype(xp.float64), lse.astype(xp.float64), shifted
+    log_sum = xp.expand_dims(api.logsumexp(shifted, axis=axis), axis)
+    return shift.astype(xp.float64), log_sum.astype(xp.float64), shifted
 
 
-def _merge_lse(xp, shift, lse, axis):
-    """(SHIFT, LSE) of the union of chunks along ``axis`` (kept).
+def _merge_lse(xp, shift, log_sum, axis):
+    """(SHIFT, LOG_SUM) of the union of chunks along ``axis`` (kept).
 
     The merged shift is the largest finite chunk max; a chunk of all -inf
-    (LSE -inf) adds nothing, +inf and nan propagate through LSE.
+    (LOG_SUM -inf) adds nothing, +inf and nan propagate through LOG_SUM.
     """
-    top = xp.max(xp.where(lse == -np.inf, -np.inf, shift), axis=axis, keepdims=True)
+    top = xp.max(xp.where(log_sum == -np.inf, -np.inf, shift), axis=axis, keepdims=True)
     top = xp.where(xp.isfinite(top), top, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return top, xp.log(xp.sum(xp.exp(shift - top + lse), axis=axis, keepdims=True))
+        return top, xp.log(xp.sum(xp.exp(shift - top + log_sum), axis=axis, keepdims=True))
 
 
 def _target_terms(xp, x, target, weight, first_class, *, axis, n_classes, ignore_index,
@@ -234,8 +237,8 @@ def loss_partials(x, target, weight, class_slice, where, *, axis, n_classes, ign
     if validate and index_target:
         check_targets(target, where, n_classes, ignore_index)
     x = _capped(xp, x, softcap)
-    shift, lse, shifted = _chunk_lse(x, axis)
-    zeros = xp.zeros_like(lse)
+    shift, log_sum, shifted = _chunk_lse(x, axis)
+    zeros = xp.zeros_like(log_sum)
     t_logit = t_weight = mass = spread = zeros
     q, place, w = _target_terms(xp, x, target, weight, class_slice[0].start, axis=axis,
                                 n_classes=n_classes, ignore_index=ignore_index,
@@ -247,9 +250,10 @@ def loss_partials(x, target, weight, class_slice, where, *, axis, n_classes, ign
     if q is not None:
         with np.errstate(invalid="ignore"):
             mass = zeros + xp.sum(q, axis=axis, keepdims=True)
-            # sum q (SHIFT + LSE - x) with x - SHIFT <= 0: two non-negative parts.
-            spread = lse * mass - xp.sum(q * shifted, axis=axis, keepdims=True)
-    return xp.stack([shift, lse, t_logit, t_weight, mass, spread])
+            # spread = mass (lse - r) - moment with r = SHIFT: sum_c q~_c (x_c - SHIFT)
+            # <= 0 and LOG_SUM >= 0, two non-negative parts that cannot cancel.
+            spread = log_sum * mass - xp.sum(q * shifted, axis=axis, keepdims=True)
+    return xp.stack([shift, log_sum, t_logit, t_weight, mass, spread])
 
 
 def _one_axis(axis):
@@ -257,24 +261,25 @@ def _one_axis(axis):
     return axis[0] if isinstance(axis, tuple) else axis
 
 
-def _rebased(parts, merged_shift, merged_lse):
-    """log-sum-exp of the merged chunks minus each chunk's own, without cancellation."""
-    return (merged_shift - parts[SHIFT]) + (merged_lse - parts[LSE])
+def _rebased(parts, merged_shift, merged_log_sum):
+    """lse of the merged chunks minus each chunk's own, without cancellation."""
+    return (merged_shift - parts[SHIFT]) + (merged_log_sum - parts[LOG_SUM])
 
 
 def combine_loss_partials(parts, axis, keepdims):
     """Merge loss partials along the class axis (``axis`` counts the field axis).
 
-    Each SPREAD is re-based from its chunk's log-sum-exp L_k onto the merged L:
-    sum_c q_c (L - x_c) = SPREAD_k + (L - L_k) * MASS_k.
+    Each SPREAD is re-based from its chunk's lse L_k onto the merged L:
+    sum_c q~_c (L - x_c) = SPREAD_k + (L - L_k) * MASS_k.
     """
     xp, axis = namespace(parts), _one_axis(axis)
-    shift, lse = _merge_lse(xp, parts[SHIFT], parts[LSE], axis - 1)
+    shift, log_sum = _merge_lse(xp, parts[SHIFT], parts[LOG_SUM], axis - 1)
     sums = xp.sum(parts[T_LOGIT:MASS + 1], axis=axis, keepdims=True)
     with np.errstate(invalid="ignore"):
-        rebase = xp.where(parts[MASS] == 0, 0.0, _rebased(parts, shift, lse) * parts[MASS])
+        rebase = xp.where(parts[MASS] == 0, 0.0,
+                          _rebased(parts, shift, log_sum) * parts[MASS])
         spread = xp.sum(parts[SPREAD] + rebase, axis=axis - 1, keepdims=True)
-    merged = xp.concatenate([shift[None], lse[None], sums, spread[None]])
+    merged = xp.concatenate([shift[None], log_sum[None], sums, spread[None]])
     return merged if keepdims else xp.squeeze(merged, axis)
 
 
@@ -286,23 +291,25 @@ def loss_rows(parts, target, *, n_classes, ignore_index, label_smoothing):
     """
     xp = namespace(parts)
     with np.errstate(invalid="ignore", over="ignore"):  # lse**2 of logits near 1e300 is inf
-        lse_squared = (parts[SHIFT] + parts[LSE]) ** 2
-        if target is None:
+        lse_squared = (parts[SHIFT] + parts[LOG_SUM]) ** 2
+        if target is None:  # probabilities: q = q~, so ce = spread
             return xp.stack([parts[SPREAD], lse_squared])
         t = _like(parts, target).astype(xp.int64)
         valid = t != ignore_index
         bad = valid & ((t < 0) | (t >= n_classes))
-        nll = parts[T_WEIGHT] * ((parts[SHIFT] - parts[T_LOGIT]) + parts[LSE])
+        # ce = sum_c q_c (lse - x_c) = t_mass (lse - x_t) + spread, t_mass = (1 - eps) w_t
+        nll = parts[T_WEIGHT] * ((parts[SHIFT] - parts[T_LOGIT]) + parts[LOG_SUM])
         ce = (1 - label_smoothing) * nll + parts[SPREAD]
         rows = xp.stack([xp.where(valid, ce, 0.0), xp.where(valid, lse_squared, 0.0)])
         return xp.where(bad, np.nan, rows)
 
 
 def _log_p(xp, x, parts, axis):
-    """float64 log-softmax of a chunk from the merged (SHIFT, LSE) of its rows (a new array)."""
+    """float64 log-softmax of a chunk from the merged (SHIFT, LOG_SUM) of its rows (a new
+    array): log p = (x - m) - log s."""
     log_p = x.astype(xp.float64)
     log_p -= xp.expand_dims(parts[SHIFT], axis)
-    log_p -= xp.expand_dims(parts[LSE], axis)
+    log_p -= xp.expand_dims(parts[LOG_SUM], axis)
     return log_p
 
 
@@ -310,10 +317,9 @@ def grad_chunk(x, target, weight, parts, grad_output, denominators, class_slice,
                n_classes, ignore_index, label_smoothing, z_loss, softcap, reduction):
     """The gradient over a chunk of the classes from the merged loss partials.
 
-    q_sum * p - q for the cross-entropy (q_sum the row's whole target mass), plus
-    2 * z_loss * lse * p, times grad_output (over W and V for 'mean'), times
-    1 - tanh(x/c)**2 under a soft cap; p = exp(log_softmax) in float64, updated
-    in place (a chunk's float64 temporaries are the cost of this path).
+    (p_coef p_j - g_ce q~_j - t_coef [j == t]) cap'_j, as in the notation:
+    p = exp(log_softmax) in float64, updated in place (a chunk's float64
+    temporaries are the cost of this path).
     """
     xp = namespace(x)
     index_target = target.dtype.kind in "iu"
@@ -325,26 +331,28 @@ def grad_chunk(x, target, weight, parts, grad_output, denominators, class_slice,
                                     axis=axis, n_classes=n_classes, ignore_index=ignore_index,
                                     label_smoothing=label_smoothing, index_target=index_target)
         g = _scalar_or_block(x, grad_output, axis)
-        ce_scale = z_scale = g
+        g_ce = g_z = g
         if reduction == "mean":
-            inv_ce, inv_z = mean_scales(_like(x, denominators))
-            ce_scale, z_scale = g * inv_ce, g * inv_z
-        mass = xp.expand_dims(parts[MASS], axis)
+            inv_d, inv_n = mean_scales(_like(x, denominators))
+            g_ce, g_z = g * inv_d, g * inv_n
+        row_mass = xp.expand_dims(parts[MASS], axis)
         if place is not None:
-            target_coef = (1 - label_smoothing) * xp.expand_dims(parts[T_WEIGHT], axis)
-            mass = mass + target_coef
-        row_scale = ce_scale * mass
+            t_mass = (1 - label_smoothing) * xp.expand_dims(parts[T_WEIGHT], axis)
+            row_mass = row_mass + t_mass
+        # d lse / dx_j = p_j, so d ce / dx_j = Q p_j - q_j (Q = row_mass, q_j = q~_j +
+        # t_mass [j == t]) and d (z_loss lse**2) / dx_j = 2 z_loss lse p_j.
+        p_coef = g_ce * row_mass
         if z_loss:
-            row_scale = row_scale + z_scale * 2 * z_loss * xp.expand_dims(
-                parts[SHIFT] + parts[LSE], axis)
-        grad *= row_scale
+            p_coef = p_coef + g_z * 2 * z_loss * xp.expand_dims(
+                parts[SHIFT] + parts[LOG_SUM], axis)
+        grad *= p_coef
         if q is not None:
-            grad -= ce_scale * q
+            grad -= g_ce * q
         if place is not None:
             index, here = place
             classes = _along(xp, xp.arange(x.shape[axis]), axis, x.ndim)
-            grad -= xp.where((classes == index) & here, ce_scale * target_coef, 0.0)
-        if softcap:
+            grad -= xp.where((classes == index) & here, g_ce * t_mass, 0.0)
+        if softcap:  # dx/dz = 1 - tanh(z / a)**2
             grad *= 1 - xp.tanh(x.astype(xp.float64) / softcap) ** 2
         if index_target:
             t = xp.expand_dims(_like(x, target).astype(xp.int64), axis)
@@ -355,36 +363,37 @@ def grad_chunk(x, target, weight, parts, grad_output, denominators, class_slice,
 
 
 def normalize_partials(x, *, axis, entropy):
-    """[SHIFT, LSE, ENTROPY] of a chunk of the classes (ENTROPY 0 unless asked), float64."""
+    """[SHIFT, LOG_SUM, ENTROPY] of a chunk of the classes (ENTROPY 0 unless asked), float64."""
     xp = namespace(x)
     x = _capped(xp, x, None)
-    shift, lse, _ = _chunk_lse(x, axis)
-    h = xp.zeros_like(lse)
+    shift, log_sum, _ = _chunk_lse(x, axis)
+    h = xp.zeros_like(log_sum)
     if entropy:
         h = xp.expand_dims(api.entropy(x, axis=axis).astype(xp.float64), axis)
-    return xp.stack([shift, lse, h])
+    return xp.stack([shift, log_sum, h])
 
 
 def combine_normalize_partials(parts, axis, keepdims):
-    """Merge [SHIFT, LSE, ENTROPY] along the class axis (``axis`` counts the field axis).
+    """Merge [SHIFT, LOG_SUM, ENTROPY] along the class axis (``axis`` counts the field axis).
 
-    With L_k a chunk's log-sum-exp, L the merged one and w_k = exp(L_k - L):
-    H = sum_k w_k * (H_k + L - L_k). A chunk of all -inf adds nothing; a merged
-    row of all -inf has nan entropy, as in memory.
+    With L_k a chunk's lse, L the merged one and a_k = exp(L_k - L) (the chunk's
+    share of the probability): H = sum_k a_k * (H_k + L - L_k). A chunk of all
+    -inf adds nothing; a merged row of all -inf has nan entropy, as in memory.
     """
     xp, axis = namespace(parts), _one_axis(axis)
-    shift, lse = _merge_lse(xp, parts[SHIFT], parts[LSE], axis - 1)
+    shift, log_sum = _merge_lse(xp, parts[SHIFT], parts[LOG_SUM], axis - 1)
     with np.errstate(invalid="ignore", over="ignore"):
-        gap = _rebased(parts, shift, lse)
-        terms = xp.where(parts[LSE] == -np.inf, 0.0, xp.exp(-gap) * (parts[ENTROPY] + gap))
-        h = xp.where(lse == -np.inf, np.nan, xp.sum(terms, axis=axis - 1, keepdims=True))
-    merged = xp.concatenate([shift[None], lse[None], h[None]])
+        gap = _rebased(parts, shift, log_sum)
+        terms = xp.where(parts[LOG_SUM] == -np.inf, 0.0,
+                         xp.exp(-gap) * (parts[ENTROPY] + gap))
+        h = xp.where(log_sum == -np.inf, np.nan, xp.sum(terms, axis=axis - 1, keepdims=True))
+    merged = xp.concatenate([shift[None], log_sum[None], h[None]])
     return merged if keepdims else xp.squeeze(merged, axis)
 
 
 def lse_rows(parts):
-    """The merged log-sum-exp per row, float64."""
-    return parts[SHIFT] + parts[LSE]
+    """The merged lse per row, float64."""
+    return parts[SHIFT] + parts[LOG_SUM]
 
 
 def normalized_chunk(x, parts, *, op, axis):
