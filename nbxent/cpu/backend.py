@@ -156,8 +156,10 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None):
         out_buffer, out_geom = _flat(out)
     elif plan.dtype == np.float16:
         out_buffer = out_buffer.view(np.uint16)
-    row_value = np.empty(plan.n_rows, plan.loss_dtype)
-    row_lse = np.empty(plan.n_rows)
+    returns_rows = plan.reduction == "none" and plan.op in ("cross_entropy", "entropy")
+    row_value = (np.empty(plan.n_rows, plan.loss_dtype) if returns_rows
+                 else _scratch("row_value", plan.n_rows, plan.loss_dtype))
+    row_lse = _scratch("row_lse", plan.n_rows, np.float64)
     tiled, split, swap = _shape(CPU.current(), plan)
     outer, inner = plan.outer, plan.inner
     if swap:
@@ -177,6 +179,25 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None):
                             weight, weight_total, scalars, grad_output, g_geom, out_buffer,
                             out_geom, row_value, row_lse)
     return row_value, row_lse, denominator, n_valid
+
+
+_scratch_arrays = threading.local()
+
+
+def _scratch(name, n, dtype):
+    """A reused array of ``n`` elements for per-row values that never reach the caller.
+
+    Kept per thread, one per name (the largest asked for): a fresh array each call
+    costs its page faults, which at a million rows weigh on the whole call. The
+    arrays stay allocated while the thread lives.
+    """
+    arrays = getattr(_scratch_arrays, "arrays", None)
+    if arrays is None:
+        arrays = _scratch_arrays.arrays = {}
+    array = arrays.get(name)
+    if array is None or array.size < n or array.dtype != dtype:
+        array = arrays[name] = np.empty(max(n, array.size if array is not None else 0), dtype)
+    return array[:n]
 
 
 def _unit_stride(geom):

@@ -13,6 +13,10 @@ expf polynomial; results below 1.2e-38 flush to 0), ``exp64`` within 2.4e-14
 relative on [-700, 700] (degree-12 Taylor polynomial), ``log32`` within 1.2e-7 absolute
 on [0.5, 2] and 1.5e-7 relative elsewhere, ``log1p32`` within 2e-7 relative. Special values follow IEEE: exp(-inf)
 = 0, exp(inf) = inf, nan in gives nan out; log(0) = -inf, log(inf) = inf.
+
+The per-logit exps of the kernels take x - max, never positive: ``exp_nonpositive``
+drops the overflow and nan selects of a general exp (a nan passes through the
+polynomial) and flushes to 0 a little lower (where the scale 2**k reaches 0).
 """
 
 import numpy as np
@@ -25,8 +29,9 @@ _F32 = np.float32
 
 
 @njit(inline="always")
-def exp32(x):
-    """e**x for a float32 x."""
+def _exp32_scaled(x, clamp):
+    """e**x as polynomial(r) * 2**k, x = k ln2 + r; k clamped to [-126, 127] if ``clamp``
+    (else k must lie in [-127, 127]: k = -127 gives 2**k = 0, bits all zero)."""
     k = np.floor(x * _F32(1.4426950408889634) + _F32(0.5))
     # ln2 split in two so that k * ln2_hi is exact (Cody-Waite).
     r = x - k * _F32(0.693359375) - k * _F32(-2.12194440e-4)
@@ -37,27 +42,55 @@ def exp32(x):
     p = p * r + _F32(1.6666665459e-1)
     p = p * r + _F32(5.0000001201e-1)
     p = p * r * r + r + _F32(1.0)
-    k = min(max(k, _F32(-126.0)), _F32(127.0))
-    y = p * bitcast(np.int32((np.int32(k) + 127) << 23), np.float32)
+    if clamp:
+        k = min(max(k, _F32(-126.0)), _F32(127.0))
+    return p * bitcast(np.int32((np.int32(k) + 127) << 23), np.float32)
+
+
+@njit(inline="always")
+def exp32(x):
+    """e**x for a float32 x."""
+    y = _exp32_scaled(x, True)
     y = _F32(0.0) if x < _F32(-87.33654) else y
     y = _F32(np.inf) if x > _F32(88.72283) else y
     return y if x == x else x
 
 
 @njit(inline="always")
-def exp64(x):
-    """e**x for a float64 x."""
+def exp_nonpositive32(x):
+    """e**x for a float32 x <= 0 (or nan, which it returns); no overflow or nan
+    selects. Below -87.7 (where k reaches -127, a scale of 0) it returns 0."""
+    # A nan fails the comparison and goes on: the polynomial returns it.
+    return _exp32_scaled(_F32(-88.0) if x < _F32(-88.0) else x, False)
+
+
+@njit(inline="always")
+def _exp64_scaled(x, clamp):
+    """float64 ``_exp32_scaled``: k clamped to [-1022, 1023] if ``clamp``."""
     k = np.floor(x * 1.4426950408889634 + 0.5)
     r = x - k * 0.6931471803691238 - k * 1.9082149292705877e-10
     p = 1.0 / 479001600.0
     for n in (39916800.0, 3628800.0, 362880.0, 40320.0, 5040.0, 720.0, 120.0, 24.0, 6.0,
               2.0, 1.0, 1.0):
         p = p * r + 1.0 / n
-    k = min(max(k, -1022.0), 1023.0)
-    y = p * bitcast(np.int64((np.int64(k) + 1023) << 52), np.float64)
+    if clamp:
+        k = min(max(k, -1022.0), 1023.0)
+    return p * bitcast(np.int64((np.int64(k) + 1023) << 52), np.float64)
+
+
+@njit(inline="always")
+def exp64(x):
+    """e**x for a float64 x."""
+    y = _exp64_scaled(x, True)
     y = 0.0 if x < -708.3964185322641 else y
     y = np.inf if x > 709.782712893384 else y
     return y if x == x else x
+
+
+@njit(inline="always")
+def exp_nonpositive64(x):
+    """float64 ``exp_nonpositive32``: returns 0 below -708.7."""
+    return _exp64_scaled(-709.0 if x < -709.0 else x, False)
 
 
 @njit(inline="always")
@@ -98,9 +131,9 @@ def log1p32(x):
 
 
 @njit(inline="always")
-def exp_(x, use64):
-    """exp in the kernel's compute type: ``exp64`` when ``use64`` else ``exp32``."""
+def exp_nonpositive(x, use64):
+    """e**x for x <= 0 (the kernels' x - max) in the kernel's compute type:
+    ``exp_nonpositive64`` when ``use64`` else ``exp_nonpositive32``."""
     if use64:
-        return exp64(x)
-    return exp32(x)
-
+        return exp_nonpositive64(x)
+    return exp_nonpositive32(x)

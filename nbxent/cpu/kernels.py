@@ -26,7 +26,7 @@ from numba import njit, prange
 
 from .bits import float_to_half, from_order_key, half_to_float, order_key, prefetch
 from .disk_cache import cached as _cached
-from .fastexp import exp64, exp_, log1p32, log32
+from .fastexp import exp64, exp_nonpositive, log1p32, log32
 
 # No nnan/ninf: nan must propagate and -inf logits must stay -inf. The kernels also
 # compile with error_model="numpy" (inherited by the helpers they call): a float
@@ -166,6 +166,11 @@ def _build(variant):
     # and so the cross-entropy, log_softmax and entropy, is nan (exp(inf - inf)).
     sum_at_inf = np.inf if target_kind == NO_TARGET and not entropy and write == WRITE_NOTHING \
         else np.nan
+    # The row kernel's statistics pass stores each exp where the result goes, and the
+    # write pass rescales it: one exp per logit instead of two. Not through float16
+    # (it would round the exps) nor under softcap or log_softmax (their writes need
+    # the logit itself).
+    keep_exps = write in (WRITE_GRAD, WRITE_SOFTMAX) and not half and not softcap
 
     @njit(inline="always")
     def unit_or(stride):
@@ -207,7 +212,7 @@ def _build(variant):
         aux: entropy's e*(x - max) (0 * -inf taken as 0), or w*(x - ref) under
         smoothing, or q*w*(x - ref) for probability targets; mass: q*w.
         """
-        e = exp_(value - shift, compute64)
+        e = exp_nonpositive(value - shift, compute64)
         aux = ftype(0.0)
         mass = ftype(0.0)
         if entropy:
@@ -325,8 +330,8 @@ def _build(variant):
     if tiled:
         return _cached(variant, _tile_kernel(
             ftype, half, compute64, indexed, prob, entropy, write, smoothing, softcap, sum_at_inf,
-            unit_or, load_logit, finite_or_zero, element_terms, element_result, target_of,
-            row_result, grad_output_at, upstream, target_gradient))
+            unit_or, load_logit, finite_or_zero, element_terms, element_result, row_result,
+            grad_output_at, upstream, target_gradient))
 
     @njit(inline="always")
     def chunk_max(x, base, stride, c0, c1):
@@ -343,8 +348,13 @@ def _build(variant):
 
     @njit
     def segment_stats(x, base, s_class, lo, hi, cap, ref, target, t_row, t_class_stride,
-                      weight, one_minus_eps, eps_over_c):
-        """(row_max, sum_exp, aux, mass) over classes [lo, hi) of one row."""
+                      weight, one_minus_eps, eps_over_c, out, out_base, o_sc, chunk_shifts,
+                      item):
+        """(row_max, sum_exp, aux, mass) over classes [lo, hi) of one row.
+
+        With ``keep_exps``, each exp(x - shift) goes to ``out`` and each chunk's
+        shift to ``chunk_shifts[item]``.
+        """
         row_max = ftype(neg_inf)
         sum_exp = 0.0
         rest_sum = 0.0  # only to let a nan logit through when the max is +inf
@@ -362,6 +372,8 @@ def _build(variant):
                 row_max = top
             # While every value seen is -inf, shift by 0: exp(-inf) is 0, not nan.
             shift = row_max if row_max > neg_inf else ftype(0.0)
+            if keep_exps:
+                chunk_shifts[item, (c0 - lo) // CHUNK] = shift
             # Values equal to the shift add exactly 1 each. Summing the rest apart keeps
             # float32 from rounding 1 + (small rest), the whole loss of a confident row;
             # their count is what the plain total adds beyond the rest. (Measured: a
@@ -374,6 +386,8 @@ def _build(variant):
                 at_top, e, aux_term, mass_term = element_terms(
                     load_logit(x, base + c * s_class, cap), shift, ref, c, target, t_row,
                     t_class_stride, weight, one_minus_eps, eps_over_c)
+                if keep_exps:
+                    _store(out, out_base + c * o_sc, e, half)
                 total += e
                 rest += ftype(0.0) if at_top else e
                 chunk_aux += aux_term
@@ -388,7 +402,7 @@ def _build(variant):
 
     @njit
     def item_stats(item, n_seg, seg_len, x, x_geom, inner, n_classes, target, t_geom, weight,
-                   cap, one_minus_eps, eps_over_c, part):
+                   cap, one_minus_eps, eps_over_c, out, out_geom, part, chunk_shifts):
         """Statistics of one work item (a row, or one of its ``n_seg`` segments).
 
         Also keeps the row's reference and target logits: with several items per
@@ -396,6 +410,7 @@ def _build(variant):
         """
         x_off, x_so, x_sc, x_si = x_geom
         t_off, t_so, t_sc, t_si = t_geom
+        o_off, o_so, o_sc, o_si = out_geom
         r = item // n_seg
         lo = (item - r * n_seg) * seg_len
         o = r // inner
@@ -408,12 +423,13 @@ def _build(variant):
                                          cap)[2]
         part[_MAX, item], part[_SUM, item], part[_AUX, item], part[_MASS, item] = \
             segment_stats(x, base, x_sc, lo, min(lo + seg_len, n_classes), cap, ref, target,
-                          t_row, t_sc, weight, one_minus_eps, eps_over_c)
+                          t_row, t_sc, weight, one_minus_eps, eps_over_c, out,
+                          o_off + o * o_so + i * o_si, o_sc, chunk_shifts, item)
 
     @njit
     def finish_item(item, n_seg, seg_len, x, x_geom, inner, n_classes, target, t_geom,
                     weight, weight_total, scalars, grad_output, g_geom, out, out_geom, part,
-                    row_value, row_lse):
+                    chunk_shifts, row_value, row_lse):
         """Combine a row's statistics; write its value, lse and the item's classes."""
         x_off, x_so, x_sc, x_si = x_geom
         t_off, t_so, t_sc, t_si = t_geom
@@ -469,12 +485,20 @@ def _build(variant):
                                                       g_off + o * g_so + i * g_si), coef, lse)
         inv_sum = ftype(math.exp(-log_sum))
         scaled_coef = ftype(coef) * inv_sum
-        for c in range(lo, hi):
-            value = load_logit(x, base + c * x_sc, cap)
-            result = element_result(value, exp_(value - shift, compute64), shift, log_sum,
-                                    inv_sum, scaled_coef, ftype(g_ce), c, target, t_row, t_sc,
-                                    weight, ftype(one_minus_eps), ftype(eps_over_c), cap)
-            _store(out, out_base + c * o_sc, result, half)
+        for c0 in range(lo, hi, CHUNK):
+            if keep_exps:  # the stored exps were taken with the chunk's shift
+                rescale = ftype(math.exp(chunk_shifts[item, (c0 - lo) // CHUNK] - shift))
+            for c in range(c0, min(c0 + CHUNK, hi)):
+                if keep_exps:
+                    value = ftype(0.0)  # not read by these writes
+                    e = _load(out, out_base + c * o_sc, half, ftype) * rescale
+                else:
+                    value = load_logit(x, base + c * x_sc, cap)
+                    e = exp_nonpositive(value - shift, compute64)
+                result = element_result(value, e, shift, log_sum, inv_sum, scaled_coef,
+                                        ftype(g_ce), c, target, t_row, t_sc, weight,
+                                        ftype(one_minus_eps), ftype(eps_over_c), cap)
+                _store(out, out_base + c * o_sc, result, half)
         if indexed and write == WRITE_GRAD and lo <= t < hi:
             _store(out, out_base + t * o_sc,
                    target_gradient(coef, g_ce, target_logit, shift, log_sum, target_weight,
@@ -492,6 +516,7 @@ def _build(variant):
         # Partial statistics per work item, in float64 (row maxima of float32 logits
         # are exact in it).
         part = np.empty((_N_PARTS, n_items))
+        chunk_shifts = np.empty((n_items, (seg_len + CHUNK - 1) // CHUNK if keep_exps else 0))
         # split == 1: one pass, each row's statistics then its writes while the row is
         # still in cache. split > 1: all statistics, then (phase 1) combine and write.
         for phase in range(1 if split == 1 else 2):
@@ -501,18 +526,19 @@ def _build(variant):
                 item = np.int64(prange_item)
                 if phase == 0:
                     item_stats(item, split, seg_len, x, x_geom, inner, n_classes, target,
-                               t_geom, weight, cap, one_minus_eps, eps_over_c, part)
+                               t_geom, weight, cap, one_minus_eps, eps_over_c, out, out_geom,
+                               part, chunk_shifts)
                 if phase == 1 or split == 1:
                     finish_item(item, split, seg_len, x, x_geom, inner, n_classes, target,
                                 t_geom, weight, weight_total, scalars, grad_output, g_geom,
-                                out, out_geom, part, row_value, row_lse)
+                                out, out_geom, part, chunk_shifts, row_value, row_lse)
 
     return _cached(variant, row_kernel)
 
 
 def _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothing, softcap,
                  sum_at_inf, unit_or, load_logit, finite_or_zero, element_terms, element_result,
-                 target_of, row_result, grad_output_at, upstream, target_gradient):
+                 row_result, grad_output_at, upstream, target_gradient):
     """The tile kernel of one variant, built from the variant's shared helpers."""
     neg_inf = -np.inf
     LINE = 64 // np.dtype(ftype).itemsize  # logits per cache line (float16 tiles take none)
@@ -538,14 +564,41 @@ def _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothin
         return n_classes, n, s_class, unit_or(s_pos), pitch, 1
 
     @njit(inline="always")
-    def stage(x, base, s_class, s_pos, tile, n_classes, n, pitch, cap):
-        """Load a tile of logits, capped and in the compute type."""
-        n_outer, n_inner, s_outer, s_inner, t_outer, t_inner = tile_layout(
-            s_class, s_pos, n_classes, n, pitch)
-        for a in range(n_outer):
-            for b in range(n_inner):
-                tile[_cell(a, t_outer, b * t_inner)] = load_logit(
-                    x, base + a * s_outer + b * s_inner, cap)
+    def stage(x, base, s_class, s_pos, tile, n_classes, n, pitch, cap, top, target_class,
+              t_logit):
+        """Load a tile of logits, capped and in the compute type, and take on the way
+        each position's max (``top``) and, for index targets, its target logit.
+
+        Short rows (unit class stride) are transposed row by row, the max and the
+        target taken per row; class-major tiles (NCHW) are copied along positions,
+        the max and the target selected per class in the same vectorised loop.
+        """
+        if s_class == 1:
+            for k in range(n):
+                row = base + k * s_pos
+                row_top = load_logit(x, row, cap)
+                for c in range(n_classes):
+                    value = load_logit(x, row + c, cap)
+                    tile[_cell(c, pitch, k)] = value
+                    row_top = max(row_top, value)
+                top[k] = row_top
+                if indexed:
+                    t = target_class[k]
+                    t_logit[k] = tile[_cell(max(t, 0), pitch, k)] if t >= 0 else ftype(0.0)
+            return
+        s_pos = unit_or(s_pos)
+        for k in range(n):
+            top[k] = load_logit(x, base + k * s_pos, cap)
+            t_logit[k] = ftype(0.0)
+        for c in range(n_classes):
+            for k in range(n):
+                value = load_logit(x, base + c * s_class + k * s_pos, cap)
+                tile[_cell(c, pitch, k)] = value
+                top[k] = max(top[k], value)
+                # (Summed, its one nonzero term selected: a select between two loads
+                # keeps LLVM from vectorising the loop.)
+                if indexed:
+                    t_logit[k] += value if target_class[k] == np.int32(c) else ftype(0.0)
 
     @njit(inline="always")
     def prefetch_tile(x, base, s_class, s_pos, n_classes, n, pitch):
@@ -574,7 +627,8 @@ def _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothin
     @njit
     def tile_body(tile_index, tiles_per_outer, width, pitch, x, x_geom, inner, n_classes, target,
                   t_geom, weight, weight_total, scalars, grad_output, g_geom, out, out_geom,
-                  row_value, row_lse, scratch, wide_scratch, target_index, logits, exps):
+                  row_value, row_lse, scratch, wide_scratch, target_index, target_class, logits,
+                  exps):
         x_off, x_so, x_sc, x_si = x_geom
         t_off, t_so, t_sc, t_si = t_geom
         g_off, g_so, g_si = g_geom
@@ -590,21 +644,32 @@ def _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothin
         # The tile's logits are staged once into ``logits`` (class-major, positions
         # contiguous) and their exps kept in ``exps``: every later pass is a
         # contiguous loop over positions, the vectorised one.
-        stage(x, x_base, x_sc, x_si, logits, n_classes, n, pitch, cap)
-        if not half and i0 + width < inner:
-            prefetch_tile(x, x_base + width * x_si, x_sc, x_si, n_classes,
-                          min(width, inner - i0 - width), pitch)
         shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
         aux, mass, ref = scratch[_AUX], scratch[_MASS], scratch[_REF]
         t_logit, valid = scratch[_T_LOGIT], scratch[_VALID]
         scale, g_scale, log_sums = scratch[_COEF], scratch[_G_CE], scratch[_LOG_SUM]
         t_grads = scratch[_T_GRAD]
         t_weight, g_rows = wide_scratch[0], wide_scratch[1]
-        for k in range(n):
-            shift[k] = logits[_cell(0, pitch, k)]
-        for c in range(1, n_classes):
+        # The targets first (a contiguous loop), so that the staging picks each
+        # position's target logit from the tile: no gather from memory per position.
+        if indexed:
+            ignore_index = np.int64(scalars[0])
             for k in range(n):
-                shift[k] = max(shift[k], logits[_cell(c, pitch, k)])
+                t = np.int64(target[np.uint64(t_base + k * t_si)])
+                in_range = 0 <= t < n_classes
+                valid[k] = ftype(1.0) if t != ignore_index else ftype(0.0)
+                target_index[k] = t
+                target_class[k] = np.int32(t) if in_range else np.int32(-1)
+            for k in range(n):
+                t = target_index[k]
+                in_range = 0 <= t < n_classes
+                class_weight = float(weight[np.uint64(t if in_range else 0)])
+                t_weight[k] = class_weight if in_range else np.nan
+        stage(x, x_base, x_sc, x_si, logits, n_classes, n, pitch, cap, shift, target_class,
+              t_logit)
+        if not half and i0 + width < inner:
+            prefetch_tile(x, x_base + width * x_si, x_sc, x_si, n_classes,
+                          min(width, inner - i0 - width), pitch)
         for k in range(n):
             top = shift[k]
             shift[k] = top if top > neg_inf else ftype(0.0)
@@ -629,17 +694,11 @@ def _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothin
                     aux[k] += aux_term
                 if prob:
                     mass[k] += mass_term
-        # The gathers of each position's target and upstream gradient, then the
-        # arithmetic in a loop of its own, which vectorises.
-        for k in range(n):
-            is_valid, t, target_logit, target_weight = target_of(
-                x, x_base + k * x_si, x_sc, target, t_base + k * t_si, n_classes,
-                np.int64(scalars[0]), weight, cap)
-            valid[k] = ftype(1.0) if is_valid else ftype(0.0)
-            target_index[k] = t
-            t_logit[k] = target_logit
-            t_weight[k] = target_weight
-            if write != WRITE_NOTHING:
+        if not indexed:
+            for k in range(n):
+                valid[k] = ftype(1.0)
+        if write != WRITE_NOTHING:
+            for k in range(n):
                 g_rows[k] = grad_output_at(scalars, grad_output,
                                            g_off + o * g_so + (i0 + k) * g_si)
         for k in range(n):
@@ -698,6 +757,7 @@ def _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothin
             scratch = np.empty((_N_SCRATCH, width), ftype)
             wide_scratch = np.empty((2, width))  # float64 target weights and grad_output
             target_index = np.empty(width, np.int64)
+            target_class = np.empty(width, np.int32)  # in [0, C), or -1
             logits = np.empty(n_classes * pitch, ftype)
             exps = np.empty(n_classes * pitch, ftype)
             for tile_index in range(block * n_tiles // n_blocks,
@@ -705,6 +765,6 @@ def _tile_kernel(ftype, half, compute64, indexed, prob, entropy, write, smoothin
                 tile_body(tile_index, tiles_per_outer, width, pitch, x, x_geom, inner, n_classes,
                           target, t_geom, weight, weight_total, scalars, grad_output, g_geom,
                           out, out_geom, row_value, row_lse, scratch, wide_scratch, target_index,
-                          logits, exps)
+                          target_class, logits, exps)
 
     return tile_kernel
