@@ -169,8 +169,9 @@ def _build(variant):
     # The row kernel's statistics pass stores each exp where the result goes, and the
     # write pass rescales it: one exp per logit instead of two. Not through float16
     # (it would round the exps) nor under softcap or log_softmax (their writes need
-    # the logit itself).
-    keep_exps = write in (WRITE_GRAD, WRITE_SOFTMAX) and not half and not softcap
+    # the logit itself), nor in float64: there the stored exps lost their digits for
+    # logits near 1e12 and beyond (tests/test_offsets.py), cause not yet found.
+    keep_exps = write in (WRITE_GRAD, WRITE_SOFTMAX) and not half and not softcap and not compute64
 
     @njit(inline="always")
     def unit_or(stride):
