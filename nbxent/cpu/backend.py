@@ -15,8 +15,9 @@ import numpy as np
 from .._config import CPU
 from .._dispatch import as_cpu_array
 from .._plan import View, index_error
-from .kernels import (INDEX_TARGET, NO_TARGET, PROB_TARGET, WRITE_GRAD, WRITE_LOG_SOFTMAX,
-                      WRITE_NOTHING, WRITE_SOFTMAX, Variant, kernel_for, scan_targets)
+from .arguments import (WRITE_GRAD, WRITE_LOG_SOFTMAX, WRITE_NOTHING, WRITE_SOFTMAX, Geometry,
+                        Options, Shape, TargetKind, Variant)
+from .kernels import kernel_for, scan_targets
 
 _WRITES = {"log_softmax": WRITE_LOG_SOFTMAX, "softmax": WRITE_SOFTMAX}
 _UNUSED = np.zeros(1)
@@ -45,7 +46,9 @@ def _strided(view):
 
 
 def _flat(view):
-    """(1-D buffer over the view's memory, (offset, *element strides)).
+    """(1-D buffer over the view's memory, its ``Geometry``).
+
+    A view is (outer, C, inner) or, per row, (outer, inner) (no class stride).
 
     Axes with negative strides are flipped so the buffer starts at the lowest
     address; the offset then points at the view's first element. float16
@@ -60,7 +63,8 @@ def _flat(view):
     flat = np.lib.stride_tricks.as_strided(lowest, (span,), (itemsize,))
     if flat.dtype == np.float16:
         flat = flat.view(np.uint16)
-    return flat, (offset, *view.strides)
+    strides = view.strides if len(view.strides) == 3 else (view.strides[0], 0, view.strides[1])
+    return flat, Geometry(offset, *strides)
 
 
 _workqueue_lock = threading.Lock()
@@ -111,11 +115,7 @@ def _shape(settings, plan):
 
 def _rows_as_positions(geom):
     """Geometry with the outer axis moved to the (vectorised) inner one: (N, C) as (1, C, N)."""
-    if len(geom) == 3:
-        offset, s_outer, s_inner = geom
-        return offset, 0, s_outer
-    offset, s_outer, s_class, s_inner = geom
-    return offset, 0, s_class, s_outer
+    return Geometry(geom.offset, 0, geom.s_class, geom.s_outer)
 
 
 def _compute_dtype(plan):
@@ -131,27 +131,25 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None):
     """
     compute = _compute_dtype(plan)
     x, x_geom = _flat(plan.logits)
-    target, t_geom = _UNUSED, (0, 0, 0, 0)
+    target, t_geom = _UNUSED, Geometry(0, 0, 0, 0)
     weight = _class_weights(plan, compute)
-    weight_total = float(np.sum(weight, dtype=np.float64))
+    weight_sum = float(np.sum(weight, dtype=np.float64))
     denominator = n_valid = plan.n_rows
-    ignore_index = plan.ignore_index
-    if target_kind == INDEX_TARGET:
-        target, t_geom, denominator, n_valid, ignore_index = _index_target(plan)
-    elif target_kind == PROB_TARGET:
+    if target_kind == TargetKind.INDEX:
+        target, t_geom, denominator, n_valid = _index_target(plan)
+    elif target_kind == TargetKind.PROB:
         target, t_geom = _flat(plan.target)
     inv_ce = inv_z = 1.0
     if plan.reduction == "mean":
         inv_ce = 1.0 / denominator if denominator else math.inf
         inv_z = 1.0 / n_valid if n_valid else math.inf
-    grad_output, g_geom, has_grad_output = _UNUSED, (0, 0, 0), 0.0
+    grad_output, g_geom = _UNUSED, Geometry(0, 0, 0, 0)
     if plan.grad_output is not None:
         go = plan.grad_output
         if go.array.dtype == np.float16:
             go = View(go.array.astype(np.float32), go.shape, go.strides)
         grad_output, g_geom = _flat(go)
-        has_grad_output = 1.0
-    out_buffer, out_geom = _UNUSED.astype(plan.dtype), (0, 0, 0, 0)
+    out_buffer, out_geom = _UNUSED.astype(plan.dtype), Geometry(0, 0, 0, 0)
     if out is not None:
         out_buffer, out_geom = _flat(out)
     elif plan.dtype == np.float16:
@@ -162,22 +160,30 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None):
     row_lse = _scratch("row_lse", plan.n_rows, np.float64)
     tiled, split, swap = _shape(CPU.current(), plan)
     outer, inner = plan.outer, plan.inner
+    shape = Shape(outer, inner, plan.n_classes, row_split=1 if tiled else split,
+                  tile_width=split if tiled else 1)
     if swap:
-        outer, inner = 1, outer
+        shape = shape._replace(outer=1, inner=outer)
         x_geom, t_geom, g_geom, out_geom = map(_rows_as_positions,
                                                (x_geom, t_geom, g_geom, out_geom))
     variant = Variant(
         tiled=tiled, half=plan.dtype == np.float16, compute64=compute is np.float64,
-        target=target_kind, target_half=target_kind == PROB_TARGET and target.dtype == np.uint16,
+        target=target_kind,
+        target_half=target_kind == TargetKind.PROB and target.dtype == np.uint16,
         smoothing=plan.label_smoothing > 0.0, softcap=plan.softcap > 0.0, entropy=entropy,
         write=write, contiguous=tiled and _unit_stride(x_geom) and (
             out is None or _unit_stride(out_geom)))
-    scalars = np.array([ignore_index, plan.label_smoothing, plan.z_loss, plan.softcap,
-                        plan.grad_scale, inv_ce, inv_z, has_grad_output])
+    options = Options(
+        ignore_index=plan.ignore_index, label_smoothing=float(plan.label_smoothing),
+        z_loss=float(plan.z_loss), softcap=float(plan.softcap),
+        grad_scale=float(plan.grad_scale), inv_ce=float(inv_ce), inv_z=float(inv_z),
+        weight_sum=weight_sum, has_grad_output=plan.grad_output is not None)
     with _launch_guard():
-        kernel_for(variant)(x, x_geom, split, outer, inner, plan.n_classes, target, t_geom,
-                            weight, weight_total, scalars, grad_output, g_geom, out_buffer,
-                            out_geom, row_value, row_lse)
+        # Named tuples travel as plain ones (Numba types a named tuple argument several
+        # times slower at every call); the kernels name their fields again.
+        kernel_for(variant)(x, tuple(x_geom), target, tuple(t_geom), weight, grad_output,
+                            tuple(g_geom), out_buffer, tuple(out_geom), row_value, row_lse,
+                            tuple(shape), tuple(options))
     return row_value, row_lse, denominator, n_valid
 
 
@@ -205,12 +211,11 @@ def _unit_stride(geom):
     along the classes when they are contiguous (short rows, transposed as they are
     staged), along the positions otherwise. (The row kernel's variants do not
     depend on strides.)"""
-    s_class, s_inner = geom[2], geom[3]
-    return s_class == 1 or s_inner == 1
+    return geom.s_class == 1 or geom.s_inner == 1
 
 
 def _index_target(plan):
-    """(flat int64 targets, geometry, D, n_valid), after checking every index.
+    """(flat int64 targets, their ``Geometry``, D, n_valid), after checking every index.
 
     Raises the index error before anything is written when ``plan.validate``.
     """
@@ -219,20 +224,17 @@ def _index_target(plan):
     if view.array.dtype != np.int64:
         # One kernel per index dtype would multiply compile time; rows are cheap to copy.
         view = View(_as_int64(view.array, ignore_index), view.shape, (plan.inner, 1))
-    if float(ignore_index) != ignore_index:
-        # The kernels get ignore_index among float64 scalars: beyond 2**53 it would round.
-        view, ignore_index = _exact_ignore_index(view, plan.inner, ignore_index)
-    target, (offset, s_outer, s_inner) = _flat(view)
+    target, t_geom = _flat(view)
     rows = _strided(view).reshape(-1)  # one index per row, in row order (a view if it can be)
     with _launch_guard():
-        first_bad, weight_sum, n_valid = scan_targets(
+        first_bad, denominator, n_valid = scan_targets(
             rows, plan.n_classes, ignore_index, _class_weights(plan, np.float64))
     if first_bad >= 0 and plan.validate:
         position = np.unravel_index(first_bad, plan.result_shape)
         value = _strided(plan.target).reshape(-1)[first_bad]  # the caller's, not the copy's
         raise index_error(tuple(int(p) for p in position), int(value),
                           plan.n_classes, plan.ignore_index)
-    return target, (offset, s_outer, 0, s_inner), weight_sum, n_valid, ignore_index
+    return target, t_geom, denominator, n_valid
 
 
 _INT64_MAX = np.iinfo(np.int64).max
@@ -248,19 +250,6 @@ def _as_int64(target, ignore_index):
         if huge.any():
             copy[huge] = _INT64_MAX if ignore_index != _INT64_MAX else _INT64_MAX - 1
     return copy
-
-
-def _exact_ignore_index(view, inner, ignore_index):
-    """(targets, ignore_index) with ignore_index replaced by a value float64 holds exactly.
-
-    An ignore_index beyond 2**53 is outside [0, C): its rows become a negative value
-    no other row holds (below the smallest target), unless targets reach below -2**53.
-    """
-    copy = np.array(_strided(view), dtype=np.int64, order="C", copy=True)
-    smallest = int(copy.min()) if copy.size else 0
-    stand_in = min(smallest, 0) - 1 if smallest > -2**53 else -1
-    copy[copy == ignore_index] = stand_in
-    return View(copy, view.shape, (copy.shape[1], 1)), stand_in
 
 
 def _reduce(plan, row_value, row_lse, denominator, n_valid):
@@ -291,7 +280,7 @@ def _fresh_out(plan):
 
 def cross_entropy(plan):
     """(loss or None, gradient or None) for a cross-entropy plan."""
-    target_kind = INDEX_TARGET if plan.target_is_index else PROB_TARGET
+    target_kind = TargetKind.INDEX if plan.target_is_index else TargetKind.PROB
     out = None
     if plan.want_grad:
         out = plan.out or _fresh_out(plan)
@@ -305,9 +294,9 @@ def normalize(plan):
     """logsumexp / entropy per row, or log_softmax / softmax of the whole array."""
     if plan.op in _WRITES:
         out = plan.out or _fresh_out(plan)
-        _launch(plan, target_kind=NO_TARGET, write=_WRITES[plan.op], out=out)
+        _launch(plan, target_kind=TargetKind.NONE, write=_WRITES[plan.op], out=out)
         return out.array
-    row_value, row_lse, _, _ = _launch(plan, target_kind=NO_TARGET, write=WRITE_NOTHING,
+    row_value, row_lse, _, _ = _launch(plan, target_kind=TargetKind.NONE, write=WRITE_NOTHING,
                                        entropy=plan.op == "entropy")
     if plan.op == "logsumexp":
         return row_lse.astype(plan.loss_dtype).reshape(plan.result_shape)

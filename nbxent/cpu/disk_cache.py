@@ -24,7 +24,8 @@ from .._versions import describe, warn_once
 
 # The modules whose code the kernels inline: an edit in any of them must miss the
 # cache (Numba itself only notices edits of the file that defines the kernel).
-_KERNEL_SOURCES = ("kernels.py", "bits.py", "fastexp.py")
+_KERNEL_SOURCES = ("kernels.py", "arguments.py", "formulas.py", "row_kernel.py", "tile_kernel.py",
+                   "access.py", "bits.py", "fastexp.py")
 
 
 def _parameters(function):

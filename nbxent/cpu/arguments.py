@@ -1,0 +1,81 @@
+"""What the CPU kernels are given: one declaration per group of arguments.
+
+A kernel call is ``kernel(x, x_geom, target, t_geom, weight, grad_output, g_geom,
+out, out_geom, row_value, row_lse, shape, options)``: each array comes with the
+``Geometry`` of its elements, then the per-row outputs, the ``Shape`` of the
+work and the ``Options`` of the loss. The kernels read every value by its name
+(the backend passes plain tuples, which Numba types faster at each call, and
+``named`` gives them their names back inside the kernel, at no cost in the
+compiled code). What changes the compiled code is the ``Variant``, one compiled
+kernel per distinct value.
+"""
+
+from typing import NamedTuple
+
+from numba import njit
+
+from .._kinds import TargetKind
+
+WRITE_NOTHING, WRITE_GRAD, WRITE_LOG_SOFTMAX, WRITE_SOFTMAX = (
+    "nothing", "grad", "log_softmax", "softmax")
+
+
+class Variant(NamedTuple):
+    """The compile-time choices of one kernel."""
+
+    tiled: bool         # the tile kernel (across positions), else the row kernel
+    half: bool          # float16 logits (and outputs), as uint16 bits
+    compute64: bool     # float64 arithmetic (float64 logits); else float32
+    target: TargetKind  # none, index or probability targets (shared with CUDA)
+    target_half: bool   # float16 probability targets
+    smoothing: bool     # label_smoothing > 0
+    softcap: bool       # softcap > 0
+    entropy: bool       # row values are entropies, not cross-entropies
+    write: str          # WRITE_NOTHING, WRITE_GRAD, WRITE_LOG_SOFTMAX or WRITE_SOFTMAX
+    contiguous: bool    # tile kernel: its copy loops run along a unit stride
+
+
+class Geometry(NamedTuple):
+    """Where an array's elements lie in its flat buffer: the element of row
+    ``r = o * inner + i`` and class ``c`` is at ``offset + o*s_outer + c*s_class +
+    i*s_inner`` (``s_class`` is 0 for per-row arrays: targets, grad_output)."""
+
+    offset: int
+    s_outer: int
+    s_class: int
+    s_inner: int
+
+
+class Shape(NamedTuple):
+    """The work: ``outer * inner`` rows of ``n_classes`` classes."""
+
+    outer: int
+    inner: int
+    n_classes: int
+    row_split: int      # row kernel: work items per row (> 1 for fewer rows than threads)
+    tile_width: int     # tile kernel: positions per tile
+
+
+class Options(NamedTuple):
+    """The loss's scalars: the call's options and its reduction's scales."""
+
+    ignore_index: int
+    label_smoothing: float
+    z_loss: float
+    softcap: float
+    grad_scale: float
+    inv_ce: float           # 1/D for 'mean' (D: the summed weight of counted rows), else 1
+    inv_z: float            # 1/(counted rows) for 'mean', else 1
+    weight_sum: float       # sum of the class weights
+    has_grad_output: bool   # grad_output is an array (else a scalar 1)
+
+
+@njit(inline="always")
+def named(x_geom, t_geom, g_geom, out_geom, shape, options):
+    """The kernel arguments passed as plain tuples, as their named tuples.
+
+    (Called in the functions a kernel's parallel loop calls, not in the kernel:
+    Numba's parallel lowering fails on named tuples made before the loop.)
+    """
+    return (Geometry(*x_geom), Geometry(*t_geom), Geometry(*g_geom), Geometry(*out_geom),
+            Shape(*shape), Options(*options))

@@ -1,0 +1,223 @@
+"""The formulas of one kernel variant: a logit's terms, a row's results, a logit's output.
+
+Both kernels (``row_kernel``, ``tile_kernel``) are loops around these: per logit
+``element_terms`` (its exp and its share of the row's sums), per row
+``row_result`` (the loss, the logsumexp and the target mass Q)
+and ``upstream`` (the upstream gradient's scales), then per logit
+``element_result`` (what is written), with the target class's own gradient from
+``target_gradient``. The notation and the derivations are in nbxent/reference.py.
+
+``formulas(variant)`` returns them as closures over the variant's flags, so each
+compiled kernel holds only the branches its variant takes; a helper that does not
+depend on the variant is a plain module-level function.
+"""
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+from .access import load
+from .arguments import WRITE_LOG_SOFTMAX, WRITE_SOFTMAX, TargetKind
+from .fastexp import exp64, exp_nonpositive
+
+
+@njit(inline="always")
+def capped(value, cap, softcap):
+    """cap * tanh(value / cap) when ``softcap``, rounded the same wherever it is inlined.
+
+    The division is a multiplication by a reciprocal rounded from float64:
+    under fastmath a plain ``value / cap`` became a reciprocal multiply in
+    some loops and stayed a division elsewhere, so a row's max and its target
+    logit, the same value, could differ by an ulp (a 1e-5 relative loss error).
+    """
+    if softcap:
+        return cap * math.tanh(value * type(cap)(1.0 / float(cap)))
+    return value
+
+
+@njit(fastmath=False, error_model="numpy")
+def difference_plus(a, b, c):
+    """``(a - b) + c``, in that order, where a and b are logits (or a row's max).
+
+    Without fastmath of its own (a Numba callee otherwise inherits its caller's):
+    under reassociation LLVM regroups ``(x - max) - log_sum`` into ``x - (max +
+    log_sum)``, hoisted out of the loop or shared with ``lse = max + log_sum``,
+    which rounds to the ulp of the logits: large logits lose every digit. The
+    whole expression must be here: a reassociating caller reaches through a lone
+    unflagged subtraction. LLVM still inlines and vectorises it.
+    """
+    return (a - b) + c
+
+
+class Formulas(NamedTuple):
+    """One variant's formulas (Numba functions, inlined where they are called)."""
+
+    load_logit: object
+    finite_or_zero: object
+    element_terms: object
+    element_result: object
+    target_of: object
+    row_result: object
+    grad_output_at: object
+    upstream: object
+    target_gradient: object
+
+
+def formulas(variant):
+    """The ``Formulas`` of ``variant`` (a ``nbxent.cpu.arguments.Variant``).
+
+    A list of small closures rather than one function: each reads on a screen,
+    and the factory only binds them to the variant's flags.
+    """
+    half, compute64, softcap, smoothing, entropy = (
+        variant.half, variant.compute64, variant.softcap, variant.smoothing, variant.entropy)
+    ftype = np.float64 if compute64 else np.float32
+    indexed = variant.target == TargetKind.INDEX
+    prob = variant.target == TargetKind.PROB
+    target_half = variant.target_half
+    writes_log_softmax = variant.write == WRITE_LOG_SOFTMAX
+    writes_softmax = variant.write == WRITE_SOFTMAX
+
+    @njit(inline="always")
+    def load_logit(x, idx, cap):
+        return capped(load(x, idx, half, ftype), cap, softcap)
+
+    @njit(inline="always")
+    def finite_or_zero(value):
+        """The reference logit of the non-exp sums: a row's first logit if finite, else 0."""
+        return value if abs(value) < np.inf else ftype(0.0)
+
+    @njit(inline="always")
+    def class_q(c, t_row, t_class_stride, target, weight, one_minus_eps, eps_over_c):
+        """q_c * w_c: the weighted target mass of class c (probability targets)."""
+        mass = one_minus_eps * load(target, t_row + c * t_class_stride, target_half,
+                                    ftype) + eps_over_c
+        return mass * ftype(weight[c])
+
+    @njit(inline="always")
+    def element_terms(value, shift, ref, c, target, t_row, t_class_stride, weight,
+                      one_minus_eps, eps_over_c):
+        """One logit's share of the row sums: (is the max, exp(x - max), moment, mass).
+
+        moment: entropy's e*(x - max) (0 * -inf taken as 0), or w*(x - ref) under
+        smoothing (the moment without its factor eps/C), or q*w*(x - ref) for
+        probability targets; mass: q*w.
+        """
+        e = exp_nonpositive(value - shift, compute64)
+        moment = ftype(0.0)
+        mass = ftype(0.0)
+        if entropy:
+            moment = e * max(value - shift, ftype(-1e30))
+        elif indexed and smoothing:
+            moment = ftype(weight[c]) * (value - ref)
+        elif prob:
+            mass = class_q(c, t_row, t_class_stride, target, weight, one_minus_eps,
+                           eps_over_c)
+            moment = mass * (value - ref)
+        return value == shift, e, moment, mass
+
+    @njit(inline="always")
+    def element_result(value, e, shift, log_sum, inv_sum, p_scale, g_ce, c, target, t_row,
+                       t_class_stride, weight, one_minus_eps, eps_over_c, cap):
+        """What is written for one logit: its gradient, log-probability or probability.
+
+        ``e`` is exp(value - shift). Probabilities are e * inv_sum, never
+        exp(x - lse): under fastmath's reassociation LLVM would hoist a float32 lse
+        out of the loop and lose its digits for large logits. ``p_scale`` is
+        p_coef * inv_sum. The target class's own term is added apart
+        (``target_gradient``).
+        """
+        if writes_log_softmax:
+            return ftype(difference_plus(value, shift, -log_sum))
+        if writes_softmax:
+            return e * inv_sum
+        result = p_scale * e
+        if indexed and smoothing:
+            result -= g_ce * eps_over_c * ftype(weight[c])
+        elif prob:
+            result -= g_ce * class_q(c, t_row, t_class_stride, target, weight,
+                                     one_minus_eps, eps_over_c)
+        if softcap:
+            result *= ftype(1.0) - (value / cap) * (value / cap)
+        return result
+
+    @njit(inline="always")
+    def target_of(x, base, s_class, target, t_row, n_classes, ignore_index, weight, cap):
+        """(counts, class index, its logit, its weight) of an index-target row.
+
+        An index outside [0, C) that is not ignored (only with validate=False)
+        gets weight nan, which makes the row's loss and gradient nan. Read the
+        logit before any write to the row: the gradient may overwrite it.
+        """
+        if not indexed:
+            return True, np.int64(-1), ftype(0.0), 1.0
+        t = np.int64(target[np.uint64(t_row)])
+        # Loads at a safe class, then selects: a branch around them would make Numba
+        # keep reference-count calls on the arrays in every caller's loop.
+        in_range = 0 <= t < n_classes
+        safe = t if in_range else 0
+        logit = load_logit(x, base + safe * s_class, cap)
+        class_weight = float(weight[np.uint64(safe)])
+        return (t != ignore_index, t, logit if in_range else ftype(0.0),
+                class_weight if in_range else np.nan)
+
+    @njit(inline="always")
+    def row_result(row_max, sum_exp, log_sum, moment, mass, ref, t_logit, t_weight,
+                   weight_sum, one_minus_eps, eps_over_c):
+        """(per-row value, lse, Q) from the row statistics.
+
+        The value is the cross-entropy (or the entropy); Q = sum_c q_c (``row_mass``),
+        the coefficient of softmax in the cross-entropy gradient.
+        """
+        lse = float(row_max) + log_sum
+        if entropy:
+            # A row of all -inf sums to 0: its entropy is nan (Python's division would raise).
+            mean_term = moment / sum_exp if sum_exp != 0.0 else np.nan
+            return log_sum - mean_term, lse, 0.0
+        lse_from_ref = difference_plus(row_max, ref, log_sum)  # lse - ref without cancellation
+        if prob:
+            return mass * lse_from_ref - moment, lse, mass
+        value = 0.0
+        row_mass = 0.0
+        if indexed:
+            value = one_minus_eps * t_weight * difference_plus(row_max, t_logit, log_sum)
+            row_mass = one_minus_eps * t_weight
+            if smoothing:
+                value += eps_over_c * (weight_sum * lse_from_ref - moment)
+                row_mass += eps_over_c * weight_sum
+        return value, lse, row_mass
+
+    @njit(inline="always")
+    def grad_output_at(options, grad_output, g_index):
+        """The row's element of an array ``grad_output`` (1 for a scalar one).
+
+        Loaded either way (a scalar grad_output comes as a 1-element placeholder
+        with zero strides): a load under the branch keeps the loop scalar.
+        """
+        value = float(grad_output[np.uint64(g_index)])
+        return value if options.has_grad_output else 1.0
+
+    @njit(inline="always")
+    def upstream(options, g_row, row_mass, lse):
+        """(p_coef, g_ce): the softmax coefficient and the cross-entropy scale of a row's
+        gradient, given its ``grad_output`` element ``g_row``."""
+        g = options.grad_scale * g_row
+        g_ce = g * options.inv_ce
+        return g_ce * row_mass + 2.0 * options.z_loss * (g * options.inv_z) * lse, g_ce
+
+    @njit(inline="always")
+    def target_gradient(p_coef, g_ce, t_logit, shift, log_sum, t_weight,
+                        one_minus_eps, eps_over_c, cap):
+        """The target class's gradient, in float64, from the logit read before any write."""
+        grad_t = (p_coef * exp64(difference_plus(t_logit, shift, -log_sum))
+                  - g_ce * one_minus_eps * t_weight)
+        if smoothing:
+            grad_t -= g_ce * eps_over_c * t_weight
+        if softcap:
+            grad_t *= 1.0 - (t_logit / cap) ** 2
+        return ftype(grad_t)
+
+    return Formulas(load_logit, finite_or_zero, element_terms, element_result, target_of,
+                    row_result, grad_output_at, upstream, target_gradient)

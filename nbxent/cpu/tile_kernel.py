@@ -1,0 +1,313 @@
+"""The tile kernel: vectorised across neighbouring rows (positions) at once.
+
+For few classes, or a class axis that is not the last (NCHW), where a row is too
+short or too strided to fill vectors along its classes. Each tile of
+``shape.tile_width`` positions is staged once into class-major scratch (short
+rows are transposed on the way, and each position's max and target logit taken
+then), its exps are kept for the writes, and the results are staged out. Every
+pass between is a contiguous loop over the tile's positions, the vectorised one.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .access import cell, store
+from .arguments import WRITE_GRAD, WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named
+from .bits import prefetch
+from .fastexp import exp64, log1p32, log32
+from .row_kernel import FASTMATH, row_start
+
+# Rows of a tile's per-position scratch.
+(_SHIFT, _N_TOP, _REST, _MOMENT, _MASS, _REF, _T_LOGIT, _P_SCALE, _G_CE, _LOG_SUM, _VALID,
+ _T_GRAD, _N_SCRATCH) = range(13)
+
+
+def build_tile_kernel(variant, f, sum_at_inf):
+    """The tile kernel of ``variant``, from its ``Formulas`` ``f``.
+
+    ``sum_at_inf`` is the sum of exponentials a row holding +inf reports.
+
+    Longer than a screen on purpose: it is a list of short steps, each a closure
+    over the variant's flags (compile-time constants to Numba, so each compiled
+    kernel keeps only its own branches), read top to bottom in the order they run.
+    """
+    half, compute64, smoothing, entropy, contiguous = (
+        variant.half, variant.compute64, variant.smoothing, variant.entropy,
+        variant.contiguous)
+    ftype = np.float64 if compute64 else np.float32
+    indexed = variant.target == TargetKind.INDEX
+    prob = variant.target == TargetKind.PROB
+    writes = variant.write != WRITE_NOTHING
+    writes_softmax = variant.write == WRITE_SOFTMAX
+    writes_target_gradient = variant.write == WRITE_GRAD and indexed
+    LINE = 64 // np.dtype(ftype).itemsize  # logits per cache line (float16 tiles take none)
+    load_logit, finite_or_zero, element_terms, element_result = (
+        f.load_logit, f.finite_or_zero, f.element_terms, f.element_result)
+    row_result, grad_output_at, upstream, target_gradient = (
+        f.row_result, f.grad_output_at, f.upstream, f.target_gradient)
+
+    @njit(inline="always")
+    def unit_or(stride):
+        """1 as a compile-time constant where a tile's copy loops run along a unit stride.
+
+        (The row kernel takes its class stride as it is: LLVM versions each strided
+        loop on the stride being 1, measured as fast as a compile-time 1. In the
+        tile's short copy loops that check costs time at C = 10: benchmarks/RESULTS.md.)
+        """
+        return 1 if contiguous else stride
+
+    @njit(inline="always")
+    def log_of_sum(n_top, rest):
+        """log(n_top + rest), precise when rest is small (the confident rows)."""
+        if compute64:
+            return math.log(n_top + rest)
+        with_top = log32(max(n_top, ftype(1.0))) + log1p32(rest / max(n_top, ftype(1.0)))
+        return float(with_top if n_top > ftype(0.0) else log32(rest))
+
+    @njit(inline="always")
+    def tile_layout(s_class, s_pos, n_classes, n, pitch):
+        """Loop nest of a copy between memory and ``tile[c * pitch + k]`` (class c,
+        position k): (outer count, inner count, memory strides, tile strides).
+
+        The inner loop runs along whichever memory axis is contiguous, so short
+        rows (class axis last) are transposed with contiguous reads and writes.
+        """
+        if s_class == 1:
+            return n, n_classes, s_pos, 1, 1, pitch
+        return n_classes, n, s_class, unit_or(s_pos), pitch, 1
+
+    @njit(inline="always")
+    def read_targets(target, t_base, t_si, n, n_classes, ignore_index, weight, valid,
+                     target_index, target_class, t_weight):
+        """Each position's target (a contiguous loop): whether it counts, its index, its
+        class (-1 when out of range) and its class weight (nan when out of range)."""
+        for k in range(n):
+            t = np.int64(target[np.uint64(t_base + k * t_si)])
+            in_range = 0 <= t < n_classes
+            valid[k] = ftype(1.0) if t != ignore_index else ftype(0.0)
+            target_index[k] = t
+            target_class[k] = np.int32(t) if in_range else np.int32(-1)
+        for k in range(n):
+            t = target_index[k]
+            in_range = 0 <= t < n_classes
+            class_weight = float(weight[np.uint64(t if in_range else 0)])
+            t_weight[k] = class_weight if in_range else np.nan
+
+    @njit(inline="always")
+    def stage(x, base, s_class, s_pos, tile, n_classes, n, pitch, cap, top, target_class,
+              t_logit):
+        """Load a tile of logits, capped and in the compute type, and take on the way
+        each position's max (``top``) and, for index targets, its target logit.
+
+        Short rows (unit class stride) are transposed row by row, the max and the
+        target taken per row; class-major tiles (NCHW) are copied along positions,
+        the max and the target selected per class in the same vectorised loop.
+        """
+        if s_class == 1:
+            for k in range(n):
+                row = base + k * s_pos
+                row_top = load_logit(x, row, cap)
+                for c in range(n_classes):
+                    value = load_logit(x, row + c, cap)
+                    tile[cell(c, pitch, k)] = value
+                    row_top = max(row_top, value)
+                top[k] = row_top
+                if indexed:
+                    t = target_class[k]
+                    t_logit[k] = tile[cell(max(t, 0), pitch, k)] if t >= 0 else ftype(0.0)
+            return
+        s_pos = unit_or(s_pos)
+        for k in range(n):
+            top[k] = load_logit(x, base + k * s_pos, cap)
+            t_logit[k] = ftype(0.0)
+        for c in range(n_classes):
+            for k in range(n):
+                value = load_logit(x, base + c * s_class + k * s_pos, cap)
+                tile[cell(c, pitch, k)] = value
+                top[k] = max(top[k], value)
+                # (Summed, its one nonzero term selected: a select between two loads
+                # keeps LLVM from vectorising the loop.)
+                if indexed:
+                    t_logit[k] += value if target_class[k] == np.int32(c) else ftype(0.0)
+
+    @njit(inline="always")
+    def prefetch_tile(x, base, s_class, s_pos, n_classes, n, pitch):
+        """Ask for the next tile's logits while this one is computed: the staging of
+        short rows otherwise waits on memory. One hint per row of memory (per cache
+        line along long rows); NCHW's long runs the hardware prefetcher follows.
+        Not for float16 tiles, whose conversions leave time for the memory (there
+        the hints cost more than they save; see benchmarks/RESULTS.md)."""
+        n_outer, n_inner, s_outer, s_inner, _, _ = tile_layout(
+            s_class, s_pos, n_classes, n, pitch)
+        for a in range(n_outer):
+            for b in range(0, n_inner, LINE):
+                prefetch(x, np.int64(base + a * s_outer + b * s_inner))
+
+    @njit(inline="always")
+    def unstage(out, base, s_class, s_pos, tile, n_classes, n, pitch):
+        """Store a tile of results, rounded to the output's type."""
+        n_outer, n_inner, s_outer, s_inner, t_outer, t_inner = tile_layout(
+            s_class, s_pos, n_classes, n, pitch)
+        for a in range(n_outer):
+            for b in range(n_inner):
+                store(out, base + a * s_outer + b * s_inner,
+                      tile[cell(a, t_outer, b * t_inner)], half)
+
+    @njit(inline="always")
+    def tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base, t_si, t_sc,
+                  weight, one_minus_eps, eps_over_c):
+        """Each position's sums over its classes (exps kept in ``exps`` for the writes),
+        from its max in ``scratch[_SHIFT]``, which becomes the shift."""
+        shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
+        moment, mass, ref = scratch[_MOMENT], scratch[_MASS], scratch[_REF]
+        for k in range(n):
+            top = shift[k]
+            shift[k] = top if top > -np.inf else ftype(0.0)
+            n_top[k] = ftype(sum_at_inf) if top == np.inf else ftype(0.0)
+            rest[k] = ftype(0.0)
+            moment[k] = ftype(0.0)
+            mass[k] = ftype(0.0)
+            ref[k] = finite_or_zero(logits[cell(0, pitch, k)]) if smoothing or prob \
+                else ftype(0.0)
+        for c in range(n_classes):
+            for k in range(n):
+                at_top, e, moment_term, mass_term = element_terms(
+                    logits[cell(c, pitch, k)], shift[k], ref[k], c, target,
+                    t_base + k * t_si, t_sc, weight, one_minus_eps, eps_over_c)
+                if writes:
+                    exps[cell(c, pitch, k)] = e
+                n_top[k] += ftype(1.0) if at_top else ftype(0.0)
+                rest[k] += ftype(0.0) if at_top else e
+                # (Unused sums are not touched: each stored array adds alias checks
+                # that can keep LLVM from vectorising the loop.)
+                if entropy or smoothing or prob:
+                    moment[k] += moment_term
+                if prob:
+                    mass[k] += mass_term
+
+    @njit(inline="always")
+    def tile_rows(scratch, t_weight, g_rows, row_value, row_lse, first_row, n, options,
+                  one_minus_eps, eps_over_c, cap):
+        """Each position's value and lse, and the scales its writes use."""
+        shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
+        moment, mass, ref = scratch[_MOMENT], scratch[_MASS], scratch[_REF]
+        t_logit, valid = scratch[_T_LOGIT], scratch[_VALID]
+        scale, g_scale, log_sums = scratch[_P_SCALE], scratch[_G_CE], scratch[_LOG_SUM]
+        t_grads = scratch[_T_GRAD]
+        for k in range(n):
+            is_valid = valid[k] != ftype(0.0)
+            log_sum = log_of_sum(n_top[k], rest[k])
+            value, lse, row_mass = row_result(
+                shift[k], float(n_top[k]) + float(rest[k]), log_sum, float(moment[k]),
+                float(mass[k]), ref[k], t_logit[k], t_weight[k], options.weight_sum,
+                one_minus_eps, eps_over_c)
+            r = np.uint64(first_row + k)
+            row_value[r] = value if is_valid else 0.0
+            row_lse[r] = lse if is_valid else 0.0
+            if writes:
+                p_coef, g_ce = upstream(options, g_rows[k], row_mass, lse)
+                inv_sum = exp64(-log_sum)
+                scale[k] = inv_sum if writes_softmax else p_coef * inv_sum
+                g_scale[k] = g_ce
+                log_sums[k] = log_sum
+                if writes_target_gradient:
+                    t_grads[k] = target_gradient(p_coef, g_ce, t_logit[k], shift[k], log_sum,
+                                                 t_weight[k], one_minus_eps, eps_over_c, cap)
+
+    @njit(inline="always")
+    def tile_results(logits, exps, scratch, target_index, n_classes, n, pitch, target, t_base,
+                     t_si, t_sc, weight, one_minus_eps, eps_over_c, cap):
+        """Each logit's output, in place of its exp in ``exps``."""
+        shift, valid = scratch[_SHIFT], scratch[_VALID]
+        scale, g_scale, log_sums = scratch[_P_SCALE], scratch[_G_CE], scratch[_LOG_SUM]
+        for c in range(n_classes):
+            for k in range(n):
+                result = element_result(
+                    logits[cell(c, pitch, k)], exps[cell(c, pitch, k)], shift[k],
+                    float(log_sums[k]), scale[k], scale[k], g_scale[k], c, target,
+                    t_base + k * t_si, t_sc, weight, ftype(one_minus_eps), ftype(eps_over_c),
+                    cap)
+                exps[cell(c, pitch, k)] = result if valid[k] != ftype(0.0) else ftype(0.0)
+        if writes_target_gradient:
+            t_grads = scratch[_T_GRAD]
+            for k in range(n):
+                t = target_index[k]
+                if valid[k] != ftype(0.0) and 0 <= t < n_classes:
+                    exps[cell(t, pitch, k)] = t_grads[k]
+
+    @njit
+    def tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom, out,
+                  out_geom, row_value, row_lse, shape, options, pitch, scratch, wide_scratch,
+                  target_index, target_class, logits, exps):
+        x_geom, t_geom, g_geom, out_geom, shape, options = named(
+            x_geom, t_geom, g_geom, out_geom, shape, options)
+        width, inner, n_classes = shape.tile_width, shape.inner, shape.n_classes
+        one_minus_eps = 1.0 - options.label_smoothing
+        eps_over_c = options.label_smoothing / n_classes
+        cap = ftype(options.softcap)
+        tiles_per_outer = (inner + width - 1) // width
+        o = tile_index // tiles_per_outer
+        i0 = (tile_index - o * tiles_per_outer) * width
+        n = min(width, inner - i0)
+        x_base = row_start(x_geom, o, i0)
+        t_base = row_start(t_geom, o, i0)
+        x_sc, x_si = x_geom.s_class, x_geom.s_inner
+        t_weight, g_rows = wide_scratch[0], wide_scratch[1]
+        # The targets first, so that the staging picks each position's target logit
+        # from the tile: no gather from memory per position.
+        if indexed:
+            read_targets(target, t_base, t_geom.s_inner, n, n_classes, options.ignore_index,
+                         weight, scratch[_VALID], target_index, target_class, t_weight)
+        else:
+            for k in range(n):
+                scratch[_VALID, k] = ftype(1.0)
+        stage(x, x_base, x_sc, x_si, logits, n_classes, n, pitch, cap, scratch[_SHIFT],
+              target_class, scratch[_T_LOGIT])
+        if not half and i0 + width < inner:
+            prefetch_tile(x, x_base + width * x_si, x_sc, x_si, n_classes,
+                          min(width, inner - i0 - width), pitch)
+        tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base, t_geom.s_inner,
+                  t_geom.s_class, weight, one_minus_eps, eps_over_c)
+        if writes:
+            for k in range(n):
+                g_rows[k] = grad_output_at(options, grad_output,
+                                           row_start(g_geom, o, i0 + k))
+        tile_rows(scratch, t_weight, g_rows, row_value, row_lse, o * inner + i0, n, options,
+                  one_minus_eps, eps_over_c, cap)
+        if not writes:
+            return
+        tile_results(logits, exps, scratch, target_index, n_classes, n, pitch, target, t_base,
+                     t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c, cap)
+        unstage(out, row_start(out_geom, o, i0), out_geom.s_class, out_geom.s_inner, exps,
+                n_classes, n, pitch)
+
+    # No reassociation here: the tile loops vectorise across positions without it, and
+    # with it LLVM regrouped (max - target) + log_sum through a float32 lse (measured:
+    # 1e-5 relative error on a 0.02 loss).
+    @njit(fastmath=FASTMATH - {"reassoc"}, error_model="numpy", parallel=True)
+    def tile_kernel(x, x_geom, target, t_geom, weight, grad_output, g_geom, out, out_geom,
+                    row_value, row_lse, shape, options):
+        outer, inner, n_classes, _, width = shape
+        # Rows of a tile padded off powers of two: at a pitch of 1 KiB the classes of a
+        # tile fell into a few L1 sets (C = 64 ran at half the speed of C = 100).
+        pitch = (width + 15) // 16 * 16 + 16
+        n_tiles = outer * ((inner + width - 1) // width)
+        # Blocks of consecutive tiles, each with its own scratch; enough blocks to
+        # balance any thread count numba.set_num_threads may choose.
+        n_blocks = min(n_tiles, 256)
+        for block in prange(n_blocks):
+            scratch = np.empty((_N_SCRATCH, width), ftype)
+            wide_scratch = np.empty((2, width))  # float64 target weights and grad_output
+            target_index = np.empty(width, np.int64)
+            target_class = np.empty(width, np.int32)  # in [0, C), or -1
+            logits = np.empty(n_classes * pitch, ftype)
+            exps = np.empty(n_classes * pitch, ftype)
+            for tile_index in range(block * n_tiles // n_blocks,
+                                    (block + 1) * n_tiles // n_blocks):
+                tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom,
+                          out, out_geom, row_value, row_lse, shape, options, pitch, scratch,
+                          wide_scratch, target_index, target_class, logits, exps)
+
+    return tile_kernel
