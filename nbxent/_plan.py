@@ -1,11 +1,12 @@
 """Checks and the normalised call that every backend receives.
 
-A ``Plan`` describes one call in backend-neutral terms: the logits as a strided
+A ``Plan`` describes one call in backend-neutral terms: its ``Logits``, a strided
 3-D view ``(outer, n_classes, inner)`` of the caller's memory (the class axis in
-the middle; NCHW with ``axis=1`` is ``(N, C, H*W)``), the same view for the other
-arrays, the options as plain Python scalars, and what to compute. Arrays are
-only inspected here (shape, dtype, strides, data pointer), never read, so this
-module serves NumPy, CuPy and any ``__cuda_array_interface__`` object alike.
+the middle; NCHW with ``axis=1`` is ``(N, C, H*W)``); for the cross-entropy its
+``LossOptions``, the same view for the target and the options as plain Python
+scalars; and what to compute, where. Arrays are only inspected here (shape, dtype,
+strides, data pointer), never read, so this module serves NumPy, CuPy and any
+``__cuda_array_interface__`` object alike.
 
 Every error message of nbxent's argument checking lives in this module.
 Backends never re-validate: they trust the plan.
@@ -34,45 +35,74 @@ class View:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """One normalised call: what to compute, on which views, with which options.
+class Logits:
+    """The logits as ``outer * inner`` rows of ``n_classes``: what every call reads.
 
-    ``outer * inner`` rows of ``n_classes`` logits each. ``target_is_index``
-    tells class indices (``target`` is ``(outer, inner)``) from probabilities
-    (``(outer, n_classes, inner)``). ``softcap`` is 0.0 when off. The scalar
-    ``grad_scale`` multiplies ``grad_output`` (a ``(outer, inner)`` view, possibly
-    with zero strides) or stands alone when ``grad_output`` is None.
+    ``view`` is the ``(outer, n_classes, inner)`` view of the caller's array of
+    ``shape``; ``result_shape`` is a per-row result's shape (``shape`` without the
+    class axis).
     """
-    op: str                 # "cross_entropy" or one of NORMALIZE_OPS
-    logits: View
+    view: View
     outer: int
     n_classes: int
     inner: int
+    axis: int
+    shape: tuple
+    result_shape: tuple
     dtype: np.dtype         # logits dtype (also the gradient's)
     loss_dtype: np.dtype    # float32 for float16/float32 logits, float64 for float64
-    result_shape: tuple     # the per-row result's shape: logits' shape without the class axis
-    logits_shape: tuple
-    axis: int
-    target: View = None
-    target_is_index: bool = True
+
+    @property
+    def n_rows(self):
+        return self.outer * self.inner
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """What the cross-entropy adds to the logits: its target and options.
+
+    ``target_is_index`` tells class indices (``target`` is ``(outer, inner)``)
+    from probabilities (``(outer, n_classes, inner)``). ``softcap`` is 0.0 when off.
+    """
+    target: View
+    target_is_index: bool
     weight: View = None
     ignore_index: int = -100
-    reduction: str = "none"
     label_smoothing: float = 0.0
     z_loss: float = 0.0
     softcap: float = 0.0
+    validate: bool = True
+
+
+# The options of a call without a target (the normalisations): every term they switch off.
+NO_LOSS = LossOptions(target=None, target_is_index=False, validate=False)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One normalised call: ``op`` on ``logits`` with ``loss``'s target and options
+    (``NO_LOSS`` for the normalisations), and what to produce where.
+
+    The scalar ``grad_scale`` multiplies ``grad_output`` (a ``(outer, inner)`` view,
+    possibly with zero strides) or stands alone when ``grad_output`` is None.
+    """
+    op: str                 # "cross_entropy" or one of NORMALIZE_OPS
+    logits: Logits
+    loss: LossOptions = NO_LOSS
+    reduction: str = "none"
     want_loss: bool = True
     want_grad: bool = False
     grad_scale: float = 1.0
     grad_output: View = None
     out: View = None
     copy_back: object = None  # out= that no strided view reaches: the result is copied there
-    validate: bool = True
     stream: object = None
 
-    @property
-    def n_rows(self):
-        return self.outer * self.inner
+
+def _logits(view, shape, axis, dtype, result_shape):
+    return Logits(view=view, outer=view.shape[0], n_classes=shape[axis], inner=view.shape[2],
+                  axis=axis, shape=shape, result_shape=result_shape, dtype=dtype,
+                  loss_dtype=_loss_dtype(dtype))
 
 
 # ---------------------------------------------------------------- inspection
@@ -374,15 +404,14 @@ def make_loss_plan(logits, target, *, axis, weight, ignore_index, reduction, lab
     else:
         target_view = _view3(target, axis, "target", copy_contiguous)
     weight_view = None if weight is None else View(weight, (n_classes,), _element_strides(weight))
-    return Plan(op="cross_entropy", logits=logits_view, outer=logits_view.shape[0],
-                n_classes=n_classes, inner=logits_view.shape[2], dtype=dtype,
-                loss_dtype=_loss_dtype(dtype), result_shape=loss_shape, logits_shape=shape,
-                axis=axis, target=target_view, target_is_index=target_is_index,
-                weight=weight_view, ignore_index=int(ignore_index), reduction=reduction,
-                label_smoothing=float(label_smoothing), z_loss=float(z_loss),
-                softcap=0.0 if softcap is None else float(softcap), want_loss=want_loss,
-                want_grad=want_grad, grad_scale=grad_scale, grad_output=grad_view,
-                out=out_view, copy_back=copy_back, validate=bool(validate), stream=stream)
+    loss = LossOptions(target=target_view, target_is_index=target_is_index, weight=weight_view,
+                       ignore_index=int(ignore_index), label_smoothing=float(label_smoothing),
+                       z_loss=float(z_loss), softcap=0.0 if softcap is None else float(softcap),
+                       validate=bool(validate))
+    return Plan(op="cross_entropy", logits=_logits(logits_view, shape, axis, dtype, loss_shape),
+                loss=loss, reduction=reduction, want_loss=want_loss, want_grad=want_grad,
+                grad_scale=grad_scale, grad_output=grad_view, out=out_view, copy_back=copy_back,
+                stream=stream)
 
 
 def make_normalize_plan(op, x, *, axis, reduction="none", out=None, copy_contiguous=None,
@@ -395,9 +424,7 @@ def make_normalize_plan(op, x, *, axis, reduction="none", out=None, copy_contigu
         _check_out(out, x, None, None, dtype)
     out_view, copy_back, x_copy = _out_view(out, x, axis, copy_contiguous)
     view = _view3(x, axis, "x", x_copy)
-    return Plan(op=op, logits=view, outer=view.shape[0], n_classes=shape[axis],
-                inner=view.shape[2], dtype=dtype, loss_dtype=_loss_dtype(dtype),
-                result_shape=result_shape, logits_shape=shape, axis=axis,
+    return Plan(op=op, logits=_logits(view, shape, axis, dtype, result_shape),
                 reduction=reduction, want_loss=op in ("logsumexp", "entropy"),
                 want_grad=op in ("log_softmax", "softmax"), out=out_view, copy_back=copy_back,
                 stream=stream)

@@ -93,13 +93,13 @@ def _make_spec(logits, labels, weight, *, axis, ignore_index, reduction, label_s
                           weight=weight_dummy, ignore_index=ignore_index, reduction=reduction,
                           label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
                           validate=True, want_loss=True, want_grad=False)
-    loss_shape = tuple(plan.result_shape) if reduction == "none" else ()
-    return _Spec(axis=plan.axis, logits_shape=tuple(logits.shape), logits_dtype=logits_dtype,
-                 loss_shape=loss_shape, loss_dtype=np.dtype(plan.loss_dtype),
-                 labels_ndim=len(labels.shape), labels_are_index=plan.target_is_index,
-                 has_weight=weight is not None, ignore_index=plan.ignore_index,
-                 reduction=reduction, label_smoothing=plan.label_smoothing,
-                 z_loss=plan.z_loss, softcap=None if softcap is None else float(softcap))
+    loss_shape = tuple(plan.logits.result_shape) if reduction == "none" else ()
+    return _Spec(axis=plan.logits.axis, logits_shape=tuple(logits.shape), logits_dtype=logits_dtype,
+                 loss_shape=loss_shape, loss_dtype=np.dtype(plan.logits.loss_dtype),
+                 labels_ndim=len(labels.shape), labels_are_index=plan.loss.target_is_index,
+                 has_weight=weight is not None, ignore_index=plan.loss.ignore_index,
+                 reduction=reduction, label_smoothing=plan.loss.label_smoothing,
+                 z_loss=plan.loss.z_loss, softcap=None if softcap is None else float(softcap))
 
 
 # --------------------------------------------------------------- the host side

@@ -113,11 +113,11 @@ def _fake_backend_module(name, calls):
 
     def cross_entropy(plan):
         calls.append(plan)
-        return np.asarray(42.0, plan.loss_dtype), None
+        return np.asarray(42.0, plan.logits.loss_dtype), None
 
     def normalize(plan):
         calls.append(plan)
-        return np.zeros(plan.result_shape, plan.loss_dtype)
+        return np.zeros(plan.logits.result_shape, plan.logits.loss_dtype)
 
     module.asarray, module.copy_contiguous = asarray, copy_contiguous
     module.copy_into = np.copyto
@@ -149,7 +149,8 @@ def test_register_backend_serves_public_calls(monkeypatch, registry_snapshot, rn
     loss = nbxent.cross_entropy(logits, np.array([0, 1, 2]), backend="fake", label_smoothing=0.1)
     assert float(loss) == 42.0
     plan = calls[-1]
-    assert (plan.n_classes, plan.n_rows, plan.label_smoothing) == (4, 3, pytest.approx(0.1))
+    assert (plan.logits.n_classes, plan.logits.n_rows) == (4, 3)
+    assert plan.loss.label_smoothing == pytest.approx(0.1)
     nbxent.logsumexp(logits, backend="fake")
     assert calls[-1].op == "logsumexp"
 

@@ -80,18 +80,18 @@ def _launch_guard():
     return _workqueue_lock if layer == "workqueue" else contextlib.nullcontext()
 
 
-def _class_weights(plan, dtype):
+def _class_weights(loss, n_classes, dtype):
     """The class weights as a contiguous array (ones without ``weight=``).
 
     Unweighted calls read ones rather than compiling kernels twice: the hot
     loops touch a class weight only under smoothing or probability targets.
     """
-    if plan.weight is None:
-        return np.ones(plan.n_classes, dtype)
-    return np.ascontiguousarray(plan.weight.array, dtype=dtype)
+    if loss.weight is None:
+        return np.ones(n_classes, dtype)
+    return np.ascontiguousarray(loss.weight.array, dtype=dtype)
 
 
-def _shape(settings, plan):
+def _shape(settings, logits):
     """(tiled, split, swap): which kernel shape serves the plan, and how.
 
     A class axis that is not the last (inner > 1, NCHW) goes to the tile kernel,
@@ -101,16 +101,16 @@ def _shape(settings, plan):
     ``settings`` is a ``nbxent._config.CpuSettings`` (the thresholds).
     """
     threads = numba.get_num_threads()
-    rows = plan.n_rows
-    tile_width = min(4096, max(8, settings.tile_elements // plan.n_classes))
-    if plan.inner > 1:
+    rows = logits.n_rows
+    tile_width = min(4096, max(8, settings.tile_elements // logits.n_classes))
+    if logits.inner > 1:
         return True, tile_width, False
-    if plan.n_classes <= settings.tile_max_classes and rows >= 2 * tile_width:
+    if logits.n_classes <= settings.tile_max_classes and rows >= 2 * tile_width:
         return True, tile_width, True
     if rows == 0 or rows >= threads:
         return False, 1, False
     return False, max(1, min(-(-threads // rows),
-                             plan.n_classes // settings.split_min_classes)), False
+                             logits.n_classes // settings.split_min_classes)), False
 
 
 def _rows_as_positions(geom):
@@ -118,8 +118,8 @@ def _rows_as_positions(geom):
     return Geometry(geom.offset, 0, geom.s_class, geom.s_outer)
 
 
-def _compute_dtype(plan):
-    return np.float64 if plan.dtype == np.float64 else np.float32
+def _compute_dtype(logits):
+    return np.float64 if logits.dtype == np.float64 else np.float32
 
 
 def _launch(plan, *, target_kind, write, entropy=False, out=None):
@@ -129,16 +129,17 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None):
     entropy), the per-row logsumexp (0 for ignored rows), and the 'mean'
     denominators of the cross-entropy part (D) and of the z-loss part.
     """
-    compute = _compute_dtype(plan)
-    x, x_geom = _flat(plan.logits)
+    logits, loss = plan.logits, plan.loss
+    compute = _compute_dtype(logits)
+    x, x_geom = _flat(logits.view)
     target, t_geom = _UNUSED, Geometry(0, 0, 0, 0)
-    weight = _class_weights(plan, compute)
+    weight = _class_weights(loss, logits.n_classes, compute)
     weight_sum = float(np.sum(weight, dtype=np.float64))
-    denominator = n_valid = plan.n_rows
+    denominator = n_valid = logits.n_rows
     if target_kind == TargetKind.INDEX:
-        target, t_geom, denominator, n_valid = _index_target(plan)
+        target, t_geom, denominator, n_valid = _index_target(logits, loss)
     elif target_kind == TargetKind.PROB:
-        target, t_geom = _flat(plan.target)
+        target, t_geom = _flat(loss.target)
     inv_ce = inv_z = 1.0
     if plan.reduction == "mean":
         inv_ce = 1.0 / denominator if denominator else math.inf
@@ -149,33 +150,33 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None):
         if go.array.dtype == np.float16:
             go = View(go.array.astype(np.float32), go.shape, go.strides)
         grad_output, g_geom = _flat(go)
-    out_buffer, out_geom = _UNUSED.astype(plan.dtype), Geometry(0, 0, 0, 0)
+    out_buffer, out_geom = _UNUSED.astype(logits.dtype), Geometry(0, 0, 0, 0)
     if out is not None:
         out_buffer, out_geom = _flat(out)
-    elif plan.dtype == np.float16:
+    elif logits.dtype == np.float16:
         out_buffer = out_buffer.view(np.uint16)
     returns_rows = plan.reduction == "none" and plan.op in ("cross_entropy", "entropy")
-    row_value = (np.empty(plan.n_rows, plan.loss_dtype) if returns_rows
-                 else _scratch("row_value", plan.n_rows, plan.loss_dtype))
-    row_lse = _scratch("row_lse", plan.n_rows, np.float64)
-    tiled, split, swap = _shape(CPU.current(), plan)
-    outer, inner = plan.outer, plan.inner
-    shape = Shape(outer, inner, plan.n_classes, row_split=1 if tiled else split,
+    row_value = (np.empty(logits.n_rows, logits.loss_dtype) if returns_rows
+                 else _scratch("row_value", logits.n_rows, logits.loss_dtype))
+    row_lse = _scratch("row_lse", logits.n_rows, np.float64)
+    tiled, split, swap = _shape(CPU.current(), logits)
+    outer, inner = logits.outer, logits.inner
+    shape = Shape(outer, inner, logits.n_classes, row_split=1 if tiled else split,
                   tile_width=split if tiled else 1)
     if swap:
         shape = shape._replace(outer=1, inner=outer)
         x_geom, t_geom, g_geom, out_geom = map(_rows_as_positions,
                                                (x_geom, t_geom, g_geom, out_geom))
     variant = Variant(
-        tiled=tiled, half=plan.dtype == np.float16, compute64=compute is np.float64,
+        tiled=tiled, half=logits.dtype == np.float16, compute64=compute is np.float64,
         target=target_kind,
         target_half=target_kind == TargetKind.PROB and target.dtype == np.uint16,
-        smoothing=plan.label_smoothing > 0.0, softcap=plan.softcap > 0.0, entropy=entropy,
+        smoothing=loss.label_smoothing > 0.0, softcap=loss.softcap > 0.0, entropy=entropy,
         write=write, contiguous=tiled and _unit_stride(x_geom) and (
             out is None or _unit_stride(out_geom)))
     options = Options(
-        ignore_index=plan.ignore_index, label_smoothing=float(plan.label_smoothing),
-        z_loss=float(plan.z_loss), softcap=float(plan.softcap),
+        ignore_index=loss.ignore_index, label_smoothing=float(loss.label_smoothing),
+        z_loss=float(loss.z_loss), softcap=float(loss.softcap),
         grad_scale=float(plan.grad_scale), inv_ce=float(inv_ce), inv_z=float(inv_z),
         weight_sum=weight_sum, has_grad_output=plan.grad_output is not None)
     with _launch_guard():
@@ -214,26 +215,27 @@ def _unit_stride(geom):
     return geom.s_class == 1 or geom.s_inner == 1
 
 
-def _index_target(plan):
+def _index_target(logits, loss):
     """(flat int64 targets, their ``Geometry``, D, n_valid), after checking every index.
 
-    Raises the index error before anything is written when ``plan.validate``.
+    Raises the index error before anything is written when ``loss.validate``.
     """
-    view = plan.target
-    ignore_index = plan.ignore_index
+    view = loss.target
+    ignore_index = loss.ignore_index
     if view.array.dtype != np.int64:
         # One kernel per index dtype would multiply compile time; rows are cheap to copy.
-        view = View(_as_int64(view.array, ignore_index), view.shape, (plan.inner, 1))
+        view = View(_as_int64(view.array, ignore_index), view.shape, (logits.inner, 1))
     target, t_geom = _flat(view)
     rows = _strided(view).reshape(-1)  # one index per row, in row order (a view if it can be)
     with _launch_guard():
         first_bad, denominator, n_valid = scan_targets(
-            rows, plan.n_classes, ignore_index, _class_weights(plan, np.float64))
-    if first_bad >= 0 and plan.validate:
-        position = np.unravel_index(first_bad, plan.result_shape)
-        value = _strided(plan.target).reshape(-1)[first_bad]  # the caller's, not the copy's
+            rows, logits.n_classes, ignore_index,
+            _class_weights(loss, logits.n_classes, np.float64))
+    if first_bad >= 0 and loss.validate:
+        position = np.unravel_index(first_bad, logits.result_shape)
+        value = _strided(loss.target).reshape(-1)[first_bad]  # the caller's, not the copy's
         raise index_error(tuple(int(p) for p in position), int(value),
-                          plan.n_classes, plan.ignore_index)
+                          logits.n_classes, loss.ignore_index)
     return target, t_geom, denominator, n_valid
 
 
@@ -254,11 +256,12 @@ def _as_int64(target, ignore_index):
 
 def _reduce(plan, row_value, row_lse, denominator, n_valid):
     """The loss in the shape and dtype the reduction asks for."""
-    z = plan.z_loss
+    logits = plan.logits
+    z = plan.loss.z_loss
     if plan.reduction == "none":
         if z:
-            row_value += (z * row_lse * row_lse).astype(plan.loss_dtype)
-        return row_value.reshape(plan.result_shape)
+            row_value += (z * row_lse * row_lse).astype(logits.loss_dtype)
+        return row_value.reshape(logits.result_shape)
     ce_total = np.sum(row_value, dtype=np.float64)
     z_total = z * np.sum(row_lse * row_lse) if z else 0.0
     if plan.reduction == "sum":
@@ -268,22 +271,22 @@ def _reduce(plan, row_value, row_lse, denominator, n_valid):
             total = np.float64(ce_total) / denominator
             if z:
                 total += np.float64(z_total) / n_valid
-    return np.asarray(total, dtype=plan.loss_dtype)
+    return np.asarray(total, dtype=logits.loss_dtype)
 
 
-def _fresh_out(plan):
+def _fresh_out(logits):
     """A new C-contiguous array for the result and its (outer, C, inner) view."""
-    array = np.empty(plan.logits_shape, plan.dtype)
-    return View(array, (plan.outer, plan.n_classes, plan.inner),
-                (plan.n_classes * plan.inner, plan.inner, 1))
+    array = np.empty(logits.shape, logits.dtype)
+    return View(array, (logits.outer, logits.n_classes, logits.inner),
+                (logits.n_classes * logits.inner, logits.inner, 1))
 
 
 def cross_entropy(plan):
     """(loss or None, gradient or None) for a cross-entropy plan."""
-    target_kind = TargetKind.INDEX if plan.target_is_index else TargetKind.PROB
+    target_kind = TargetKind.INDEX if plan.loss.target_is_index else TargetKind.PROB
     out = None
     if plan.want_grad:
-        out = plan.out or _fresh_out(plan)
+        out = plan.out or _fresh_out(plan.logits)
     results = _launch(plan, target_kind=target_kind,
                       write=WRITE_GRAD if plan.want_grad else WRITE_NOTHING, out=out)
     loss = _reduce(plan, *results) if plan.want_loss else None
@@ -292,18 +295,19 @@ def cross_entropy(plan):
 
 def normalize(plan):
     """logsumexp / entropy per row, or log_softmax / softmax of the whole array."""
+    logits = plan.logits
     if plan.op in _WRITES:
-        out = plan.out or _fresh_out(plan)
+        out = plan.out or _fresh_out(plan.logits)
         _launch(plan, target_kind=TargetKind.NONE, write=_WRITES[plan.op], out=out)
         return out.array
     row_value, row_lse, _, _ = _launch(plan, target_kind=TargetKind.NONE, write=WRITE_NOTHING,
                                        entropy=plan.op == "entropy")
     if plan.op == "logsumexp":
-        return row_lse.astype(plan.loss_dtype).reshape(plan.result_shape)
+        return row_lse.astype(logits.loss_dtype).reshape(logits.result_shape)
     if plan.reduction == "none":
-        return row_value.reshape(plan.result_shape)
+        return row_value.reshape(logits.result_shape)
     total = np.sum(row_value, dtype=np.float64)
     if plan.reduction == "mean":
         with np.errstate(invalid="ignore", divide="ignore"):
-            total = total / np.float64(plan.n_rows)
-    return np.asarray(total, dtype=plan.loss_dtype)
+            total = total / np.float64(logits.n_rows)
+    return np.asarray(total, dtype=logits.loss_dtype)

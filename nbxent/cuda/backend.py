@@ -106,16 +106,16 @@ def _layout(settings, plan):
 
     ``settings`` is a ``nbxent.cuda.config.Settings`` (the thresholds).
     """
-    n_classes, n_rows = plan.n_classes, plan.n_rows
-    _, s1, s2 = plan.logits.strides
+    n_classes, n_rows = plan.logits.n_classes, plan.logits.n_rows
+    _, s1, s2 = plan.logits.view.strides
     if n_classes <= settings.warp_max_c:
         threads = max(32, settings.threads // 32 * 32)
-        if s1 != 1 and s2 == 1 and plan.inner > 1:
+        if s1 != 1 and s2 == 1 and plan.logits.inner > 1:
             group = 1  # class axis not last: a thread per row, neighbouring rows coalesce
         else:
             group = min(32, _pow2_at_least(-(-n_classes // settings.warp_cache)))
         return "warp", threads, group, settings.warp_cache, n_classes, 1
-    block_threads = (settings.block_threads_f64 if plan.dtype == np.float64
+    block_threads = (settings.block_threads_f64 if plan.logits.dtype == np.float64
                      else settings.block_threads)
     threads = max(32, block_threads // 32 * 32)
     max_rows = settings.split_max_rows or _sim.multiprocessor_count()
@@ -150,15 +150,15 @@ def cross_entropy(plan):
     Returns
     -------
     (loss or None, grad or None)
-        loss: ``plan.result_shape`` (reduction 'none') or 0-d, ``plan.loss_dtype``;
-        grad: ``plan.logits_shape``, ``plan.dtype``, or ``plan.out.array`` when given.
+        loss: ``plan.logits.result_shape`` (reduction 'none') or 0-d, ``plan.logits.loss_dtype``;
+        grad: ``plan.logits.shape``, ``plan.logits.dtype``, or ``plan.out.array`` when given.
         Both in the caller's kind; nothing waits for the device unless
-        ``plan.validate`` with class-index targets (one read of the error flag).
+        ``plan.loss.validate`` with class-index targets (one read of the error flag).
 
     Raises
     ------
     ValueError
-        With ``plan.validate``, for the first row whose class index is outside
+        With ``plan.loss.validate``, for the first row whose class index is outside
         [0, C) and is not ``ignore_index``.
     """
     return _run(plan)
@@ -175,9 +175,9 @@ def normalize(plan):
     Returns
     -------
     array
-        logsumexp / entropy: per row (``plan.result_shape``, reduced for entropy
-        per ``plan.reduction``) in ``plan.loss_dtype``; log_softmax / softmax:
-        ``plan.logits_shape`` in ``plan.dtype`` (into ``plan.out.array`` if given).
+        logsumexp / entropy: per row (``plan.logits.result_shape``, reduced for entropy
+        per ``plan.reduction``) in ``plan.logits.loss_dtype``; log_softmax / softmax:
+        ``plan.logits.shape`` in ``plan.logits.dtype`` (into ``plan.out.array`` if given).
     """
     loss, out = _run(plan)
     return loss if plan.op in ("logsumexp", "entropy") else out
@@ -185,28 +185,29 @@ def normalize(plan):
 
 def _run(plan):
     settings = CUDA.current()
-    launch = Launch(plan.logits.array, plan.stream)
+    launch = Launch(plan.logits.view.array, plan.stream)
     is_ce = plan.op == "cross_entropy"
-    index_target = is_ce and plan.target_is_index
+    index_target = is_ce and plan.loss.target_is_index
     want_loss = plan.want_loss
     want_out = plan.want_grad
     reduce = want_loss and plan.reduction != "none" and plan.op != "logsumexp"
-    acc_dtype = np.dtype(np.float64 if plan.dtype == np.float64 else np.float32)
-    n_rows, n_classes = plan.n_rows, plan.n_classes
+    acc_dtype = np.dtype(np.float64 if plan.logits.dtype == np.float64 else np.float32)
+    n_rows, n_classes = plan.logits.n_rows, plan.logits.n_classes
 
     loss = None
     if want_loss:
-        loss = launch.empty(() if reduce else plan.result_shape, plan.loss_dtype)
+        loss = launch.empty(() if reduce else plan.logits.result_shape, plan.logits.loss_dtype)
     out = None
     if want_out:
-        out = plan.out.array if plan.out is not None else launch.empty(plan.logits_shape,
-                                                                     plan.dtype)
+        out = (plan.out.array if plan.out is not None
+               else launch.empty(plan.logits.shape, plan.logits.dtype))
     if n_rows == 0:
         if reduce:  # torch: 'sum' of nothing is 0, 'mean' is 0/0
-            loss = launch.full((), plan.loss_dtype, np.nan if plan.reduction == "mean" else 0.0)
+            loss = launch.full((), plan.logits.loss_dtype,
+                               np.nan if plan.reduction == "mean" else 0.0)
         return loss, out
 
-    if index_target and plan.validate and np.dtype(plan.target.array.dtype) == np.uint64:
+    if index_target and plan.loss.validate and np.dtype(plan.loss.target.array.dtype) == np.uint64:
         _check_uint64_targets(launch, plan)
     layout, threads, group, cache, chunk_cols, n_chunks = _layout(settings, plan)
     if layout == "warp":
@@ -228,15 +229,15 @@ def _run(plan):
                           np.int64)
     acc_flat, int_flat = launch.flat_all(acc_ws), launch.flat_all(int_ws)
 
-    logits, x_geom = _flat(launch, plan.logits, plan.logits.strides)
+    logits, x_geom = _flat(launch, plan.logits.view, plan.logits.view.strides)
     target, t_geom = logits, kernels.Geometry()
     if is_ce:
-        s = plan.target.strides
-        target, t_geom = _flat(launch, plan.target,
-                               (s[0], 0, s[1]) if plan.target_is_index else s)
+        s = plan.loss.target.strides
+        target, t_geom = _flat(launch, plan.loss.target,
+                               (s[0], 0, s[1]) if plan.loss.target_is_index else s)
     weight, w_geom = logits, kernels.Geometry()
-    if is_ce and plan.weight is not None:
-        weight, w_geom = _flat(launch, plan.weight, (0, plan.weight.strides[0], 0))
+    if is_ce and plan.loss.weight is not None:
+        weight, w_geom = _flat(launch, plan.loss.weight, (0, plan.loss.weight.strides[0], 0))
     has_grad_output = is_ce and want_out and plan.grad_output is not None
     grad_output, g_geom = logits, kernels.Geometry()
     if has_grad_output:
@@ -248,23 +249,24 @@ def _run(plan):
             out_flat, out_geom = _flat(launch, plan.out, plan.out.strides)
         else:
             out_flat = launch.flat_all(out)
-            out_geom = kernels.Geometry(0, int(n_classes * plan.inner), int(plan.inner), 1)
+            inner = int(plan.logits.inner)
+            out_geom = kernels.Geometry(0, int(n_classes * inner), inner, 1)
     loss_flat = launch.flat_all(loss) if want_loss else acc_flat
 
-    dims = kernels.Dims(n_rows=n_rows, n_classes=n_classes, inner=plan.inner,
-                        ignore_index=int(plan.ignore_index), group=group,
+    dims = kernels.Dims(n_rows=n_rows, n_classes=n_classes, inner=plan.logits.inner,
+                        ignore_index=int(plan.loss.ignore_index), group=group,
                         chunk_cols=chunk_cols, n_chunks=n_chunks, chunk_base=chunk_base,
                         rowc_base=rowc_base)
     denom_on_device = index_target and plan.reduction == "mean" and want_out
     scalars = _scalars(plan, acc_dtype)
     target_kind = TargetKind.NONE
     if is_ce:
-        target_kind = TargetKind.INDEX if plan.target_is_index else TargetKind.PROB
+        target_kind = TargetKind.INDEX if plan.loss.target_is_index else TargetKind.PROB
     variant = kernels.Variant(
         op="softmax" if plan.op == "log_softmax" else plan.op, layout=layout,
         phase="stats" if layout == "split" else "fused",
         acc64=acc_dtype == np.float64, target=target_kind,
-        has_weight=is_ce and plan.weight is not None, softcap=is_ce and plan.softcap > 0,
+        has_weight=is_ce and plan.loss.weight is not None, softcap=is_ce and plan.loss.softcap > 0,
         want_loss=want_loss, want_grad=want_out and is_ce, reduce=reduce,
         has_grad_output=has_grad_output, denom_on_device=denom_on_device, cache=cache)
 
@@ -274,7 +276,7 @@ def _run(plan):
                                                            out_geom))
     dims = tuple(map(int, dims))
     # With out= the caller's buffer must stay untouched on a bad index: check first.
-    check_first = index_target and plan.validate and plan.out is not None
+    check_first = index_target and plan.loss.validate and plan.out is not None
     if denom_on_device or check_first:
         kernels.denominator_kernel(variant.acc64, variant.has_weight)[1, threads, launch.stream](
             target, t_geom, weight, w_geom, acc_flat, int_flat, dims)
@@ -286,7 +288,7 @@ def _run(plan):
     if layout == "split" and want_out:
         kernels.kernel_for(variant._replace(phase="apply"))[grid, threads, launch.stream](*args)
 
-    if index_target and plan.validate and not check_first:
+    if index_target and plan.loss.validate and not check_first:
         _raise_on_bad_index(launch, plan, int_ws, target, t_geom)
     return loss, out
 
@@ -295,13 +297,14 @@ def _scalars(plan, acc_dtype):
     """The kernels' ``Scalars`` of a plan, as a plain tuple of ``acc_dtype`` values."""
     is_ce = plan.op == "cross_entropy"
     mean = plan.reduction == "mean"
-    eps = plan.label_smoothing if is_ce else 0.0
-    softcap = plan.softcap if is_ce else 0.0
+    eps = plan.loss.label_smoothing if is_ce else 0.0
+    softcap = plan.loss.softcap if is_ce else 0.0
     scalars = kernels.Scalars(
-        eps=eps, eps_over_c=eps / plan.n_classes, z_loss=plan.z_loss if is_ce else 0.0,
+        eps=eps, eps_over_c=eps / plan.logits.n_classes, z_loss=plan.loss.z_loss if is_ce else 0.0,
         softcap=softcap, inv_softcap=1.0 / softcap if softcap else 0.0,
         grad_scale=plan.grad_scale if is_ce else 1.0, is_mean=1.0 if mean else 0.0,
-        inv_rows=1.0 / plan.n_rows if mean and is_ce and not plan.target_is_index else 1.0,
+        inv_rows=(1.0 / plan.logits.n_rows if mean and is_ce and not plan.loss.target_is_index
+                  else 1.0),
         log_output=1.0 if plan.op == "log_softmax" else 0.0)
     return tuple(map(acc_dtype.type, scalars))
 
@@ -311,14 +314,14 @@ def _raise_on_bad_index(launch, plan, int_ws, target, t_geom):
     flag = int(launch.read(int_ws)[kernels.ERROR])
     if flag == 0:
         return
-    row = plan.n_rows - flag
-    o, i = divmod(row, plan.inner)
+    row = plan.logits.n_rows - flag
+    o, i = divmod(row, plan.logits.inner)
     offset, s_outer, _, s_inner = t_geom
     at = offset + o * s_outer + i * s_inner
     value = int(target[at:at + 1].copy_to_host()[0])
-    position = np.unravel_index(row, plan.result_shape) if plan.result_shape else ()
-    raise index_error(tuple(int(p) for p in position), value, plan.n_classes,
-                      plan.ignore_index)
+    position = np.unravel_index(row, plan.logits.result_shape) if plan.logits.result_shape else ()
+    raise index_error(tuple(int(p) for p in position), value, plan.logits.n_classes,
+                      plan.loss.ignore_index)
 
 
 def _check_uint64_targets(launch, plan):
@@ -328,17 +331,18 @@ def _check_uint64_targets(launch, plan):
     wraps (onto ignore_index, even) and would be reported wrapped; this rare
     dtype is read back once and checked exactly instead.
     """
-    view = plan.target
+    view = plan.loss.target
     flat, offset = launch.flat(view.array, view.shape, view.strides)
     host = np.asarray(launch.read(flat))
     rows = np.lib.stride_tricks.as_strided(
         host[offset:], view.shape, tuple(s * host.dtype.itemsize for s in view.strides))
     rows = rows.reshape(-1)
-    bad = rows >= np.uint64(plan.n_classes)
-    if plan.ignore_index >= 0:
-        bad &= rows != np.uint64(plan.ignore_index)
+    bad = rows >= np.uint64(plan.logits.n_classes)
+    if plan.loss.ignore_index >= 0:
+        bad &= rows != np.uint64(plan.loss.ignore_index)
     if bad.any():
         row = int(np.argmax(bad))
-        position = np.unravel_index(row, plan.result_shape) if plan.result_shape else ()
-        raise index_error(tuple(int(p) for p in position), int(rows[row]), plan.n_classes,
-                          plan.ignore_index)
+        result_shape = plan.logits.result_shape
+        position = np.unravel_index(row, result_shape) if result_shape else ()
+        raise index_error(tuple(int(p) for p in position), int(rows[row]), plan.logits.n_classes,
+                          plan.loss.ignore_index)

@@ -102,12 +102,12 @@ def _finish(ce_total, z_total, denominators, *, reduction, z_loss, loss_dtype):
 
 def _denominators(plan, target, weight, rows, cls):
     """[D, N] of 'mean' as a lazy (2,) array read from the targets (and weights) only."""
-    if not plan.target_is_index:
-        return da.from_array(np.full(2, float(plan.n_rows)))
+    if not plan.loss.target_is_index:
+        return da.from_array(np.full(2, float(plan.logits.n_rows)))
     parts = _blockwise(partials.denominator_parts, _DENOMINATORS + rows, target, rows,
                        *_optional(None if weight is None else weight.rechunk(-1), cls),
-                       new_axes={_DENOMINATORS: 2}, ignore_index=plan.ignore_index,
-                       n_classes=plan.n_classes, dtype=np.float64,
+                       new_axes={_DENOMINATORS: 2}, ignore_index=plan.loss.ignore_index,
+                       n_classes=plan.logits.n_classes, dtype=np.float64,
                        meta=_meta(target, len(rows) + 1, np.float64))
     return parts.sum(axis=tuple(range(1, parts.ndim)))
 
@@ -123,11 +123,11 @@ def _grad_output(plan, row_chunks, rows):
 def cross_entropy(plan):
     """(loss or None, gradient or None) for a cross-entropy plan, as lazy Dask arrays."""
     _reject_out(plan)
-    x, axis = plan.logits.array, plan.axis
+    x, axis = plan.logits.view.array, plan.logits.axis
     full, rows, cls = _indices(x.ndim, axis)
     row_chunks = _row_chunks(x, axis)
-    target = plan.target.array.rechunk(row_chunks if plan.target_is_index else x.chunks)
-    weight = None if plan.weight is None else plan.weight.array.rechunk((x.chunks[axis],))
+    target = plan.loss.target.array.rechunk(row_chunks if plan.loss.target_is_index else x.chunks)
+    weight = None if plan.loss.weight is None else plan.loss.weight.array.rechunk((x.chunks[axis],))
     denominators = None
     if plan.reduction == "mean":
         denominators = _denominators(plan, target, weight, rows, cls)
@@ -137,32 +137,34 @@ def cross_entropy(plan):
 
 def _whole_rows(plan, x, target, weight, denominators, indices):
     full, rows, cls = indices
-    row_chunks = _row_chunks(x, plan.axis)
-    options = dict(ignore_index=plan.ignore_index, label_smoothing=plan.label_smoothing,
-                   z_loss=plan.z_loss, softcap=plan.softcap or None, validate=plan.validate,
+    row_chunks = _row_chunks(x, plan.logits.axis)
+    options = dict(ignore_index=plan.loss.ignore_index, label_smoothing=plan.loss.label_smoothing,
+                   z_loss=plan.loss.z_loss, softcap=plan.loss.softcap or None,
+                   validate=plan.loss.validate,
                    stream=plan.stream)
     pair = _blockwise(
         partials.row_cross_entropy, rows, x, full,
-        target, rows if plan.target_is_index else full, ArraySliceDep(row_chunks), rows,
+        target, rows if plan.loss.target_is_index else full, ArraySliceDep(row_chunks), rows,
         *_optional(weight, cls), *_grad_output(plan, row_chunks, rows),
         # Without a gradient or z-loss the chunks' sums do not depend on D and N: the
         # chunks then need not wait for the targets' reduction.
-        *_optional(denominators if plan.want_grad or plan.z_loss else None, _DENOMINATORS),
-        axis=plan.axis, options=options,
+        *_optional(denominators if plan.want_grad or plan.loss.z_loss else None, _DENOMINATORS),
+        axis=plan.logits.axis, options=options,
         reduction=plan.reduction, want_loss=plan.want_loss, want_grad=plan.want_grad,
         meta=np.empty((0,) * len(rows), object))
     loss = grad = None
     if plan.want_grad:
-        grad = _blockwise(_item, full, pair, rows, 1, None, new_axes={cls: plan.n_classes},
-                          meta=_meta(x, x.ndim, plan.dtype))
+        grad = _blockwise(_item, full, pair, rows, 1, None, new_axes={cls: plan.logits.n_classes},
+                          meta=_meta(x, x.ndim, plan.logits.dtype))
     if plan.want_loss:
         reduced = plan.reduction != "none"
         loss = _blockwise(_item, rows, pair, rows, 0, None,
                           adjust_chunks={r: 1 for r in rows} if reduced else None,
-                          meta=_meta(x, len(rows), np.float64 if reduced else plan.loss_dtype))
+                          meta=_meta(x, len(rows),
+                                     np.float64 if reduced else plan.logits.loss_dtype))
         if reduced:
             loss = _finish(loss.sum(), 0.0, denominators, reduction=plan.reduction, z_loss=0.0,
-                           loss_dtype=plan.loss_dtype)
+                           loss_dtype=plan.logits.loss_dtype)
     return loss, grad
 
 
@@ -172,39 +174,44 @@ def _item(pair, i):
 
 def _split_classes(plan, x, target, weight, denominators, indices):
     full, rows, cls = indices
-    row_chunks = _row_chunks(x, plan.axis)
-    t_index = rows if plan.target_is_index else full
-    class_slices = ArraySliceDep((x.chunks[plan.axis],))
+    row_chunks = _row_chunks(x, plan.logits.axis)
+    t_index = rows if plan.loss.target_is_index else full
+    class_slices = ArraySliceDep((x.chunks[plan.logits.axis],))
     parts = _blockwise(
         partials.loss_partials, _FIELDS + full, x, full, target, t_index, *_optional(weight, cls),
         class_slices, cls, ArraySliceDep(row_chunks), rows,
-        new_axes={_FIELDS: partials.N_LOSS_FIELDS}, adjust_chunks={cls: 1}, axis=plan.axis,
-        n_classes=plan.n_classes, ignore_index=plan.ignore_index,
-        label_smoothing=plan.label_smoothing, softcap=plan.softcap, validate=plan.validate,
+        new_axes={_FIELDS: partials.N_LOSS_FIELDS}, adjust_chunks={cls: 1}, axis=plan.logits.axis,
+        n_classes=plan.logits.n_classes, ignore_index=plan.loss.ignore_index,
+        label_smoothing=plan.loss.label_smoothing, softcap=plan.loss.softcap,
+        validate=plan.loss.validate,
         dtype=np.float64, meta=_meta(x, x.ndim + 1, np.float64))
-    merged = _merge(parts, partials.combine_loss_partials, plan.axis)
+    merged = _merge(parts, partials.combine_loss_partials, plan.logits.axis)
     loss = grad = None
     if plan.want_loss:
         per_row = _blockwise(
             partials.loss_rows, _ROW_PARTS + rows, merged, _FIELDS + rows,
-            *_optional(target if plan.target_is_index else None, rows),
-            new_axes={_ROW_PARTS: 2}, n_classes=plan.n_classes, ignore_index=plan.ignore_index,
-            label_smoothing=plan.label_smoothing, dtype=np.float64,
+            *_optional(target if plan.loss.target_is_index else None, rows),
+            new_axes={_ROW_PARTS: 2}, n_classes=plan.logits.n_classes,
+            ignore_index=plan.loss.ignore_index,
+            label_smoothing=plan.loss.label_smoothing, dtype=np.float64,
             meta=_meta(x, len(rows) + 1, np.float64))
         ce, lse_squared = per_row[0], per_row[1]
         if plan.reduction == "none":
-            loss = (ce + plan.z_loss * lse_squared if plan.z_loss else ce).astype(plan.loss_dtype)
+            z_loss = plan.loss.z_loss
+            loss = (ce + z_loss * lse_squared if z_loss else ce).astype(plan.logits.loss_dtype)
         else:
             loss = _finish(ce.sum(), lse_squared.sum(), denominators, reduction=plan.reduction,
-                           z_loss=plan.z_loss, loss_dtype=plan.loss_dtype)
+                           z_loss=plan.loss.z_loss, loss_dtype=plan.logits.loss_dtype)
     if plan.want_grad:
         grad = _blockwise(
             partials.grad_chunk, full, x, full, target, t_index, *_optional(weight, cls),
             merged, _FIELDS + rows, *_grad_output(plan, row_chunks, rows),
-            *_optional(denominators, _DENOMINATORS), class_slices, cls, axis=plan.axis,
-            n_classes=plan.n_classes, ignore_index=plan.ignore_index,
-            label_smoothing=plan.label_smoothing, z_loss=plan.z_loss, softcap=plan.softcap,
-            reduction=plan.reduction, dtype=plan.dtype, meta=_meta(x, x.ndim, plan.dtype))
+            *_optional(denominators, _DENOMINATORS), class_slices, cls, axis=plan.logits.axis,
+            n_classes=plan.logits.n_classes, ignore_index=plan.loss.ignore_index,
+            label_smoothing=plan.loss.label_smoothing, z_loss=plan.loss.z_loss,
+            softcap=plan.loss.softcap,
+            reduction=plan.reduction, dtype=plan.logits.dtype,
+            meta=_meta(x, x.ndim, plan.logits.dtype))
     return loss, grad
 
 
@@ -213,15 +220,16 @@ def _split_classes(plan, x, target, weight, denominators, indices):
 def normalize(plan):
     """logsumexp / entropy per row (or reduced), or log_softmax / softmax, lazily."""
     _reject_out(plan)
-    x, axis, op = plan.logits.array, plan.axis, plan.op
+    x, axis, op = plan.logits.view.array, plan.logits.axis, plan.op
     full, rows, cls = _indices(x.ndim, axis)
     rowwise = op in ("logsumexp", "entropy")
     if x.numblocks[axis] == 1:
         keywords = dict(op=op, axis=axis, stream=plan.stream)
         if not rowwise:
-            return x.map_blocks(partials.row_normalize, **keywords, dtype=plan.dtype)
+            return x.map_blocks(partials.row_normalize, **keywords, dtype=plan.logits.dtype)
         per_row = _blockwise(partials.row_normalize, rows, x, full, **keywords,
-                             dtype=plan.loss_dtype, meta=_meta(x, len(rows), plan.loss_dtype))
+                             dtype=plan.logits.loss_dtype,
+                             meta=_meta(x, len(rows), plan.logits.loss_dtype))
     else:
         parts = _blockwise(partials.normalize_partials, _FIELDS + full, x, full,
                            new_axes={_FIELDS: partials.N_NORMALIZE_FIELDS},
@@ -230,12 +238,12 @@ def normalize(plan):
         merged = _merge(parts, partials.combine_normalize_partials, axis)
         if not rowwise:
             return _blockwise(partials.normalized_chunk, full, x, full, merged, _FIELDS + rows,
-                              op=op, axis=axis, dtype=plan.dtype,
-                              meta=_meta(x, x.ndim, plan.dtype))
+                              op=op, axis=axis, dtype=plan.logits.dtype,
+                              meta=_meta(x, x.ndim, plan.logits.dtype))
         per_row = (partials.lse_rows(merged) if op == "logsumexp"
-                   else merged[partials.ENTROPY]).astype(plan.loss_dtype)
+                   else merged[partials.ENTROPY]).astype(plan.logits.loss_dtype)
     if plan.reduction == "none" or op == "logsumexp":
         return per_row
-    denominators = da.from_array(np.full(2, float(plan.n_rows)))
+    denominators = da.from_array(np.full(2, float(plan.logits.n_rows)))
     return _finish(per_row.astype(np.float64).sum(), 0.0, denominators,
-                   reduction=plan.reduction, z_loss=0.0, loss_dtype=plan.loss_dtype)
+                   reduction=plan.reduction, z_loss=0.0, loss_dtype=plan.logits.loss_dtype)
