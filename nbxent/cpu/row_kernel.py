@@ -24,7 +24,7 @@ from .access import load, store
 from .arguments import WRITE_GRAD, WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named
 from .bits import from_order_key, order_key
 from .fastexp import exp_nonpositive
-from .formulas import capped
+from .formulas import capped, difference_plus
 
 # No nnan/ninf: nan must propagate and -inf logits must stay -inf. The kernels also
 # compile with error_model="numpy" (inherited by the helpers they call): a float
@@ -72,10 +72,8 @@ def build_row_kernel(variant, f, sum_at_inf):
     writes = variant.write != WRITE_NOTHING
     writes_target_gradient = variant.write == WRITE_GRAD and variant.target == TargetKind.INDEX
     # Not through float16 (it would round the exps) nor under softcap or log_softmax
-    # (their writes need the logit itself), nor in float64: there the stored exps lost
-    # their digits for logits near 1e12 and beyond (tests/test_offsets.py).
-    keep_exps = (variant.write in (WRITE_GRAD, WRITE_SOFTMAX) and not half and not softcap
-                 and not compute64)
+    # (their writes need the logit itself).
+    keep_exps = variant.write in (WRITE_GRAD, WRITE_SOFTMAX) and not half and not softcap
     load_logit, element_terms, element_result, target_of = (
         f.load_logit, f.element_terms, f.element_result, f.target_of)
     row_result, grad_output_at, upstream, target_gradient = (
@@ -232,13 +230,20 @@ def build_row_kernel(variant, f, sum_at_inf):
                                                         row_start(g_geom, o, i)), row_mass, lse)
         inv_sum = ftype(math.exp(-log_sum))
         p_scale = ftype(p_coef) * inv_sum
+        if keep_exps:  # the stored exps become probabilities: e * to_p, and p * 1
+            inv_sum, p_scale = ftype(1.0), ftype(p_coef)
         for c0 in range(lo, hi, CHUNK):
-            if keep_exps:  # the stored exps were taken with the chunk's shift
-                rescale = ftype(math.exp(chunk_shifts[item, (c0 - lo) // CHUNK] - shift))
+            if keep_exps:
+                # exp((chunk shift - shift) - log_sum), summed in this order: as two exps
+                # multiplied, LLVM's reassociation would fold them into one exp of
+                # chunk shift - (shift + log_sum), which loses log_sum's digits beside a
+                # large shift (a float64 softmax of logits near 1e12 was off by 3e-5).
+                to_p = ftype(math.exp(difference_plus(chunk_shifts[item, (c0 - lo) // CHUNK],
+                                                      shift, -log_sum)))
             for c in range(c0, min(c0 + CHUNK, hi)):
                 if keep_exps:
                     value = ftype(0.0)  # not read by these writes
-                    e = load(out, out_base + c * o_sc, half, ftype) * rescale
+                    e = load(out, out_base + c * o_sc, half, ftype) * to_p
                 else:
                     value = load_logit(x, base + c * x_geom.s_class, cap)
                     e = exp_nonpositive(value - shift, compute64)
