@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass
 
 from nbxent.bench import machine, roofline
 from nbxent.bench.cases import BYTE_MODEL, Case, default_shapes, make_inputs
-from nbxent.bench.peers import (PEERS, TOLERANCE, CaseArrays, nbxent_contenders,
-                                relative_error)
+from nbxent.bench.peers import (PEERS, TOLERANCE, CaseArrays, framework_contenders,
+                                nbxent_contenders, relative_error)
 from nbxent.bench.timing import first_call, steady_state
 
 SCHEMA_VERSION = 1
@@ -29,6 +29,7 @@ class Settings:
     threads: int = None             # None: Numba's default
     quick: bool = False
     command: str = ""
+    framework: str = None           # "torch" or "jax": time the wrapper's training step
 
 
 def usable_backends():
@@ -57,6 +58,8 @@ def plan(settings):
     Raises ``RuntimeError`` if a requested backend cannot run here.
     """
     reasons = usable_backends()
+    if settings.framework == "jax":     # nbxent.jax reads host memory: JAX's CPU backend
+        reasons["cuda"] = "nbxent.jax runs on the CPU only"
     backends = settings.backends or [b for b, why in reasons.items() if why is None]
     for backend in backends:
         if reasons.get(backend):
@@ -86,7 +89,7 @@ def _row(backend, case, op, name):
             "impl": name, "bytes": case.bytes_moved(op), "status": "ok", "message": None,
             "first_call_s": None, "median_s": None, "best_s": None, "samples": None,
             "calls_per_sample": None, "rows_per_s": None, "GBps": None,
-            "bandwidth_fraction": None, "nbxent_speedup": None}
+            "bandwidth_fraction": None, "nbxent_speedup": None, "wrapper_overhead": None}
 
 
 def _measure(row, call, reference, synchronize, sampling, limit_GBps):
@@ -112,12 +115,15 @@ def _measure(row, call, reference, synchronize, sampling, limit_GBps):
     return result
 
 
-def _run_case_op(case, op, arrays, peer_names, sampling, bandwidth, progress):
-    """Rows for one case and op: nbxent's variants, then every peer checked against nbxent."""
+def _run_case_op(case, op, arrays, peer_names, sampling, bandwidth, progress, framework=None):
+    """Rows for one case and op: nbxent's variants (with ``framework``: its wrapper, then
+    the direct call), then every peer checked against the first."""
     backend, limit_GBps = arrays.backend, bandwidth.limit_for(op)
     measure = dict(synchronize=_synchronizer(backend), sampling=sampling, limit_GBps=limit_GBps)
     rows, reference = [], None
-    for contender in nbxent_contenders(arrays, op):
+    contenders = (framework_contenders(arrays, framework) if framework
+                  else nbxent_contenders(arrays, op))
+    for contender in contenders:
         progress.step(f"{backend} {case.shape.label} {case.dtype} {op}: {contender.name}")
         rows.append(_row(backend, case, op, contender.name))
         result = _measure(rows[-1], contender.call, reference, **measure)
@@ -133,21 +139,25 @@ def _run_case_op(case, op, arrays, peer_names, sampling, bandwidth, progress):
     for row in rows:
         if row["impl"] in PEERS and row["median_s"] is not None:
             row["nbxent_speedup"] = row["median_s"] / nbxent_median
+    if framework and rows[1]["median_s"] is not None:
+        rows[0]["wrapper_overhead"] = nbxent_median / rows[1]["median_s"] - 1
     return rows
 
 
-def _set_threads(threads, peers_by_backend):
-    """Give Numba (and PyTorch, when it is a peer) ``threads`` threads; returns what each got."""
+def _set_threads(threads, peers_by_backend, framework=None):
+    """Give Numba (and PyTorch, when it is a peer or the framework) ``threads`` threads;
+    returns what each got."""
     import numba
 
     if threads is not None:
         numba.set_num_threads(threads)
     used = machine.numba_threads()
-    if any("torch" in peers for peers in peers_by_backend.values()):
+    libraries = {framework}.union(*peers_by_backend.values())
+    if "torch" in libraries:
         import torch
         torch.set_num_threads(used["numba"])
         used["torch"] = torch.get_num_threads()
-    if any("jax" in peers for peers in peers_by_backend.values()):
+    if "jax" in libraries:
         used["jax"] = os.environ.get("XLA_FLAGS") or "XLA's default (all cores)"
     return used
 
@@ -170,7 +180,7 @@ def run(settings, progress):
     """
     pairs, peers_by_backend, skipped = plan(settings)
     host = machine.machine()     # before the run: its load average tells if others are busy
-    threads = _set_threads(settings.threads, peers_by_backend)
+    threads = _set_threads(settings.threads, peers_by_backend, settings.framework)
     backends = list(dict.fromkeys(backend for backend, _ in pairs))
     progress.start(len(backends) + _task_count(pairs, peers_by_backend, settings.ops))
     sampling = {"samples": settings.repeat, "max_samples": 3 if settings.quick else 5}
@@ -185,13 +195,14 @@ def run(settings, progress):
                                 _to_backend(host_target, backend), case.shape.axis, backend)
             for op in settings.ops:
                 results += _run_case_op(case, op, arrays, peers_by_backend[backend], sampling,
-                                        bandwidths[backend], progress)
+                                        bandwidths[backend], progress, settings.framework)
     finally:
         progress.finish()
     return {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": settings.command,
+        "framework": settings.framework,
         "machine": host,
         "versions": machine.versions(),
         "threads": threads,
