@@ -58,6 +58,24 @@ def _as_loss_tensor(loss, logits):
     return tensor if tensor.dtype == logits.dtype else tensor.to(logits.dtype)
 
 
+_NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32,
+                 torch.float64: np.float64}
+
+
+def _new_grad(logits):
+    """The gradient's buffer, with the strides the fake implementation announces
+    (``empty_like``); nbxent writes it through DLPack / ``__cuda_array_interface__``.
+
+    Contiguous CPU logits get a NumPy allocation: NumPy asks Linux for transparent huge
+    pages on large arrays and PyTorch's allocator does not (unless THP_MEM_ALLOC_ENABLE=1),
+    so the first write of a fresh N×C buffer faults 2 MiB pages instead of 4 KiB ones:
+    measured 4x cheaper (benchmarks/RESULTS.md, "PyTorch and JAX wrappers").
+    """
+    if logits.device.type == "cpu" and logits.is_contiguous() and logits.dtype in _NUMPY_DTYPES:
+        return torch.from_numpy(np.empty(tuple(logits.shape), _NUMPY_DTYPES[logits.dtype]))
+    return torch.empty_like(logits)
+
+
 def _loss_shape(logits, axis, reduction):
     shape = tuple(logits.shape)
     return shape[:axis] + shape[axis + 1:] if reduction == "none" else ()
@@ -90,9 +108,7 @@ def _with_grad_op(logits: Tensor, target: Tensor, weight: Optional[Tensor], axis
     own loss (upstream gradient 1), which the backward scales row by row."""
     x, t, options = _options(logits, target, weight, axis, ignore_index, reduction,
                              label_smoothing, z_loss, softcap)
-    # Written through DLPack / __cuda_array_interface__ into torch's own allocation,
-    # whose strides are those the fake implementation announces (empty_like).
-    grad = torch.empty_like(logits)
+    grad = _new_grad(logits)
     loss, _ = api.cross_entropy_with_grad(x, t, out=grad, **options)
     return _as_loss_tensor(loss, logits), grad
 
@@ -105,6 +121,11 @@ def _(logits, target, weight, axis, ignore_index, reduction, label_smoothing, z_
 def _setup_context(ctx, inputs, output):
     ctx.axis, ctx.reduction = inputs[3], inputs[5]
     ctx.save_for_backward(output[1])
+    # The gradient output has no gradient of its own (no gradients of gradients): marked
+    # so, and with its cotangent left unmaterialised (None, not an N×C tensor of zeros
+    # written on every backward).
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
 
 
 def _scale(grad_loss, axis, reduction):
@@ -132,6 +153,8 @@ def _graph_is_released():
 
 def _backward(ctx, grad_loss, _grad_of_grad):
     (grad,) = ctx.saved_tensors
+    if grad_loss is None:        # only the gradient output was used downstream
+        return (None,) * 9
     if _is_one(grad_loss) and _graph_is_released():
         # The saved gradient as is: no N×C multiplication by 1 and no new buffer. The graph
         # is freed after this backward, so nothing reads the saved tensor again and a

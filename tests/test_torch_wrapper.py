@@ -280,6 +280,15 @@ def test_autocast_leaves_float64_alone(rng):
     assert logits.grad.dtype == torch.float64
 
 
+def test_operator_gradient_output_is_not_differentiable(rng):
+    logits = torch.tensor(rng.normal(size=(4, 5)), requires_grad=True)
+    loss, grad = torch.ops.nbxent.cross_entropy_with_grad(
+        logits, torch.tensor([0, 1, 2, 3]), None, 1, -100, "sum", 0.0, 0.0, None)
+    assert loss.requires_grad and not grad.requires_grad
+    torch.autograd.backward(loss)
+    torch.testing.assert_close(logits.grad, grad)
+
+
 def test_backward_hands_the_saved_gradient_to_a_leaf(rng):
     """loss.backward() of a mean loss: the gradient the forward saved becomes .grad as it
     is (no multiplication by 1, no copy); with retain_graph, repeated backwards still
