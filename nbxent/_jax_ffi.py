@@ -18,6 +18,7 @@ One target serves every call: each call carries one int64 attribute,
 """
 
 import ctypes
+import sys
 import threading
 
 import numpy as np
@@ -103,6 +104,31 @@ _lock = threading.Lock()
 _state = {"registered": False, "why_unavailable": None}
 
 
+# Linux's madvise(MADV_HUGEPAGE): XLA's CPU allocator takes large buffers fresh from the
+# kernel in 4 KiB pages, so writing a new N×C gradient faults each page in; NumPy asks
+# for transparent huge pages on its own large arrays, and so does nbxent on the output
+# buffers it is about to write first (measured: benchmarks/RESULTS.md, "PyTorch and JAX
+# wrappers"). Advice only: where the kernel ignores it, nothing changes.
+_MADV_HUGEPAGE = 14
+_HUGE_PAGE = 2 << 20
+_madvise = None
+if sys.platform.startswith("linux"):
+    try:
+        _madvise = _C.CDLL(None, use_errno=True).madvise
+        _madvise.argtypes = (_C.c_void_p, _C.c_size_t, _C.c_int)
+        _madvise.restype = _C.c_int
+    except (OSError, AttributeError):
+        _madvise = None
+
+
+def _advise_huge_pages(address, n_bytes):
+    """Ask for huge pages on the whole 2 MiB pages inside [address, address + n_bytes)."""
+    start = -(-address // _HUGE_PAGE) * _HUGE_PAGE
+    end = (address + n_bytes) // _HUGE_PAGE * _HUGE_PAGE
+    if _madvise is not None and end - start >= 2 * _HUGE_PAGE:
+        _madvise(start, end - start, _MADV_HUGEPAGE)
+
+
 def _as_array(address, writable):
     """The XLA_FFI_Buffer at ``address`` as a NumPy array over XLA's memory."""
     buffer = _C.cast(address, _C.POINTER(_Buffer)).contents
@@ -114,6 +140,8 @@ def _as_array(address, writable):
     n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if n_bytes == 0:
         return np.empty(shape, dtype)
+    if writable:
+        _advise_huge_pages(buffer.data, n_bytes)
     array = np.frombuffer((_C.c_char * n_bytes).from_address(buffer.data), dtype)
     array = array.reshape(shape)
     array.flags.writeable = writable
