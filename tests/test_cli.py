@@ -216,6 +216,7 @@ def _check_framework_rows(document, framework, peer_expected):
         ours, direct = rows[first], rows[first + 1]
         assert ours["wrapper_overhead"] == pytest.approx(ours["median_s"] / direct["median_s"] - 1)
         assert direct["wrapper_overhead"] is None
+        assert ours["samples"] == direct["samples"] == 2      # taken in turn
         if peer_expected:
             peer = rows[first + 2]
             assert peer["nbxent_speedup"] == pytest.approx(peer["median_s"] / ours["median_s"])
@@ -275,3 +276,13 @@ def test_framework_not_installed_says_what_to_install(capsys, monkeypatch):
                         lambda name, *a: None if name == "jax" else real_find_spec(name, *a))
     assert main(["bench", "--framework", "jax"]) == 2
     assert "pip install 'nbxent[jax]'" in capsys.readouterr().err
+
+
+def test_interleaved_samples_alternate():
+    from nbxent.bench.timing import interleaved_steady_states
+    log = []
+    states = interleaved_steady_states([lambda: log.append("a"), lambda: log.append("b")],
+                                       samples=3)
+    calls_per_sample = states[0].calls_per_sample
+    assert states[1].calls_per_sample == calls_per_sample
+    assert log == ["a", "b"] + (["a"] * calls_per_sample + ["b"] * calls_per_sample) * 3

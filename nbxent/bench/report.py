@@ -9,7 +9,8 @@ JSON Schema (draft 2020-12). In short::
     framework       null, or "torch" / "jax" for ``--framework``: each case's first rows
                      are then nbxent's wrapper ("nbxent.torch" / "nbxent.jax", forward +
                      backward through the framework's autograd) and "nbxent" called
-                     directly on the same arrays; peers' speed-ups are against the wrapper
+                     directly on the same arrays, their samples taken in turn; peers'
+                     speed-ups are against the wrapper
     machine         {platform, cpu, cpu_target: {name (LLVM's CPU name the kernels are
                      compiled for), vector_isa}, cpu_count, load_average (1-minute, when the
                      run began; null where unknown), gpu: {name, memory_bytes,
@@ -179,7 +180,8 @@ def header(report):
             f"forward + backward through {framework}'s autograd ("
             + ("nbxent.torch.cross_entropy, loss.backward()" if framework == "torch" else
                "jax.jit(jax.value_and_grad(nbxent.jax.cross_entropy))")
-            + "); nbxent = nbxent.cross_entropy_with_grad on the same arrays. vs direct = "
+            + "); nbxent = nbxent.cross_entropy_with_grad on the same arrays, its samples "
+            "taken in turn with the wrapper's. vs direct = "
             f"nbxent.{framework}'s median / the direct call's - 1; speed-ups are against "
             f"nbxent.{framework}.")
     lines += [f"skipped {reason}" for reason in report["skipped"]]

@@ -12,7 +12,7 @@ from nbxent.bench import machine, roofline
 from nbxent.bench.cases import BYTE_MODEL, Case, default_shapes, make_inputs
 from nbxent.bench.peers import (PEERS, TOLERANCE, CaseArrays, framework_contenders,
                                 nbxent_contenders, relative_error)
-from nbxent.bench.timing import first_call, steady_state
+from nbxent.bench.timing import first_call, interleaved_steady_states, steady_state
 
 SCHEMA_VERSION = 1
 
@@ -92,11 +92,11 @@ def _row(backend, case, op, name):
             "bandwidth_fraction": None, "nbxent_speedup": None, "wrapper_overhead": None}
 
 
-def _measure(row, call, reference, synchronize, sampling, limit_GBps):
-    """Time ``call`` into ``row``; unless it is the reference, check its first result first.
+def _first_call(row, call, reference, synchronize):
+    """Time ``call``'s first call into ``row``; unless it is the reference, check its result.
 
-    Returns the first call's result. A result further from ``reference`` than
-    the dtype's tolerance marks the row a mismatch and is not timed further.
+    Returns the result and whether it is to be timed further: a result further from
+    ``reference`` than the dtype's tolerance marks the row a mismatch.
     """
     row["first_call_s"], result = first_call(call, synchronize)
     if reference is not None:
@@ -105,14 +105,44 @@ def _measure(row, call, reference, synchronize, sampling, limit_GBps):
         if not error <= tolerance:
             row.update(status="mismatch", message=f"relative error {error:.2e} against nbxent "
                        f"exceeds {tolerance:.0e}; not timed")
-            return result
-    steady = steady_state(call, synchronize, **sampling)
+            return result, False
+    return result, True
+
+
+def _record(row, steady, limit_GBps):
     row.update(median_s=steady.median_s, best_s=steady.best_s, samples=steady.samples,
                calls_per_sample=steady.calls_per_sample,
                rows_per_s=row["n_rows"] / steady.median_s,
                GBps=row["bytes"] / steady.median_s / 1e9)
     row["bandwidth_fraction"] = row["GBps"] / limit_GBps
+
+
+def _measure(row, call, reference, synchronize, sampling, limit_GBps):
+    """Time ``call`` into ``row``; unless it is the reference, check its first result first.
+
+    Returns the first call's result. A result further from ``reference`` than
+    the dtype's tolerance marks the row a mismatch and is not timed further.
+    """
+    result, timed = _first_call(row, call, reference, synchronize)
+    if timed:
+        _record(row, steady_state(call, synchronize, **sampling), limit_GBps)
     return result
+
+
+def _measure_interleaved(rows, contenders, synchronize, sampling, limit_GBps):
+    """The wrapper and the direct call: first calls checked against the wrapper's, then
+    samples taken in turn, so that the overhead is a ratio of one stretch of time."""
+    reference, timed = None, []
+    for row, contender in zip(rows, contenders):
+        result, ok = _first_call(row, contender.call, reference, synchronize)
+        reference = result if reference is None else reference
+        timed.append(ok)
+    if all(timed):
+        steadies = interleaved_steady_states([c.call for c in contenders], synchronize,
+                                             **sampling)
+        for row, steady in zip(rows, steadies):
+            _record(row, steady, limit_GBps)
+    return reference
 
 
 def _run_case_op(case, op, arrays, peer_names, sampling, bandwidth, progress, framework=None):
@@ -121,9 +151,13 @@ def _run_case_op(case, op, arrays, peer_names, sampling, bandwidth, progress, fr
     backend, limit_GBps = arrays.backend, bandwidth.limit_for(op)
     measure = dict(synchronize=_synchronizer(backend), sampling=sampling, limit_GBps=limit_GBps)
     rows, reference = [], None
-    contenders = (framework_contenders(arrays, framework) if framework
-                  else nbxent_contenders(arrays, op))
-    for contender in contenders:
+    if framework:
+        contenders = framework_contenders(arrays, framework)
+        for contender in contenders:
+            progress.step(f"{backend} {case.shape.label} {case.dtype} {op}: {contender.name}")
+            rows.append(_row(backend, case, op, contender.name))
+        reference = _measure_interleaved(rows, contenders, **measure)
+    for contender in [] if framework else nbxent_contenders(arrays, op):
         progress.step(f"{backend} {case.shape.label} {case.dtype} {op}: {contender.name}")
         rows.append(_row(backend, case, op, contender.name))
         result = _measure(rows[-1], contender.call, reference, **measure)
