@@ -17,7 +17,9 @@ The fused step is a PyTorch custom operator, ``torch.ops.nbxent.cross_entropy_wi
 ``torch.compile(model, fullgraph=True)`` compiles a model that uses it without a
 graph break. Without autograd (``torch.no_grad()``, or logits that do not require
 grad) the loss alone is computed (``torch.ops.nbxent.cross_entropy``), with no
-gradient buffer.
+gradient buffer. Both operators carry an autocast rule: under ``torch.autocast``
+float16 and bfloat16 inputs are cast to float32 first, as autocast does for
+``torch.nn.functional.cross_entropy``.
 """
 
 from typing import Optional
@@ -299,7 +301,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     Raises
     ------
     TypeError
-        bfloat16 (or integer) input: nbxent computes float16, float32 and float64.
+        bfloat16 input outside ``torch.autocast``, or integer input: nbxent computes
+        float16, float32 and float64.
     ValueError
         nbxent's errors for shapes that do not fit, class indices out of range,
         options out of range (see ``nbxent.cross_entropy``).
