@@ -137,13 +137,9 @@ def _nbxent_torch_call(arrays):
 
 
 def _nbxent_jax_call(arrays):
-    jax = _import_jax()
     import nbxent.jax
 
-    jax.config.update("jax_enable_x64", True)
-    device = _jax_devices(arrays.backend)[0]
-    logits = jax.device_put(arrays.host_logits, device)
-    target = jax.device_put(arrays.host_target, device)
+    jax, logits, target = _jax_arrays(arrays)
     axis = arrays.axis
     compiled = jax.jit(jax.value_and_grad(
         lambda x, t: nbxent.jax.cross_entropy(x, t, axis=axis)))
@@ -229,15 +225,20 @@ def _jax_devices(backend):
         return []
 
 
-def _jax_call(arrays, op):
-    import optax
-
+def _jax_arrays(arrays):
+    """JAX (with x64 on), and the case's logits and target on the backend's JAX device."""
     jax = _import_jax()
     # Without x64 JAX silently computes float64 cases in float32.
     jax.config.update("jax_enable_x64", True)
     device = _jax_devices(arrays.backend)[0]
-    logits = jax.device_put(arrays.host_logits, device)
-    target = jax.device_put(arrays.host_target, device)
+    return (jax, jax.device_put(arrays.host_logits, device),
+            jax.device_put(arrays.host_target, device))
+
+
+def _jax_call(arrays, op):
+    import optax
+
+    jax, logits, target = _jax_arrays(arrays)
     axis = arrays.axis
 
     def mean_loss(x, t):
