@@ -248,7 +248,7 @@ def test_autocast_computes_in_float32_as_torch_does(rng, amp_dtype, inplace_back
         loss.backward()
         assert logits.dtype == amp_dtype and logits.grad.dtype == amp_dtype
         results.append((loss.detach(), logits.grad, [p.grad.clone() for p in layer.parameters()]))
-    (ours, our_logit_grad, our_grads), (theirs, their_logit_grad, their_grads) = results[1], results[0]
+    (theirs, their_logit_grad, their_grads), (ours, our_logit_grad, our_grads) = results
     assert ours.dtype == theirs.dtype == torch.float32
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(our_logit_grad, their_logit_grad)
