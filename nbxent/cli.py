@@ -10,7 +10,7 @@ import sys
 
 from nbxent.bench.cases import (DEFAULT_DTYPES, DTYPES, OPS, SUITES, parse_shapes,
                                 suite_shapes)
-from nbxent.bench.peers import PEER_NAMES
+from nbxent.bench.peers import FRAMEWORKS, PEER_NAMES
 
 SHAPES_HELP = ("comma-separated cases DIMxDIMx...[:axis=K]; the class axis is the last dim "
                "unless axis=K says otherwise, e.g. 16384x1000,4096x32000 or "
@@ -68,8 +68,9 @@ def build_parser():
                        help="a named set of cases: default, or cv (classification with 10 to "
                        "1000 classes, VOC/Cityscapes/ADE20K segmentation maps, two long-row "
                        "cases); --quick takes an eighth of each")
-    bench.add_argument("--dtype", type=_comma_list(DTYPES, "dtype"), default=DEFAULT_DTYPES,
-                       help=f"comma-separated logits dtypes (default {','.join(DEFAULT_DTYPES)})")
+    bench.add_argument("--dtype", type=_comma_list(DTYPES, "dtype"),
+                       help=f"comma-separated logits dtypes (default {','.join(DEFAULT_DTYPES)}; "
+                       "float32 with --framework)")
     bench.add_argument("--backend", choices=("cpu", "cuda", "dask"),
                        help="one backend (default: cpu, and cuda when a GPU is usable); dask "
                        "times a LocalCluster of 1, then 2 workers (default case 16384x1000 "
@@ -78,9 +79,17 @@ def build_parser():
                        help="loss only, loss and gradient in one call, or both (default)")
     bench.add_argument("--threads", type=_positive_int,
                        help="Numba threads (numba.set_num_threads), also given to PyTorch")
-    bench.add_argument("--peers", type=_peers, default=PEER_NAMES,
+    bench.add_argument("--framework", choices=FRAMEWORKS,
+                       help="time a training step's loss part through the framework's "
+                       "autograd: nbxent's wrapper (nbxent.torch, or nbxent.jax under "
+                       "jax.jit + jax.value_and_grad) against nbxent.cross_entropy_with_grad "
+                       "on the same arrays (its overhead) and the framework's own "
+                       "cross-entropy (the peer of the same name); op loss+grad, default "
+                       "case 16384x1000 float32")
+    bench.add_argument("--peers", type=_peers,
                        help=f"comma-separated peers from {','.join(PEER_NAMES)}, or all "
-                       "(default) or none; peers not installed are skipped")
+                       "(default; with --framework, that framework alone) or none; peers "
+                       "not installed are skipped")
     bench.add_argument("--repeat", type=_positive_int,
                        help="timed samples per contender (default: 3 to 5, fewer when "
                        "they would take over a second; at most 3 with --quick)")
@@ -135,6 +144,8 @@ def _bench(args):
         if args.threads > numba.config.NUMBA_NUM_THREADS:
             bench_parser.error(f"--threads {args.threads} is more than Numba's "
                                f"{numba.config.NUMBA_NUM_THREADS} (raise NUMBA_NUM_THREADS)")
+    if args.framework:
+        _check_framework(args)
     if args.backend == "dask":
         return _bench_dask(args)
     if args.backend is not None:
@@ -151,16 +162,43 @@ def _bench(args):
     return 0
 
 
+FRAMEWORK_DEFAULT_SHAPES = "16384x1000"
+FRAMEWORK_QUICK_SHAPES = "2048x1000"
+
+
+def _check_framework(args):
+    """Usage errors for ``--framework`` that would otherwise surface mid-run."""
+    parser = args.subparser
+    if args.backend == "dask":
+        parser.error("--framework times nbxent's torch or jax wrapper; not with --backend dask")
+    if args.framework == "jax" and args.backend == "cuda":
+        parser.error("--framework jax runs on the CPU only (nbxent.jax reads host memory)")
+    if args.op == "loss":
+        parser.error("--framework times a training step's loss part, forward and backward: "
+                     "--op loss+grad (the default) only")
+    if importlib.util.find_spec(args.framework) is None:
+        parser.error(f"--framework {args.framework} needs {args.framework}: "
+                     f"pip install 'nbxent[{args.framework}]'")
+
+
 def _settings(args):
     from nbxent.bench import run
 
+    framework = getattr(args, "framework", None)
+    shapes = args.shapes or (suite_shapes(args.suite, args.quick) if args.suite else None)
+    if framework and shapes is None:
+        shapes = parse_shapes(FRAMEWORK_QUICK_SHAPES if args.quick else FRAMEWORK_DEFAULT_SHAPES)
+    dtypes = args.dtype or (("float32",) if framework else DEFAULT_DTYPES)
+    peers = args.peers
+    if peers is None:
+        peers = (framework,) if framework else PEER_NAMES
+    ops = OPS if args.op == "both" else (args.op,)
     return run.Settings(
-        shapes=args.shapes or (suite_shapes(args.suite, args.quick) if args.suite else None),
-        dtypes=args.dtype,
+        shapes=shapes, dtypes=dtypes,
         backends=None if args.backend is None else (args.backend,),
-        ops=OPS if args.op == "both" else (args.op,), peers=args.peers,
+        ops=("loss+grad",) if framework else ops, peers=peers,
         repeat=args.repeat, threads=args.threads, quick=args.quick,
-        command=shlex.join(["nbxent", *args.argv]))
+        command=shlex.join(["nbxent", *args.argv]), framework=framework)
 
 
 def _bench_dask(args):

@@ -4,9 +4,11 @@
 and nbxent's options, and works under ``jax.jit``, ``jax.grad`` / ``jax.value_and_grad``
 and ``jax.vmap``. The forward pass is one fused nbxent call that computes the loss
 and keeps the gradient (``jax.custom_vjp``); the backward pass only scales that
-gradient by the incoming cotangent. Inside traced code nbxent runs as a host callback
-(``jax.pure_callback``); a call on concrete arrays, outside any transformation, runs
-nbxent directly.
+gradient by the incoming cotangent. Inside traced code nbxent runs as an XLA FFI
+custom call that reads and writes XLA's own buffers (``nbxent/_jax_ffi.py``), or, with
+``NBXENT_JAX_ROUTE=callback`` or where the FFI is unavailable, as a host callback
+(``jax.pure_callback``, which copies; see ``host_route``); a call on concrete arrays,
+outside any transformation, runs nbxent directly.
 
 Install with ``pip install 'nbxent[jax]'``. Only JAX's CPU backend is supported: the
 kernels read host memory. JAX arrays on a GPU or TPU are a ``TypeError`` (see
@@ -15,6 +17,7 @@ kernels read host memory. JAX arrays on a GPU or TPU are a ``TypeError`` (see
 
 import dataclasses
 import functools
+import os
 
 import numpy as np
 
@@ -25,10 +28,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("nbxent.jax needs JAX: pip install 'nbxent[jax]' "
                       "(or pip install jax)") from exc
 
-from . import api
+from . import _jax_ffi, api
 from ._plan import make_loss_plan
 
-__all__ = ["cross_entropy"]
+__all__ = ["cross_entropy", "host_route"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,19 +107,26 @@ def _make_spec(logits, labels, weight, *, axis, ignore_index, reduction, label_s
 
 # --------------------------------------------------------------- the host side
 
-def _host(spec, want_grad, logits, labels, weight):
+def _host(spec, want_grad, logits, labels, weight, loss=None, grad=None):
     """nbxent on host arrays, with any leading vmap batch dims (``vmap_method='expand_dims'``:
-    every argument has the same number of them, size 1 where unbatched)."""
+    every argument has the same number of them, size 1 where unbatched).
+
+    The results are written into ``loss`` and ``grad`` when given (XLA's buffers on the
+    FFI route: the gradient in place), else into new arrays; returns them.
+    """
     logits, labels = np.asarray(logits), np.asarray(labels)
     weight = None if weight is None else np.asarray(weight)
     n_batch = logits.ndim - len(spec.logits_shape)
-    if n_batch == 0:
-        return _host_call(spec, want_grad, logits, labels, weight)
     batch_shape = np.broadcast_shapes(
         logits.shape[:n_batch], labels.shape[:n_batch],
         *(() if weight is None else (weight.shape[:n_batch],)))
-    loss = np.empty(batch_shape + spec.loss_shape, spec.loss_dtype)
-    grad = np.empty(batch_shape + spec.logits_shape, spec.logits_dtype) if want_grad else None
+    if loss is None:
+        loss = np.empty(batch_shape + spec.loss_shape, spec.loss_dtype)
+    if grad is None and want_grad:
+        grad = np.empty(batch_shape + spec.logits_shape, spec.logits_dtype)
+    if n_batch == 0:
+        loss[...] = _host_call(spec, want_grad, logits, labels, weight, grad)
+        return (loss, grad) if want_grad else loss
     logits = np.broadcast_to(logits, batch_shape + logits.shape[n_batch:])
     labels = np.broadcast_to(labels, batch_shape + labels.shape[n_batch:])
     if spec.reduction == "none" and (weight is None or weight.shape[:n_batch] == (1,) * n_batch):
@@ -136,25 +146,71 @@ def _host(spec, want_grad, logits, labels, weight):
         weight = np.broadcast_to(weight, batch_shape + weight.shape[n_batch:])
     for index in np.ndindex(*batch_shape):
         element_weight = None if weight is None else weight[index]
-        if want_grad:
-            loss[index], _ = api.cross_entropy_with_grad(
-                logits[index], labels[index], weight=element_weight, out=grad[index],
-                **spec.options())
-        else:
-            loss[index] = api.cross_entropy(logits[index], labels[index],
-                                            weight=element_weight, **spec.options())
+        loss[index] = _host_call(spec, want_grad, logits[index], labels[index], element_weight,
+                                 grad[index] if want_grad else None)
     return (loss, grad) if want_grad else loss
 
 
-def _host_call(spec, want_grad, logits, labels, weight):
+def _host_call(spec, want_grad, logits, labels, weight, grad):
+    """The loss of one unbatched call; with ``want_grad`` the gradient goes into ``grad``."""
     options = dict(weight=weight, **spec.options())
     if want_grad:
-        return api.cross_entropy_with_grad(logits, labels, **options)
+        return api.cross_entropy_with_grad(logits, labels, out=grad, **options)[0]
     return api.cross_entropy(logits, labels, **options)
 
 
+ROUTES = ("ffi", "callback")
+
+
+def host_route():
+    """How traced calls reach nbxent: ``"ffi"`` or ``"callback"``, and why not the FFI.
+
+    ``"ffi"`` (the default) runs nbxent as an XLA FFI custom call on XLA's own buffers;
+    ``"callback"`` as a ``jax.pure_callback``, which copies operands and results. The
+    environment variable ``NBXENT_JAX_ROUTE`` chooses, read whenever a function is traced
+    (a function already compiled keeps its route). Where the FFI target cannot be
+    registered (a JAX without ``jax.ffi``, an XLA that refuses the handler's API
+    version) the callback is used and the second value says why.
+
+    Returns
+    -------
+    route : str
+        The route the next traced call takes.
+    why_not_ffi : str or None
+        Why the FFI is not used, when ``"ffi"`` was asked for and cannot be had.
+
+    Raises
+    ------
+    ValueError
+        If ``NBXENT_JAX_ROUTE`` is set to anything but ``ffi`` or ``callback``.
+
+    Examples
+    --------
+    >>> import nbxent.jax
+    >>> nbxent.jax.host_route()   # doctest: +SKIP
+    ('ffi', None)
+    """
+    wanted = os.environ.get("NBXENT_JAX_ROUTE", "ffi").strip().lower()
+    if wanted not in ROUTES:
+        raise ValueError(f"NBXENT_JAX_ROUTE={wanted!r}: expected one of {', '.join(ROUTES)}")
+    if wanted == "callback":
+        return "callback", None
+    why_not = _jax_ffi.why_unavailable()
+    return ("callback", why_not) if why_not else ("ffi", None)
+
+
+@functools.lru_cache(maxsize=None)
+def _ffi_host(spec, want_grad):
+    """The FFI route's host function for one spec: nbxent writes into XLA's buffers."""
+    def host(inputs, outputs):
+        logits, labels, *weight = inputs
+        _host(spec, want_grad, logits, labels, weight[0] if weight else None, *outputs)
+    return host
+
+
 def _run(spec, want_grad, logits, labels, weight):
-    """The loss (and gradient): a host callback in traced code, a direct call otherwise."""
+    """The loss (and gradient): an XLA FFI call or a host callback in traced code (see
+    ``host_route``), a direct call otherwise."""
     loss_struct = jax.ShapeDtypeStruct(spec.loss_shape, spec.loss_dtype)
     grad_struct = jax.ShapeDtypeStruct(spec.logits_shape, spec.logits_dtype)
     if not any(_is_traced(x) for x in (logits, labels, weight)):
@@ -171,7 +227,11 @@ def _run(spec, want_grad, logits, labels, weight):
     args = (logits, labels) if weight is None else (logits, labels, weight)
     structs = (loss_struct, grad_struct) if want_grad else loss_struct
 
+    route, _ = host_route()
+
     def on_cpu(*args):
+        if route == "ffi":
+            return _jax_ffi.call(_ffi_host(spec, want_grad), structs, *args)
         return jax.pure_callback(callback, structs, *args, vmap_method="expand_dims")
 
     def elsewhere(*args):
@@ -288,7 +348,9 @@ def cross_entropy(logits, labels, *, axis=-1, weight=None, ignore_index=-100,
     ValueError
         For shapes or options nbxent rejects, when the function is traced; for a class
         index outside [0, C) that is not ``ignore_index``, when it runs (inside
-        ``jax.jit`` the error reaches you wrapped in JAX's runtime error).
+        ``jax.jit`` the error reaches you wrapped in JAX's runtime error, its message
+        starting ``INVALID_ARGUMENT: ValueError:`` on the FFI route), and for
+        ``NBXENT_JAX_ROUTE`` set to anything but ``ffi`` or ``callback``.
     NotImplementedError
         When differentiating with respect to ``weight``.
 
@@ -299,18 +361,18 @@ def cross_entropy(logits, labels, *, axis=-1, weight=None, ignore_index=-100,
     softmax); the backward pass multiplies it by the cotangent (a scalar, or one factor
     per row for 'none'). Without differentiation only the loss is computed.
 
-    Inside traced code (``jit``, ``grad``, ``vmap``) nbxent runs as a
-    ``jax.pure_callback``. Under ``vmap`` ('expand_dims'), 'none' handles the whole
-    batch in one nbxent call and 'mean'/'sum' one call per batch element. The callback
-    has a price: JAX copies its operands for the host function and copies the results
-    (the N×C gradient included) into XLA's buffers, and the backward's scaling is one
-    more pass (measured: benchmarks/RESULTS.md, "JAX: the host callback's cost").
-
-    So inside ``jax.jit`` this path is slower than XLA's own formula; its use is
-    nbxent's options and exactness (``z_loss``, ``softcap``, ``ignore_index``,
-    weights, every magnitude) with one code path. A call
-    on concrete arrays outside any transformation runs at nbxent's own speed. An XLA
-    FFI handler reading and writing JAX's buffers in place would remove the copies.
+    Inside traced code (``jit``, ``grad``, ``vmap``) nbxent runs as an XLA FFI custom
+    call on the CPU: XLA hands nbxent its input buffers and the output buffers to
+    write, with no copy either way (the gradient is written once, into XLA's buffer).
+    ``NBXENT_JAX_ROUTE=callback`` selects ``jax.pure_callback`` instead, which copies
+    the operands for the host function and the results (the N×C gradient included)
+    into XLA's buffers; the FFI route is the default because it measured faster at
+    every shape tried (benchmarks/RESULTS.md, "JAX: FFI against the host callback").
+    ``host_route`` tells which route a traced call takes. Under ``vmap``
+    ('expand_dims'), 'none' handles the whole batch in one nbxent call and
+    'mean'/'sum' one call per batch element. Either route enters Python once per
+    call (tens of microseconds): for tiny batches XLA's own formula is faster. A
+    call on concrete arrays outside any transformation runs nbxent directly.
 
     Gradients: integer labels have none (JAX's zero cotangent for integers); ignored
     rows get exactly zero gradient; for probability labels the gradient with respect

@@ -17,7 +17,9 @@ The fused step is a PyTorch custom operator, ``torch.ops.nbxent.cross_entropy_wi
 ``torch.compile(model, fullgraph=True)`` compiles a model that uses it without a
 graph break. Without autograd (``torch.no_grad()``, or logits that do not require
 grad) the loss alone is computed (``torch.ops.nbxent.cross_entropy``), with no
-gradient buffer.
+gradient buffer. Both operators carry an autocast rule: under ``torch.autocast``
+float16 and bfloat16 inputs are cast to float32 first, as autocast does for
+``torch.nn.functional.cross_entropy``.
 """
 
 from typing import Optional
@@ -58,6 +60,24 @@ def _as_loss_tensor(loss, logits):
     return tensor if tensor.dtype == logits.dtype else tensor.to(logits.dtype)
 
 
+_NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32,
+                 torch.float64: np.float64}
+
+
+def _new_grad(logits):
+    """The gradient's buffer, with the strides the fake implementation announces
+    (``empty_like``); nbxent writes it through DLPack / ``__cuda_array_interface__``.
+
+    Contiguous CPU logits get a NumPy allocation: NumPy asks Linux for transparent huge
+    pages on large arrays and PyTorch's allocator does not (unless THP_MEM_ALLOC_ENABLE=1),
+    so the first write of a fresh N×C buffer faults 2 MiB pages instead of 4 KiB ones:
+    measured 4x cheaper (benchmarks/RESULTS.md, "PyTorch and JAX wrappers").
+    """
+    if logits.device.type == "cpu" and logits.is_contiguous() and logits.dtype in _NUMPY_DTYPES:
+        return torch.from_numpy(np.empty(tuple(logits.shape), _NUMPY_DTYPES[logits.dtype]))
+    return torch.empty_like(logits)
+
+
 def _loss_shape(logits, axis, reduction):
     shape = tuple(logits.shape)
     return shape[:axis] + shape[axis + 1:] if reduction == "none" else ()
@@ -90,9 +110,7 @@ def _with_grad_op(logits: Tensor, target: Tensor, weight: Optional[Tensor], axis
     own loss (upstream gradient 1), which the backward scales row by row."""
     x, t, options = _options(logits, target, weight, axis, ignore_index, reduction,
                              label_smoothing, z_loss, softcap)
-    # Written through DLPack / __cuda_array_interface__ into torch's own allocation,
-    # whose strides are those the fake implementation announces (empty_like).
-    grad = torch.empty_like(logits)
+    grad = _new_grad(logits)
     loss, _ = api.cross_entropy_with_grad(x, t, out=grad, **options)
     return _as_loss_tensor(loss, logits), grad
 
@@ -105,6 +123,11 @@ def _(logits, target, weight, axis, ignore_index, reduction, label_smoothing, z_
 def _setup_context(ctx, inputs, output):
     ctx.axis, ctx.reduction = inputs[3], inputs[5]
     ctx.save_for_backward(output[1])
+    # The gradient output has no gradient of its own (no gradients of gradients): marked
+    # so, and with its cotangent left unmaterialised (None, not an N×C tensor of zeros
+    # written on every backward).
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
 
 
 def _scale(grad_loss, axis, reduction):
@@ -113,8 +136,33 @@ def _scale(grad_loss, axis, reduction):
     return grad_loss.unsqueeze(axis) if reduction == "none" else grad_loss
 
 
+def _is_one(grad_loss):
+    """Whether the upstream gradient is the scalar 1 (``loss.backward()`` of a 'mean' or
+    'sum' loss), checked only where reading it costs no wait: a CPU tensor, outside
+    ``torch.compile`` (whose graph fuses the multiplication anyway) and functorch."""
+    if (grad_loss.numel() != 1 or grad_loss.device.type != "cpu"
+            or torch.compiler.is_compiling()
+            or torch._C._functorch.is_functorch_wrapped_tensor(grad_loss)):
+        return False
+    return bool(grad_loss.item() == 1)
+
+
+def _graph_is_released():
+    """Whether this backward frees the saved tensors after it (no ``retain_graph``)."""
+    keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return keep_graph is not None and not keep_graph()
+
+
 def _backward(ctx, grad_loss, _grad_of_grad):
     (grad,) = ctx.saved_tensors
+    if grad_loss is None:        # only the gradient output was used downstream
+        return (None,) * 9
+    if _is_one(grad_loss) and _graph_is_released():
+        # The saved gradient as is: no N×C multiplication by 1 and no new buffer. The graph
+        # is freed after this backward, so nothing reads the saved tensor again and a
+        # leaf's .grad may take it over. With retain_graph it would alias the saved
+        # tensor (a second backward accumulating into .grad would modify it): multiply.
+        return (grad,) + (None,) * 8
     return (grad * _scale(grad_loss, ctx.axis, ctx.reduction),) + (None,) * 8
 
 
@@ -161,7 +209,25 @@ class _InplaceCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         (grad,) = ctx.saved_tensors
-        return (grad.mul_(_scale(grad_loss, ctx.axis, ctx.reduction)),) + (None,) * 8
+        if not _is_one(grad_loss):
+            grad.mul_(_scale(grad_loss, ctx.axis, ctx.reduction))
+        return (grad,) + (None,) * 8
+
+
+# torch.nn.functional.cross_entropy is on autocast's float32 list: under torch.autocast its
+# float16 and bfloat16 inputs are cast to float32 (float64 stays) and the loss is float32.
+# The same rule for nbxent's operators, on every device type autocast knows; autograd
+# records the casts, so a bfloat16 input still gets a bfloat16 gradient.
+for _op in (_cross_entropy_op, _with_grad_op):
+    for _device_type in ("cpu", "cuda"):
+        if torch._C._is_autocast_available(_device_type):
+            _op.register_autocast(_device_type, torch.float32)
+
+
+def _autocasts(input):
+    """Whether autocast will cast ``input`` (float16 or bfloat16) to float32 for the op."""
+    return (input.dtype in (torch.float16, torch.bfloat16)
+            and torch.is_autocast_enabled(input.device.type))
 
 
 # --------------------------------------------------------------- public API
@@ -172,7 +238,7 @@ def _check_tensor_args(input, target, weight):
         if x is not None and not isinstance(x, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__} "
                             f"(use nbxent.cross_entropy for NumPy and CuPy arrays)")
-    if input.dtype not in _LOGIT_DTYPES:
+    if input.dtype not in _LOGIT_DTYPES and not _autocasts(input):
         hint = (" (nbxent has no bfloat16 kernels: pass input.float(), or input.half() if "
                 "float16's range suffices)" if input.dtype == torch.bfloat16 else "")
         raise TypeError(f"logits must be float16, float32 or float64; got {input.dtype}{hint}")
@@ -235,7 +301,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     Raises
     ------
     TypeError
-        bfloat16 (or integer) input: nbxent computes float16, float32 and float64.
+        bfloat16 input outside ``torch.autocast``, or integer input: nbxent computes
+        float16, float32 and float64.
     ValueError
         nbxent's errors for shapes that do not fit, class indices out of range,
         options out of range (see ``nbxent.cross_entropy``).
@@ -250,6 +317,18 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     Only the first derivative is provided (``gradcheck`` passes, ``gradgradcheck``
     does not apply). The loss of float16 input is computed in float32 and rounded to
     float16 as torch returns it.
+
+    Under ``torch.autocast`` (CPU or CUDA, float16 or bfloat16) nbxent follows
+    ``torch.nn.functional.cross_entropy``, which autocast runs in float32: float16
+    and bfloat16 inputs (bfloat16 included, which nbxent refuses outside autocast)
+    are cast to float32 before the operator, the loss is float32, and the gradient
+    reaches the input in its own dtype through the cast. float64 input is not cast.
+    ``inplace_backward`` then has nothing to save (the float32 copy is a new buffer
+    anyway) and is ignored for such input.
+
+    ``loss.backward()`` of a 'mean' or 'sum' loss on the CPU hands the saved gradient
+    on as it is (the upstream gradient is 1); any other upstream gradient multiplies
+    it, one more pass over the N×C gradient.
 
     Examples
     --------
@@ -272,7 +351,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
             float(z_loss), None if softcap is None else float(softcap))
     if not (torch.is_grad_enabled() and input.requires_grad):
         return _cross_entropy_op(*args)
-    if inplace_backward:
+    if inplace_backward and not _autocasts(input):
         return _InplaceCrossEntropy.apply(*args)
     return _with_grad_op(*args)[0]
 

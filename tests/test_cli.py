@@ -187,3 +187,101 @@ def test_a_peer_that_disagrees_is_reported_not_timed(monkeypatch):
     assert peer_row["status"] == "mismatch" and "not timed" in peer_row["message"]
     assert peer_row["median_s"] is None and peer_row["nbxent_speedup"] is None
     assert " mismatch |" in report.format_table(document)
+
+
+# --------------------------------------------------------------- --framework
+
+def _framework_run(tmp_path, framework, *extra):
+    path = tmp_path / "bench.json"
+    code = main(["bench", "--framework", framework, "--shapes", "64x10,2x3x4x4:axis=1",
+                 "--repeat", "2", "--quick", "--no-progress", "--json", str(path), *extra])
+    return code, json.loads(path.read_text())
+
+
+def _check_framework_rows(document, framework, peer_expected):
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(document, report.REPORT_SCHEMA)
+    assert document["framework"] == framework
+    wrapper = f"nbxent.{framework}"
+    impls = [(row["case"], row["op"], row["impl"], row["status"]) for row in document["results"]]
+    expected = []
+    for case in ("64x10", "2x3x4x4:axis=1"):
+        expected += [(case, "loss+grad", wrapper, "ok"), (case, "loss+grad", "nbxent", "ok")]
+        if peer_expected:
+            expected.append((case, "loss+grad", framework, "ok"))
+    assert impls == expected
+    rows = document["results"]
+    step = 3 if peer_expected else 2
+    for first in range(0, len(rows), step):
+        ours, direct = rows[first], rows[first + 1]
+        assert ours["wrapper_overhead"] == pytest.approx(ours["median_s"] / direct["median_s"] - 1)
+        assert direct["wrapper_overhead"] is None
+        assert ours["samples"] == direct["samples"] == 2      # taken in turn
+        if peer_expected:
+            peer = rows[first + 2]
+            assert peer["nbxent_speedup"] == pytest.approx(peer["median_s"] / ours["median_s"])
+    table = report.format_table(document)
+    assert "| vs direct |" in table and f"--framework {framework}:" in table
+    assert f"| {wrapper} " in table
+
+
+def test_framework_torch_times_the_wrapper_the_direct_call_and_torch(tmp_path):
+    pytest.importorskip("torch")
+    code, document = _framework_run(tmp_path, "torch")
+    assert code == 0
+    _check_framework_rows(document, "torch", peer_expected=True)
+    assert document["threads"]["torch"] == document["threads"]["numba"]
+
+
+def test_framework_jax_times_the_wrapper_the_direct_call_and_optax(tmp_path):
+    pytest.importorskip("jax")
+    code, document = _framework_run(tmp_path, "jax")
+    assert code == 0
+    has_optax = peers.PEERS["jax"].installed()
+    _check_framework_rows(document, "jax", peer_expected=has_optax)
+    if not has_optax:
+        assert "peer jax: not installed" in document["skipped"]
+
+
+def test_framework_defaults():
+    from nbxent.cli import _settings, build_parser
+    for argv, shapes in ((["bench", "--framework", "torch"], ["16384x1000"]),
+                         (["bench", "--framework", "jax", "--quick"], ["2048x1000"])):
+        args = build_parser().parse_args(argv)
+        args.argv = argv
+        settings = _settings(args)
+        assert [shape.label for shape in settings.shapes] == shapes
+        assert settings.dtypes == ("float32",) and settings.ops == ("loss+grad",)
+        assert settings.peers == (argv[2],) and settings.framework == argv[2]
+    args = build_parser().parse_args(["bench"])
+    args.argv = ["bench"]
+    assert _settings(args).dtypes == ("float32", "float64") and _settings(args).framework is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--framework", "jax", "--backend", "cuda"], "--framework jax runs on the CPU only"),
+    (["--framework", "torch", "--op", "loss"], "--op loss+grad (the default) only"),
+    (["--framework", "torch", "--backend", "dask"], "not with --backend dask"),
+    (["--framework", "tensorflow"], "invalid choice: 'tensorflow'"),
+])
+def test_framework_usage_errors(argv, message, capsys):
+    assert main(["bench", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_framework_not_installed_says_what_to_install(capsys, monkeypatch):
+    import importlib.util
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "jax" else real_find_spec(name, *a))
+    assert main(["bench", "--framework", "jax"]) == 2
+    assert "pip install 'nbxent[jax]'" in capsys.readouterr().err
+
+
+def test_interleaved_samples_alternate():
+    from nbxent.bench.timing import interleaved_steady_states
+    log = []
+    states = interleaved_steady_states([lambda: log.append("a"), lambda: log.append("b")],
+                                       samples=3)
+    a_count, b_count = (state.calls_per_sample for state in states)
+    assert log == ["a", "b"] + (["a"] * a_count + ["b"] * b_count) * 3

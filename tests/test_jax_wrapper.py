@@ -11,7 +11,16 @@ from conftest import assert_close
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
+import nbxent.jax  # noqa: E402 (needs jax)
 from nbxent.jax import cross_entropy  # noqa: E402 (needs jax)
+
+
+@pytest.fixture(autouse=True, params=nbxent.jax.ROUTES)
+def route(request, monkeypatch):
+    """Every test on both ways traced code reaches nbxent: XLA's FFI and the host callback."""
+    monkeypatch.setenv("NBXENT_JAX_ROUTE", request.param)
+    assert nbxent.jax.host_route() == (request.param, None)
+    return request.param
 
 
 @pytest.fixture(params=[np.dtype(np.float32), np.dtype(np.float64)], ids=["float32", "float64"])
@@ -240,3 +249,29 @@ def test_docstring_examples():
     failures, tried = doctest.testmod(nbxent.jax, optionflags=doctest.ELLIPSIS)
     assert tried > 0
     assert failures == 0
+
+
+def test_route_is_the_one_asked_for(route):
+    logits, labels = jnp.zeros((2, 3)), jnp.array([0, 1])
+    text = jax.jit(lambda x: jax.value_and_grad(cross_entropy)(x, labels)).lower(logits).as_text()
+    assert ("nbxent_host_function" in text) == (route == "ffi")
+
+
+def test_route_from_the_environment(monkeypatch):
+    monkeypatch.setenv("NBXENT_JAX_ROUTE", "carrier-pigeon")
+    with pytest.raises(ValueError, match="NBXENT_JAX_ROUTE='carrier-pigeon'.*ffi, callback"):
+        nbxent.jax.host_route()
+    monkeypatch.delenv("NBXENT_JAX_ROUTE")
+    assert nbxent.jax.host_route() == ("ffi", None)
+
+
+def test_ffi_writes_a_strided_view_and_reads_every_dtype(rng):
+    """XLA hands the FFI handler dense row-major buffers; integer labels of any width and
+    float16 logits go through without a copy on the host side."""
+    logits = jnp.asarray(make_logits(rng, (6, 4), np.float16))
+    for label_dtype in (np.uint8, np.int16, np.int32):
+        labels = jnp.asarray(make_index_target(rng, (6, 4), -1).astype(label_dtype))
+        loss, grad = jax.jit(jax.value_and_grad(cross_entropy))(logits[::2], labels[::2])
+        assert grad.dtype == jnp.float16 and grad.shape == (3, 4)
+        expected = reference(logits[::2].astype(jnp.float32), labels[::2].astype(jnp.int32))
+        assert_close(loss, expected, np.float16, "loss", check_dtype=False)

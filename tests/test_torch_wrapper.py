@@ -225,6 +225,92 @@ def test_bfloat16_is_a_clear_type_error():
         nbxent_torch.cross_entropy(logits, torch.tensor([0, 1, 2]))
 
 
+@pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("inplace_backward", [False, True], ids=["saved", "inplace"])
+def test_autocast_computes_in_float32_as_torch_does(rng, amp_dtype, inplace_backward):
+    """Under CPU autocast a Linear layer's output is low precision; cross_entropy casts it
+    to float32 first (torch's rule for its own cross_entropy), on nbxent's operator too."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 5)
+    features = torch.tensor(rng.normal(size=(9, 6)), dtype=torch.float32)
+    target = torch.tensor(rng.integers(0, 5, 9))
+    results = []
+    for loss_fn in (F.cross_entropy, lambda x, t: nbxent_torch.cross_entropy(
+            x, t, label_smoothing=0.1, inplace_backward=inplace_backward)):
+        layer.zero_grad()
+        with torch.autocast("cpu", dtype=amp_dtype):
+            logits = layer(features)
+            logits.retain_grad()
+            if loss_fn is F.cross_entropy:
+                loss = F.cross_entropy(logits, target, label_smoothing=0.1)
+            else:
+                loss = loss_fn(logits, target)
+        loss.backward()
+        assert logits.dtype == amp_dtype and logits.grad.dtype == amp_dtype
+        results.append((loss.detach(), logits.grad, [p.grad.clone() for p in layer.parameters()]))
+    (theirs, their_logit_grad, their_grads), (ours, our_logit_grad, our_grads) = results
+    assert ours.dtype == theirs.dtype == torch.float32
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(our_logit_grad, their_logit_grad)
+    for mine, reference_grad in zip(our_grads, their_grads):
+        torch.testing.assert_close(mine, reference_grad)
+
+
+def test_autocast_registration_on_the_operator(rng):
+    """The operator itself (what torch.compile records) casts under autocast."""
+    logits = torch.tensor(rng.normal(size=(4, 5)), dtype=torch.bfloat16)
+    target = torch.tensor([0, 1, 4, -100])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, grad = torch.ops.nbxent.cross_entropy_with_grad(
+            logits, target, None, 1, -100, "mean", 0.0, 0.0, None)
+        only_loss = torch.ops.nbxent.cross_entropy(
+            logits, target, None, 1, -100, "mean", 0.0, 0.0, None)
+    expected = F.cross_entropy(logits.float(), target)
+    assert loss.dtype == grad.dtype == only_loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(only_loss, expected)
+
+
+def test_autocast_leaves_float64_alone(rng):
+    logits = torch.tensor(rng.normal(size=(4, 5)), requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = nbxent_torch.cross_entropy(logits, torch.tensor([0, 1, 2, 3]))
+    assert loss.dtype == torch.float64
+    loss.backward()
+    assert logits.grad.dtype == torch.float64
+
+
+def test_operator_gradient_output_is_not_differentiable(rng):
+    logits = torch.tensor(rng.normal(size=(4, 5)), requires_grad=True)
+    loss, grad = torch.ops.nbxent.cross_entropy_with_grad(
+        logits, torch.tensor([0, 1, 2, 3]), None, 1, -100, "sum", 0.0, 0.0, None)
+    assert loss.requires_grad and not grad.requires_grad
+    torch.autograd.backward(loss)
+    torch.testing.assert_close(logits.grad, grad)
+
+
+def test_backward_hands_the_saved_gradient_to_a_leaf(rng):
+    """loss.backward() of a mean loss: the gradient the forward saved becomes .grad as it
+    is (no multiplication by 1, no copy); with retain_graph, repeated backwards still
+    accumulate the right values."""
+    logits = torch.tensor(rng.normal(size=(7, 5)), requires_grad=True)
+    target = torch.tensor(rng.integers(0, 5, 7))
+    expected = torch.func.grad(lambda x: F.cross_entropy(x, target))(logits.detach())
+    loss = nbxent_torch.cross_entropy(logits, target)
+    handed_on = []
+    loss.grad_fn.register_hook(lambda grad_inputs, _: handed_on.append(grad_inputs[0].data_ptr()))
+    loss.backward()
+    torch.testing.assert_close(logits.grad, expected)
+    assert logits.grad.data_ptr() == handed_on[0]   # taken over, not copied
+    logits.grad = None
+    loss = nbxent_torch.cross_entropy(logits, target)
+    for times in (1, 2, 3):
+        loss.backward(retain_graph=True)
+        torch.testing.assert_close(logits.grad, times * expected)
+    loss.backward(torch.tensor(2.0))
+    torch.testing.assert_close(logits.grad, 5 * expected)
+
+
 @pytest.mark.parametrize("call,error,match", [
     (lambda x, t: nbxent_torch.cross_entropy(x, t[:2]), ValueError,
      r"class-index target of shape \(2,\) does not fit logits of shape \(3, 4\)"),

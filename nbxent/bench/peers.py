@@ -84,6 +84,68 @@ def nbxent_contenders(arrays, op):
     ]
 
 
+FRAMEWORKS = ("torch", "jax")
+
+
+def framework_contenders(arrays, framework):
+    """A training step's loss part through ``framework``'s autograd, then nbxent called directly.
+
+    First nbxent's wrapper (``nbxent.torch.cross_entropy`` forward + ``loss.backward()``,
+    or ``jax.jit(jax.value_and_grad(nbxent.jax.cross_entropy))``), the contender the
+    framework's own cross-entropy (the peer of the same name) is compared with; then
+    ``nbxent.cross_entropy_with_grad`` on the same arrays, the cost the wrapper adds
+    to. Op "loss+grad" only: each returns ``(loss, grad)``.
+    """
+    import nbxent
+
+    logits, target, axis = arrays.logits, arrays.target, arrays.axis
+    wrapper = {"torch": _nbxent_torch_call, "jax": _nbxent_jax_call}[framework](arrays)
+    return [Contender(f"nbxent.{framework}", wrapper),
+            Contender("nbxent", lambda: nbxent.cross_entropy_with_grad(logits, target, axis=axis))]
+
+
+def _torch_tensors(arrays):
+    """The case's logits and target as tensors on the backend's device (no copy on the CPU),
+    and the dimension torch wants the classes in."""
+    import torch
+
+    device = "cuda" if arrays.backend == "cuda" else "cpu"
+    logits = torch.from_dlpack(arrays.logits).to(device)
+    target = torch.from_dlpack(arrays.target).to(device)
+    return logits, target, 0 if logits.ndim == 1 else 1
+
+
+def _training_step(loss_of, leaf):
+    """forward + backward into ``leaf.grad``, a fresh gradient each step as
+    ``zero_grad(set_to_none=True)`` leaves it."""
+    def loss_and_grad():
+        leaf.grad = None
+        loss = loss_of(leaf)
+        loss.backward()
+        return loss, leaf.grad
+    return loss_and_grad
+
+
+def _nbxent_torch_call(arrays):
+    import nbxent.torch
+
+    logits, target, class_dim = _torch_tensors(arrays)
+    axis = arrays.axis
+    return _training_step(
+        lambda x: nbxent.torch.cross_entropy(x.movedim(axis, class_dim), target),
+        logits.detach().requires_grad_())
+
+
+def _nbxent_jax_call(arrays):
+    import nbxent.jax
+
+    jax, logits, target = _jax_arrays(arrays)
+    axis = arrays.axis
+    compiled = jax.jit(jax.value_and_grad(
+        lambda x, t: nbxent.jax.cross_entropy(x, t, axis=axis)))
+    return lambda: jax.block_until_ready(compiled(logits, target))
+
+
 def _array_module(backend):
     if backend == "cuda":
         import cupy
@@ -133,29 +195,17 @@ def _cupy_call(arrays, op):
 
 
 def _torch_call(arrays, op):
-    import torch
     import torch.nn.functional as F
 
-    device = "cuda" if arrays.backend == "cuda" else "cpu"
-    logits = torch.from_dlpack(arrays.logits).to(device)
-    target = torch.from_dlpack(arrays.target).to(device)
+    logits, target, class_dim = _torch_tensors(arrays)
     axis = arrays.axis
-    # torch wants the classes in dim 1 (or dim 0 of a single unbatched row).
-    class_dim = 0 if logits.ndim == 1 else 1
 
     def loss_of(x):
         return F.cross_entropy(x.movedim(axis, class_dim), target)
 
     if op == "loss":
         return lambda: loss_of(logits)
-    leaf = logits.detach().requires_grad_()
-
-    def loss_and_grad():
-        leaf.grad = None    # a fresh gradient each step, as zero_grad(set_to_none=True) does
-        loss = loss_of(leaf)
-        loss.backward()
-        return loss, leaf.grad
-    return loss_and_grad
+    return _training_step(loss_of, logits.detach().requires_grad_())
 
 
 def _import_jax():
@@ -175,15 +225,20 @@ def _jax_devices(backend):
         return []
 
 
-def _jax_call(arrays, op):
-    import optax
-
+def _jax_arrays(arrays):
+    """JAX (with x64 on), and the case's logits and target on the backend's JAX device."""
     jax = _import_jax()
     # Without x64 JAX silently computes float64 cases in float32.
     jax.config.update("jax_enable_x64", True)
     device = _jax_devices(arrays.backend)[0]
-    logits = jax.device_put(arrays.host_logits, device)
-    target = jax.device_put(arrays.host_target, device)
+    return (jax, jax.device_put(arrays.host_logits, device),
+            jax.device_put(arrays.host_target, device))
+
+
+def _jax_call(arrays, op):
+    import optax
+
+    jax, logits, target = _jax_arrays(arrays)
     axis = arrays.axis
 
     def mean_loss(x, t):

@@ -6,6 +6,11 @@ JSON Schema (draft 2020-12). In short::
     schema_version  1
     created         ISO 8601 time (UTC) of the run
     command         the command line
+    framework       null, or "torch" / "jax" for ``--framework``: each case's first rows
+                     are then nbxent's wrapper ("nbxent.torch" / "nbxent.jax", forward +
+                     backward through the framework's autograd) and "nbxent" called
+                     directly on the same arrays, their samples taken in turn; peers'
+                     speed-ups are against the wrapper
     machine         {platform, cpu, cpu_target: {name (LLVM's CPU name the kernels are
                      compiled for), vector_isa}, cpu_count, load_average (1-minute, when the
                      run began; null where unknown), gpu: {name, memory_bytes,
@@ -28,7 +33,9 @@ JSON Schema (draft 2020-12). In short::
         and when ok (else null): median_s, best_s, samples, calls_per_sample,
         rows_per_s, GBps (bytes / median_s / 1e9),
         bandwidth_fraction (GBps / the backend's read (loss) or copy (loss+grad) GB/s),
-        nbxent_speedup (peers only: peer median_s / nbxent's median_s)
+        nbxent_speedup (peers only: peer median_s / nbxent's median_s, or the
+        wrapper's with --framework), wrapper_overhead (the wrapper's row only: its
+        median_s / the direct call's - 1; null elsewhere)
 
 Times are seconds per call; GB is 1e9 bytes.
 """
@@ -51,6 +58,7 @@ REPORT_SCHEMA = {
         "schema_version": {"const": 1},
         "created": {"type": "string"},
         "command": {"type": "string"},
+        "framework": {"enum": [None, "torch", "jax"]},
         "machine": {
             "type": "object",
             "required": ["platform", "cpu", "cpu_count", "load_average", "gpu", "why_no_gpu"],
@@ -100,7 +108,8 @@ REPORT_SCHEMA = {
                 "dtype": {"enum": ["float16", "float32", "float64"]},
                 "n_rows": {"type": "integer"}, "n_classes": {"type": "integer"},
                 "op": {"enum": ["loss", "loss+grad"]},
-                "impl": {"enum": ["nbxent", "nbxent out=", "numpy", "torch", "jax", "cupy"]},
+                "impl": {"enum": ["nbxent", "nbxent out=", "nbxent.torch", "nbxent.jax",
+                                  "numpy", "torch", "jax", "cupy"]},
                 "bytes": {"type": "integer"},
                 "status": {"enum": ["ok", "mismatch", "error"]},
                 "message": _OPT_STRING,
@@ -108,6 +117,7 @@ REPORT_SCHEMA = {
                 "samples": _OPT_INT, "calls_per_sample": _OPT_INT,
                 "rows_per_s": _OPT_NUMBER, "GBps": _OPT_NUMBER,
                 "bandwidth_fraction": _OPT_NUMBER, "nbxent_speedup": _OPT_NUMBER,
+                "wrapper_overhead": _OPT_NUMBER,
             },
         }},
     },
@@ -163,6 +173,17 @@ def header(report):
         "(loss+grad) bandwidth. speed-up = peer's median time / nbxent's (x > 1: nbxent faster).",
         "first call = JIT compile or cache load + one run; excluded from median and best.",
     ]
+    framework = report.get("framework")
+    if framework:
+        lines.append(
+            f"--framework {framework}: nbxent.{framework} = nbxent's {framework} wrapper, "
+            f"forward + backward through {framework}'s autograd ("
+            + ("nbxent.torch.cross_entropy, loss.backward()" if framework == "torch" else
+               "jax.jit(jax.value_and_grad(nbxent.jax.cross_entropy))")
+            + "); nbxent = nbxent.cross_entropy_with_grad on the same arrays, its samples "
+            "taken in turn with the wrapper's. vs direct = "
+            f"nbxent.{framework}'s median / the direct call's - 1; speed-ups are against "
+            f"nbxent.{framework}.")
     lines += [f"skipped {reason}" for reason in report["skipped"]]
     load = machine["load_average"]
     if load is not None and load > 0.5:
@@ -175,9 +196,14 @@ TABLE_COLUMNS = ("backend", "case", "dtype", "op", "impl", "median ms", "best ms
                  "first call ms", "Mrows/s", "GB/s", "% BW", "nbxent speed-up")
 
 
+def _columns(report):
+    return TABLE_COLUMNS + (("vs direct",) if report.get("framework") else ())
+
+
 def table_rows(report):
     """The table's cells, one list of strings per result row."""
     cells = []
+    overhead_column = bool(report.get("framework"))
     for row in report["results"]:
         if row["status"] != "ok":
             timing = [row["status"]] + [""] * 6
@@ -191,14 +217,18 @@ def table_rows(report):
                        else f"{format_number(row['nbxent_speedup'])}x")
         cells.append([row["backend"], row["case"], row["dtype"], row["op"], row["impl"],
                       *timing[:6], speedup])
+        if overhead_column:
+            overhead = row.get("wrapper_overhead")
+            cells[-1].append("" if overhead is None else f"{overhead:+.1%}")
     return cells
 
 
 def format_table(report):
     """The report as text: header lines, then a Markdown table (aligned, readable as is)."""
-    rows = [list(TABLE_COLUMNS)] + table_rows(report)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_COLUMNS))]
-    numeric = set(range(5, len(TABLE_COLUMNS)))
+    columns = _columns(report)
+    rows = [list(columns)] + table_rows(report)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
+    numeric = set(range(5, len(columns)))
 
     def line(cells):
         padded = [c.rjust(w) if i in numeric else c.ljust(w)
@@ -215,6 +245,7 @@ def format_table(report):
 PLOT_INSTALL_HINT = "--plot needs matplotlib: pip install 'nbxent[bench]'"
 # nbxent in blues, drawn thick and on top; each peer keeps one colour in every plot.
 IMPL_STYLE = {"nbxent": ("#1f4e9c", 2.6, 5), "nbxent out=": ("#5fa2e8", 2.0, 4),
+              "nbxent.torch": ("#17becf", 2.6, 6), "nbxent.jax": ("#17becf", 2.6, 6),
               "numpy": ("#ff7f0e", 1.4, 3), "torch": ("#d62728", 1.4, 3),
               "jax": ("#2ca02c", 1.4, 3), "cupy": ("#9467bd", 1.4, 3)}
 DTYPE_LINESTYLE = {"float16": ":", "float32": "-", "float64": "--"}

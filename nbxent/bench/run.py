@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass
 
 from nbxent.bench import machine, roofline
 from nbxent.bench.cases import BYTE_MODEL, Case, default_shapes, make_inputs
-from nbxent.bench.peers import (PEERS, TOLERANCE, CaseArrays, nbxent_contenders,
-                                relative_error)
-from nbxent.bench.timing import first_call, steady_state
+from nbxent.bench.peers import (PEERS, TOLERANCE, CaseArrays, framework_contenders,
+                                nbxent_contenders, relative_error)
+from nbxent.bench.timing import first_call, interleaved_steady_states, steady_state
 
 SCHEMA_VERSION = 1
 
@@ -29,6 +29,7 @@ class Settings:
     threads: int = None             # None: Numba's default
     quick: bool = False
     command: str = ""
+    framework: str = None           # "torch" or "jax": time the wrapper's training step
 
 
 def usable_backends():
@@ -57,6 +58,8 @@ def plan(settings):
     Raises ``RuntimeError`` if a requested backend cannot run here.
     """
     reasons = usable_backends()
+    if settings.framework == "jax":     # nbxent.jax reads host memory: JAX's CPU backend
+        reasons["cuda"] = "nbxent.jax runs on the CPU only"
     backends = settings.backends or [b for b, why in reasons.items() if why is None]
     for backend in backends:
         if reasons.get(backend):
@@ -86,14 +89,14 @@ def _row(backend, case, op, name):
             "impl": name, "bytes": case.bytes_moved(op), "status": "ok", "message": None,
             "first_call_s": None, "median_s": None, "best_s": None, "samples": None,
             "calls_per_sample": None, "rows_per_s": None, "GBps": None,
-            "bandwidth_fraction": None, "nbxent_speedup": None}
+            "bandwidth_fraction": None, "nbxent_speedup": None, "wrapper_overhead": None}
 
 
-def _measure(row, call, reference, synchronize, sampling, limit_GBps):
-    """Time ``call`` into ``row``; unless it is the reference, check its first result first.
+def _first_call(row, call, reference, synchronize):
+    """Time ``call``'s first call into ``row``; unless it is the reference, check its result.
 
-    Returns the first call's result. A result further from ``reference`` than
-    the dtype's tolerance marks the row a mismatch and is not timed further.
+    Returns the result and whether it is to be timed further: a result further from
+    ``reference`` than the dtype's tolerance marks the row a mismatch.
     """
     row["first_call_s"], result = first_call(call, synchronize)
     if reference is not None:
@@ -102,22 +105,59 @@ def _measure(row, call, reference, synchronize, sampling, limit_GBps):
         if not error <= tolerance:
             row.update(status="mismatch", message=f"relative error {error:.2e} against nbxent "
                        f"exceeds {tolerance:.0e}; not timed")
-            return result
-    steady = steady_state(call, synchronize, **sampling)
+            return result, False
+    return result, True
+
+
+def _record(row, steady, limit_GBps):
     row.update(median_s=steady.median_s, best_s=steady.best_s, samples=steady.samples,
                calls_per_sample=steady.calls_per_sample,
                rows_per_s=row["n_rows"] / steady.median_s,
                GBps=row["bytes"] / steady.median_s / 1e9)
     row["bandwidth_fraction"] = row["GBps"] / limit_GBps
+
+
+def _measure(row, call, reference, synchronize, sampling, limit_GBps):
+    """Time ``call`` into ``row``; unless it is the reference, check its first result first.
+
+    Returns the first call's result. A result further from ``reference`` than
+    the dtype's tolerance marks the row a mismatch and is not timed further.
+    """
+    result, timed = _first_call(row, call, reference, synchronize)
+    if timed:
+        _record(row, steady_state(call, synchronize, **sampling), limit_GBps)
     return result
 
 
-def _run_case_op(case, op, arrays, peer_names, sampling, bandwidth, progress):
-    """Rows for one case and op: nbxent's variants, then every peer checked against nbxent."""
+def _measure_interleaved(rows, contenders, synchronize, sampling, limit_GBps):
+    """The wrapper and the direct call: first calls checked against the wrapper's, then
+    samples taken in turn, so that the overhead is a ratio of one stretch of time."""
+    reference, timed = None, []
+    for row, contender in zip(rows, contenders):
+        result, ok = _first_call(row, contender.call, reference, synchronize)
+        reference = result if reference is None else reference
+        timed.append(ok)
+    if all(timed):
+        steadies = interleaved_steady_states([c.call for c in contenders], synchronize,
+                                             **sampling)
+        for row, steady in zip(rows, steadies):
+            _record(row, steady, limit_GBps)
+    return reference
+
+
+def _run_case_op(case, op, arrays, peer_names, sampling, bandwidth, progress, framework=None):
+    """Rows for one case and op: nbxent's variants (with ``framework``: its wrapper, then
+    the direct call), then every peer checked against the first."""
     backend, limit_GBps = arrays.backend, bandwidth.limit_for(op)
     measure = dict(synchronize=_synchronizer(backend), sampling=sampling, limit_GBps=limit_GBps)
     rows, reference = [], None
-    for contender in nbxent_contenders(arrays, op):
+    if framework:
+        contenders = framework_contenders(arrays, framework)
+        for contender in contenders:
+            progress.step(f"{backend} {case.shape.label} {case.dtype} {op}: {contender.name}")
+            rows.append(_row(backend, case, op, contender.name))
+        reference = _measure_interleaved(rows, contenders, **measure)
+    for contender in [] if framework else nbxent_contenders(arrays, op):
         progress.step(f"{backend} {case.shape.label} {case.dtype} {op}: {contender.name}")
         rows.append(_row(backend, case, op, contender.name))
         result = _measure(rows[-1], contender.call, reference, **measure)
@@ -133,21 +173,25 @@ def _run_case_op(case, op, arrays, peer_names, sampling, bandwidth, progress):
     for row in rows:
         if row["impl"] in PEERS and row["median_s"] is not None:
             row["nbxent_speedup"] = row["median_s"] / nbxent_median
+    if framework and rows[1]["median_s"] is not None:
+        rows[0]["wrapper_overhead"] = nbxent_median / rows[1]["median_s"] - 1
     return rows
 
 
-def _set_threads(threads, peers_by_backend):
-    """Give Numba (and PyTorch, when it is a peer) ``threads`` threads; returns what each got."""
+def _set_threads(threads, peers_by_backend, framework=None):
+    """Give Numba (and PyTorch, when it is a peer or the framework) ``threads`` threads;
+    returns what each got."""
     import numba
 
     if threads is not None:
         numba.set_num_threads(threads)
     used = machine.numba_threads()
-    if any("torch" in peers for peers in peers_by_backend.values()):
+    libraries = {framework}.union(*peers_by_backend.values())
+    if "torch" in libraries:
         import torch
         torch.set_num_threads(used["numba"])
         used["torch"] = torch.get_num_threads()
-    if any("jax" in peers for peers in peers_by_backend.values()):
+    if "jax" in libraries:
         used["jax"] = os.environ.get("XLA_FLAGS") or "XLA's default (all cores)"
     return used
 
@@ -170,7 +214,7 @@ def run(settings, progress):
     """
     pairs, peers_by_backend, skipped = plan(settings)
     host = machine.machine()     # before the run: its load average tells if others are busy
-    threads = _set_threads(settings.threads, peers_by_backend)
+    threads = _set_threads(settings.threads, peers_by_backend, settings.framework)
     backends = list(dict.fromkeys(backend for backend, _ in pairs))
     progress.start(len(backends) + _task_count(pairs, peers_by_backend, settings.ops))
     sampling = {"samples": settings.repeat, "max_samples": 3 if settings.quick else 5}
@@ -185,13 +229,14 @@ def run(settings, progress):
                                 _to_backend(host_target, backend), case.shape.axis, backend)
             for op in settings.ops:
                 results += _run_case_op(case, op, arrays, peers_by_backend[backend], sampling,
-                                        bandwidths[backend], progress)
+                                        bandwidths[backend], progress, settings.framework)
     finally:
         progress.finish()
     return {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": settings.command,
+        "framework": settings.framework,
         "machine": host,
         "versions": machine.versions(),
         "threads": threads,

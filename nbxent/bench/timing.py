@@ -67,3 +67,40 @@ def steady_state(call, synchronize=lambda: None, samples=None, max_samples=AUTO_
         seconds.append((perf_counter() - start) / calls_per_sample)
     return SteadyState(median_s=statistics.median(seconds), best_s=min(seconds),
                        samples=samples, calls_per_sample=calls_per_sample)
+
+
+def interleaved_steady_states(calls, synchronize=lambda: None, samples=None,
+                              max_samples=AUTO_SAMPLES[1]):
+    """``steady_state`` of several calls, their samples taken in turn (a, b, a, b, ...).
+
+    A load that comes and goes on a shared machine then slows every call alike, so
+    the ratio of their medians holds where timings taken one block after the other
+    drift apart. Returns one ``SteadyState`` per call, in order.
+
+    Examples
+    --------
+    >>> fast, slow = interleaved_steady_states(
+    ...     [lambda: sum(range(100)), lambda: sum(range(100000))], samples=3)
+    >>> fast.samples, fast.median_s < slow.median_s
+    (3, True)
+    """
+    warm_s = []
+    for call in calls:
+        start = perf_counter()
+        call()
+        synchronize()
+        warm_s.append(max(perf_counter() - start, 1e-9))
+    per_sample = [max(1, ceil(MIN_SAMPLE_S / s)) for s in warm_s]
+    if samples is None:
+        fit = int(BUDGET_S / sum(s * n for s, n in zip(warm_s, per_sample)))
+        samples = min(max_samples, max(AUTO_SAMPLES[0], fit))
+    seconds = [[] for _ in calls]
+    for _ in range(samples):
+        for call, count, times in zip(calls, per_sample, seconds):
+            start = perf_counter()
+            for _ in range(count):
+                call()
+            synchronize()
+            times.append((perf_counter() - start) / count)
+    return [SteadyState(median_s=statistics.median(times), best_s=min(times), samples=samples,
+                        calls_per_sample=count) for times, count in zip(seconds, per_sample)]
