@@ -18,8 +18,8 @@ by the tile's width:
 
 Gradients accumulate over the tiles: d_features[rows] over class chunks,
 d_weight[classes] and d_bias[classes] over row blocks, each product written
-straight into its destination the first time and through a scratch buffer (at
-most a tile's size) after that.
+straight into its destination the first time and through a scratch buffer (an
+eighth of the budget; d_weight then goes a block of classes at a time) after that.
 
 The code is written over the array module of the features (``numpy`` on the CPU,
 ``cupy`` on the GPU: NumPy's BLAS or cuBLAS for the GEMMs, nbxent's CPU or CUDA
@@ -40,8 +40,10 @@ from .dask import partials
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad", "tile_shape"]
 
 # The default budget for the buffers: this fraction of the N x C logits, and at least
-# _MIN_BUDGET bytes (small problems run as one tile).
-_DEFAULT_FRACTION = 16
+# _MIN_BUDGET bytes (small problems run as one tile). Of a budget, an eighth goes to the
+# scratch of the gradients' products, the rest to the logits tile.
+_DEFAULT_FRACTION = 12
+_SCRATCH_SHARE = 8
 _MIN_BUDGET = 4 << 20
 # Fewer rows of whole classes than this per tile and the classes are split: GEMMs of a
 # handful of rows run far below the BLAS's peak.
@@ -55,25 +57,25 @@ def tile_shape(n_rows, n_features, n_classes, itemsize, *, chunk=None, memory_bu
     """(rows, classes) of the tiles a fused call works in.
 
     ``chunk`` is (rows, classes or None: all), as checked by the plan; otherwise the
-    tile fits ``memory_budget`` bytes (default: 1/16 of the N x C logits, at least
-    4 MiB). With whole rows the budget holds the logits tile and the d_weight
-    scratch; split, the logits and their float64 temporaries.
+    tile fits ``memory_budget`` bytes (default: 1/12 of the N x C logits, at least
+    4 MiB): 7/8 of it for the logits tile (split: the logits and their float64
+    temporaries), 1/8 for the scratch of the gradients' products.
 
     Examples
     --------
     >>> tile_shape(4096, 512, 32768, 4)
-    (128, 32768)
+    (298, 32768)
     >>> tile_shape(4096, 512, 32768, 4, memory_budget=1 << 20)
-    (32, 682)
+    (32, 597)
     """
-    del n_features  # the scratch of d_weight is sized like the tile, whatever d
     if chunk is not None:
         rows, classes = chunk
         return max(1, min(rows, n_rows)), min(classes or n_classes, n_classes)
     budget = memory_budget
     if budget is None:
         budget = max(n_rows * n_classes * itemsize // _DEFAULT_FRACTION, _MIN_BUDGET)
-    rows = budget // (2 * itemsize * n_classes)
+    budget -= budget // _SCRATCH_SHARE
+    rows = budget // (itemsize * n_classes)
     if rows >= min(n_rows, _MIN_ROWS):
         return max(1, min(rows, n_rows)), n_classes
     rows = max(1, min(n_rows, _MIN_ROWS))
@@ -106,18 +108,96 @@ def _accumulate(xp, grads, grad, features, weight, rows, classes, scratch, *, fi
     """Add the gradient of one tile's logits to d_features, d_weight and d_bias.
 
     ``grad`` is d loss / d logits over (rows, classes); ``features`` and ``weight``
-    the tile's rows and classes. d_weight goes a block of classes at a time, so
-    that its scratch stays within a tile's size.
+    the tile's rows and classes; ``scratch`` holds a block of d_features (its first
+    rows x d elements) and then a block of d_weight, which goes a block of classes
+    at a time. On the CPU the two products run side by side (``_side_by_side``).
     """
     d_features, d_weight, d_bias = grads
-    _add_product(xp, d_features[rows], grad, weight, scratch, first_classes)
-    d_weight = d_weight[classes]
-    step = max(1, scratch.size // d_weight.shape[1]) if scratch is not None else len(d_weight)
-    for start in range(0, len(d_weight), step):
-        block = slice(start, start + step)
-        _add_product(xp, d_weight[block], grad[:, block].T, features, scratch, first_rows)
-    if d_bias is not None:
-        d_bias[classes] += grad.sum(axis=0)
+    n_rows, n_features = features.shape
+    features_scratch = None if scratch is None else scratch[:n_rows * n_features]
+    weight_scratch = None if scratch is None else scratch[n_rows * n_features:]
+
+    def weight_and_bias():
+        d_weight_part = d_weight[classes]
+        step = (len(d_weight_part) if weight_scratch is None
+                else max(1, weight_scratch.size // n_features))
+        for start in range(0, len(d_weight_part), step):
+            block = slice(start, start + step)
+            _add_product(xp, d_weight_part[block], grad[:, block].T, features, weight_scratch,
+                         first_rows)
+        if d_bias is not None:
+            d_bias[classes] += grad.sum(axis=0)
+
+    with _side_by_side(xp, weight_and_bias):
+        _add_product(xp, d_features[rows], grad, weight, features_scratch, first_classes)
+
+
+class _side_by_side:
+    """Run ``work`` in a second thread while the block runs, each GEMM on one BLAS thread.
+
+    A tile's d_features product contracts its few rows over all C classes: a
+    multithreaded BLAS meets at a barrier every few hundred classes, and on a
+    loaded machine each barrier waits for a descheduled thread (measured on the
+    2-core VM: 0.36 s for 298 x 32768 x 512 on two OpenBLAS threads, 0.11 s on
+    one). Two single-threaded GEMMs side by side keep both cores busy without
+    barriers. Needs threadpoolctl to set the BLAS's threads; without it (and on
+    the GPU) ``work`` runs after the block, on the BLAS's own threads.
+    """
+
+    def __init__(self, xp, work):
+        self.work, self.future, self.limit = work, None, None
+        if xp is np and _blas_controller() is not None:
+            self.limit = _blas_controller().limit(limits=1, user_api="blas")
+            self.future = _worker().submit(work)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            if self.future is not None:
+                self.future.result()
+            else:
+                self.work()
+        finally:
+            if self.limit is not None:
+                self.limit.restore_original_limits()
+        return False
+
+
+_shared = {}
+
+
+def _blas_controller():
+    """threadpoolctl's controller of the BLAS libraries, None when it is not installed."""
+    if "controller" not in _shared:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _shared["controller"] = None
+        else:
+            _shared["controller"] = ThreadpoolController()
+    return _shared["controller"]
+
+
+def _worker():
+    if "worker" not in _shared:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _shared["worker"] = ThreadPoolExecutor(1, thread_name_prefix="nbxent-linear")
+    return _shared["worker"]
+
+
+def scratch_size(tile_rows, tile_classes, n_features, itemsize, *, chunk=None,
+                 memory_budget=None, n_logits=0):
+    """Elements of the scratch buffer: a block of d_features (tile_rows x d) and an
+    eighth of the budget (see ``tile_shape``), at least one row, for d_weight."""
+    budget = memory_budget
+    if chunk is not None:
+        budget = tile_rows * tile_classes * itemsize
+    elif budget is None:
+        budget = max(n_logits * itemsize // _DEFAULT_FRACTION, _MIN_BUDGET)
+    return tile_rows * n_features + max(budget // _SCRATCH_SHARE // itemsize, n_features)
 
 
 def _class_part(a, classes):
@@ -226,8 +306,9 @@ def run_rows(plan, denominators, first_row=0):
                  xp.zeros((n_classes, n_features), plan.dtype),
                  None if plan.bias is None else xp.zeros(n_classes, plan.dtype))
         if len(blocks) > 1 or split:
-            scratch = xp.empty(max(rows_per_tile * width, rows_per_tile * n_features,
-                                   n_features), plan.dtype)
+            scratch = xp.empty(scratch_size(
+                rows_per_tile, width, n_features, plan.dtype.itemsize, chunk=plan.chunk,
+                memory_budget=plan.memory_budget, n_logits=n_rows * n_classes), plan.dtype)
     tile = (xp.empty(rows_per_tile * width, plan.dtype), scratch, width)
     block_loss = _split_classes if split else _whole_rows
     parts = [block_loss(xp, plan, rows, tile, denominators, grads, k == 0)
