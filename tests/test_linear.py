@@ -143,6 +143,19 @@ def test_every_row_ignored_and_empty_batch(rng, tiles):
     assert d_features.shape == (0, D) and not np.any(d_weight)
 
 
+def test_products_in_turn_without_threadpoolctl(rng, monkeypatch):
+    """Without threadpoolctl the two gradient products of a tile run one after the other."""
+    import nbxent.linear
+
+    monkeypatch.setitem(nbxent.linear._shared, "controller", None)
+    features, weight, bias, target, keywords = _inputs(rng, np.float64, {"z_loss": 0.01})
+    for tiles in ({"chunk": 5}, {"chunk": (6, 7)}):
+        got = nbxent.linear_cross_entropy_with_grad(features, weight, target, bias=bias,
+                                                    **keywords, **tiles)
+        _check(got, _expected(features, weight, bias, target, keywords, "mean", 1.0),
+               np.float64, str(tiles))
+
+
 def test_large_logits_are_exact_across_class_chunks(rng):
     """Logits near 1e4 (float64): the split tiles' shift + log-sum loses no digits."""
     features, weight, bias, target, _ = _inputs(rng, np.float64, {})
