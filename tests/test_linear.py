@@ -330,3 +330,25 @@ def test_dask_bad_index_names_the_global_position(rng):
     loss = nbxent.linear_cross_entropy(da.from_array(features, chunks=(9, D)), weight, target)
     with pytest.raises(ValueError, match=r"target 99 at position \(15,\)"):
         loss.compute(scheduler="synchronous")
+
+
+# ---------------------------------------------------------------- nbxent bench --suite linear
+
+def test_bench_linear_suite_on_a_small_case():
+    from nbxent.bench import linear
+    from nbxent.bench.progress import QuietProgress
+
+    case = linear.LinearCase(96, 8, 700, budget=700 * 96 * 4)   # torch unchunked over budget
+    settings = linear.Settings(repeat=1, threads=1, measure_memory=False)
+    rows = linear._run_case(case, settings, 1, QuietProgress())
+    by_impl = {row["impl"]: row for row in rows}
+    assert by_impl["nbxent"]["status"] == "ok" and by_impl["nbxent"]["max_error"] < 1e-5
+    assert by_impl["3 GEMMs"]["ratio_to_gemms"] == 1.0
+    assert by_impl["torch"]["status"] in ("over budget", "not installed")
+    if by_impl["torch chunked"]["status"] != "not installed":
+        assert by_impl["torch chunked"]["status"] == "ok", by_impl["torch chunked"]["message"]
+    report = {"machine": {"cpu": "cpu", "cpu_count": 1, "load_average": None},
+              "versions": {"nbxent": "0"}, "threads": {}, "results": rows}
+    table = linear.format_table(report)
+    assert "| N=96 d=8 C=700" in table
+    assert "over the budget" in table or "not installed" in table
