@@ -273,19 +273,21 @@ def _check_ignore_index(ignore_index):
     return int(ignore_index)
 
 
-def _check_target(target, logits, axis, ignore_index):
+def _check_target(target, shape, axis, ignore_index, logits="logits"):
+    """Whether ``target`` holds class indices (else probabilities) for logits of ``shape``;
+    ``logits`` names them in the errors."""
     dtype = _dtype(target)
-    shape, target_shape = tuple(logits.shape), tuple(target.shape)
+    target_shape = tuple(target.shape)
     loss_shape = shape[:axis] + shape[axis + 1:]
     if dtype is not None and dtype.kind in "iu":
         if target_shape != loss_shape:
-            raise ValueError(f"class-index target of shape {target_shape} does not fit logits "
+            raise ValueError(f"class-index target of shape {target_shape} does not fit {logits} "
                              f"of shape {shape}: expected {loss_shape} (logits' shape without "
                              f"axis {axis})")
         return True
     if dtype is not None and dtype.kind == "f":
         if target_shape != shape:
-            raise ValueError(f"probability target of shape {target_shape} does not fit logits "
+            raise ValueError(f"probability target of shape {target_shape} does not fit {logits} "
                              f"of shape {shape}: expected the same shape (a floating target "
                              f"holds class probabilities)")
         if ignore_index >= 0:
@@ -296,12 +298,12 @@ def _check_target(target, logits, axis, ignore_index):
                     f"got dtype {dtype}")
 
 
-def _check_weight(weight, n_classes):
+def _check_weight(weight, n_classes, name="weight"):
     dtype = _dtype(weight)
     if dtype is None or dtype.kind not in "fiu":
-        raise TypeError(f"weight must be a real-valued array of shape ({n_classes},); got dtype {dtype}")
+        raise TypeError(f"{name} must be a real-valued array of shape ({n_classes},); got dtype {dtype}")
     if tuple(weight.shape) != (n_classes,):
-        raise ValueError(f"weight of shape {tuple(weight.shape)} does not fit logits with "
+        raise ValueError(f"{name} of shape {tuple(weight.shape)} does not fit logits with "
                          f"{n_classes} classes: expected ({n_classes},)")
 
 
@@ -385,7 +387,7 @@ def make_loss_plan(logits, target, *, axis, weight, ignore_index, reduction, lab
     axis, shape, loss_shape = _common(logits, axis)
     _check_options(reduction, label_smoothing, z_loss, softcap)
     ignore_index = _check_ignore_index(ignore_index)
-    target_is_index = _check_target(target, logits, axis, ignore_index)
+    target_is_index = _check_target(target, shape, axis, ignore_index)
     n_classes = shape[axis]
     if weight is not None:
         _check_weight(weight, n_classes)
@@ -428,6 +430,128 @@ def make_normalize_plan(op, x, *, axis, reduction="none", out=None, copy_contigu
                 reduction=reduction, want_loss=op in ("logsumexp", "entropy"),
                 want_grad=op in ("log_softmax", "softmax"), out=out_view, copy_back=copy_back,
                 stream=stream)
+
+
+# ---------------------------------------------------------------- fused linear layer
+
+LINEAR_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+@dataclass(frozen=True)
+class LinearPlan:
+    """One checked ``linear_cross_entropy`` call: logits = features @ weight.T + bias.
+
+    ``features`` is (n_rows, n_features) (a 1-D input is seen as one row; ``batched``
+    says which the caller gave), ``weight`` (n_classes, n_features), ``bias``
+    (n_classes,) or None, ``target`` (n_rows,) class indices or (n_rows, n_classes)
+    probabilities, ``class_weight`` (n_classes,) or None. ``grad_output`` is a float,
+    a 0-d array, or for reduction 'none' an (n_rows,) array. ``chunk`` is
+    (rows, classes) or None (sized from ``memory_budget``, bytes, or the default).
+    """
+    features: object
+    weight: object
+    bias: object
+    target: object
+    class_weight: object
+    grad_output: object
+    n_rows: int
+    n_features: int
+    n_classes: int
+    batched: bool
+    dtype: np.dtype
+    loss_dtype: np.dtype
+    target_is_index: bool
+    ignore_index: int
+    reduction: str
+    label_smoothing: float
+    z_loss: float
+    softcap: float          # 0.0 when off
+    validate: bool
+    want_grad: bool
+    chunk: tuple = None
+    memory_budget: int = None
+
+
+def _positive_int(name, value):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+def _check_chunk(chunk, memory_budget):
+    """(rows, classes or None) or None for ``chunk=``; the budget as an int or None."""
+    if chunk is not None and memory_budget is not None:
+        raise ValueError(f"give chunk= or memory_budget=, not both; got chunk={chunk!r} and "
+                         f"memory_budget={memory_budget!r}")
+    if memory_budget is not None:
+        memory_budget = _positive_int("memory_budget (bytes)", memory_budget)
+    if chunk is None:
+        return None, memory_budget
+    if isinstance(chunk, tuple) and len(chunk) == 2:
+        return (_positive_int("chunk[0] (rows)", chunk[0]),
+                _positive_int("chunk[1] (classes)", chunk[1])), None
+    if isinstance(chunk, tuple):
+        raise ValueError(f"chunk must be rows or (rows, classes); got a tuple of {len(chunk)}")
+    return (_positive_int("chunk (rows)", chunk), None), None
+
+
+def _check_linear_arrays(features, weight, bias):
+    """(dtype, n_rows, n_features, n_classes) of a fused linear call."""
+    dtype = _dtype(features)
+    if dtype not in LINEAR_DTYPES:
+        raise TypeError(f"features must be float32 or float64; got {dtype}")
+    for name, x in (("weight", weight), ("bias", bias)):
+        if x is not None and _dtype(x) != dtype:
+            raise TypeError(f"{name} must have the features' dtype {dtype}; got {_dtype(x)}")
+    f_shape, w_shape = tuple(features.shape), tuple(weight.shape)
+    if len(f_shape) not in (1, 2):
+        raise ValueError(f"features must be (N, d) or (d,); got shape {f_shape}")
+    if len(w_shape) != 2:
+        raise ValueError(f"weight must be (C, d) (K-dimensional weights are not supported); "
+                         f"got shape {w_shape}")
+    if f_shape[-1] != w_shape[1]:
+        raise ValueError(f"features of shape {f_shape} and weight of shape {w_shape} do not "
+                         f"fit: their last dimensions (d, the in-features) differ")
+    if w_shape[0] == 0:
+        raise ValueError(f"weight of shape {w_shape} has no classes; need C >= 1")
+    if bias is not None and tuple(bias.shape) != (w_shape[0],):
+        raise ValueError(f"bias of shape {tuple(bias.shape)} does not fit weight of shape "
+                         f"{w_shape}: expected ({w_shape[0]},)")
+    n_rows = f_shape[0] if len(f_shape) == 2 else 1
+    return dtype, n_rows, f_shape[-1], w_shape[0]
+
+
+def make_linear_plan(features, weight, target, *, bias, class_weight, ignore_index, reduction,
+                     label_smoothing, z_loss, softcap, validate, want_grad, grad_output=1.0,
+                     chunk=None, memory_budget=None):
+    """Check a ``linear_cross_entropy`` call and describe it as a ``LinearPlan``.
+
+    The checks are ``cross_entropy``'s for the logits ``features @ weight.T`` (of shape
+    features' shape without d, plus C), and the shapes of the three arrays that make
+    them. Arrays are only inspected, never read.
+    """
+    dtype, n_rows, n_features, n_classes = _check_linear_arrays(features, weight, bias)
+    _check_options(reduction, label_smoothing, z_loss, softcap)
+    ignore_index = _check_ignore_index(ignore_index)
+    batch_shape = tuple(features.shape[:-1])
+    logits_shape = (*batch_shape, n_classes)
+    target_is_index = _check_target(target, logits_shape, len(batch_shape), ignore_index,
+                                    logits="the logits features @ weight.T")
+    if class_weight is not None:
+        _check_weight(class_weight, n_classes, "class_weight")
+    if want_grad:
+        scale, view = _grad_output(grad_output, reduction, batch_shape, len(batch_shape), None)
+        grad_output = scale if view is None else grad_output
+    chunk, memory_budget = _check_chunk(chunk, memory_budget)
+    return LinearPlan(features=features, weight=weight, bias=bias, target=target,
+                      class_weight=class_weight, grad_output=grad_output, n_rows=n_rows,
+                      n_features=n_features, n_classes=n_classes, batched=bool(batch_shape),
+                      dtype=dtype, loss_dtype=_loss_dtype(dtype), target_is_index=target_is_index,
+                      ignore_index=ignore_index, reduction=reduction,
+                      label_smoothing=float(label_smoothing), z_loss=float(z_loss),
+                      softcap=0.0 if softcap is None else float(softcap),
+                      validate=bool(validate), want_grad=want_grad, chunk=chunk,
+                      memory_budget=memory_budget)
 
 
 def index_error(position, value, n_classes, ignore_index):

@@ -64,10 +64,14 @@ def build_parser():
         "to stdout.")
     cases = bench.add_mutually_exclusive_group()
     cases.add_argument("--shapes", type=_shapes, help=SHAPES_HELP)
-    cases.add_argument("--suite", choices=tuple(SUITES),
+    cases.add_argument("--suite", choices=(*SUITES, "linear"),
                        help="a named set of cases: default, or cv (classification with 10 to "
                        "1000 classes, VOC/Cityscapes/ADE20K segmentation maps, two long-row "
-                       "cases); --quick takes an eighth of each")
+                       "cases), or linear (the fused classifier head "
+                       "linear_cross_entropy_with_grad, float32, against its three GEMMs and "
+                       "torch's linear_cross_entropy, with peak memory: N x d x C = "
+                       "4096x512x32768, 8192x256x100000, 16384x128x65536 in a 1 GiB budget); "
+                       "--quick takes an eighth of each")
     bench.add_argument("--dtype", type=_comma_list(DTYPES, "dtype"),
                        help=f"comma-separated logits dtypes (default {','.join(DEFAULT_DTYPES)}; "
                        "float32 with --framework)")
@@ -148,6 +152,8 @@ def _bench(args):
         _check_framework(args)
     if args.backend == "dask":
         return _bench_dask(args)
+    if args.suite == "linear":
+        return _bench_linear(args)
     if args.backend is not None:
         why_not = run.usable_backends()[args.backend]
         if why_not:
@@ -211,6 +217,22 @@ def _bench_dask(args):
         args.subparser.error("--plot draws throughput against C; the dask bench has no plot")
     result = dask_scaling.run(_settings(args), progress.make_progress(not args.no_progress))
     print(dask_scaling.format_table(result))
+    if args.json:
+        report.write_json(result, args.json)
+    return 0
+
+
+def _bench_linear(args):
+    from nbxent.bench import linear, progress, report
+
+    if args.plot:
+        args.subparser.error("--plot draws throughput against C; the linear suite has no plot")
+    if args.backend not in (None, "cpu"):
+        args.subparser.error("--suite linear runs on the CPU backend only")
+    settings = linear.Settings(quick=args.quick, repeat=args.repeat, threads=args.threads or 2,
+                               command=shlex.join(["nbxent", *args.argv]))
+    result = linear.run(settings, progress.make_progress(not args.no_progress))
+    print(linear.format_table(result))
     if args.json:
         report.write_json(result, args.json)
     return 0

@@ -5,10 +5,11 @@ import doctest
 import pytest
 
 import nbxent.api
+import nbxent.linear
 import nbxent.bench.cases
 
 
-@pytest.mark.parametrize("module", [nbxent.api, nbxent.bench.cases], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [nbxent.api, nbxent.linear, nbxent.bench.cases], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert tried > 0

@@ -106,13 +106,14 @@ def _scalar_or_block(x, grad_output, axis=None):
 # ---------------------------------------------------------------- whole rows
 
 def row_cross_entropy(x, target, where, weight, grad_output, denominators, *, axis,
-                      options, reduction, want_loss, want_grad):
+                      options, reduction, want_loss, want_grad, out=None):
     """(loss part or None, gradient or None) of a chunk of whole rows, by nbxent itself.
 
     The loss part is the per-row loss for 'none', else the chunk's sum as a float64
     array of the loss's ndim. 'mean' runs as 'sum' (the caller divides by D);
     given [D, N], they are folded in: grad_output / D and z_loss * D / N, so
-    that sum / D is the mean and the gradient is the mean's.
+    that sum / D is the mean and the gradient is the mean's. ``out`` is where the
+    gradient goes (``x`` itself: in place), as in ``cross_entropy_grad``.
     """
     options = dict(options)
     target, weight = _like(x, target), _like(x, weight)
@@ -128,7 +129,7 @@ def row_cross_entropy(x, target, where, weight, grad_output, denominators, *, ax
     keywords = dict(options, axis=axis, weight=weight, reduction=call_reduction)
     loss = grad = None
     if want_grad:
-        keywords["grad_output"] = _scalar_or_block(x, grad_output)
+        keywords.update(grad_output=_scalar_or_block(x, grad_output), out=out)
         if want_loss:
             loss, grad = api.cross_entropy_with_grad(x, target, **keywords)
         else:
