@@ -6,11 +6,11 @@ arrays run on numba-cuda GPU kernels. See ``nbxent.cross_entropy``.
 
 from ._dispatch import backend_of
 from .api import (cross_entropy, cross_entropy_grad, cross_entropy_with_grad, entropy,
-                  log_softmax, logsumexp, softmax)
+                  log_softmax, logsumexp, mean_denominator, softmax)
 from .linear import linear_cross_entropy, linear_cross_entropy_with_grad
 
 __version__ = "0.1.0"
 
 __all__ = ["cross_entropy", "cross_entropy_grad", "cross_entropy_with_grad", "logsumexp",
            "log_softmax", "softmax", "entropy", "linear_cross_entropy",
-           "linear_cross_entropy_with_grad", "backend_of", "__version__"]
+           "linear_cross_entropy_with_grad", "backend_of", "mean_denominator", "__version__"]

@@ -18,6 +18,9 @@ import numpy as np
 from ._plan import mixed_kinds_error
 
 BACKEND_FUNCTIONS = ("asarray", "copy_contiguous", "copy_into", "cross_entropy", "normalize")
+# What the training options (sample_weight, denominator=, empty=) and mean_denominator need
+# besides: the array module for arithmetic on the backend's arrays (nbxent._training).
+TRAINING_FUNCTIONS = ("namespace_of", "to_namespace", "from_namespace")
 
 _backends = {"cpu": "nbxent.cpu.backend", "cuda": "nbxent.cuda.backend",
              "dask": "nbxent.dask.backend"}

@@ -353,6 +353,106 @@ def _check_out(out, logits, target, weight, dtype, grad_output=None):
                          "in-place gradient, or a separate array")
 
 
+EMPTY_MODES = ("nan", "zero", "raise")
+
+
+def check_sample_weight(sample_weight, loss_shape, logits_shape, axis):
+    """Check ``sample_weight`` (one weight per row: the loss's shape, no broadcasting)."""
+    if sample_weight is None:
+        return
+    dtype = _dtype(sample_weight)
+    if dtype is None or dtype.kind not in "fiu":
+        raise TypeError(f"sample_weight must be a real-valued array of the loss's shape "
+                        f"{loss_shape}; got dtype {dtype}")
+    shape = tuple(sample_weight.shape)
+    if shape != tuple(loss_shape):
+        what = ("the target's shape" if axis is None
+                else f"the loss's shape: the shape without axis {axis}")
+        raise ValueError(f"sample_weight of shape {shape} does not fit "
+                         f"{'target' if axis is None else 'logits'} of shape "
+                         f"{tuple(logits_shape)}: expected {tuple(loss_shape)} ({what})")
+
+
+def check_denominator(denominator, reduction):
+    """Check ``denominator=``: None, a finite number >= 0 or a 0-d real array ('mean' only).
+
+    Host values are checked here; a 0-d device array is taken as it is (reading it
+    would wait for the device)."""
+    if denominator is None:
+        return
+    if reduction != "mean":
+        raise ValueError(f"denominator= replaces the denominator of reduction='mean'; "
+                         f"got reduction={reduction!r}")
+    dtype = _dtype(denominator)
+    if dtype is not None and not isinstance(denominator, np.generic):
+        if dtype.kind not in "fiu":
+            raise TypeError(f"denominator must be a real number or a 0-d real array; got "
+                            f"dtype {dtype}")
+        if tuple(denominator.shape) != ():
+            raise ValueError(f"denominator must be a number or a 0-d array; got an array of "
+                             f"shape {tuple(denominator.shape)}")
+        if not isinstance(denominator, np.ndarray):
+            return
+        denominator = denominator[()]
+    value = _real("denominator", denominator, "a finite number >= 0")
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(f"denominator must be a finite number >= 0; got {value}")
+
+
+def check_empty(empty):
+    if not isinstance(empty, str) or empty not in EMPTY_MODES:
+        raise ValueError(f"empty must be one of {', '.join(map(repr, EMPTY_MODES))}; "
+                         f"got {empty!r}")
+
+
+def empty_batch_error(shape):
+    """The ValueError of ``empty='raise'`` for a batch with nothing to average."""
+    return ValueError(f"reduction='mean' of a batch with no counted target (logits of shape "
+                      f"{tuple(shape)}: every target is ignore_index, the batch is empty, or "
+                      f"every sample weight of a counted target is 0) and empty='raise'")
+
+
+def check_training(logits, target, *, axis, sample_weight, denominator, empty, reduction,
+                   out=None):
+    """Check the training options of a cross-entropy call (after ``make_loss_plan``'s own)."""
+    shape = tuple(logits.shape)
+    axis = int(axis) % len(shape)
+    check_sample_weight(sample_weight, shape[:axis] + shape[axis + 1:], shape, axis)
+    check_denominator(denominator, reduction)
+    check_empty(empty)
+    if out is not None and sample_weight is not None and _overlap(out, sample_weight):
+        raise ValueError("out= overlaps sample_weight: the gradient would overwrite it")
+
+
+def check_mean_denominator(target, weight, ignore_index, sample_weight, axis):
+    """Check a ``mean_denominator`` call: (rows' shape, target holds indices, ignore_index)."""
+    ignore_index = _check_ignore_index(ignore_index)
+    dtype, shape = _dtype(target), tuple(getattr(target, "shape", ()))
+    if dtype is None or dtype.kind not in "iuf":
+        raise TypeError(f"target must hold integer class indices or floating class "
+                        f"probabilities; got dtype {dtype}")
+    if dtype.kind == "f":
+        if not shape:
+            raise ValueError("a probability target needs a class axis; got a 0-d array")
+        if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+            raise TypeError(f"axis must be an integer; got {axis!r}")
+        if not -len(shape) <= axis < len(shape):
+            raise ValueError(f"axis {axis} is out of range for a target with {len(shape)} "
+                             f"dimension(s); accepted: {-len(shape)} to {len(shape) - 1}")
+        axis = int(axis) % len(shape)
+        rows_shape = shape[:axis] + shape[axis + 1:]
+    else:
+        rows_shape = shape
+    if weight is not None:
+        w_dtype = _dtype(weight)
+        if w_dtype is None or w_dtype.kind not in "fiu" or len(weight.shape) != 1:
+            raise TypeError(f"weight must be a real-valued array of shape (C,); got dtype "
+                            f"{w_dtype} and shape {tuple(getattr(weight, 'shape', ()))}")
+    if sample_weight is not None:
+        check_sample_weight(sample_weight, rows_shape, shape, axis if dtype.kind == "f" else None)
+    return rows_shape, dtype.kind != "f", ignore_index
+
+
 # ---------------------------------------------------------------- plans
 
 def _out_view(out, logits, axis, copy_contiguous):

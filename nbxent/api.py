@@ -17,11 +17,13 @@ that cannot be read as an array is a ``TypeError`` naming it.
 
 import numpy as np
 
+from . import _training
 from ._dispatch import backend_of, choose_backend, get_backend
-from ._plan import conversion_error, make_loss_plan, make_normalize_plan
+from ._plan import (check_mean_denominator, check_training, conversion_error, make_loss_plan,
+                    make_normalize_plan)
 
 __all__ = ["cross_entropy", "cross_entropy_grad", "cross_entropy_with_grad", "logsumexp",
-           "log_softmax", "softmax", "entropy", "backend_of"]
+           "log_softmax", "softmax", "entropy", "backend_of", "mean_denominator"]
 
 
 def _backend(backend, **arrays):
@@ -47,19 +49,54 @@ def _as_out(module, out):
     return _as_input(module, out, "out")
 
 
+def _host_value(x):
+    """Whether ``x`` is read on the host whatever the backend: anything but a device or
+    Dask array (None, a number, a NumPy array; the plan rejects what is not a number)."""
+    return getattr(x, "shape", None) is None or isinstance(x, (np.generic, np.ndarray))
+
+
 def _loss_call(logits, target, options, *, want_loss, want_grad, grad_output=1.0, out=None):
+    training = {name: options.pop(name) for name in ("sample_weight", "denominator", "empty")}
+    denominator = training["denominator"]
     module = _backend(options.pop("backend"), logits=logits, target=target,
-                      weight=options["weight"], grad_output=grad_output, out=out)
+                      weight=options["weight"], grad_output=grad_output, out=out,
+                      sample_weight=training["sample_weight"],
+                      denominator=None if _host_value(denominator) else denominator)
     logits = _as_input(module, logits, "logits")
     target = _as_input(module, target, "target")
     options["weight"] = _as_input(module, options["weight"], "weight")
     if not isinstance(grad_output, (int, float, np.generic)):
         grad_output = _as_input(module, grad_output, "grad_output")
+    sample_weight = _as_input(module, training["sample_weight"], "sample_weight")
+    if not _host_value(denominator):
+        denominator = _as_input(module, denominator, "denominator")
+    out_array = _as_out(module, out)
     plan = make_loss_plan(logits, target, **options, want_loss=want_loss, want_grad=want_grad,
-                          grad_output=grad_output, out=_as_out(module, out),
+                          grad_output=grad_output, out=out_array,
                           copy_contiguous=module.copy_contiguous)
-    loss, grad = module.cross_entropy(plan)
-    return loss, _copied_back(module, plan, grad, out)
+    check_training(logits, target, axis=plan.logits.axis, sample_weight=sample_weight,
+                   denominator=denominator, empty=training["empty"],
+                   reduction=plan.reduction, out=out_array)
+    if isinstance(denominator, np.ndarray):
+        denominator = float(denominator)
+    if not _training.wanted(sample_weight, denominator, training["empty"], plan.reduction):
+        loss, grad = module.cross_entropy(plan)
+        return loss, _copied_back(module, plan, grad, out)
+
+    def run(z_loss, scale, fresh_out):
+        """The backend's fused pass with reduction='none' and per-row grad_output."""
+        destination = None if fresh_out else out_array
+        rows_plan = make_loss_plan(logits, target, **dict(options, reduction="none",
+                                                          z_loss=z_loss),
+                                   want_loss=want_loss, want_grad=want_grad, grad_output=scale,
+                                   out=destination, copy_contiguous=module.copy_contiguous)
+        rows, grad = module.cross_entropy(rows_plan)
+        return rows, _copied_back(module, rows_plan, grad, destination)
+
+    loss, grad = _training.cross_entropy(module, plan, run, sample_weight=sample_weight,
+                                         denominator=denominator, empty=training["empty"],
+                                         grad_output=grad_output)
+    return loss, grad if out is None or grad is None else out
 
 
 def _copied_back(module, plan, result, out):
@@ -74,7 +111,8 @@ def _copied_back(module, plan, result, out):
 
 def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
                   reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
-                  validate=True, backend=None, stream=None):
+                  validate=True, backend=None, stream=None, sample_weight=None,
+                  denominator=None, empty="nan"):
     """Softmax cross-entropy of ``logits`` against ``target``, numerically stable.
 
     Semantics are PyTorch's ``torch.nn.functional.cross_entropy`` on every option
@@ -115,6 +153,29 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
         Overrides the choice made from the arrays' type.
     stream : optional
         GPU only: the stream to launch on (default: the caller's current CuPy stream).
+    sample_weight : array of the loss's shape, optional
+        One weight per row (per pixel for NCHW maps): logits' shape without
+        ``axis``, exactly (no broadcasting). Multiplies each row's loss, z-loss
+        included, and its gradient; combined with class weights by
+        multiplication. Under 'mean' the denominator becomes the summed
+        ``weight[t] * sample_weight`` of the non-ignored targets (the summed sample
+        weights for probability targets: PyTorch's row count, each row counted with
+        its weight), and the z-loss's the summed sample weights of the
+        non-ignored rows.
+    denominator : float or 0-d array, optional
+        'mean' only: replaces the denominator of the cross-entropy and of the
+        z-loss alike, so that micro-batches (gradient accumulation, or shards on
+        several devices) each called with the whole batch's ``mean_denominator``
+        sum to the whole batch's loss and gradient. Must be >= 0 (a 0-d device
+        array is not read to check). Without class weights (or with probability
+        targets) and without z-loss it gives exactly the default 'mean'; with
+        class weights and a z-loss the z-loss is divided by it too.
+    empty : {'nan', 'zero', 'raise'}
+        What 'mean' gives when there is nothing to average: no target counts
+        (every target ignored, no rows, or every counted sample weight 0), or
+        ``denominator`` is 0. 'nan' (PyTorch's answer, the default), 'zero' (loss
+        and gradient 0), or 'raise' (``ValueError`` before anything is written; on
+        the GPU this reads the count back, on Dask it computes it).
 
     Returns
     -------
@@ -125,6 +186,12 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
 
     Notes
     -----
+    With ``sample_weight``, ``denominator`` or ``empty`` the backend runs its fused
+    ``reduction='none'`` pass with a per-row ``grad_output`` of ``sample_weight / D``
+    and the per-row losses are summed by the backend's array module (CuPy, NumPy or
+    Dask; NumPy on the host for Numba device arrays). Only 'mean' with class weights,
+    a z-loss and no ``denominator`` takes two passes.
+
     The logits are read once, in one pass per row that keeps the running max and
     the rescaled sum of exponentials (online softmax). nan in the logits gives
     nan; a row whose logits are all -inf gives nan; a -inf at a non-target class
@@ -136,17 +203,24 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
     >>> logits = np.array([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0]], dtype=np.float32)
     >>> float(nbxent.cross_entropy(logits, np.array([0, 2])))  # doctest: +ELLIPSIS
     0.6699...
+    >>> float(nbxent.cross_entropy(logits, np.array([0, 2]), sample_weight=np.array([3.0, 1.0])))
+    ... # doctest: +ELLIPSIS
+    0.4556...
+    >>> float(nbxent.cross_entropy(logits, np.array([-100, -100]), empty="zero"))
+    0.0
     """
     options = dict(axis=axis, weight=weight, ignore_index=ignore_index, reduction=reduction,
                    label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-                   validate=validate, backend=backend, stream=stream)
+                   validate=validate, backend=backend, stream=stream,
+                   sample_weight=sample_weight, denominator=denominator, empty=empty)
     loss, _ = _loss_call(logits, target, options, want_loss=True, want_grad=False)
     return loss
 
 
 def cross_entropy_grad(logits, target, *, axis=-1, weight=None, ignore_index=-100,
                        reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
-                       validate=True, backend=None, stream=None, grad_output=1.0, out=None):
+                       validate=True, backend=None, stream=None, grad_output=1.0, out=None,
+                       sample_weight=None, denominator=None, empty="nan"):
     """Gradient of ``cross_entropy`` with respect to the logits, times ``grad_output``.
 
     Takes ``cross_entropy``'s keywords, plus:
@@ -177,7 +251,8 @@ def cross_entropy_grad(logits, target, *, axis=-1, weight=None, ignore_index=-10
     """
     options = dict(axis=axis, weight=weight, ignore_index=ignore_index, reduction=reduction,
                    label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-                   validate=validate, backend=backend, stream=stream)
+                   validate=validate, backend=backend, stream=stream,
+                   sample_weight=sample_weight, denominator=denominator, empty=empty)
     _, grad = _loss_call(logits, target, options, want_loss=False, want_grad=True,
                          grad_output=grad_output, out=out)
     return grad
@@ -186,7 +261,7 @@ def cross_entropy_grad(logits, target, *, axis=-1, weight=None, ignore_index=-10
 def cross_entropy_with_grad(logits, target, *, axis=-1, weight=None, ignore_index=-100,
                             reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
                             validate=True, backend=None, stream=None, grad_output=1.0,
-                            out=None):
+                            out=None, sample_weight=None, denominator=None, empty="nan"):
     """``(cross_entropy(...), cross_entropy_grad(...))`` in one fused pass.
 
     Reads the logits from memory once and writes the gradient once; with
@@ -200,12 +275,73 @@ def cross_entropy_with_grad(logits, target, *, axis=-1, weight=None, ignore_inde
     >>> loss, grad = nbxent.cross_entropy_with_grad(logits, np.array([0, 1]), reduction="sum")
     >>> round(float(loss), 6), grad.shape
     (2.197225, (2, 3))
+
+    Gradient accumulation: micro-batches divided by the whole batch's denominator
+    sum to the whole batch's mean.
+
+    >>> target = np.array([0, 1, -100, 2])
+    >>> logits = np.arange(12, dtype=np.float64).reshape(4, 3) % 5
+    >>> total = nbxent.mean_denominator(target)
+    >>> parts = [nbxent.cross_entropy_with_grad(logits[i:i + 2], target[i:i + 2],
+    ...                                         denominator=total) for i in (0, 2)]
+    >>> whole, whole_grad = nbxent.cross_entropy_with_grad(logits, target)
+    >>> bool(np.isclose(sum(loss for loss, _ in parts), whole))
+    True
+    >>> bool(np.allclose(np.concatenate([grad for _, grad in parts]), whole_grad))
+    True
     """
     options = dict(axis=axis, weight=weight, ignore_index=ignore_index, reduction=reduction,
                    label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-                   validate=validate, backend=backend, stream=stream)
+                   validate=validate, backend=backend, stream=stream,
+                   sample_weight=sample_weight, denominator=denominator, empty=empty)
     return _loss_call(logits, target, options, want_loss=True, want_grad=True,
                       grad_output=grad_output, out=out)
+
+
+def mean_denominator(target, *, weight=None, ignore_index=-100, sample_weight=None, axis=-1,
+                     backend=None):
+    """The denominator ``reduction='mean'`` divides by for ``target``.
+
+    The summed ``weight[t] * sample_weight`` of the targets that are not
+    ``ignore_index`` (the summed sample weights, or the row count, for probability
+    targets), as a 0-d float64 array of the target's kind, never read back. Sum it
+    over the parts of a batch and pass the total as ``denominator=`` to each part.
+
+    Parameters
+    ----------
+    target : array
+        Class indices (any integer dtype), or probabilities with the classes on ``axis``.
+    weight : array of shape (C,), optional
+        Class weights; a class index outside [0, C) then adds nan (as ``validate=False``).
+    ignore_index : int
+        Class indices equal to it count nothing.
+    sample_weight : array of the rows' shape, optional
+        The target's shape (class indices) or its shape without ``axis`` (probabilities).
+    axis : int
+        The class axis of a probability target (unused for class indices).
+    backend : {'cpu', 'cuda', 'dask'}, optional
+        Overrides the choice made from the arrays' type.
+
+    Examples
+    --------
+    >>> import numpy as np, nbxent
+    >>> float(nbxent.mean_denominator(np.array([0, 2, -100]), weight=np.array([1.0, 2.0, 3.0])))
+    4.0
+    """
+    module = _backend(backend, target=target, weight=weight, sample_weight=sample_weight)
+    target = _as_input(module, target, "target")
+    weight = _as_input(module, weight, "weight")
+    sample_weight = _as_input(module, sample_weight, "sample_weight")
+    rows_shape, target_is_index, ignore_index = check_mean_denominator(
+        target, weight, ignore_index, sample_weight, axis)
+    xp = module.namespace_of(target)
+    host = module.to_namespace
+    share_d, _ = _training.row_weights(
+        xp, host(target), None if weight is None else host(weight), ignore_index=ignore_index,
+        n_classes=2**63 - 1 if weight is None else weight.shape[0],
+        target_is_index=target_is_index, rows_shape=rows_shape,
+        sample_weight=None if sample_weight is None else host(sample_weight).astype(xp.float64))
+    return module.from_namespace(xp.asarray(share_d.sum(), dtype=xp.float64), target)
 
 
 def _normalize(op, x, axis, *, reduction="none", out=None, backend=None, stream=None):

@@ -159,8 +159,63 @@ def _z_rows(logits, axis, softcap, valid):
     return np.where(valid, logsumexp(_capped(_to_class_last(logits, axis), softcap)), 0.0)
 
 
+def _sample_weights(sample_weight, shape):
+    return np.ones(shape) if sample_weight is None else np.asarray(sample_weight, np.float64)
+
+
+def mean_denominator(target, weight=None, ignore_index=-100, sample_weight=None, axis=-1,
+                     n_classes=None):
+    """'mean''s denominator: the summed combined weights of the counted targets.
+
+    For class indices, sum over rows whose target is not ``ignore_index`` of
+    ``weight[t] * sample_weight``; for probability targets (``n_classes`` unused,
+    the class axis ``axis``) the summed sample weights (the row count without them).
+    """
+    target = np.asarray(target)
+    if np.issubdtype(target.dtype, np.integer):
+        t = target.astype(np.int64)
+        valid = t != ignore_index
+        w = (np.ones(max(int(t.max(initial=0)) + 1, n_classes or 0)) if weight is None
+             else np.asarray(weight, np.float64))
+        row_weight = np.where(valid, w[np.where(valid, t, 0)], 0.0)
+    else:
+        rows = np.moveaxis(target, axis, -1).shape[:-1]
+        row_weight = np.ones(rows)
+    return np.sum(row_weight * _sample_weights(sample_weight, row_weight.shape))
+
+
+def _counted(target, ignore_index, rows_shape, sample_weight):
+    """The z-loss's 'mean' denominator: the summed sample weights of the counted rows."""
+    target = np.asarray(target)
+    valid = (np.asarray(target).astype(np.int64) != ignore_index
+             if np.issubdtype(target.dtype, np.integer) else np.ones(rows_shape, bool))
+    return np.sum(np.where(valid, _sample_weights(sample_weight, rows_shape), 0.0))
+
+
+def _mean_scales(target, axis, weight, ignore_index, sample_weight, denominator, empty,
+                 rows_shape):
+    """(1/D, 1/N) for 'mean': D and N as in the notation with sample weights, both the
+    given ``denominator`` when there is one; ``empty`` decides when there is nothing to
+    average (N == 0, or the given denominator is 0)."""
+    if denominator is not None:
+        d = n = float(denominator)
+        is_empty = d == 0
+    else:
+        d = mean_denominator(target, weight, ignore_index, sample_weight, axis,
+                             n_classes=None)
+        n = _counted(target, ignore_index, rows_shape, sample_weight)
+        is_empty = n == 0
+    if is_empty and empty == "raise":
+        raise ValueError("reduction='mean' of a batch with no counted target and empty='raise'")
+    if is_empty and empty == "zero":
+        return 0.0, 0.0
+    with np.errstate(divide="ignore"):
+        return np.float64(1.0) / d, np.float64(1.0) / n
+
+
 def cross_entropy(logits, target, axis=-1, weight=None, ignore_index=-100,
-                  reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None):
+                  reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
+                  sample_weight=None, denominator=None, empty="nan"):
     """Softmax cross-entropy with PyTorch's semantics, in float64.
 
     loss_row = -sum_c q_c * log_softmax(x)_c + z_loss * logsumexp(x)**2 for each
@@ -168,6 +223,11 @@ def cross_entropy(logits, target, axis=-1, weight=None, ignore_index=-100,
     and x the (optionally soft-capped) logits. 'mean' divides the cross-entropy part
     by the summed weights of the non-ignored targets (the row count for probability
     targets) and the z-loss part by the number of non-ignored rows.
+
+    ``sample_weight`` (the loss's shape) multiplies each row's loss, z-loss included,
+    and each row's share of both denominators. ``denominator`` replaces both. When
+    there is nothing to average (no counted weight, or ``denominator`` 0), ``empty``
+    gives nan ('nan', PyTorch's answer), 0 ('zero') or a ValueError ('raise').
     """
     logp, q, valid, row_weight = _terms(logits, target, axis, weight, ignore_index,
                                         label_smoothing, softcap)
@@ -187,6 +247,15 @@ def cross_entropy(logits, target, axis=-1, weight=None, ignore_index=-100,
             ce_rows = -np.sum(q * logp, axis=-1)
     ce_rows = np.where(valid, ce_rows, 0.0)
     z_rows = _z_rows(logits, axis, softcap, valid) ** 2 if z_loss else np.zeros_like(ce_rows)
+    if sample_weight is not None or denominator is not None or empty != "nan":
+        s = _sample_weights(sample_weight, ce_rows.shape)
+        with np.errstate(invalid="ignore"):
+            ce_rows, z_rows = ce_rows * s, z_rows * s
+        if reduction == "mean":
+            inv_d, inv_n = _mean_scales(target, axis, weight, ignore_index, sample_weight,
+                                        denominator, empty, ce_rows.shape)
+            with np.errstate(invalid="ignore"):
+                return np.sum(ce_rows) * inv_d + z_loss * np.sum(z_rows) * inv_n
     if reduction == "none":
         return ce_rows + z_loss * z_rows
     ce = _reduce(ce_rows, reduction, np.sum(row_weight))
@@ -197,12 +266,13 @@ def cross_entropy(logits, target, axis=-1, weight=None, ignore_index=-100,
 
 def cross_entropy_grad(logits, target, axis=-1, weight=None, ignore_index=-100,
                        reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
-                       grad_output=1.0):
+                       grad_output=1.0, sample_weight=None, denominator=None, empty="nan"):
     """d(cross_entropy)/d(logits) times grad_output, in float64, by the closed form.
 
     For one row: sum(q) * softmax(x) - q from the cross-entropy part, plus
     2 * z_loss * lse * softmax(x) from the z-loss, times (1 - tanh(x/c)**2) under a
-    soft cap c; rows scaled by grad_output and divided by the 'mean' denominators.
+    soft cap c; rows scaled by grad_output (and sample_weight) and divided by the
+    'mean' denominators.
     """
     logp, q, valid, row_weight = _terms(logits, target, axis, weight, ignore_index,
                                         label_smoothing, softcap)
@@ -210,10 +280,17 @@ def cross_entropy_grad(logits, target, axis=-1, weight=None, ignore_index=-100,
         p = np.exp(logp)
         g = np.asarray(grad_output, np.float64)
         ce_scale = np.broadcast_to(g, valid.shape).astype(np.float64)
+        if sample_weight is not None:
+            ce_scale = ce_scale * np.asarray(sample_weight, np.float64)
         z_scale = ce_scale.copy()
         if reduction == "mean":
-            ce_scale = ce_scale / np.sum(row_weight)
-            z_scale = z_scale / np.sum(valid)
+            if sample_weight is not None or denominator is not None or empty != "nan":
+                inv_d, inv_n = _mean_scales(target, axis, weight, ignore_index, sample_weight,
+                                            denominator, empty, valid.shape)
+            else:
+                inv_d, inv_n = 1 / np.sum(row_weight), 1 / np.sum(valid)
+            ce_scale = ce_scale * inv_d
+            z_scale = z_scale * inv_n
         grad = (np.sum(q, axis=-1, keepdims=True) * p - q) * ce_scale[..., None]
         if z_loss:
             lse = _z_rows(logits, axis, softcap, valid)

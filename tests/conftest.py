@@ -28,7 +28,7 @@ def _package_dir():
 
 # Modules no kernel imports: edits there must not throw the compiled kernels away.
 _NOT_KERNEL_SOURCES = ("bench", "dask", "cli.py", "__main__.py", "torch.py", "jax.py",
-                       "_jax_ffi.py", "linear.py")
+                       "_jax_ffi.py", "linear.py", "_training.py")
 
 
 def _source_hash(root):
@@ -254,4 +254,26 @@ _FACTORIES = {"cpu": _cpu_backend, "cudasim": _cudasim_backend, "cuda": _cuda_ba
 def backend(request):
     """Each backend the machine can run: "cpu" always, "cudasim" under
     NUMBA_ENABLE_CUDASIM=1, "cuda" (marked ``cuda``) where CuPy sees a GPU."""
+    return _FACTORIES[request.param]()
+
+
+def _dask_backend():
+    """Dask arrays split in two along their first axis, computed by the synchronous
+    scheduler in this process (no cluster: tests/test_dask.py runs one)."""
+    da = pytest.importorskip("dask.array")
+
+    def to_dask(x):
+        return da.from_array(x, chunks=tuple(max(1, -(-n // 2)) if i == 0 else n
+                                             for i, n in enumerate(x.shape)))
+
+    return Backend("dask", False, to_dask,
+                   lambda r: np.array(r.compute(scheduler="synchronous")), da.Array)
+
+
+_FACTORIES["dask"] = _dask_backend
+
+
+@pytest.fixture(params=[*_BACKEND_PARAMS, pytest.param("dask", id="dask")])
+def any_backend(request):
+    """``backend``'s backends and the Dask backend (synchronous scheduler)."""
     return _FACTORIES[request.param]()

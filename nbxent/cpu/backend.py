@@ -38,6 +38,24 @@ def copy_into(destination, source):
     np.copyto(destination, source)
 
 
+def namespace_of(like):
+    """The array module of the training layer's arithmetic (``nbxent._training``)."""
+    return np
+
+
+def to_namespace(x):
+    """``x`` as an array of ``namespace_of``'s module (NumPy arrays are)."""
+    return x
+
+
+def from_namespace(y, like, into=None):
+    """``y`` in the caller's kind (NumPy), written into ``into`` when given."""
+    if into is None:
+        return y
+    np.copyto(into, y)
+    return into
+
+
 def _strided(view):
     """The NumPy array a ``View`` describes."""
     itemsize = view.array.dtype.itemsize

@@ -20,7 +20,8 @@ from . import _sim, kernels
 from .arrays import Launch, is_cupy
 from .config import CUDA
 
-__all__ = ["asarray", "copy_contiguous", "copy_into", "cross_entropy", "normalize"]
+__all__ = ["asarray", "copy_contiguous", "copy_into", "cross_entropy", "from_namespace",
+           "namespace_of", "normalize", "to_namespace"]
 
 
 # ---------------------------------------------------------------- arrays
@@ -58,6 +59,35 @@ def copy_into(destination, source):
         cupy.copyto(destination, source)
     else:
         destination[...] = source
+
+
+def namespace_of(like):
+    """The array module of the training layer's arithmetic (``nbxent._training``): CuPy
+    for CuPy arrays (on the current stream), NumPy on the host for other device arrays."""
+    if is_cupy(like):
+        import cupy
+        return cupy
+    return np
+
+
+def to_namespace(x):
+    """``x`` in ``namespace_of``'s module: a Numba device array is copied to the host."""
+    if x is None or is_cupy(x) or isinstance(x, np.ndarray):
+        return x
+    return x.copy_to_host()
+
+
+def from_namespace(y, like, into=None):
+    """``y`` in the kind of ``like`` (a device copy of a host result), into ``into`` if given."""
+    if is_cupy(like):
+        if into is None:
+            return y
+        copy_into(into, y)
+        return into
+    if into is None:
+        return cuda.to_device(np.array(y, order="C"))  # ascontiguousarray makes 0-d 1-d
+    into.copy_to_device(np.array(y, order="C"))
+    return into
 
 
 def copy_contiguous(x):

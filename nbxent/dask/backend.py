@@ -27,7 +27,8 @@ from .._dispatch import as_cpu_array
 from .._plan import immutable_out_error
 from . import partials
 
-__all__ = ["asarray", "copy_contiguous", "copy_into", "cross_entropy", "normalize"]
+__all__ = ["asarray", "copy_contiguous", "copy_into", "cross_entropy", "from_namespace",
+           "namespace_of", "normalize", "to_namespace"]
 
 # Index letters of the axes the graph adds: partial fields, [cross-entropy, lse**2]
 # per row, and the 'mean' denominators [D, N].
@@ -47,6 +48,20 @@ def copy_contiguous(x):
 def copy_into(destination, source):
     """Dask arrays cannot be written: always the ``out=`` TypeError."""
     raise immutable_out_error("Dask")
+
+
+def namespace_of(like):
+    """The array module of the training layer's arithmetic (``nbxent._training``): lazy."""
+    return da
+
+
+def to_namespace(x):
+    return x
+
+
+def from_namespace(y, like, into=None):
+    """``y`` itself: Dask arrays are never written into."""
+    return y
 
 
 def _reject_out(plan):
