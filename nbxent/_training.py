@@ -17,6 +17,8 @@ combined (the gradient is linear in the z-loss coefficient): (1 - D/N) G(0) + (D
 both taken at g_r = s_r / D. A given ``denominator`` replaces both D and N.
 """
 
+from functools import partial
+
 import numpy as np
 
 from ._plan import empty_batch_error
@@ -57,6 +59,25 @@ def row_weights(xp, target, weight, *, ignore_index, n_classes, target_is_index,
     if sample_weight is not None:
         share_d, share_n = share_d * sample_weight, share_n * sample_weight
     return share_d, share_n
+
+
+def _quietly(function, *scalars):
+    """``function`` of 0-d arrays or numbers with nan/inf warnings off: 1/0 and 0*inf are
+    'mean''s nan of an empty batch. A Dask array computes later, so there the function
+    runs inside its task."""
+    if any(hasattr(x, "map_blocks") for x in scalars):
+        import dask.array as da
+        return da.map_blocks(partial(_errstate_call, function), *scalars, dtype=np.float64)
+    return _errstate_call(function, *scalars)
+
+
+def _errstate_call(function, *args):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return function(*args)
+
+
+def _reciprocal(x):
+    return 1.0 / x
 
 
 def _is_host_number(x):
@@ -101,10 +122,9 @@ def cross_entropy(module, plan, run, *, sample_weight, denominator, empty, grad_
                     ratio = xp.where(n == 0, 1.0, d / xp.where(n == 0, 1.0, n))
         if empty == "raise" and bool(is_empty):  # a read of one value: a sync on a GPU
             raise empty_batch_error(logits.shape)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inv_d = 1.0 / d
-            if empty == "zero":
-                inv_d = xp.where(is_empty, 0.0, inv_d)
+        inv_d = _quietly(_reciprocal, d)
+        if empty == "zero":
+            inv_d = xp.where(is_empty, 0.0, inv_d)
     scale = g
     if s is not None:
         scale = scale * s
@@ -138,6 +158,6 @@ def cross_entropy(module, plan, run, *, sample_weight, denominator, empty, grad_
         else:
             loss = rows.sum()
             if mean:
-                loss = loss * inv_d
+                loss = _quietly(np.multiply, loss, inv_d)
     loss = xp.asarray(loss).astype(logits.loss_dtype)
     return module.from_namespace(loss, like), grad
