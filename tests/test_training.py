@@ -290,3 +290,20 @@ def test_backends_provide_the_training_functions(name):
     except ImportError as exc:
         pytest.skip(str(exc))
     assert all(callable(getattr(module, f, None)) for f in _dispatch.TRAINING_FUNCTIONS)
+
+
+@pytest.mark.parametrize("option", ["weight-ignore", "everything"])
+def test_sample_weight_in_place(backend, rng, option):
+    """out=logits: the gradient overwrites the logits (two passes with 'everything', the
+    first into a fresh array, so the second still reads the logits)."""
+    logits, target, keywords = make_inputs(rng, (9, 6), -1, F32, OPTIONS_BY_ID[option])
+    sample_weight = rng.uniform(0.0, 2.0, 9)
+    expected = R.cross_entropy_grad(logits, target, sample_weight=sample_weight, **keywords)
+    expected_loss = R.cross_entropy(logits, target, sample_weight=sample_weight, **keywords)
+    x = backend.to_backend(logits)
+    loss, grad = nbxent.cross_entropy_with_grad(
+        x, backend.to_backend(target), out=x,
+        **_on(backend, dict(keywords, sample_weight=sample_weight)))
+    assert grad is x
+    assert_close(backend.to_numpy(x), expected, F32, "grad")
+    assert_close(backend.to_numpy(loss), expected_loss, F32, "loss")
