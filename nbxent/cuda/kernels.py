@@ -583,7 +583,13 @@ def _write_pass(variant):
 
 @lru_cache(maxsize=None)
 def kernel_for(variant):
-    """The kernel for ``variant`` (see the module docstring), compiled lazily per dtype."""
+    """The kernel for ``variant`` (see the module docstring), compiled lazily per dtype.
+
+    Longer than a screen on purpose: the variant's flags (compile-time constants to
+    Numba, so each kernel keeps only its own branches), then short device functions
+    for the steps the kernel itself runs in order: the row's target, the statistics
+    pass (``_stats_pass``), the loss terms (``_ce_terms``), the write pass.
+    """
     v = variant
     acc = v.acc
     zero, one, neg_inf = acc(0.0), acc(1.0), acc(-math.inf)
