@@ -34,6 +34,11 @@ class CpuSettings:
     #: Below it, the partial statistics and the second pass cost more than the
     #: idle threads they put to work.
     split_min_classes: int = 16384
+    #: Work items a row's classes may be split into when rows are few: a row gets
+    #: ``ceil(split_items / rows)`` of them (at most one per ``split_min_classes``).
+    #: A constant, not the thread count, so that a row's partition, and with it every
+    #: result bit, is the same whatever ``numba.set_num_threads`` says.
+    split_items: int = 16
     #: Most classes for which rows (class axis last) go to the tile kernel: shorter
     #: rows cost more in per-row work than vectorising along them saves; beyond it
     #: the row kernel is faster (see benchmarks/RESULTS.md).

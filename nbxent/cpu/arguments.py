@@ -52,7 +52,7 @@ class Shape(NamedTuple):
     outer: int
     inner: int
     n_classes: int
-    row_split: int      # row kernel: work items per row (> 1 for fewer rows than threads)
+    row_split: int      # row kernel: work items per row (> 1 when rows are few)
     tile_width: int     # tile kernel: positions per tile
 
 

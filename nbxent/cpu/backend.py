@@ -115,19 +115,20 @@ def _shape(settings, logits):
     A class axis that is not the last (inner > 1, NCHW) goes to the tile kernel,
     vectorised across neighbouring positions. So do rows of few classes
     (``swap``: the rows become the positions). Long rows go to the row kernel,
-    vectorised along the classes, split over threads when rows are fewer.
+    vectorised along the classes, their classes split into work items when rows are
+    fewer than ``settings.split_items`` (a constant, so that the split, and the
+    result's bits, do not depend on the number of threads).
     ``settings`` is a ``nbxent._config.CpuSettings`` (the thresholds).
     """
-    threads = numba.get_num_threads()
     rows = logits.n_rows
     tile_width = min(4096, max(8, settings.tile_elements // logits.n_classes))
     if logits.inner > 1:
         return True, tile_width, False
     if logits.n_classes <= settings.tile_max_classes and rows >= 2 * tile_width:
         return True, tile_width, True
-    if rows == 0 or rows >= threads:
+    if rows == 0 or rows >= settings.split_items:
         return False, 1, False
-    return False, max(1, min(-(-threads // rows),
+    return False, max(1, min(-(-settings.split_items // rows),
                              logits.n_classes // settings.split_min_classes)), False
 
 

@@ -10,7 +10,7 @@ does not grow with C. When a write follows (gradient, softmax), the statistics
 pass stores each exp where the result goes and the write pass rescales it: one
 exp per logit.
 
-With ``shape.row_split > 1`` (fewer rows than threads) each row's classes are
+With ``shape.row_split > 1`` (few rows: ``CpuSettings.split_items``) each row's classes are
 split over that many work items: all items take their statistics, then each
 combines its row's and writes its own classes.
 """
