@@ -40,7 +40,7 @@ def entropy(module, plan, *, base, sample_weight, empty):
         return result
     xp = module.namespace_of(result)
     scaled = module.to_namespace(result).astype(xp.float64) * (1.0 / math.log(base))
-    return module.from_namespace(scaled.astype(plan.logits.loss_dtype), result)
+    return module.from_namespace(xp.asarray(scaled, dtype=plan.logits.loss_dtype), result)
 
 
 def _p_log_p(xp, p, log_p):

@@ -28,7 +28,7 @@ def _package_dir():
 
 # Modules no kernel imports: edits there must not throw the compiled kernels away.
 _NOT_KERNEL_SOURCES = ("bench", "dask", "cli.py", "__main__.py", "torch.py", "jax.py",
-                       "_jax_ffi.py", "linear.py", "_training.py")
+                       "_jax_ffi.py", "linear.py", "_training.py", "_information.py")
 
 
 def _source_hash(root):
