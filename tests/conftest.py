@@ -157,6 +157,20 @@ def assert_close(actual, expected, dtype, what="grad", *, rtol=None, atol=None,
             f"|diff|={err[worst]:.3g}")
 
 
+def assert_calls_raise(backend, calls, logits, target, keywords, error, message):
+    """Each of ``calls`` (a loss, then its gradient and the fused pair, which also get an
+    ``out=`` except on Dask) raises ``error`` matching ``message`` on the backend's
+    ``logits`` and ``target``, and ``out=`` is left as it was."""
+    out = (None if backend.name == "dask"
+           else backend.to_backend(np.full(logits.shape, 7.0, logits.dtype)))
+    for call in calls:
+        extra = {} if call is calls[0] or out is None else dict(out=out)
+        with pytest.raises(error, match=message):
+            call(logits, target, **keywords, **extra)
+    if out is not None:
+        np.testing.assert_array_equal(backend.to_numpy(out), 7.0)
+
+
 # --------------------------------------------------------------- fixtures
 
 @pytest.fixture
