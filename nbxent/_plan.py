@@ -424,6 +424,29 @@ def check_training(logits, target, *, axis, sample_weight, denominator, empty, r
         raise ValueError("out= overlaps sample_weight: the gradient would overwrite it")
 
 
+def check_base(base):
+    """``base=`` of an entropy: None (nats) or a finite number > 0 other than 1 (2: bits)."""
+    if base is None:
+        return None
+    value = _real("base", base, "None or a finite number > 0 other than 1")
+    if not (np.isfinite(value) and value > 0 and value != 1):
+        raise ValueError(f"base must be None (nats) or a finite number > 0 other than 1 "
+                         f"(2 for bits); got {value}")
+    return value
+
+
+def check_kl_target(target, logits, log_target):
+    """Check a KL divergence's target: float16/32/64 of the logits' shape (the shape is
+    checked again, with the other options, by ``make_loss_plan``)."""
+    if not isinstance(log_target, (bool, np.bool_)):
+        raise TypeError(f"log_target must be True or False; got {log_target!r}")
+    what = "log-probabilities (or logits)" if log_target else "class probabilities"
+    if _dtype(target) not in LOGIT_DTYPES:
+        raise TypeError(f"target of a KL divergence must hold {what} as float16, float32 or "
+                        f"float64, of the logits' shape {tuple(logits.shape)}; got dtype "
+                        f"{_dtype(target)} and shape {tuple(getattr(target, 'shape', ()))}")
+
+
 def check_mean_denominator(target, weight, ignore_index, sample_weight, axis):
     """Check a ``mean_denominator`` call: (rows' shape, target holds indices, ignore_index)."""
     ignore_index = _check_ignore_index(ignore_index)

@@ -90,7 +90,10 @@ def cross_entropy(module, plan, run, *, sample_weight, denominator, empty, grad_
     ``plan`` is the checked plan of the call as given (its reduction, its grad_output);
     ``run(z_loss, grad_output, fresh_out)`` runs the backend with ``reduction='none'``
     and returns (per-row losses or None, gradient or None), the gradient into a fresh
-    array when ``fresh_out`` (else into the caller's ``out=`` when given).
+    array when ``fresh_out`` (else into the caller's ``out=`` when given). The per-row
+    losses may be the backend's or arrays of ``namespace_of``'s module. The information
+    measures (``nbxent._information``) come here too: an entropy's plan (no target: every
+    row counts) and rows, a KL divergence's rows (a cross-entropy's plus a target term).
     """
     logits, loss_options = plan.logits, plan.loss
     like = logits.view.array
@@ -108,8 +111,10 @@ def cross_entropy(module, plan, run, *, sample_weight, denominator, empty, grad_
             is_empty = d == 0
         else:
             weight = None if loss_options.weight is None else host(loss_options.weight.array)
+            index_target = (host(loss_options.target.array) if loss_options.target_is_index
+                            else None)  # every row of probabilities (or of an entropy) counts
             share_d, share_n = row_weights(
-                xp, host(loss_options.target.array), weight,
+                xp, index_target, weight,
                 ignore_index=loss_options.ignore_index, n_classes=logits.n_classes,
                 target_is_index=loss_options.target_is_index, rows_shape=logits.result_shape,
                 sample_weight=s)

@@ -17,13 +17,14 @@ that cannot be read as an array is a ``TypeError`` naming it.
 
 import numpy as np
 
-from . import _training
+from . import _information, _training
 from ._dispatch import backend_of, choose_backend, get_backend
-from ._plan import (check_mean_denominator, check_training, conversion_error, make_loss_plan,
-                    make_normalize_plan)
+from ._plan import (check_base, check_kl_target, check_mean_denominator, check_training,
+                    conversion_error, make_loss_plan, make_normalize_plan)
 
 __all__ = ["cross_entropy", "cross_entropy_grad", "cross_entropy_with_grad", "logsumexp",
-           "log_softmax", "softmax", "entropy", "backend_of", "mean_denominator"]
+           "log_softmax", "softmax", "entropy", "conditional_entropy", "kl_divergence",
+           "kl_divergence_grad", "kl_divergence_with_grad", "backend_of", "mean_denominator"]
 
 
 def _backend(backend, **arrays):
@@ -55,7 +56,11 @@ def _host_value(x):
     return getattr(x, "shape", None) is None or isinstance(x, (np.generic, np.ndarray))
 
 
-def _loss_call(logits, target, options, *, want_loss, want_grad, grad_output=1.0, out=None):
+def _loss_call(logits, target, options, *, want_loss, want_grad, grad_output=1.0, out=None,
+               log_target=None):
+    """(loss or None, grad or None) of a cross-entropy call, or with ``log_target`` True or
+    False of a KL divergence (``nbxent._information``): the cross-entropy against the
+    target's probabilities, each row's loss plus the target's own term."""
     training = {name: options.pop(name) for name in ("sample_weight", "denominator", "empty")}
     denominator = training["denominator"]
     module = _backend(options.pop("backend"), logits=logits, target=target,
@@ -64,6 +69,8 @@ def _loss_call(logits, target, options, *, want_loss, want_grad, grad_output=1.0
                       denominator=None if _host_value(denominator) else denominator)
     logits = _as_input(module, logits, "logits")
     target = _as_input(module, target, "target")
+    if log_target is not None:
+        check_kl_target(target, logits, log_target)
     options["weight"] = _as_input(module, options["weight"], "weight")
     if not isinstance(grad_output, (int, float, np.generic)):
         grad_output = _as_input(module, grad_output, "grad_output")
@@ -71,26 +78,37 @@ def _loss_call(logits, target, options, *, want_loss, want_grad, grad_output=1.0
     if not _host_value(denominator):
         denominator = _as_input(module, denominator, "denominator")
     out_array = _as_out(module, out)
-    plan = make_loss_plan(logits, target, **options, want_loss=want_loss, want_grad=want_grad,
-                          grad_output=grad_output, out=out_array,
-                          copy_contiguous=module.copy_contiguous)
+
+    def make_plan(target, grad_output=grad_output, out=out_array, **changes):
+        return make_loss_plan(logits, target, **dict(options, **changes), want_loss=want_loss,
+                              want_grad=want_grad, grad_output=grad_output, out=out,
+                              copy_contiguous=module.copy_contiguous)
+
+    plan = make_plan(target)
     check_training(logits, target, axis=plan.logits.axis, sample_weight=sample_weight,
                    denominator=denominator, empty=training["empty"],
                    reduction=plan.reduction, out=out_array)
     if isinstance(denominator, np.ndarray):
         denominator = float(denominator)
-    if not _training.wanted(sample_weight, denominator, training["empty"], plan.reduction):
+    terms = None
+    if log_target is not None:
+        target, terms = _information.kl_target(module, plan, log_target=log_target,
+                                               want_terms=want_loss)
+        if log_target:
+            plan = make_plan(target)
+    if terms is None and not _training.wanted(sample_weight, denominator, training["empty"],
+                                              plan.reduction):
         loss, grad = module.cross_entropy(plan)
         return loss, _copied_back(module, plan, grad, out)
 
     def run(z_loss, scale, fresh_out):
         """The backend's fused pass with reduction='none' and per-row grad_output."""
         destination = None if fresh_out else out_array
-        rows_plan = make_loss_plan(logits, target, **dict(options, reduction="none",
-                                                          z_loss=z_loss),
-                                   want_loss=want_loss, want_grad=want_grad, grad_output=scale,
-                                   out=destination, copy_contiguous=module.copy_contiguous)
+        rows_plan = make_plan(target, grad_output=scale, out=destination, reduction="none",
+                              z_loss=z_loss)
         rows, grad = module.cross_entropy(rows_plan)
+        if terms is not None and rows is not None:
+            rows = terms + module.to_namespace(rows)
         return rows, _copied_back(module, rows_plan, grad, destination)
 
     loss, grad = _training.cross_entropy(module, plan, run, sample_weight=sample_weight,
@@ -344,14 +362,12 @@ def mean_denominator(target, *, weight=None, ignore_index=-100, sample_weight=No
     return module.from_namespace(xp.asarray(share_d.sum(), dtype=xp.float64), target)
 
 
-def _normalize(op, x, axis, *, reduction="none", out=None, backend=None, stream=None):
-    name = "logits" if op == "entropy" else "x"
-    module = _backend(backend, **{name: x, "out": out})
-    plan = make_normalize_plan(op, _as_input(module, x, name), axis=axis, reduction=reduction,
+def _normalize(op, x, axis, *, out=None, backend=None, stream=None):
+    module = _backend(backend, x=x, out=out)
+    plan = make_normalize_plan(op, _as_input(module, x, "x"), axis=axis,
                                out=_as_out(module, out), copy_contiguous=module.copy_contiguous,
                                stream=stream)
-    result = module.normalize(plan)
-    return _copied_back(module, plan, result, out if op in ("log_softmax", "softmax") else None)
+    return _copied_back(module, plan, module.normalize(plan), out)
 
 
 def logsumexp(x, axis=-1, *, backend=None, stream=None):
@@ -402,18 +418,199 @@ def softmax(x, axis=-1, out=None, *, backend=None, stream=None):
     return _normalize("softmax", x, axis, out=out, backend=backend, stream=stream)
 
 
-def entropy(logits, axis=-1, reduction="none", *, backend=None, stream=None):
-    """Entropy of ``softmax(logits)`` along ``axis``, in nats: ``-sum p log p``.
+def entropy(logits, axis=-1, reduction="none", *, base=None, sample_weight=None, empty="nan",
+            backend=None, stream=None):
+    """Entropy of ``softmax(logits)`` along ``axis``: ``-sum p log p``, in nats or ``base``.
 
-    ``0 log 0`` counts as 0 (a -inf logit is fine). ``reduction`` as in
-    ``cross_entropy`` ('mean' divides by the number of rows). float32 result
-    for float16/float32 logits, float64 for float64.
+    ``0 log 0`` counts as 0 (a -inf logit is fine); a row holding nan or +inf, or of all
+    -inf, gives nan.
+
+    Parameters
+    ----------
+    logits : array, float16 / float32 / float64, any number of dimensions >= 1
+        Unnormalised scores; the classes lie along ``axis``.
+    axis : int
+        The class axis (``axis=1`` for NCHW maps).
+    reduction : {'none', 'mean', 'sum'}
+        'none' (the default) gives one entropy per row; 'mean' divides the sum by the
+        number of rows, or by the summed ``sample_weight``.
+    base : float > 0, not 1, optional
+        The logarithm's base: None for nats (the default), 2 for bits, 10 for hartleys
+        (the nats divided by ``log(base)``, as ``scipy.stats.entropy(base=)``).
+    sample_weight : array of the rows' shape, optional
+        One weight per row (per pixel for NCHW maps), logits' shape without ``axis``,
+        exactly; multiplies each row's entropy. A row weighted 0 is left out of 'sum'
+        and 'mean' (unless its entropy is nan). Under 'mean' the denominator is the
+        summed sample weights, as for a cross-entropy with probability targets.
+    empty : {'nan', 'zero', 'raise'}
+        What 'mean' gives with nothing to average (no rows, or sample weights summing
+        to 0), as in ``cross_entropy``.
+    backend, stream
+        As in ``cross_entropy``.
+
+    Returns
+    -------
+    array
+        Logits' shape without ``axis`` for 'none', else 0-d; float32 for float16/float32
+        logits, float64 for float64; in the caller's array kind.
 
     Examples
     --------
     >>> import numpy as np, nbxent
     >>> nbxent.entropy(np.zeros((1, 4)))
     array([1.38629436])
+    >>> nbxent.entropy(np.zeros((2, 4)), base=2, reduction="sum")
+    array(4.)
     """
-    return _normalize("entropy", logits, axis, reduction=reduction, backend=backend,
-                      stream=stream)
+    module = _backend(backend, logits=logits, sample_weight=sample_weight)
+    logits = _as_input(module, logits, "logits")
+    sample_weight = _as_input(module, sample_weight, "sample_weight")
+    plan = make_normalize_plan("entropy", logits, axis=axis, reduction=reduction,
+                               copy_contiguous=module.copy_contiguous, stream=stream)
+    check_training(logits, None, axis=plan.logits.axis, sample_weight=sample_weight,
+                   denominator=None, empty=empty, reduction=plan.reduction)
+    return _information.entropy(module, plan, base=check_base(base),
+                                sample_weight=sample_weight, empty=empty)
+
+
+def conditional_entropy(logits, axis=-1, *, sample_weight=None, base=None, empty="nan",
+                        backend=None, stream=None):
+    """Conditional entropy H(Y|X) of a batch of predictions, a 0-d array.
+
+    Each row is the predicted distribution ``softmax(logits)`` of Y for one x; H(Y|X) is
+    the mean of the rows' entropies, weighted by ``sample_weight`` (p(x) up to a
+    factor; uniform when None): ``sum_r s_r H_r / sum_r s_r``. It is
+    ``entropy(logits, axis, 'mean', sample_weight=sample_weight, base=base)``; the
+    keywords are ``entropy``'s.
+
+    Examples
+    --------
+    >>> import numpy as np, nbxent
+    >>> logits = np.array([[0.0, 0.0], [0.0, -np.inf]])    # a fair coin, a certain outcome
+    >>> round(float(nbxent.conditional_entropy(logits, base=2,
+    ...                                        sample_weight=np.array([3.0, 1.0]))), 12)
+    0.75
+    """
+    return entropy(logits, axis, "mean", base=base, sample_weight=sample_weight, empty=empty,
+                   backend=backend, stream=stream)
+
+
+def _kl_call(logits, target, log_target, *, want_loss, want_grad, grad_output=1.0, out=None,
+             **options):
+    options.update(ignore_index=-100, label_smoothing=0.0, z_loss=0.0, softcap=None,
+                   validate=True)
+    return _loss_call(logits, target, options, want_loss=want_loss, want_grad=want_grad,
+                      grad_output=grad_output, out=out, log_target=log_target)
+
+
+def kl_divergence(logits, target, *, axis=-1, log_target=False, weight=None, reduction="mean",
+                  sample_weight=None, denominator=None, empty="nan", backend=None,
+                  stream=None):
+    """Kullback-Leibler divergence KL(p || softmax(logits)) of a target distribution p.
+
+    Per row: ``sum_c w_c p_c (log p_c - log softmax(logits)_c)``, with ``0 log 0 = 0``.
+    It is the probability-target ``cross_entropy(logits, p)`` minus p's own (weighted)
+    entropy, and is computed so: one fused cross-entropy pass, plus array arithmetic
+    on the target.
+
+    Parameters
+    ----------
+    logits : array, float16 / float32 / float64, any number of dimensions >= 1
+        Unnormalised scores of the model's distribution q = softmax(logits).
+    target : array of logits' shape, float16 / float32 / float64
+        The distribution p along ``axis``: probabilities, taken as they are (rows
+        need not sum to 1; a negative entry gives nan), or with ``log_target=True``
+        log-probabilities or any logits, p = softmax(target) (exp(target) for
+        log-probabilities).
+    axis : int
+        The class axis (``axis=1`` for NCHW maps).
+    log_target : bool
+        Whether ``target`` holds log-probabilities (logits) instead of probabilities,
+        as in ``torch.nn.functional.kl_div``.
+    weight : array of shape (C,), optional
+        Per-class weights w: each class's term is multiplied by w_c (as in
+        ``cross_entropy`` with probability targets).
+    reduction : {'mean', 'sum', 'none'}
+        'mean' divides the sum by the number of rows (positions for NCHW maps), or by
+        the summed ``sample_weight``: for 2-D logits this is PyTorch's
+        ``kl_div(..., reduction='batchmean')``; PyTorch's 'mean' divides by every
+        element (rows × classes) instead. 'none' gives one divergence per row (torch's
+        'none' gives one per element: sum it over the classes).
+    sample_weight, denominator, empty
+        As in ``cross_entropy`` with probability targets: per-row weights of the loss's
+        shape (the 'mean' denominator becomes their sum), a given 'mean' denominator,
+        and what 'mean' gives with nothing to average.
+    backend, stream
+        As in ``cross_entropy``.
+
+    Returns
+    -------
+    loss : array
+        Per row (logits' shape without ``axis``) for 'none', else 0-d; float32 for
+        float16/float32 logits, float64 for float64; in the caller's array kind.
+
+    Notes
+    -----
+    The divergence is the difference of a cross-entropy and an entropy, each about
+    log C: its absolute error is theirs (a few float32 ulps of log C), so a divergence
+    near 0 from float32 logits is less accurate relative to its size. With
+    ``log_target=True`` the target's log_softmax is computed first (one more pass over
+    the target); the gradient is with respect to the logits only.
+
+    Examples
+    --------
+    >>> import numpy as np, nbxent
+    >>> logits = np.log(np.array([[0.5, 0.25, 0.25]]))
+    >>> p = np.array([[0.25, 0.25, 0.5]])
+    >>> round(float(nbxent.kl_divergence(logits, p)), 6)   # 0.25 log 0.5 + 0.5 log 2
+    0.173287
+    >>> round(float(nbxent.kl_divergence(logits, np.log(p), log_target=True)), 6)
+    0.173287
+    """
+    loss, _ = _kl_call(logits, target, log_target, want_loss=True, want_grad=False, axis=axis,
+                       weight=weight, reduction=reduction, sample_weight=sample_weight,
+                       denominator=denominator, empty=empty, backend=backend, stream=stream)
+    return loss
+
+
+def kl_divergence_grad(logits, target, *, axis=-1, log_target=False, weight=None,
+                       reduction="mean", sample_weight=None, denominator=None, empty="nan",
+                       backend=None, stream=None, grad_output=1.0, out=None):
+    """Gradient of ``kl_divergence`` with respect to the logits, times ``grad_output``.
+
+    The target's term does not depend on the logits, so this is the probability-target
+    ``cross_entropy_grad(logits, p)``: per row ``(sum_c w_c p_c) softmax(logits) - w p``.
+    Keywords as in ``kl_divergence``, plus ``grad_output`` and ``out`` as in
+    ``cross_entropy_grad`` (``out=logits`` writes the gradient over the logits).
+
+    Examples
+    --------
+    >>> import numpy as np, nbxent
+    >>> nbxent.kl_divergence_grad(np.zeros((1, 2)), np.array([[1.0, 0.0]]))
+    array([[-0.5,  0.5]])
+    """
+    _, grad = _kl_call(logits, target, log_target, want_loss=False, want_grad=True,
+                       grad_output=grad_output, out=out, axis=axis, weight=weight,
+                       reduction=reduction, sample_weight=sample_weight,
+                       denominator=denominator, empty=empty, backend=backend, stream=stream)
+    return grad
+
+
+def kl_divergence_with_grad(logits, target, *, axis=-1, log_target=False, weight=None,
+                            reduction="mean", sample_weight=None, denominator=None,
+                            empty="nan", backend=None, stream=None, grad_output=1.0, out=None):
+    """``(kl_divergence(...), kl_divergence_grad(...))`` from one fused pass over the logits.
+
+    Keywords as in ``kl_divergence`` and ``kl_divergence_grad``.
+
+    Examples
+    --------
+    >>> import numpy as np, nbxent
+    >>> loss, grad = nbxent.kl_divergence_with_grad(np.zeros((2, 2)), np.full((2, 2), 0.5))
+    >>> float(loss), grad.tolist()
+    (0.0, [[0.0, 0.0], [0.0, 0.0]])
+    """
+    return _kl_call(logits, target, log_target, want_loss=True, want_grad=True,
+                    grad_output=grad_output, out=out, axis=axis, weight=weight,
+                    reduction=reduction, sample_weight=sample_weight, denominator=denominator,
+                    empty=empty, backend=backend, stream=stream)

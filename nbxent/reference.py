@@ -47,7 +47,10 @@ rows give 0. Soft cap a: the raw logits z become x_c = a tanh(z_c / a) first.
 - z-loss: z_loss lse**2, so its gradient is 2 z_loss lse p_j.
 - the gradient the kernels write: (p_coef p_j - g_ce q~_j - t_coef [j == t]) cap'_j, where
   cap'_j = dx_j / dz_j = 1 - tanh(z_j / a)**2 = 1 - (x_j / a)**2 (1 without a cap).
-- entropy: H = -sum_c p_c log p_c = sum_c p_c (lse - x_c) = log s - moment / s.
+- entropy: H = -sum_c p_c log p_c = sum_c p_c (lse - x_c) = log s - moment / s; in base b,
+  H / log b.
+- KL divergence of a target distribution y from the softmax: sum_c w_c y_c (log y_c - log p_c)
+  = ce (probability target y, no smoothing) + sum_c w_c y_c log y_c; the gradient is ce's.
 - online softmax: for a larger max m', s becomes s exp(m - m') and the entropy's moment
   (moment + (m - m') s) exp(m - m'); partials over two sets of classes merge so, while
   mass and the cross-entropy's moment (taken from a fixed r) add.
@@ -102,14 +105,90 @@ def softmax(x, axis=-1):
         return np.exp(log_softmax(x, axis))
 
 
-def entropy(logits, axis=-1, reduction="none"):
-    """Entropy of softmax(logits) in nats, -sum p log p; 0 log 0 counts as 0."""
-    logp = _to_class_last(log_softmax(logits, axis), axis)
-    p = np.exp(logp)
+def _p_log_p(p, logp):
+    """p log p elementwise; 0 log 0 counts as 0."""
     with np.errstate(invalid="ignore"):
         # p == 0 (not p > 0): a nan probability must stay nan, as in PyTorch.
-        per_row = -np.sum(np.where(p == 0, 0.0, p * logp), axis=-1)
-    return _reduce(per_row, reduction, per_row.size)
+        return np.where(p == 0, 0.0, p * logp)
+
+
+def entropy(logits, axis=-1, reduction="none", base=None, sample_weight=None, empty="nan"):
+    """Entropy of softmax(logits), -sum p log p, in nats (in ``base`` when given: bits for
+    2); 0 log 0 counts as 0.
+
+    ``sample_weight`` (the rows' shape) multiplies each row's entropy; 'mean' then divides
+    by the summed sample weights (every row counts, as for probability targets), and
+    ``empty`` decides when there is nothing to average, as in ``cross_entropy``.
+    """
+    logp = _to_class_last(log_softmax(logits, axis), axis)
+    per_row = -np.sum(_p_log_p(np.exp(logp), logp), axis=-1)
+    if base is not None:
+        per_row = per_row / np.log(base)
+    if sample_weight is None and empty == "nan":
+        return _reduce(per_row, reduction, per_row.size)
+    with np.errstate(invalid="ignore"):
+        rows = per_row * _sample_weights(sample_weight, per_row.shape)
+    if reduction != "mean":
+        return _reduce(rows, reduction, None)
+    # The logits stand for a probability target: every row counts.
+    inv_d, _ = _mean_scales(logits, axis, None, -100, sample_weight, None, empty, rows.shape)
+    with np.errstate(invalid="ignore"):
+        return np.sum(rows) * inv_d
+
+
+def conditional_entropy(logits, axis=-1, base=None, sample_weight=None, empty="nan"):
+    """H(Y|X) = sum_r s_r H_r / sum_r s_r: the rows' entropies (each row the distribution
+    of Y given one x) averaged with the sample weights s (uniform without them)."""
+    return entropy(logits, axis, "mean", base, sample_weight, empty)
+
+
+def _kl_target(target, axis, log_target):
+    """(p, log p), classes last: the target's probabilities, softmax(target) when
+    ``log_target`` (log-probabilities or logits)."""
+    if log_target:
+        logp = _to_class_last(log_softmax(target, axis), axis)
+        return np.exp(logp), logp
+    p = _to_class_last(target, axis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return p, np.log(p)
+
+
+def kl_divergence(logits, target, axis=-1, log_target=False, weight=None, reduction="mean",
+                  sample_weight=None, denominator=None, empty="nan"):
+    """KL(p || softmax(logits)) = sum_c w_c (p_c log p_c - p_c log q_c) per row, q the
+    softmax of the logits, p the target (softmax(target) when ``log_target``); 0 log 0
+    counts as 0, a negative p_c gives nan.
+
+    Reductions, ``sample_weight``, ``denominator`` and ``empty`` as in ``cross_entropy``
+    with probability targets: 'mean' divides by the number of rows (torch's
+    ``kl_div(reduction='batchmean')`` for 2-D logits) or the summed sample weights.
+    """
+    p, logp = _kl_target(target, axis, log_target)
+    logq = _to_class_last(log_softmax(logits, axis), axis)
+    w = np.ones(p.shape[-1]) if weight is None else np.asarray(weight, np.float64)
+    with np.errstate(invalid="ignore"):
+        rows = np.sum(w * (_p_log_p(p, logp) - p * logq), axis=-1)
+    if sample_weight is None and denominator is None and empty == "nan":
+        return _reduce(rows, reduction, rows.size)
+    with np.errstate(invalid="ignore"):
+        rows = rows * _sample_weights(sample_weight, rows.shape)
+    if reduction != "mean":
+        return _reduce(rows, reduction, None)
+    inv_d, _ = _mean_scales(target, axis, None, -100, sample_weight, denominator, empty,
+                            rows.shape)
+    with np.errstate(invalid="ignore"):
+        return np.sum(rows) * inv_d
+
+
+def kl_divergence_grad(logits, target, axis=-1, log_target=False, weight=None,
+                       reduction="mean", grad_output=1.0, sample_weight=None, denominator=None,
+                       empty="nan"):
+    """d(kl_divergence)/d(logits): p log p does not depend on the logits, so it is the
+    gradient of the cross-entropy against the probability target p."""
+    p = np.moveaxis(_kl_target(target, axis, log_target)[0], -1, axis)
+    return cross_entropy_grad(logits, p, axis, weight, reduction=reduction,
+                              grad_output=grad_output, sample_weight=sample_weight,
+                              denominator=denominator, empty=empty)
 
 
 def _reduce(per_row, reduction, denominator):

@@ -28,7 +28,7 @@ def _package_dir():
 
 # Modules no kernel imports: edits there must not throw the compiled kernels away.
 _NOT_KERNEL_SOURCES = ("bench", "dask", "cli.py", "__main__.py", "torch.py", "jax.py",
-                       "_jax_ffi.py", "linear.py", "_training.py")
+                       "_jax_ffi.py", "linear.py", "_training.py", "_information.py")
 
 
 def _source_hash(root):
@@ -155,6 +155,20 @@ def assert_close(actual, expected, dtype, what="grad", *, rtol=None, atol=None,
             f"{err_msg} {int(bad.sum())} of {a.size} values outside rtol={rtol}, atol={atol}; "
             f"worst at {worst}: got {a[worst]!r}, expected {expected[worst]!r}, "
             f"|diff|={err[worst]:.3g}")
+
+
+def assert_calls_raise(backend, calls, logits, target, keywords, error, message):
+    """Each of ``calls`` (a loss, then its gradient and the fused pair, which also get an
+    ``out=`` except on Dask) raises ``error`` matching ``message`` on the backend's
+    ``logits`` and ``target``, and ``out=`` is left as it was."""
+    out = (None if backend.name == "dask"
+           else backend.to_backend(np.full(logits.shape, 7.0, logits.dtype)))
+    for call in calls:
+        extra = {} if call is calls[0] or out is None else dict(out=out)
+        with pytest.raises(error, match=message):
+            call(logits, target, **keywords, **extra)
+    if out is not None:
+        np.testing.assert_array_equal(backend.to_numpy(out), 7.0)
 
 
 # --------------------------------------------------------------- fixtures
