@@ -32,7 +32,6 @@ class Variant(NamedTuple):
     softcap: bool       # softcap > 0
     entropy: bool       # row values are entropies, not cross-entropies
     write: str          # WRITE_NOTHING, WRITE_GRAD, WRITE_LOG_SOFTMAX or WRITE_SOFTMAX
-    contiguous: bool    # tile kernel: its copy loops run along a unit stride
 
 
 class Geometry(NamedTuple):

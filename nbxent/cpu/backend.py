@@ -150,7 +150,12 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None):
     """
     logits, loss = plan.logits, plan.loss
     compute = _compute_dtype(logits)
-    x, x_geom = _flat(logits.view)
+    tiled, split, swap = _shape(CPU.current(), logits)
+    x_view = logits.view
+    if tiled and not _unit_stride(x_view, swap):
+        x_view = _contiguous_view(x_view.shape, logits.dtype)
+        np.copyto(_strided(x_view), _strided(logits.view))
+    x, x_geom = _flat(x_view)
     target, t_geom = _UNUSED, Geometry(0, 0, 0, 0)
     weight = _class_weights(loss, logits.n_classes, compute)
     weight_sum = float(np.sum(weight, dtype=np.float64))
@@ -170,7 +175,10 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None):
             go = View(go.array.astype(np.float32), go.shape, go.strides)
         grad_output, g_geom = _flat(go)
     out_buffer, out_geom = _UNUSED.astype(logits.dtype), Geometry(0, 0, 0, 0)
+    staged_out = None
     if out is not None:
+        if tiled and not _unit_stride(out, swap):
+            staged_out, out = out, _contiguous_view(out.shape, logits.dtype)
         out_buffer, out_geom = _flat(out)
     elif logits.dtype == np.float16:
         out_buffer = out_buffer.view(np.uint16)
@@ -178,7 +186,6 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None):
     row_value = (np.empty(logits.n_rows, logits.loss_dtype) if returns_rows
                  else _scratch("row_value", logits.n_rows, logits.loss_dtype))
     row_lse = _scratch("row_lse", logits.n_rows, np.float64)
-    tiled, split, swap = _shape(CPU.current(), logits)
     outer, inner = logits.outer, logits.inner
     shape = Shape(outer, inner, logits.n_classes, row_split=1 if tiled else split,
                   tile_width=split if tiled else 1)
@@ -191,8 +198,7 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None):
         target=target_kind,
         target_half=target_kind == TargetKind.PROB and target.dtype == np.uint16,
         smoothing=loss.label_smoothing > 0.0, softcap=loss.softcap > 0.0, entropy=entropy,
-        write=write, contiguous=tiled and _unit_stride(x_geom) and (
-            out is None or _unit_stride(out_geom)))
+        write=write)
     options = Options(
         ignore_index=loss.ignore_index, label_smoothing=float(loss.label_smoothing),
         z_loss=float(loss.z_loss), softcap=float(loss.softcap),
@@ -204,6 +210,8 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None):
         kernel_for(variant)(x, tuple(x_geom), target, tuple(t_geom), weight, grad_output,
                             tuple(g_geom), out_buffer, tuple(out_geom), row_value, row_lse,
                             tuple(shape), tuple(options))
+    if staged_out is not None:
+        np.copyto(_strided(staged_out), _strided(out))
     return row_value, row_lse, denominator, n_valid
 
 
@@ -226,12 +234,21 @@ def _scratch(name, n, dtype):
     return array[:n]
 
 
-def _unit_stride(geom):
-    """True when the tile kernel's copy loops over ``geom`` run along a unit stride:
+def _unit_stride(view, swap):
+    """True when the tile kernel's copy loops over ``view`` run along a unit stride:
     along the classes when they are contiguous (short rows, transposed as they are
-    staged), along the positions otherwise. (The row kernel's variants do not
-    depend on strides.)"""
-    return geom.s_class == 1 or geom.s_inner == 1
+    staged), along the positions otherwise (the rows when ``swap`` makes them the
+    positions). The tile kernel takes only such views: any other is staged through a
+    contiguous copy, which costs a copy of a rare layout and saves compiling every
+    tile kernel twice. (The row kernel's variants do not depend on strides.)"""
+    s_outer, s_class, s_inner = view.strides
+    return s_class == 1 or (s_outer if swap else s_inner) == 1
+
+
+def _contiguous_view(shape, dtype):
+    """A fresh C-contiguous (outer, C, inner) array and its view."""
+    outer, n_classes, inner = shape
+    return View(np.empty(shape, dtype), shape, (n_classes * inner, inner, 1))
 
 
 def _index_target(logits, loss):

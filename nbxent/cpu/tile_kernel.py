@@ -33,9 +33,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
     over the variant's flags (compile-time constants to Numba, so each compiled
     kernel keeps only its own branches), read top to bottom in the order they run.
     """
-    half, compute64, smoothing, entropy, contiguous = (
-        variant.half, variant.compute64, variant.smoothing, variant.entropy,
-        variant.contiguous)
+    half, compute64, smoothing, entropy = (
+        variant.half, variant.compute64, variant.smoothing, variant.entropy)
     ftype = np.float64 if compute64 else np.float32
     indexed = variant.target == TargetKind.INDEX
     prob = variant.target == TargetKind.PROB
@@ -47,16 +46,6 @@ def build_tile_kernel(variant, f, sum_at_inf):
         f.load_logit, f.finite_or_zero, f.element_terms, f.element_result)
     row_result, grad_output_at, upstream, target_gradient = (
         f.row_result, f.grad_output_at, f.upstream, f.target_gradient)
-
-    @njit(inline="always")
-    def unit_or(stride):
-        """1 as a compile-time constant where a tile's copy loops run along a unit stride.
-
-        (The row kernel takes its class stride as it is: LLVM versions each strided
-        loop on the stride being 1, measured as fast as a compile-time 1. In the
-        tile's short copy loops that check costs time at C = 10: benchmarks/RESULTS.md.)
-        """
-        return 1 if contiguous else stride
 
     @njit(inline="always")
     def log_of_sum(n_top, rest):
@@ -72,11 +61,15 @@ def build_tile_kernel(variant, f, sum_at_inf):
         position k): (outer count, inner count, memory strides, tile strides).
 
         The inner loop runs along whichever memory axis is contiguous, so short
-        rows (class axis last) are transposed with contiguous reads and writes.
+        rows (class axis last) are transposed with contiguous reads and writes. The
+        backend hands over only arrays with a unit stride along the classes or along
+        the positions, so the second is a compile-time 1 where the classes' is not
+        (LLVM versions a loop over a run-time stride on it being 1, a check that costs
+        time in these short loops at C = 10: benchmarks/RESULTS.md).
         """
         if s_class == 1:
             return n, n_classes, s_pos, 1, 1, pitch
-        return n_classes, n, s_class, unit_or(s_pos), pitch, 1
+        return n_classes, n, s_class, 1, pitch, 1
 
     @njit(inline="always")
     def read_targets(target, t_base, t_si, n, n_classes, ignore_index, weight, valid,
@@ -118,13 +111,12 @@ def build_tile_kernel(variant, f, sum_at_inf):
                     t = target_class[k]
                     t_logit[k] = tile[cell(max(t, 0), pitch, k)] if t >= 0 else ftype(0.0)
             return
-        s_pos = unit_or(s_pos)
-        for k in range(n):
-            top[k] = load_logit(x, base + k * s_pos, cap)
+        for k in range(n):  # (positions at a unit stride: see tile_layout)
+            top[k] = load_logit(x, base + k, cap)
             t_logit[k] = ftype(0.0)
         for c in range(n_classes):
             for k in range(n):
-                value = load_logit(x, base + c * s_class + k * s_pos, cap)
+                value = load_logit(x, base + c * s_class + k, cap)
                 tile[cell(c, pitch, k)] = value
                 top[k] = max(top[k], value)
                 # (Summed, its one nonzero term selected: a select between two loads
