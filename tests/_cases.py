@@ -16,7 +16,11 @@ import numpy as np
 import pytest
 
 DTYPES = [np.float16, np.float32, np.float64]
-DTYPE_PARAMS = [pytest.param(np.dtype(d), id=np.dtype(d).name) for d in DTYPES]
+# The quick subset (-m "not slow") runs the matrices in float32: each dtype compiles its
+# own kernel variants, the bulk of the suite's time.
+DTYPE_PARAMS = [pytest.param(np.dtype(d), id=np.dtype(d).name,
+                             marks=[] if d is np.float32 else [pytest.mark.slow])
+                for d in DTYPES]
 REDUCTIONS = ["none", "mean", "sum"]
 
 # Integer target dtypes, each with the ignore_index that suits it (uint8 masks use 255).

@@ -40,6 +40,8 @@ from nbxent import reference as R
 
 from conftest import assert_close, tolerance
 
+pytestmark = pytest.mark.slow  # float64 and float16 kernels the quick subset leaves out
+
 GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
 
 

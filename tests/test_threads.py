@@ -23,6 +23,8 @@ from nbxent._config import CPU
 
 from conftest import assert_close
 
+pytestmark = pytest.mark.slow  # subprocesses, a million-class row, every dtype
+
 
 def _run(code, timeout=600, **env_extra):
     env = {**os.environ, **env_extra}
