@@ -19,7 +19,7 @@ F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 # (logits' shape, class axis): rows with the classes last, an NCHW map.
 LAYOUTS = [pytest.param((12, 7), -1, id="rows"), pytest.param((2, 7, 3, 5), 1, id="nchw")]
-DTYPES = [pytest.param(F32, id="float32"), pytest.param(F64, id="float64")]
+DTYPES = [pytest.param(F32, id="float32"), pytest.param(F64, id="float64", marks=pytest.mark.slow)]
 
 
 def _rows_shape(shape, axis):

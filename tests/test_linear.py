@@ -100,6 +100,7 @@ def _matches_materialised_logits(rng, tiles, option, reduction, dtype):
         np.testing.assert_array_equal(a, b)  # inputs untouched
 
 
+@pytest.mark.slow  # every option's float64 kernels; the quick subset checks float32 below
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("option", OPTIONS)
 @pytest.mark.parametrize("tiles", TILES)
