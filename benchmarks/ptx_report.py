@@ -39,9 +39,12 @@ def _signature(name, dtype):
     arr = lambda t: types.Array(t, 1, "C")  # noqa: E731
     geom = types.UniTuple(types.int64, len(kernels.Geometry._fields))
     dims = types.UniTuple(types.int64, len(kernels.Dims._fields))
-    if name == "denominator":
-        return kernels.denominator_kernel(dtype == "float64", True), (
-            arr(types.int64), geom, arr(types.float32), geom, arr(acc), arr(types.int64), dims)
+    scalars = types.UniTuple(acc, len(kernels.Scalars._fields))
+    if name in ("denominator", "row-sums"):
+        kernel = (kernels.denominator_kernel(dtype == "float64", True) if name == "denominator"
+                  else kernels.row_sums_kernel(dtype == "float64"))
+        return kernel, (arr(types.int64), geom, arr(types.float32), geom, arr(acc), arr(acc),
+                        arr(types.int64), dims, scalars)
     if name == "copy":
         tup = types.UniTuple(types.int64, 3)
         return kernels.copy_kernel(3), (arr(logit), arr(logit), tup, tup, types.int64)
@@ -52,8 +55,7 @@ def _signature(name, dtype):
     # the loss array is float32 (float64 for f64 logits), or acc_ws standing in: acc either way
     return kernels.kernel_for(variant), (
         arr(logit), geom, arr(target), geom, arr(weight), geom, arr(grad_output), geom,
-        arr(acc), arr(logit), geom, arr(acc), arr(types.int64), dims,
-        types.UniTuple(acc, len(kernels.Scalars._fields)))
+        arr(acc), arr(logit), geom, arr(acc), arr(types.int64), dims, scalars)
 
 
 def _parse_log(log):
@@ -134,7 +136,7 @@ def compile_one(job):
 def jobs(ccs=((8, 0), (9, 0)), dtypes=DTYPES, names=None):
     """Every (kernel name, dtype, ccs) to compile."""
     from nbxent.cuda import kernels
-    all_names = [name for name, _ in kernels.VARIANTS] + ["denominator", "copy"]
+    all_names = [name for name, _ in kernels.VARIANTS] + ["denominator", "row-sums", "copy"]
     chosen = all_names if names is None else [n for n in all_names if n in names]
     return [(name, dtype, tuple(ccs)) for name in chosen for dtype in dtypes]
 

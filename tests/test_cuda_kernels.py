@@ -269,6 +269,45 @@ def test_invalid_index_without_validation_gives_nan():
            "loss")
 
 
+# Grids of one block and of several; in the warp layout blocks of one and two warps
+# (the rows a block holds; the lanes per row stay the same).
+LAUNCH_SHAPES = (dict(max_blocks=1), dict(max_blocks=7, threads=64))
+
+
+@pytest.mark.slow
+def test_sums_do_not_depend_on_the_launch_shape(layout):
+    """'sum' and 'mean' (and the 'mean' gradient's denominators) are taken over fixed
+    tiles of rows (here 8 rows: 5 tiles), whatever grid and block the row kernel runs
+    with: the same bits from every launch shape."""
+    rng = np.random.default_rng(14)
+    x, t = make(rng, 40, 45, np.float32)
+    t[::6] = -100
+    weight = rng.uniform(0.2, 2.0, 45).astype(np.float32)
+    p = rng.dirichlet(np.ones(45), 40).astype(np.float32)
+    results = []
+    for shape in LAUNCH_SHAPES:
+        with CUDA.override(sum_rows=8, **shape):
+            calls = [run_loss(x, t, layout=layout, weight=weight, reduction=reduction,
+                              z_loss=1e-2)[:2] for reduction in ("sum", "mean")]
+            calls.append(run_loss(x, p, layout=layout, reduction="mean", want_grad=False)[:1])
+        results.append([array.tobytes() for call in calls for array in call])
+    assert results[0] == results[1]
+    _check(calls[1][0], reference.cross_entropy(x, t, weight=weight, z_loss=1e-2), np.float32,
+           "loss")
+    _check(calls[1][1], reference.cross_entropy_grad(x, t, weight=weight, z_loss=1e-2),
+           np.float32, "grad")
+    _check(calls[2][0], reference.cross_entropy(x, p), np.float32, "loss")
+
+
+def test_invalid_index_found_in_any_tile_of_the_denominators():
+    rng = np.random.default_rng(15)
+    x, t = make(rng, 40, 12, np.float32)
+    t[29], t[13] = 12, -5
+    with CUDA.override(sum_rows=8), pytest.raises(ValueError,
+                                                  match=r"target -5 at position \(13,\)"):
+        run_loss(x, t, out="in-place", reduction="mean")
+
+
 @pytest.mark.parametrize("reduction,expected", [("sum", 0.0), ("mean", np.nan)])
 def test_empty_batch(reduction, expected):
     x, t = np.zeros((0, 5), np.float32), np.zeros(0, np.int64)

@@ -56,7 +56,7 @@ def test_every_variant_dtype_and_cc_was_compiled(report):
     from nbxent.cuda import kernels  # importing kernels is fine under the simulator
     rows, _ = report
     seen = {(r["kernel"], r["dtype"], r["cc"]) for r in rows}
-    names = [name for name, _ in kernels.VARIANTS] + ["denominator", "copy"]
+    names = [name for name, _ in kernels.VARIANTS] + ["denominator", "row-sums", "copy"]
     expected = {(n, d, cc) for n in names for d in ("float16", "float32", "float64")
                 for cc in ("8.0", "9.0")}
     assert seen == expected

@@ -241,20 +241,19 @@ def _run(plan):
         _check_uint64_targets(launch, plan)
     layout, threads, group, cache, chunk_cols, n_chunks = _layout(settings, plan)
     if layout == "warp":
-        blocks = min(-(-n_rows // (threads // group)), _max_blocks(settings))
-        grid = blocks
+        grid = min(-(-n_rows // (threads // group)), _max_blocks(settings))
     elif layout == "block":
-        blocks = min(n_rows, _max_blocks(settings))
-        grid = blocks
+        grid = min(n_rows, _max_blocks(settings))
     else:
-        row_blocks = min(n_rows, max(1, _max_blocks(settings) // n_chunks))
-        blocks = n_chunks * row_blocks
-        grid = (n_chunks, row_blocks)
+        grid = (n_chunks, min(n_rows, max(1, _max_blocks(settings) // n_chunks)))
 
-    chunk_base = kernels.SLOT_BASE + 4 * blocks
+    # The reproducible sums' tiles (and their slots in acc_ws) do not depend on the grid.
+    sum_tiles = -(-n_rows // settings.sum_rows)
+    chunk_base = kernels.SLOT_BASE + 4 * sum_tiles
     rowc_base = chunk_base + (4 * n_rows * n_chunks if layout == "split" else 0)
-    row_coefs = kernels.ROW_COEFS * n_rows if layout == "split" else 0
-    acc_ws = launch.empty((rowc_base + row_coefs,), acc_dtype)
+    rows_base = rowc_base + (kernels.ROW_COEFS * n_rows if layout == "split" else 0)
+    acc_ws = launch.empty((rows_base + (kernels.ROW_TERMS * n_rows if reduce else 0),),
+                          acc_dtype)
     int_ws = launch.zeros((kernels.CHUNKS_DONE + (n_rows if layout == "split" else 0),),
                           np.int64)
     acc_flat, int_flat = launch.flat_all(acc_ws), launch.flat_all(int_ws)
@@ -286,7 +285,7 @@ def _run(plan):
     dims = kernels.Dims(n_rows=n_rows, n_classes=n_classes, inner=plan.logits.inner,
                         ignore_index=int(plan.loss.ignore_index), group=group,
                         chunk_cols=chunk_cols, n_chunks=n_chunks, chunk_base=chunk_base,
-                        rowc_base=rowc_base)
+                        rowc_base=rowc_base, rows_base=rows_base, sum_rows=settings.sum_rows)
     denom_on_device = index_target and plan.reduction == "mean" and want_out
     scalars = _scalars(plan, acc_dtype)
     target_kind = TargetKind.NONE
@@ -307,16 +306,19 @@ def _run(plan):
     dims = tuple(map(int, dims))
     # With out= the caller's buffer must stay untouched on a bad index: check first.
     check_first = index_target and plan.loss.validate and plan.out is not None
-    if denom_on_device or check_first:
-        kernels.denominator_kernel(variant.acc64, variant.has_weight)[1, threads, launch.stream](
-            target, t_geom, weight, w_geom, acc_flat, int_flat, dims)
-        if check_first:
-            _raise_on_bad_index(launch, plan, int_ws, target, t_geom)
     args = (logits, x_geom, target, t_geom, weight, w_geom, grad_output, g_geom, loss_flat,
             out_flat, out_geom, acc_flat, int_flat, dims, scalars)
+    sum_args = (target, t_geom, weight, w_geom, loss_flat, acc_flat, int_flat, dims, scalars)
+    sum_launch = (sum_tiles, kernels.SUM_THREADS, launch.stream)
+    if denom_on_device or check_first:
+        kernels.denominator_kernel(variant.acc64, variant.has_weight)[sum_launch](*sum_args)
+        if check_first:
+            _raise_on_bad_index(launch, plan, int_ws, target, t_geom)
     kernels.kernel_for(variant)[grid, threads, launch.stream](*args)
     if layout == "split" and want_out:
         kernels.kernel_for(variant._replace(phase="apply"))[grid, threads, launch.stream](*args)
+    if reduce:
+        kernels.row_sums_kernel(variant.acc64)[sum_launch](*sum_args)
 
     if index_target and plan.loss.validate and not check_first:
         _raise_on_bad_index(launch, plan, int_ws, target, t_geom)

@@ -34,6 +34,9 @@ class Settings:
     block_cache: int = 16
     #: grid cap for the grid-stride loops (0: 16 blocks per SM).
     max_blocks: int = 0
+    #: rows per tile of the 'sum' and 'mean' reductions: the fixed partition their sums
+    #: are taken over (the one setting here that changes a result's last bits).
+    sum_rows: int = 1024
 
 
 #: Defaults under the CUDA simulator, which runs an OS thread per CUDA thread and

@@ -25,6 +25,12 @@ then the gradient or normalised row (``write_row``). Each thread keeps its
 logits of the row in registers (``Variant.cache`` per thread), so when a row
 fits, the gradient pass reads no logits from memory again.
 
+'sum' and 'mean' are reproducible: the row kernel leaves each row's terms in
+its workspace, and ``row_sums_kernel`` adds them over fixed tiles of rows in a
+fixed order (``_fixed_sums``), so their bits do not depend on the GPU's number of
+SMs nor on the row kernel's grid and block sizes; the 'mean' denominators of the
+gradient (``denominator_kernel``) are summed the same way.
+
 Arguments: every array is a flat 1-D view of the caller's memory, followed by
 its ``Geometry``; the other integers travel in ``Dims``, the floats in
 ``Scalars``. The kernels take these as plain tuples and name them on entry
@@ -64,6 +70,8 @@ class Dims(NamedTuple):
     n_chunks: int          # chunks per row (split); 1 otherwise
     chunk_base: int        # acc_ws index of the first (row, chunk) partial (split)
     rowc_base: int         # acc_ws index of the first row's coefficients (split)
+    rows_base: int         # acc_ws index of the first row's terms ('sum' and 'mean')
+    sum_rows: int          # rows per tile of the sums: the partition they are summed over
 
 
 class Scalars(NamedTuple):
@@ -83,12 +91,16 @@ class Scalars(NamedTuple):
 OPS = ("cross_entropy", "logsumexp", "softmax", "entropy")
 LAYOUTS = ("warp", "block", "split")
 
-# acc_ws holds [D, N] (denominator kernel), then 4 reduction partials per block,
-# then (split) 4 online-softmax partials per (row, chunk) and ROW_COEFS row
-# coefficients per row. int_ws holds [error, blocks done, chunks done per row].
+# acc_ws holds [D, N] (denominator kernel), then 4 partial sums per tile of
+# ``Dims.sum_rows`` rows, then (split) 4 online-softmax partials per (row, chunk) and
+# ROW_COEFS row coefficients per row, then ('sum' and 'mean') ROW_TERMS values per row.
+# int_ws holds [error, target tiles done, row tiles done, chunks done per row].
 SLOT_BASE = 2
 ROW_COEFS = 5
-ERROR, BLOCKS_DONE, CHUNKS_DONE = 0, 1, 2
+ROW_TERMS = 4
+ERROR, TARGET_TILES_DONE, ROW_TILES_DONE, CHUNKS_DONE = 0, 1, 2, 3
+#: Threads per block of the sum kernels, on every device: one warp per tile of rows.
+SUM_THREADS = 32
 
 
 class Variant(NamedTuple):
@@ -102,7 +114,7 @@ class Variant(NamedTuple):
     softcap: bool = False
     want_loss: bool = True
     want_grad: bool = False
-    reduce: bool = False          # 'sum'/'mean': the loss is finished on the device
+    reduce: bool = False          # 'sum'/'mean': row terms for row_sums_kernel
     has_grad_output: bool = False
     denom_on_device: bool = False  # 'mean' gradient of index targets: D, N from acc_ws[0:2]
     cache: int = 16               # logits per thread kept in registers
@@ -182,7 +194,7 @@ def load_row_coefs(acc_ws, at):
 
 @lru_cache(maxsize=None)
 def _block_sums(acc64):
-    """(block_sum4, reduce_rows): block-wide sums in one accumulation dtype."""
+    """(block_sum4, finish_tiles, sum_tiles): block-wide sums in one accumulation dtype."""
     acc = float64 if acc64 else float32
     zero = acc(0.0)
 
@@ -219,14 +231,14 @@ def _block_sums(acc64):
         return a, b, c, d
 
     @cuda.jit(device=True, inline="always")
-    def finish_blocks(acc_ws, int_ws, a, b, c, d):
-        """Store this block's four partial sums; True in every thread of the last block.
+    def finish_tiles(acc_ws, int_ws, counter, a, b, c, d):
+        """Store this block's (tile's) four sums; True in every thread of the last block.
 
-        The last block to finish (an atomic counter after a fence) is the one that
-        may read every block's slot. Every thread of the block must call it.
+        The last block to finish (an atomic counter ``int_ws[counter]``, after a
+        fence) is the one that may read every tile's slot. Every thread of the
+        block must call it.
         """
-        n_blocks = cuda.gridDim.x * cuda.gridDim.y
-        slot = SLOT_BASE + 4 * (cuda.blockIdx.y * cuda.gridDim.x + cuda.blockIdx.x)
+        slot = SLOT_BASE + 4 * cuda.blockIdx.x
         a, b, c, d = block_sum4(a, b, c, d)
         is_last = cuda.shared.array(1, int64)
         if cuda.threadIdx.x == 0:
@@ -235,8 +247,8 @@ def _block_sums(acc64):
             acc_ws[slot + 2] = c
             acc_ws[slot + 3] = d
             cuda.threadfence()
-            done = cuda.atomic.add(int_ws, BLOCKS_DONE, 1)
-            is_last[0] = 1 if done == n_blocks - 1 else 0
+            done = cuda.atomic.add(int_ws, counter, 1)
+            is_last[0] = 1 if done == cuda.gridDim.x - 1 else 0
         cuda.syncthreads()
         last = is_last[0] == 1
         if last:
@@ -244,31 +256,55 @@ def _block_sums(acc64):
         return last
 
     @cuda.jit(device=True, inline="always")
-    def sum_slots(acc_ws):
-        """Totals of every block's four partials, in a fixed order; valid in thread 0."""
+    def sum_tiles(acc_ws):
+        """Totals of every tile's four sums, in a fixed order; valid in thread 0."""
         a = b = c = d = zero
-        for block in range(cuda.threadIdx.x, cuda.gridDim.x * cuda.gridDim.y, cuda.blockDim.x):
-            slot = SLOT_BASE + 4 * block
+        for tile in range(cuda.threadIdx.x, cuda.gridDim.x, cuda.blockDim.x):
+            slot = SLOT_BASE + 4 * tile
             a += acc_ws[slot]
             b += acc_ws[slot + 1]
             c += acc_ws[slot + 2]
             d += acc_ws[slot + 3]
         return block_sum4(a, b, c, d)
 
-    @cuda.jit(device=True, inline="always")
-    def reduce_rows(loss, acc_ws, int_ws, part_ce, part_d, part_z, part_n, scalars):
-        """loss[0] = sum ce / D + z_loss * sum lse**2 / N ('mean'; 'sum' without the
-        divisions) from every thread's partial sums. Every thread must call it."""
-        if finish_blocks(acc_ws, int_ws, part_ce, part_d, part_z, part_n):
-            ce_sum, d_sum, z_sum, n_sum = sum_slots(acc_ws)
-            if cuda.threadIdx.x == 0:
-                total = ce_sum / d_sum if scalars.is_mean > zero else ce_sum
-                if scalars.z_loss > zero:
-                    total += scalars.z_loss * (z_sum / n_sum if scalars.is_mean > zero
-                                               else z_sum)
-                loss[0] = total
+    return block_sum4, finish_tiles, sum_tiles
 
-    return block_sum4, reduce_rows
+
+@lru_cache(maxsize=None)
+def _fixed_sums(acc64, row_terms, counter, finish):
+    """A kernel summing four values per row over a fixed partition of the rows.
+
+    Block b sums tile b, rows [b * sum_rows, (b + 1) * sum_rows): lane l of its one
+    warp adds ``row_terms`` of rows l, l + 32, ... in order, the lanes combine by
+    butterfly; the last block to finish adds the tiles' sums the same way (lane l:
+    tiles l, l + 32, ...) and hands the totals to ``finish``. Launched with
+    ``SUM_THREADS`` threads and one block per tile on every device, so the result's
+    bits depend on the rows and ``sum_rows`` only, never on the GPU's size nor on the
+    row kernel's launch shape.
+    """
+    acc = float64 if acc64 else float32
+    zero = acc(0.0)
+    _, finish_tiles, sum_tiles = _block_sums(acc64)
+
+    @cuda.jit
+    def kernel(target, t_geom, weight, w_geom, loss, acc_ws, int_ws, dims, scalars):
+        t_geom, w_geom = Geometry(*t_geom), Geometry(*w_geom)
+        dims, scalars = Dims(*dims), Scalars(*scalars)
+        a = b = c = d = zero
+        first = cuda.blockIdx.x * dims.sum_rows
+        end = min(first + dims.sum_rows, dims.n_rows)
+        for row in range(first + cuda.threadIdx.x, end, cuda.blockDim.x):
+            a2, b2, c2, d2 = row_terms(target, t_geom, weight, w_geom, acc_ws, int_ws, dims, row)
+            a += a2
+            b += b2
+            c += c2
+            d += d2
+        if finish_tiles(acc_ws, int_ws, counter, a, b, c, d):
+            a, b, c, d = sum_tiles(acc_ws)
+            if cuda.threadIdx.x == 0:
+                finish(loss, acc_ws, scalars, a, b, c, d)
+
+    return kernel
 
 
 # ---------------------------------------------------------------- online softmax
@@ -607,7 +643,6 @@ def kernel_for(variant):
     entropy = v.op == "entropy"
     has_grad_output = is_ce and v.has_grad_output
     denom_on_device = v.denom_on_device
-    _, reduce_rows = _block_sums(v.acc64)
     _, group_reduce, merge_chunks = _online_softmax(v.acc64, entropy, v.layout != "warp")
     load_x, _ = _class_terms(v)
     thread_stats = _stats_pass(v)
@@ -653,7 +688,8 @@ def kernel_for(variant):
 
         Threads: groups of ``group`` lanes per row (warp), the block per row
         (block), or the block per (chunk = blockIdx.x, row) (split); rows grid-stride.
-        ``loss`` is a fresh buffer: a value per row, or the reduced loss in loss[0].
+        ``loss`` is a fresh buffer for a value per row; 'sum' and 'mean' leave each
+        row's terms in acc_ws instead, for ``row_sums_kernel``.
         """
         x_geom, t_geom, w_geom = Geometry(*x_geom), Geometry(*t_geom), Geometry(*w_geom)
         g_geom, out_geom = Geometry(*g_geom), Geometry(*out_geom)
@@ -668,7 +704,6 @@ def kernel_for(variant):
             inv_d = one / acc_ws[0]
             inv_n = one / acc_ws[1]
         cache = cuda.local.array(K, acc)
-        part_ce = part_d = part_z = part_n = zero
         for block_row in range(first_row, dims.n_rows, row_step):
             row = block_row + group_id
             active = row < dims.n_rows
@@ -710,11 +745,12 @@ def kernel_for(variant):
                     if lane == 0:
                         if write_rows:
                             loss[row] = value + scalars.z_loss * z_value if is_ce else value
-                        if reduce:
-                            part_ce += value
-                            part_z += z_value
-                            part_d += row_d
-                            part_n += row_n
+                        if reduce:  # summed by row_sums_kernel, over a fixed partition
+                            at = dims.rows_base + ROW_TERMS * row
+                            acc_ws[at] = value
+                            acc_ws[at + 1] = z_value
+                            acc_ws[at + 2] = row_d
+                            acc_ws[at + 3] = row_n
                         if store_coefs:
                             store_row_coefs(acc_ws, dims.rowc_base + ROW_COEFS * row, row_max,
                                             log_sum, p_coef, g_ce, t_coef)
@@ -726,45 +762,78 @@ def kernel_for(variant):
                           row_start(out_geom, o, i), out_geom, c_begin + lane, c_end, dims.group,
                           cached, row_max, log_sum, p_coef, g_ce, t_coef, t, not valid, scalars,
                           cache)
-        if reduce:
-            reduce_rows(loss, acc_ws, int_ws, part_ce, part_d, part_z, part_n, scalars)
 
     return kernel
 
 
 @lru_cache(maxsize=None)
-def denominator_kernel(acc64, has_weight):
-    """Kernel for the 'mean' denominators of index targets, and the index check.
-
-    One block (launch it with grid 1); threads stride over the (outer, inner)
-    target rows and write acc_ws[0] = D, the sum of w_t over the counted rows,
-    and acc_ws[1] = N, their number, summed in a fixed order; an index outside
-    [0, C) that is not ignore_index sets the error flag as the row kernel does.
-    """
+def _target_terms(acc64, has_weight):
+    """A row's share of the 'mean' denominators (w_t, 1) when it counts, and the index
+    check: a class index outside [0, C) that is not ignore_index sets the error flag
+    as the row kernel does."""
     acc = float64 if acc64 else float32
     zero, one = acc(0.0), acc(1.0)
-    block_sum4, _ = _block_sums(acc64)
 
-    @cuda.jit
-    def kernel(target, t_geom, weight, w_geom, acc_ws, int_ws, dims):
-        """acc_ws[0:2] = (D, N) over the targets (one block; threads stride rows)."""
-        t_geom, w_geom, dims = Geometry(*t_geom), Geometry(*w_geom), Dims(*dims)
-        d_sum = n_sum = zero
-        for row in range(cuda.threadIdx.x, dims.n_rows, cuda.blockDim.x):
-            o = row // dims.inner
-            t = class_index(target[row_start(t_geom, o, row - o * dims.inner)])
-            if t != dims.ignore_index:
-                if t >= 0 and t < dims.n_classes:
-                    d_sum += acc(weight[w_geom.offset + t * w_geom.s_class]) if has_weight else one
-                    n_sum += one
-                else:
-                    cuda.atomic.max(int_ws, ERROR, dims.n_rows - row)
-        d_sum, n_sum, _, _ = block_sum4(d_sum, n_sum, zero, zero)
-        if cuda.threadIdx.x == 0:
-            acc_ws[0] = d_sum
-            acc_ws[1] = n_sum
+    @cuda.jit(device=True, inline="always")
+    def terms(target, t_geom, weight, w_geom, acc_ws, int_ws, dims, row):
+        o = row // dims.inner
+        t = class_index(target[row_start(t_geom, o, row - o * dims.inner)])
+        d = n = zero
+        if t != dims.ignore_index:
+            if t >= 0 and t < dims.n_classes:
+                d = acc(weight[w_geom.offset + t * w_geom.s_class]) if has_weight else one
+                n = one
+            else:
+                cuda.atomic.max(int_ws, ERROR, dims.n_rows - row)
+        return d, n, zero, zero
 
-    return kernel
+    return terms
+
+
+@cuda.jit(device=True, inline="always")
+def _store_denominators(loss, acc_ws, scalars, d, n, unused_c, unused_d):
+    acc_ws[0] = d
+    acc_ws[1] = n
+
+
+def denominator_kernel(acc64, has_weight):
+    """Kernel for the 'mean' denominators of index targets, and the index check:
+    acc_ws[0] = D, the sum of w_t over the counted rows, acc_ws[1] = N, their
+    number (``_fixed_sums``: launch it with ``SUM_THREADS`` threads and a block per
+    tile of ``sum_rows`` rows)."""
+    return _fixed_sums(acc64, _target_terms(acc64, has_weight), TARGET_TILES_DONE,
+                       _store_denominators)
+
+
+@cuda.jit(device=True, inline="always")
+def _row_terms(target, t_geom, weight, w_geom, acc_ws, int_ws, dims, row):
+    at = dims.rows_base + ROW_TERMS * row
+    return acc_ws[at], acc_ws[at + 1], acc_ws[at + 2], acc_ws[at + 3]
+
+
+@lru_cache(maxsize=None)
+def _store_loss(acc64):
+    """loss[0] = sum ce / D + z_loss * sum lse**2 / N ('mean'; 'sum' without the
+    divisions), from the tiles' totals."""
+    zero = (float64 if acc64 else float32)(0.0)
+
+    @cuda.jit(device=True, inline="always")
+    def store(loss, acc_ws, scalars, ce_sum, z_sum, d_sum, n_sum):
+        mean = scalars.is_mean > zero
+        total = ce_sum / d_sum if mean else ce_sum
+        if scalars.z_loss > zero:
+            total += scalars.z_loss * (z_sum / n_sum if mean else z_sum)
+        loss[0] = total
+
+    return store
+
+
+def row_sums_kernel(acc64):
+    """Kernel finishing 'sum' and 'mean': loss[0] from the ROW_TERMS values per row
+    (loss, z-loss term, D and N shares) the row kernel left in acc_ws
+    (``_fixed_sums``: launch it with ``SUM_THREADS`` threads and a block per tile of
+    ``sum_rows`` rows)."""
+    return _fixed_sums(acc64, _row_terms, ROW_TILES_DONE, _store_loss(acc64))
 
 
 @lru_cache(maxsize=None)
