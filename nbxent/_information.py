@@ -52,9 +52,9 @@ def kl_target(module, plan, *, log_target, want_terms):
     """(p, terms) for a checked KL divergence ``plan`` whose target is the caller's.
 
     ``p``: the probabilities the cross-entropy takes as its target, in the backend's kind
-    (the target itself, or exp(log_softmax(target)) in the target's dtype). ``terms``:
-    each row's sum_c w_c p_c log p_c in float64, an array of ``namespace_of``'s module of
-    the rows' shape, or None unless ``want_terms``.
+    (the target itself, or exp(log_softmax(target)) in the target's dtype, float32 for
+    float16). ``terms``: each row's sum_c w_c p_c log p_c in float64, an array of
+    ``namespace_of``'s module of the rows' shape, or None unless ``want_terms``.
     """
     logits, options = plan.logits, plan.loss
     like = logits.view.array
@@ -63,6 +63,8 @@ def kl_target(module, plan, *, log_target, want_terms):
     target = options.target.array
     log_p = None
     if log_target:
+        if target.dtype == np.float16:  # float16 log-probabilities would round p to 5e-4
+            target = module.from_namespace(host(target).astype(xp.float32), like)
         log_p = host(module.normalize(make_normalize_plan(
             "log_softmax", target, axis=logits.axis, copy_contiguous=module.copy_contiguous,
             stream=plan.stream)))

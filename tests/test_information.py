@@ -15,11 +15,14 @@ from nbxent import reference as R
 from _cases import make_logits, make_prob_target
 from conftest import assert_calls_raise, assert_close
 
-F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
+F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 
 # (logits' shape, class axis): rows with the classes last, an NCHW map.
 LAYOUTS = [pytest.param((12, 7), -1, id="rows"), pytest.param((2, 7, 3, 5), 1, id="nchw")]
-DTYPES = [pytest.param(F32, id="float32"), pytest.param(F64, id="float64", marks=pytest.mark.slow)]
+# float16 and float64 run the float32 code paths' twins: not in the quick subset.
+DTYPES = [pytest.param(F32, id="float32"),
+          pytest.param(F16, id="float16", marks=pytest.mark.slow),
+          pytest.param(F64, id="float64", marks=pytest.mark.slow)]
 
 
 def _rows_shape(shape, axis):
