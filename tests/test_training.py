@@ -14,15 +14,15 @@ from nbxent import reference as R
 from _cases import OPTIONS_BY_ID, loss_shape, make_inputs
 from conftest import assert_calls_raise, assert_close
 
-F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
+F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 
-# (option set, dtype): float32 for every set, float64 for two (the kernels are the same code;
-# float64 is not in the quick subset).
+# (option set, dtype): float32 for every set, float16 and float64 for two (the kernels are
+# the same code; float16 and float64 are not in the quick subset).
 CASES = [pytest.param(option, dtype, id=f"{option}-{dtype.name}",
                       marks=[] if dtype == F32 else [pytest.mark.slow])
          for option in ("plain", "weight-ignore", "everything", "prob-weight-smooth",
                         "z_loss-ignore")
-         for dtype in (F32, F64) if dtype == F32 or option in ("plain", "everything")]
+         for dtype in (F32, F16, F64) if dtype == F32 or option in ("plain", "everything")]
 
 
 def _on(backend, keywords):
