@@ -74,12 +74,37 @@ def kl_target(module, plan, *, log_target, want_terms):
         p, p_host = target, host(target)
     if not want_terms:
         return p, None
-    p64 = p_host.astype(xp.float64)
+    weight = None if options.weight is None else host(options.weight.array).astype(xp.float64)
+    return p, _target_terms(xp, p_host, log_p, weight, logits.axis)
+
+
+# Elements of the target taken at a time for its terms: each float64 temporary of the
+# arithmetic is 32 MiB, whatever the size of the target.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def _target_terms(xp, p, log_p, weight, axis):
+    """sum_c w_c p_c log p_c per row in float64 (``log_p``: the target's log-probabilities,
+    or None to take them from ``p``), over blocks of rows so that the temporaries stay
+    bounded; the rows' shape, in ``xp``'s kind."""
+    axis %= p.ndim
+    if p.ndim == 1 or p.size <= _BLOCK_ELEMENTS:
+        return _block_terms(xp, p, log_p, weight, axis)
+    split = 1 if axis == 0 else 0  # a rows' axis: blocks along it hold whole rows
+    step = max(1, _BLOCK_ELEMENTS // (p.size // p.shape[split]))
+    parts = []
+    for start in range(0, p.shape[split], step):
+        block = (slice(None),) * split + (slice(start, start + step),)
+        parts.append(_block_terms(xp, p[block], None if log_p is None else log_p[block],
+                                  weight, axis))
+    return xp.concatenate(parts, axis=split if split < axis else split - 1)
+
+
+def _block_terms(xp, p, log_p, weight, axis):
+    p64 = p.astype(xp.float64)
     if log_p is None:
         log_p = xp.log(xp.where(p64 > 0, p64, 1.0))
-    p_log_p = _p_log_p(xp, p64, log_p.astype(xp.float64))
-    if options.weight is not None:
-        trailing = len(logits.shape) - logits.axis - 1
-        weight = host(options.weight.array).astype(xp.float64)
-        p_log_p = p_log_p * weight.reshape((-1,) + (1,) * trailing)
-    return p, p_log_p.sum(axis=logits.axis)
+    terms = _p_log_p(xp, p64, log_p.astype(xp.float64))
+    if weight is not None:
+        terms = terms * weight.reshape((-1,) + (1,) * (p.ndim - axis - 1))
+    return terms.sum(axis=axis)

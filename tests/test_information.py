@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import nbxent
+from nbxent import _information
 from nbxent import reference as R
 
 from _cases import make_logits, make_prob_target
@@ -192,6 +193,25 @@ def test_kl_divergence_matches_torch(any_backend, rng, reduction):
                                                 else b.to_backend(np.ones(12)))
     assert_close(b.to_numpy(loss), expected, F64, "loss")
     assert_close(b.to_numpy(grad), expected_grad, F64, "grad")
+
+
+@pytest.mark.parametrize("log_target", [False, True], ids=["probs", "log_target"])
+@pytest.mark.parametrize("shape, axis", [*LAYOUTS, pytest.param((7, 12), 0, id="classes-first")])
+def test_kl_target_terms_in_blocks(any_backend, rng, monkeypatch, shape, axis, log_target):
+    """The target's terms are taken a few rows at a time (here 20 elements: several blocks
+    along a rows' axis, whichever axis holds the classes): the same loss."""
+    monkeypatch.setattr(_information, "_BLOCK_ELEMENTS", 20)
+    b = any_backend
+    logits, target, weight, _ = _inputs(rng, shape, axis, F32)
+    target[(slice(None),) * (axis % len(shape)) + (0,)] = 0.0  # some p = 0: 0 log 0 = 0
+    if log_target:
+        with np.errstate(divide="ignore"):
+            target = np.log(target)
+    x, t, w = _on(b, logits, target, weight)
+    got = nbxent.kl_divergence(x, t, axis=axis, log_target=log_target, weight=w, reduction="none")
+    expected = R.kl_divergence(logits, target, axis=axis, log_target=log_target, weight=weight,
+                               reduction="none")
+    assert_close(b.to_numpy(got), expected, F32, "loss")
 
 
 def test_kl_divergence_of_itself_is_zero(any_backend, rng):
