@@ -12,9 +12,11 @@ NumPy on the host for Numba device arrays), the same code for every backend.
 'mean' denominators, in the notation of ``nbxent/reference.py`` with sample weights s:
 D = sum of s_r * w_t over the counted rows (s_r for probability targets) divides the
 cross-entropy, N = sum of s_r over the counted rows divides the z-loss. D == N without
-class weights or with probability targets; otherwise, with a z-loss, two passes are
-combined (the gradient is linear in the z-loss coefficient): (1 - D/N) G(0) + (D/N) G(z),
-both taken at g_r = s_r / D. A given ``denominator`` replaces both D and N.
+class weights or with probability targets; otherwise, with a z-loss, the pass at
+g_r = s_r / D takes the z-loss coefficient z D/N when D/N is a host number (NumPy), and
+on a device (or lazily, Dask) two passes are combined instead of reading D/N back (the
+gradient is linear in the z-loss coefficient): (1 - D/N) G(0) + (D/N) G(z). A given
+``denominator`` replaces both D and N.
 """
 
 from functools import partial
@@ -125,6 +127,8 @@ def cross_entropy(module, plan, run, *, sample_weight, denominator, empty, grad_
             if z_loss and not same:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     ratio = xp.where(n == 0, 1.0, d / xp.where(n == 0, 1.0, n))
+                if xp is np:  # on the host: one pass, the z-loss scaled from 1/D to 1/N
+                    z_loss, ratio = z_loss * float(ratio), None
         if empty == "raise" and bool(is_empty):  # a read of one value: a sync on a GPU
             raise empty_batch_error(logits.shape)
         inv_d = _quietly(_reciprocal, d)
