@@ -32,7 +32,7 @@ def entropy(module, plan, *, base, sample_weight, empty):
         def run(z_loss, scale, fresh_out):
             return module.normalize(replace(plan, reduction="none")), None
 
-        result, _ = _training.cross_entropy(module, plan, run, sample_weight=sample_weight,
+        result, _ = _training.weighted_loss(module, plan, run, sample_weight=sample_weight,
                                             denominator=None, empty=empty, grad_output=1.0)
     else:
         result = module.normalize(plan)

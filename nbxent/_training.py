@@ -86,8 +86,9 @@ def _is_host_number(x):
     return isinstance(x, (int, float, np.integer, np.floating))
 
 
-def cross_entropy(module, plan, run, *, sample_weight, denominator, empty, grad_output):
-    """(loss or None, grad or None) of a cross-entropy call with the training options.
+def weighted_loss(module, plan, run, *, sample_weight, denominator, empty, grad_output):
+    """(loss or None, grad or None) of a call with the training options: per-row values
+    weighted by the sample weights and reduced over the chosen denominator.
 
     ``plan`` is the checked plan of the call as given (its reduction, its grad_output);
     ``run(z_loss, grad_output, fresh_out)`` runs the backend with ``reduction='none'``

@@ -111,7 +111,7 @@ def _loss_call(logits, target, options, *, want_loss, want_grad, grad_output=1.0
             rows = terms + module.to_namespace(rows)
         return rows, _copied_back(module, rows_plan, grad, destination)
 
-    loss, grad = _training.cross_entropy(module, plan, run, sample_weight=sample_weight,
+    loss, grad = _training.weighted_loss(module, plan, run, sample_weight=sample_weight,
                                          denominator=denominator, empty=training["empty"],
                                          grad_output=grad_output)
     return loss, grad if out is None or grad is None else out

@@ -108,10 +108,10 @@ def _simulator_skips(item):
 
 def pytest_collection_modifyitems(config, items):
     items.sort(key=_run_first_rank)  # stable: the order within each module is kept
-    skipped = [item for item in items if _simulator_skips(item)]
-    if skipped:
-        config.hook.pytest_deselected(items=skipped)
-        items[:] = [item for item in items if not _simulator_skips(item)]
+    skips = [_simulator_skips(item) for item in items]
+    if any(skips):
+        config.hook.pytest_deselected(items=[item for item, skip in zip(items, skips) if skip])
+        items[:] = [item for item, skip in zip(items, skips) if not skip]
 
 
 # --------------------------------------------------------------- tolerances

@@ -245,10 +245,12 @@ def _unit_stride(view, swap):
     return s_class == 1 or (s_outer if swap else s_inner) == 1
 
 
-def _contiguous_view(shape, dtype):
-    """A fresh C-contiguous (outer, C, inner) array and its view."""
+def _contiguous_view(shape, dtype, array_shape=None):
+    """A fresh C-contiguous array and its (outer, C, inner) view ``shape``; the array has
+    ``array_shape`` (the same elements: the caller's shape of a result) when given."""
     outer, n_classes, inner = shape
-    return View(np.empty(shape, dtype), shape, (n_classes * inner, inner, 1))
+    array = np.empty(shape if array_shape is None else array_shape, dtype)
+    return View(array, shape, (n_classes * inner, inner, 1))
 
 
 def _index_target(logits, loss):
@@ -311,10 +313,9 @@ def _reduce(plan, row_value, row_lse, denominator, n_valid):
 
 
 def _fresh_out(logits):
-    """A new C-contiguous array for the result and its (outer, C, inner) view."""
-    array = np.empty(logits.shape, logits.dtype)
-    return View(array, (logits.outer, logits.n_classes, logits.inner),
-                (logits.n_classes * logits.inner, logits.inner, 1))
+    """A new C-contiguous array of the logits' shape for the result, and its view."""
+    return _contiguous_view((logits.outer, logits.n_classes, logits.inner), logits.dtype,
+                            logits.shape)
 
 
 def cross_entropy(plan):
