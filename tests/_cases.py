@@ -201,3 +201,17 @@ def make_inputs(rng, shape, axis, dtype, options, *, target_dtype=np.int64, scal
                     label_smoothing=options.label_smoothing, z_loss=options.z_loss,
                     softcap=options.softcap)
     return logits, target, keywords
+
+
+class FakeGpuArray:
+    """Any ``__cuda_array_interface__`` producer (a class property, as CuPy and Numba have
+    it): the dispatcher sees a GPU array; it holds no memory, so no kernel may run on it."""
+
+    def __init__(self, shape=(4, 5), typestr="<f4"):
+        self.shape = shape
+        self.dtype = np.dtype(typestr)
+
+    @property
+    def __cuda_array_interface__(self):
+        return {"shape": self.shape, "typestr": self.dtype.str, "data": (0, False),
+                "version": 3, "strides": None}

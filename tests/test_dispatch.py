@@ -14,18 +14,7 @@ import nbxent
 from nbxent import _dispatch
 from nbxent import reference as R
 
-
-class FakeGpuArray:
-    """Any ``__cuda_array_interface__`` producer (a class property, as CuPy and Numba have it)."""
-
-    def __init__(self, shape=(4, 5), typestr="<f4"):
-        self.shape = shape
-        self.dtype = np.dtype(typestr)
-
-    @property
-    def __cuda_array_interface__(self):
-        return {"shape": self.shape, "typestr": self.dtype.str, "data": (0, False),
-                "version": 3, "strides": None}
+from _cases import FakeGpuArray
 
 
 class OtherFakeGpuArray(FakeGpuArray):

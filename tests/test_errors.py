@@ -15,6 +15,8 @@ import nbxent
 from nbxent import _plan
 from nbxent import reference as R
 
+from _cases import FakeGpuArray
+
 F32 = np.float32
 
 
@@ -336,19 +338,6 @@ def test_bad_input(backend, rng, row):
 
 # ------------------------------------------------------------------ mixed kinds
 
-class FakeGpuArray:
-    """Looks like a GPU array to the dispatcher; holds no memory."""
-
-    def __init__(self, shape, typestr):
-        self.shape = shape
-        self.dtype = np.dtype(typestr)
-
-    @property
-    def __cuda_array_interface__(self):
-        return {"shape": self.shape, "typestr": self.dtype.str, "data": (0, False),
-                "version": 3, "strides": None}
-
-
 @pytest.mark.parametrize("which", ["target", "weight", "grad_output", "out"])
 def test_numpy_mixed_with_gpu_array_is_a_type_error(rng, which):
     logits, target = _x(rng), _t(rng)
@@ -358,7 +347,7 @@ def test_numpy_mixed_with_gpu_array_is_a_type_error(rng, which):
                    "grad_output": FakeGpuArray((4,), "<f4"),
                    "out": FakeGpuArray((4, 5), "<f4")}[which]
     with pytest.raises(TypeError, match=r"cannot mix array kinds: numpy\.ndarray \(cpu\) with "
-                                        r"test_errors\.FakeGpuArray \(cuda\)"):
+                                        r"_cases\.FakeGpuArray \(cuda\)"):
         nbxent.cross_entropy_grad(logits, args["target"], weight=args["weight"],
                                   grad_output=args["grad_output"], reduction="none",
                                   out=args["out"])
