@@ -214,7 +214,9 @@ def test_uint8_segmentation_mask_nchw(backend, rng):
     assert np.all(got_grad[:, :, 0, :] == 0)
 
 
-@pytest.mark.parametrize("target_dtype", [np.float16, np.float32, np.float64])
+# (float16 targets compile their own kernels: not in the quick subset.)
+@pytest.mark.parametrize("target_dtype", [pytest.param(np.float16, marks=pytest.mark.slow),
+                                          np.float32, np.float64])
 def test_probability_target_dtype_may_differ_from_logits(backend, rng, target_dtype):
     logits = make_logits(rng, (7, 6), F32)
     target = make_prob_target(rng, (7, 6), -1).astype(target_dtype)
@@ -666,8 +668,8 @@ def test_with_grad_agrees_with_separate_calls(backend, rng):
 
 
 def test_label_smoothing_and_z_loss_accept_integers(rng):
-    logits = make_logits(rng, (4, 3), F64)
+    logits = make_logits(rng, (4, 3), F32)
     target = np.array([0, 1, 2, 0])
     for keywords in (dict(label_smoothing=1), dict(z_loss=1), dict(label_smoothing=0)):
         assert_close(nbxent.cross_entropy(logits, target, **keywords),
-                     R.cross_entropy(logits, target, **keywords), F64, "loss")
+                     R.cross_entropy(logits, target, **keywords), F32, "loss")

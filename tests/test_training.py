@@ -134,7 +134,10 @@ def test_sklearn_log_loss(rng):
 
 # ------------------------------------------------------------------ denominator=
 
-@pytest.mark.parametrize("option", ["weight-ignore", "everything", "prob-weight-smooth"])
+# (float64, which every option set compiles anew: two of them not in the quick subset.)
+@pytest.mark.parametrize("option", ["weight-ignore",
+                                    pytest.param("everything", marks=pytest.mark.slow),
+                                    pytest.param("prob-weight-smooth", marks=pytest.mark.slow)])
 def test_micro_batches_sum_to_the_batch(any_backend, rng, option):
     """Parts called with the whole batch's mean_denominator sum to the whole batch."""
     logits, target, keywords = make_inputs(rng, (12, 7), -1, F64, OPTIONS_BY_ID[option])
