@@ -194,7 +194,7 @@ def load_row_coefs(acc_ws, at):
 
 @lru_cache(maxsize=None)
 def _block_sums(acc64):
-    """(block_sum4, finish_tiles, sum_tiles): block-wide sums in one accumulation dtype."""
+    """(finish_tiles, sum_tiles): the tiles' block-wide sums in one accumulation dtype."""
     acc = float64 if acc64 else float32
     zero = acc(0.0)
 
@@ -267,7 +267,7 @@ def _block_sums(acc64):
             d += acc_ws[slot + 3]
         return block_sum4(a, b, c, d)
 
-    return block_sum4, finish_tiles, sum_tiles
+    return finish_tiles, sum_tiles
 
 
 @lru_cache(maxsize=None)
@@ -284,7 +284,7 @@ def _fixed_sums(acc64, row_terms, counter, finish):
     """
     acc = float64 if acc64 else float32
     zero = acc(0.0)
-    _, finish_tiles, sum_tiles = _block_sums(acc64)
+    finish_tiles, sum_tiles = _block_sums(acc64)
 
     @cuda.jit
     def kernel(target, t_geom, weight, w_geom, loss, acc_ws, int_ws, dims, scalars):
