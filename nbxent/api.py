@@ -17,7 +17,7 @@ that cannot be read as an array is a ``TypeError`` naming it.
 
 import numpy as np
 
-from . import _information, _training
+from . import _information, _metrics, _training
 from ._dispatch import backend_of, choose_backend, get_backend
 from ._plan import (check_base, check_kl_target, check_mean_denominator, check_training,
                     conversion_error, make_loss_plan, make_normalize_plan)
@@ -57,10 +57,13 @@ def _host_value(x):
 
 
 def _loss_call(logits, target, options, *, want_loss, want_grad, grad_output=1.0, out=None,
-               log_target=None):
+               log_target=None, metrics=None, top_k=5, raw_metrics=False):
     """(loss or None, grad or None) of a cross-entropy call, or with ``log_target`` True or
     False of a KL divergence (``nbxent._information``): the cross-entropy against the
-    target's probabilities, each row's loss plus the target's own term."""
+    target's probabilities, each row's loss plus the target's own term. With ``metrics``
+    (names, ``nbxent._metrics``) a third item: the dict of metric arrays, or with
+    ``raw_metrics`` the backend's float64 rows, shaped (N_METRICS, *rows' shape) (the
+    Dask backend's chunks take these)."""
     training = {name: options.pop(name) for name in ("sample_weight", "denominator", "empty")}
     denominator = training["denominator"]
     module = _backend(options.pop("backend"), logits=logits, target=target,
@@ -85,6 +88,7 @@ def _loss_call(logits, target, options, *, want_loss, want_grad, grad_output=1.0
                               copy_contiguous=module.copy_contiguous)
 
     plan = make_plan(target)
+    names = _metrics.check_metrics(metrics, top_k, plan.loss.target_is_index)
     check_training(logits, target, axis=plan.logits.axis, sample_weight=sample_weight,
                    denominator=denominator, empty=training["empty"],
                    reduction=plan.reduction, out=out_array)
@@ -96,17 +100,39 @@ def _loss_call(logits, target, options, *, want_loss, want_grad, grad_output=1.0
                                                want_terms=want_loss)
         if log_target:
             plan = make_plan(target)
+    metric_rows = []
+
+    def with_metrics(loss, grad):
+        if names is None:
+            return loss, grad
+        if raw_metrics:  # (a copy: the CPU backend's rows are reused by its next call)
+            rows = metric_rows[0].reshape((_metrics.N_METRICS,) + plan.logits.result_shape)
+            return loss, grad, rows.copy()
+        return loss, grad, _metrics.metric_arrays(
+            module.namespace_of(logits), metric_rows[0], names, top_k=top_k,
+            result_shape=plan.logits.result_shape, loss_dtype=plan.logits.loss_dtype)
+
+    def fused(a_plan):
+        """The backend's (loss, grad), and the metric rows of the first pass (a second,
+        where the training options take one, would give the same)."""
+        if names is None or metric_rows:
+            return module.cross_entropy(a_plan)
+        loss, grad, rows = module.cross_entropy(a_plan, metrics=names)
+        if not metric_rows:
+            metric_rows.append(module.to_namespace(rows))
+        return loss, grad
+
     if terms is None and not _training.wanted(sample_weight, denominator, training["empty"],
                                               plan.reduction):
-        loss, grad = module.cross_entropy(plan)
-        return loss, _copied_back(module, plan, grad, out)
+        loss, grad = fused(plan)
+        return with_metrics(loss, _copied_back(module, plan, grad, out))
 
     def run(z_loss, scale, fresh_out):
         """The backend's fused pass with reduction='none' and per-row grad_output."""
         destination = None if fresh_out else out_array
         rows_plan = make_plan(target, grad_output=scale, out=destination, reduction="none",
                               z_loss=z_loss)
-        rows, grad = module.cross_entropy(rows_plan)
+        rows, grad = fused(rows_plan)
         if terms is not None and rows is not None:
             rows = terms + module.to_namespace(rows)
         return rows, _copied_back(module, rows_plan, grad, destination)
@@ -114,7 +140,7 @@ def _loss_call(logits, target, options, *, want_loss, want_grad, grad_output=1.0
     loss, grad = _training.weighted_loss(module, plan, run, sample_weight=sample_weight,
                                          denominator=denominator, empty=training["empty"],
                                          grad_output=grad_output)
-    return loss, grad if out is None or grad is None else out
+    return with_metrics(loss, grad if out is None or grad is None else out)
 
 
 def _copied_back(module, plan, result, out):
@@ -130,7 +156,7 @@ def _copied_back(module, plan, result, out):
 def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
                   reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
                   validate=True, backend=None, stream=None, sample_weight=None,
-                  denominator=None, empty="nan"):
+                  denominator=None, empty="nan", metrics=None, top_k=5):
     """Softmax cross-entropy of ``logits`` against ``target``, numerically stable.
 
     Semantics are PyTorch's ``torch.nn.functional.cross_entropy`` on every option
@@ -194,6 +220,22 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
         ``denominator`` is 0. 'nan' (PyTorch's answer, the default), 'zero' (loss
         and gradient 0), or 'raise' (``ValueError`` before anything is written; on
         the GPU this reads the count back, on Dask it computes it).
+    metrics : str or sequence of str, optional
+        Per-row metrics taken in the same pass over the logits (no second read),
+        returned after the loss as a dict keyed by the names asked for:
+        'lse' (each row's logsumexp, ignored rows too), 'argmax' (the predicted
+        class: the first index of the largest logit, every nan above +inf, as
+        ``np.argmax``; after ``softcap``, which keeps the order but can make large
+        logits equal), 'correct' (argmax equals the target), 'top_k' (the target
+        is among the ``top_k`` first classes in argmax's order) and 'entropy' (of
+        the row's softmax, in nats). 'correct' and 'top_k' need class-index
+        targets and are False where the target does not count (ignored): divide
+        their sum by ``(target != ignore_index).sum()`` for the accuracy. Each is an
+        array of the rows' shape (logits' shape without ``axis``), whatever the
+        reduction: int64 argmax, bool correct and top_k, lse and entropy in the
+        loss's dtype; in the caller's array kind.
+    top_k : int >= 1
+        The k of the 'top_k' metric (5: top-5 accuracy).
 
     Returns
     -------
@@ -201,6 +243,8 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
         Per row (logits' shape without ``axis``) for 'none', else a 0-d array;
         float32 for float16/float32 logits, float64 for float64; NumPy in,
         NumPy out; CuPy in, CuPy out; Dask in, a lazy Dask array out.
+    metrics : dict of arrays
+        Only with ``metrics=``: ``(loss, metrics)``.
 
     Notes
     -----
@@ -226,13 +270,21 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
     0.4556...
     >>> float(nbxent.cross_entropy(logits, np.array([-100, -100]), empty="zero"))
     0.0
+
+    Accuracy from the loss's own pass:
+
+    >>> loss, found = nbxent.cross_entropy(logits, np.array([0, 2]),
+    ...                                    metrics=("argmax", "correct", "top_k"), top_k=2)
+    >>> found["argmax"], found["correct"], found["top_k"]
+    (array([0, 0]), array([ True, False]), array([ True, False]))
     """
     options = dict(axis=axis, weight=weight, ignore_index=ignore_index, reduction=reduction,
                    label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
                    validate=validate, backend=backend, stream=stream,
                    sample_weight=sample_weight, denominator=denominator, empty=empty)
-    loss, _ = _loss_call(logits, target, options, want_loss=True, want_grad=False)
-    return loss
+    result = _loss_call(logits, target, options, want_loss=True, want_grad=False,
+                        metrics=metrics, top_k=top_k)
+    return result[0] if metrics is None else (result[0], result[2])
 
 
 def cross_entropy_grad(logits, target, *, axis=-1, weight=None, ignore_index=-100,
@@ -279,12 +331,15 @@ def cross_entropy_grad(logits, target, *, axis=-1, weight=None, ignore_index=-10
 def cross_entropy_with_grad(logits, target, *, axis=-1, weight=None, ignore_index=-100,
                             reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
                             validate=True, backend=None, stream=None, grad_output=1.0,
-                            out=None, sample_weight=None, denominator=None, empty="nan"):
+                            out=None, sample_weight=None, denominator=None, empty="nan",
+                            metrics=None, top_k=5):
     """``(cross_entropy(...), cross_entropy_grad(...))`` in one fused pass.
 
     Reads the logits from memory once and writes the gradient once; with
     ``out=logits`` the gradient replaces the logits in place. Keywords as in
-    ``cross_entropy`` and ``cross_entropy_grad``.
+    ``cross_entropy`` and ``cross_entropy_grad``; with ``metrics=`` the result is
+    ``(loss, grad, metrics)``, the metrics taken before the gradient is written (so
+    with ``out=logits`` too).
 
     Examples
     --------
@@ -313,7 +368,7 @@ def cross_entropy_with_grad(logits, target, *, axis=-1, weight=None, ignore_inde
                    validate=validate, backend=backend, stream=stream,
                    sample_weight=sample_weight, denominator=denominator, empty=empty)
     return _loss_call(logits, target, options, want_loss=True, want_grad=True,
-                      grad_output=grad_output, out=out)
+                      grad_output=grad_output, out=out, metrics=metrics, top_k=top_k)
 
 
 def mean_denominator(target, *, weight=None, ignore_index=-100, sample_weight=None, axis=-1,

@@ -211,7 +211,7 @@ def _whole_rows(xp, plan, rows, tile, denominators, grads, first_rows):
     options = dict(ignore_index=plan.ignore_index, label_smoothing=plan.label_smoothing,
                    z_loss=plan.z_loss, softcap=plan.softcap or None, validate=False,
                    stream=None)
-    loss, grad = partials.row_cross_entropy(
+    loss, grad, _ = partials.row_cross_entropy(
         logits, plan.target[rows], None, plan.class_weight, _rows_of(plan.grad_output, rows),
         denominators, axis=1, options=options, reduction=plan.reduction, want_loss=True,
         want_grad=plan.want_grad, out=logits)

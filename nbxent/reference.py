@@ -136,6 +136,40 @@ def entropy(logits, axis=-1, reduction="none", base=None, sample_weight=None, em
         return np.sum(rows) * inv_d
 
 
+def metrics(logits, target, axis=-1, ignore_index=-100, softcap=None, top_k=5):
+    """What a training loop prints beside the loss, per row (logits' shape without
+    ``axis``): {'lse', 'argmax', 'correct', 'top_k', 'entropy'}.
+
+    The order of classes is ``np.argmax``'s on the logits the loss sees (after
+    ``softcap``): larger first, among equal logits the smaller index, every nan above
+    +inf, -0.0 equal to 0.0. The target's rank is the number of classes ahead of it
+    in that order; 'correct' is rank 0 (the target is the argmax), 'top_k' rank <
+    ``top_k``, both False where the target does not count (``ignore_index`` or out of
+    [0, C)); ``target`` None (probabilities) leaves them out. lse and entropy as
+    ``logsumexp`` and ``entropy`` (nats).
+    """
+    x = _capped(_to_class_last(logits, axis), softcap)
+    argmax = np.argmax(x, axis=-1)
+    found = {"lse": logsumexp(x), "argmax": argmax, "entropy": entropy(x)}
+    if target is None:
+        return found
+    n_classes = x.shape[-1]
+    t = np.asarray(target).astype(np.int64)
+    counted = (t != ignore_index) & (t >= 0) & (t < n_classes)
+    t_logit = np.take_along_axis(x, np.where(counted, t, 0)[..., None], axis=-1)
+    nan = np.isnan(x)
+    t_nan = np.isnan(t_logit)
+    with np.errstate(invalid="ignore"):
+        # Greater in argmax's order: nan above everything; equal counts when earlier.
+        greater = np.where(t_nan, False, nan | (x > t_logit))
+        equal = np.where(t_nan, nan, x == t_logit)
+    earlier = np.arange(n_classes) < np.where(counted, t, 0)[..., None]
+    rank = np.sum(greater | (equal & earlier), axis=-1)
+    found["correct"] = counted & (rank == 0)
+    found["top_k"] = counted & (rank < top_k)
+    return found
+
+
 def conditional_entropy(logits, axis=-1, base=None, sample_weight=None, empty="nan"):
     """H(Y|X) = sum_r s_r H_r / sum_r s_r: the rows' entropies (each row the distribution
     of Y given one x) averaged with the sample weights s (uniform without them)."""

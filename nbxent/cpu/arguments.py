@@ -1,9 +1,9 @@
 """What the CPU kernels are given: one declaration per group of arguments.
 
 A kernel call is ``kernel(x, x_geom, target, t_geom, weight, grad_output, g_geom,
-out, out_geom, row_value, row_lse, shape, options)``: each array comes with the
-``Geometry`` of its elements, then the per-row outputs, the ``Shape`` of the
-work and the ``Options`` of the loss. The kernels read every value by its name
+out, out_geom, row_value, row_lse, row_metrics, shape, options)``: each array
+comes with the ``Geometry`` of its elements, then the per-row outputs, the
+``Shape`` of the work and the ``Options`` of the loss. The kernels read every value by its name
 (the backend passes plain tuples, which Numba types faster at each call, and
 ``named`` gives them their names back inside the kernel, at no cost in the
 compiled code). What changes the compiled code is the ``Variant``, one compiled
@@ -15,6 +15,8 @@ from typing import NamedTuple
 from numba import njit
 
 from .._kinds import TargetKind
+from .._metrics import (  # noqa: F401 - the rows of row_metrics, for the kernels
+    METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, N_METRICS)
 
 WRITE_NOTHING, WRITE_GRAD, WRITE_LOG_SOFTMAX, WRITE_SOFTMAX = (
     "nothing", "grad", "log_softmax", "softmax")
@@ -32,6 +34,8 @@ class Variant(NamedTuple):
     softcap: bool       # softcap > 0
     entropy: bool       # row values are entropies, not cross-entropies
     write: str          # WRITE_NOTHING, WRITE_GRAD, WRITE_LOG_SOFTMAX or WRITE_SOFTMAX
+    metrics: bool       # also fill row_metrics (rows METRIC_*), else it is not touched
+
 
 
 class Geometry(NamedTuple):
@@ -67,6 +71,9 @@ class Options(NamedTuple):
     inv_z: float            # 1/(counted rows) for 'mean', else 1
     weight_sum: float       # sum of the class weights
     has_grad_output: bool   # grad_output is an array (else a scalar 1)
+    wants_rank: bool        # metrics: the target's rank (else only whether it is 0)
+    wants_argmax: bool      # metrics: the argmax
+    wants_entropy: bool     # metrics: the entropy (its sum is taken in the exp pass)
 
 
 @njit(inline="always")

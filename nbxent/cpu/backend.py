@@ -15,12 +15,13 @@ import numpy as np
 from .._config import CPU
 from .._dispatch import as_cpu_array
 from .._plan import View, index_error
-from .arguments import (WRITE_GRAD, WRITE_LOG_SOFTMAX, WRITE_NOTHING, WRITE_SOFTMAX, Geometry,
-                        Options, Shape, TargetKind, Variant)
+from .arguments import (N_METRICS, WRITE_GRAD, WRITE_LOG_SOFTMAX, WRITE_NOTHING, WRITE_SOFTMAX,
+                        Geometry, Options, Shape, TargetKind, Variant)
 from .kernels import kernel_for, scan_targets
 
 _WRITES = {"log_softmax": WRITE_LOG_SOFTMAX, "softmax": WRITE_SOFTMAX}
 _UNUSED = np.zeros(1)
+_NO_METRICS = np.zeros((N_METRICS, 1))
 
 
 def asarray(x):
@@ -141,8 +142,12 @@ def _compute_dtype(logits):
     return np.float64 if logits.dtype == np.float64 else np.float32
 
 
-def _launch(plan, *, target_kind, write, entropy=False, out=None):
-    """Run the kernel for ``plan``.
+def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=None,
+            metric_names=()):
+    """Run the kernel for ``plan``, filling ``row_metrics`` (``N_METRICS`` x rows, the
+    rows ``nbxent.cpu.arguments.METRIC_*``) when given, with what ``metric_names`` asks
+    for (each costs time in the kernel): the argmax, the entropy, the target's rank for
+    'top_k' (else only whether it is 0, for 'correct').
 
     Returns (row values, row lse, D, n_valid): the per-row cross-entropy (or
     entropy), the per-row logsumexp (0 for ignored rows), and the 'mean'
@@ -198,17 +203,20 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None):
         target=target_kind,
         target_half=target_kind == TargetKind.PROB and target.dtype == np.uint16,
         smoothing=loss.label_smoothing > 0.0, softcap=loss.softcap > 0.0, entropy=entropy,
-        write=write)
+        write=write, metrics=row_metrics is not None)
     options = Options(
         ignore_index=loss.ignore_index, label_smoothing=float(loss.label_smoothing),
         z_loss=float(loss.z_loss), softcap=float(loss.softcap),
         grad_scale=float(plan.grad_scale), inv_ce=float(inv_ce), inv_z=float(inv_z),
-        weight_sum=weight_sum, has_grad_output=plan.grad_output is not None)
+        weight_sum=weight_sum, has_grad_output=plan.grad_output is not None,
+        wants_rank="top_k" in metric_names, wants_argmax="argmax" in metric_names,
+        wants_entropy="entropy" in metric_names)
     with _launch_guard():
         # Named tuples travel as plain ones (Numba types a named tuple argument several
         # times slower at every call); the kernels name their fields again.
         kernel_for(variant)(x, tuple(x_geom), target, tuple(t_geom), weight, grad_output,
                             tuple(g_geom), out_buffer, tuple(out_geom), row_value, row_lse,
+                            _NO_METRICS if row_metrics is None else row_metrics,
                             tuple(shape), tuple(options))
     if staged_out is not None:
         np.copyto(_strided(staged_out), _strided(out))
@@ -219,7 +227,8 @@ _scratch_arrays = threading.local()
 
 
 def _scratch(name, n, dtype):
-    """A reused array of ``n`` elements for per-row values that never reach the caller.
+    """A reused array of ``n`` elements for per-row values that reach the caller only as
+    copies.
 
     Kept per thread, one per name (the largest asked for): a fresh array each call
     costs its page faults, which at a million rows weigh on the whole call. The
@@ -318,16 +327,23 @@ def _fresh_out(logits):
                             logits.shape)
 
 
-def cross_entropy(plan):
-    """(loss or None, gradient or None) for a cross-entropy plan."""
+def cross_entropy(plan, metrics=()):
+    """(loss or None, gradient or None) for a cross-entropy plan; with ``metrics`` (the
+    names asked for, ``nbxent._metrics``), (loss or None, gradient or None, the
+    ``N_METRICS`` x rows float64 metrics, the rows not asked for undefined; a reused
+    array, valid until the thread's next call)."""
     target_kind = TargetKind.INDEX if plan.loss.target_is_index else TargetKind.PROB
     out = None
     if plan.want_grad:
         out = plan.out or _fresh_out(plan.logits)
+    row_metrics = _scratch("row_metrics", N_METRICS * plan.logits.n_rows, np.float64).reshape(
+        N_METRICS, plan.logits.n_rows) if metrics else None
     results = _launch(plan, target_kind=target_kind,
-                      write=WRITE_GRAD if plan.want_grad else WRITE_NOTHING, out=out)
+                      write=WRITE_GRAD if plan.want_grad else WRITE_NOTHING, out=out,
+                      row_metrics=row_metrics, metric_names=metrics)
     loss = _reduce(plan, *results) if plan.want_loss else None
-    return loss, (out.array if out is not None else None)
+    grad = out.array if out is not None else None
+    return (loss, grad, row_metrics) if metrics else (loss, grad)
 
 
 def normalize(plan):

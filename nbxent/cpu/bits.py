@@ -102,6 +102,19 @@ def from_order_key(typingctx, key):
     return float_type(key), codegen
 
 
+@njit(inline="always")
+def rank_key(value):
+    """An order key in which every nan is above +inf and -0.0 equals 0.0: the order
+    of ``np.argmax`` (the first nan wins; zeros tie), as an integer to compare
+    across vector lanes."""
+    key = order_key(value)
+    # (Cast back: Numba's integer arithmetic widens to int64, and int32 keys of
+    # float32 logits fill twice the vector lanes.)
+    above_inf = type(key)(order_key(type(value)(np.inf)) + 1)
+    key = key if key != -1 else type(key)(0)  # -0.0 is the only float whose key is -1
+    return key if value == value else above_inf
+
+
 @intrinsic
 def prefetch(typingctx, array, index):
     """Hint the cache to fetch ``array[index]`` (into L2); no effect on results."""

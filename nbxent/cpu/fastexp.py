@@ -59,11 +59,20 @@ def exp32(x):
 
 
 @njit(inline="always")
+def exp_floor(x, use64):
+    """``x`` raised to the lowest argument the non-positive exps evaluate (-88 in
+    float32, -709 in float64), below which they return 0; nan stays nan."""
+    # A nan fails the comparison and goes on: the polynomial returns it.
+    if use64:
+        return -709.0 if x < -709.0 else x
+    return _F32(-88.0) if x < _F32(-88.0) else x
+
+
+@njit(inline="always")
 def exp_nonpositive32(x):
     """e**x for a float32 x <= 0 (or nan, which it returns); no overflow or nan
     selects. Below -87.7 (where k reaches -127, a scale of 0) it returns 0."""
-    # A nan fails the comparison and goes on: the polynomial returns it.
-    return _exp32_scaled(_F32(-88.0) if x < _F32(-88.0) else x, False)
+    return _exp32_scaled(exp_floor(x, False), False)
 
 
 @njit(inline="always")
@@ -92,7 +101,7 @@ def exp64(x):
 @njit(inline="always")
 def exp_nonpositive64(x):
     """float64 ``exp_nonpositive32``: returns 0 below -708.7."""
-    return _exp64_scaled(-709.0 if x < -709.0 else x, False)
+    return _exp64_scaled(exp_floor(x, True), False)
 
 
 @njit(inline="always")

@@ -20,7 +20,7 @@ from numba import njit
 
 from .access import load
 from .arguments import WRITE_LOG_SOFTMAX, WRITE_SOFTMAX, TargetKind
-from .fastexp import exp64, exp_nonpositive
+from .fastexp import exp64, exp_floor, exp_nonpositive
 
 
 @njit(inline="always")
@@ -49,6 +49,21 @@ def difference_plus(a, b, c):
     unflagged subtraction. LLVM still inlines and vectorises it.
     """
     return (a - b) + c
+
+
+@njit(inline="always")
+def entropy_term(value, shift, e, use64):
+    """A logit's share of the entropy moment sum e*(x - max), with x - max at the exp's
+    floor (where e is 0 or below 1e-38), so that 0 * -inf is 0; the same select as
+    exp's own, which the compiler then shares."""
+    return e * exp_floor(value - shift, use64)
+
+
+@njit(inline="always")
+def entropy_of(log_sum, moment, sum_exp):
+    """A row's entropy from log sum(e) and the moment sum e*(x - max); a row of all
+    -inf sums to 0 and its entropy is nan (Python's division would raise)."""
+    return log_sum - (moment / sum_exp if sum_exp != 0.0 else np.nan)
 
 
 class Formulas(NamedTuple):
@@ -109,7 +124,7 @@ def formulas(variant):
         moment = ftype(0.0)
         mass = ftype(0.0)
         if entropy:
-            moment = e * max(value - shift, ftype(-1e30))
+            moment = entropy_term(value, shift, e, compute64)
         elif indexed and smoothing:
             moment = ftype(weight[c]) * (value - ref)
         elif prob:
@@ -173,9 +188,7 @@ def formulas(variant):
         """
         lse = float(row_max) + log_sum
         if entropy:
-            # A row of all -inf sums to 0: its entropy is nan (Python's division would raise).
-            mean_term = moment / sum_exp if sum_exp != 0.0 else np.nan
-            return log_sum - mean_term, lse, 0.0
+            return entropy_of(log_sum, moment, sum_exp), lse, 0.0
         lse_from_ref = difference_plus(row_max, ref, log_sum)  # lse - ref without cancellation
         if prob:
             return mass * lse_from_ref - moment, lse, mass

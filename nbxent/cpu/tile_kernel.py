@@ -14,14 +14,19 @@ import numpy as np
 from numba import njit, prange
 
 from .access import cell, store
-from .arguments import WRITE_GRAD, WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named
-from .bits import prefetch
+from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
+                        WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
+from .bits import prefetch, rank_key
 from .fastexp import exp64, log1p32, log32
+from .formulas import entropy_of, entropy_term
 from .row_kernel import FASTMATH, row_start
 
 # Rows of a tile's per-position scratch.
 (_SHIFT, _N_TOP, _REST, _MOMENT, _MASS, _REF, _T_LOGIT, _P_SCALE, _G_CE, _LOG_SUM, _VALID,
- _T_GRAD, _N_SCRATCH) = range(13)
+ _T_GRAD, _ENTROPY, _N_SCRATCH) = range(14)
+# Rows of a tile's scratch for the metrics' order: per position, the classes greater
+# than the target's logit, those equal to it, and the classes ahead of the target.
+_GREATER, _EQUAL, _AHEAD, _N_ORDER = range(4)
 
 
 def build_tile_kernel(variant, f, sum_at_inf):
@@ -33,8 +38,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
     over the variant's flags (compile-time constants to Numba, so each compiled
     kernel keeps only its own branches), read top to bottom in the order they run.
     """
-    half, compute64, smoothing, entropy = (
-        variant.half, variant.compute64, variant.smoothing, variant.entropy)
+    half, compute64, smoothing, entropy, metrics = (
+        variant.half, variant.compute64, variant.smoothing, variant.entropy, variant.metrics)
     ftype = np.float64 if compute64 else np.float32
     indexed = variant.target == TargetKind.INDEX
     prob = variant.target == TargetKind.PROB
@@ -125,6 +130,79 @@ def build_tile_kernel(variant, f, sum_at_inf):
                     t_logit[k] += value if target_class[k] == np.int32(c) else ftype(0.0)
 
     @njit(inline="always")
+    def exact_order(logits, k, n_classes, pitch, t_logit, t):
+        """(argmax, classes ahead of the target t) of position k, in ``rank_key``'s order
+        (a scalar loop, for the positions the float comparisons cannot settle)."""
+        top = rank_key(logits[cell(0, pitch, k)])
+        first = 0
+        t_key = rank_key(t_logit)
+        ahead = 0
+        for c in range(n_classes):
+            key = rank_key(logits[cell(c, pitch, k)])
+            if key > top:
+                top, first = key, c
+            ahead += (key > t_key) | ((key == t_key) & (c < t))
+        return first, ahead
+
+    @njit(inline="always")
+    def tile_order(logits, scratch, order, argmax, target_index, n_classes, n, pitch,
+                   wants_rank, wants_argmax):
+        """Each position's argmax (when ``wants_argmax``) and the classes ahead of its
+        target in ``order[_AHEAD]`` (exact when ``wants_rank``, else 1 or 0), after
+        ``tile_sums`` (a position's shift is its max, ``_N_TOP`` of its classes equal it).
+
+        Float comparisons in vectorised loops: the classes greater than and equal to the
+        target's logit, the first class at the max (the classes from last to first, the
+        first found last), or for 'correct' only the max and its count. The positions
+        they cannot settle (a tie with the target's logit, a nan or an infinity, which
+        make the sums nan) go through ``exact_order``.
+        """
+        shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
+        t_logit = scratch[_T_LOGIT]
+        greater, equal, ahead = order[_GREATER], order[_EQUAL], order[_AHEAD]
+        if wants_rank and indexed:
+            for k in range(n):
+                greater[k] = ftype(0.0)
+                equal[k] = ftype(0.0)
+            for c in range(n_classes):
+                for k in range(n):
+                    value = logits[cell(c, pitch, k)]
+                    greater[k] += ftype(1.0) if value > t_logit[k] else ftype(0.0)
+                    equal[k] += ftype(1.0) if value == t_logit[k] else ftype(0.0)
+        if wants_argmax:
+            for k in range(n):
+                argmax[k] = np.int32(0)
+            for c in range(n_classes - 1, -1, -1):
+                for k in range(n):
+                    at_max = logits[cell(c, pitch, k)] == shift[k]
+                    argmax[k] = np.int32(c) if at_max else argmax[k]
+        if not indexed:  # no target to rank
+            for k in range(n):
+                ahead[k] = ftype(0.0)
+            return
+        for k in range(n):
+            # (A nan or +inf logit makes the sum nan, all -inf makes it 0, else it is >= 1.)
+            clear = n_top[k] + rest[k] >= ftype(1.0) and t_logit[k] == t_logit[k]
+            if wants_rank:
+                count = greater[k] if equal[k] == ftype(1.0) else ftype(-1.0)
+            else:
+                alone = n_top[k] == ftype(1.0)  # t's logit the max, t alone at it
+                count = ftype(1.0) if t_logit[k] < shift[k] else (
+                    ftype(0.0) if alone else ftype(-1.0))
+            ahead[k] = count if clear else ftype(-1.0)
+        for k in range(n):
+            if ahead[k] < ftype(0.0):
+                first, count = exact_order(logits, k, n_classes, pitch, t_logit[k],
+                                           target_index[k])
+                argmax[k] = np.int32(first) if wants_argmax else argmax[k]
+                ahead[k] = ftype(count)
+        # (A target that does not count ranks nowhere: never correct nor top-k.)
+        valid = scratch[_VALID]
+        for k in range(n):
+            counted = valid[k] != ftype(0.0) and 0 <= target_index[k] < n_classes
+            ahead[k] = ahead[k] if counted else ftype(np.inf)
+
+    @njit(inline="always")
     def prefetch_tile(x, base, s_class, s_pos, n_classes, n, pitch):
         """Ask for the next tile's logits while this one is computed: the staging of
         short rows otherwise waits on memory. One hint per row of memory (per cache
@@ -149,11 +227,13 @@ def build_tile_kernel(variant, f, sum_at_inf):
 
     @njit(inline="always")
     def tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base, t_si, t_sc,
-                  weight, one_minus_eps, eps_over_c):
+                  weight, one_minus_eps, eps_over_c, with_entropy):
         """Each position's sums over its classes (exps kept in ``exps`` for the writes),
-        from its max in ``scratch[_SHIFT]``, which becomes the shift."""
+        from its max in ``scratch[_SHIFT]``, which becomes the shift; the entropy's sum
+        too when ``with_entropy`` (a constant where this is called)."""
         shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
         moment, mass, ref = scratch[_MOMENT], scratch[_MASS], scratch[_REF]
+        entropy_moment = scratch[_ENTROPY]
         for k in range(n):
             top = shift[k]
             shift[k] = top if top > -np.inf else ftype(0.0)
@@ -161,13 +241,16 @@ def build_tile_kernel(variant, f, sum_at_inf):
             rest[k] = ftype(0.0)
             moment[k] = ftype(0.0)
             mass[k] = ftype(0.0)
+            if with_entropy:
+                entropy_moment[k] = ftype(0.0)
             ref[k] = finite_or_zero(logits[cell(0, pitch, k)]) if smoothing or prob \
                 else ftype(0.0)
         for c in range(n_classes):
             for k in range(n):
+                value = logits[cell(c, pitch, k)]
                 at_top, e, moment_term, mass_term = element_terms(
-                    logits[cell(c, pitch, k)], shift[k], ref[k], c, target,
-                    t_base + k * t_si, t_sc, weight, one_minus_eps, eps_over_c)
+                    value, shift[k], ref[k], c, target, t_base + k * t_si, t_sc, weight,
+                    one_minus_eps, eps_over_c)
                 if writes:
                     exps[cell(c, pitch, k)] = e
                 n_top[k] += ftype(1.0) if at_top else ftype(0.0)
@@ -178,11 +261,13 @@ def build_tile_kernel(variant, f, sum_at_inf):
                     moment[k] += moment_term
                 if prob:
                     mass[k] += mass_term
+                if with_entropy:
+                    entropy_moment[k] += entropy_term(value, shift[k], e, compute64)
 
     @njit(inline="always")
-    def tile_rows(scratch, t_weight, g_rows, row_value, row_lse, first_row, n, options,
-                  one_minus_eps, eps_over_c, cap):
-        """Each position's value and lse, and the scales its writes use."""
+    def tile_rows(scratch, order, t_weight, g_rows, row_value, row_lse, row_metrics,
+                  first_row, n, options, one_minus_eps, eps_over_c, cap):
+        """Each position's value and lse (and metrics), and the scales its writes use."""
         shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
         moment, mass, ref = scratch[_MOMENT], scratch[_MASS], scratch[_REF]
         t_logit, valid = scratch[_T_LOGIT], scratch[_VALID]
@@ -191,13 +276,20 @@ def build_tile_kernel(variant, f, sum_at_inf):
         for k in range(n):
             is_valid = valid[k] != ftype(0.0)
             log_sum = log_of_sum(n_top[k], rest[k])
+            sum_exp = float(n_top[k]) + float(rest[k])
             value, lse, row_mass = row_result(
-                shift[k], float(n_top[k]) + float(rest[k]), log_sum, float(moment[k]),
-                float(mass[k]), ref[k], t_logit[k], t_weight[k], options.weight_sum,
-                one_minus_eps, eps_over_c)
+                shift[k], sum_exp, log_sum, float(moment[k]), float(mass[k]), ref[k],
+                t_logit[k], t_weight[k], options.weight_sum, one_minus_eps, eps_over_c)
             r = np.uint64(first_row + k)
             row_value[r] = value if is_valid else 0.0
             row_lse[r] = lse if is_valid else 0.0
+            if metrics:  # (the entropy undefined unless wanted: written, not read)
+                # logsumexp's own: +inf for a row holding +inf and no nan (rest nan).
+                row_metrics[METRIC_LSE, r] = lse if shift[k] != np.inf else (
+                    np.inf + 0.0 * float(rest[k]))
+                row_metrics[METRIC_RANK, r] = order[_AHEAD, k]
+                row_metrics[METRIC_ENTROPY, r] = entropy_of(
+                    log_sum, float(scratch[_ENTROPY, k]), sum_exp)
             if writes:
                 p_coef, g_ce = upstream(options, g_rows[k], row_mass, lse)
                 inv_sum = exp64(-log_sum)
@@ -231,8 +323,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
 
     @njit
     def tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom, out,
-                  out_geom, row_value, row_lse, shape, options, pitch, scratch, wide_scratch,
-                  target_index, target_class, logits, exps):
+                  out_geom, row_value, row_lse, row_metrics, shape, options, pitch, scratch,
+                  wide_scratch, order, argmax, target_index, target_class, logits, exps):
         x_geom, t_geom, g_geom, out_geom, shape, options = named(
             x_geom, t_geom, g_geom, out_geom, shape, options)
         width, inner, n_classes = shape.tile_width, shape.inner, shape.n_classes
@@ -260,14 +352,24 @@ def build_tile_kernel(variant, f, sum_at_inf):
         if not half and i0 + width < inner:
             prefetch_tile(x, x_base + width * x_si, x_sc, x_si, n_classes,
                           min(width, inner - i0 - width), pitch)
-        tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base, t_geom.s_inner,
-                  t_geom.s_class, weight, one_minus_eps, eps_over_c)
+        if metrics and options.wants_entropy:
+            tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base,
+                      t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c, True)
+        else:
+            tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base,
+                      t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c, False)
+        if metrics:
+            tile_order(logits, scratch, order, argmax, target_index, n_classes, n, pitch,
+                       options.wants_rank, options.wants_argmax)
         if writes:
             for k in range(n):
                 g_rows[k] = grad_output_at(options, grad_output,
                                            row_start(g_geom, o, i0 + k))
-        tile_rows(scratch, t_weight, g_rows, row_value, row_lse, o * inner + i0, n, options,
-                  one_minus_eps, eps_over_c, cap)
+        tile_rows(scratch, order, t_weight, g_rows, row_value, row_lse, row_metrics,
+                  o * inner + i0, n, options, one_minus_eps, eps_over_c, cap)
+        if metrics and options.wants_argmax:
+            for k in range(n):
+                row_metrics[METRIC_ARGMAX, np.uint64(o * inner + i0 + k)] = argmax[k]
         if not writes:
             return
         tile_results(logits, exps, scratch, target_index, n_classes, n, pitch, target, t_base,
@@ -280,7 +382,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
     # 1e-5 relative error on a 0.02 loss).
     @njit(fastmath=FASTMATH - {"reassoc"}, error_model="numpy", parallel=True)
     def tile_kernel(x, x_geom, target, t_geom, weight, grad_output, g_geom, out, out_geom,
-                    row_value, row_lse, shape, options):
+                    row_value, row_lse, row_metrics, shape, options):
         outer, inner, n_classes, _, width = shape
         # Rows of a tile padded off powers of two: at a pitch of 1 KiB the classes of a
         # tile fell into a few L1 sets (C = 64 ran at half the speed of C = 100).
@@ -292,6 +394,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
         for block in prange(n_blocks):
             scratch = np.empty((_N_SCRATCH, width), ftype)
             wide_scratch = np.empty((2, width))  # float64 target weights and grad_output
+            order = np.empty((_N_ORDER if metrics else 0, width), ftype)
+            argmax = np.empty(width if metrics else 0, np.int32)
             target_index = np.empty(width, np.int64)
             target_class = np.empty(width, np.int32)  # in [0, C), or -1
             logits = np.empty(n_classes * pitch, ftype)
@@ -299,7 +403,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
             for tile_index in range(block * n_tiles // n_blocks,
                                     (block + 1) * n_tiles // n_blocks):
                 tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom,
-                          out, out_geom, row_value, row_lse, shape, options, pitch, scratch,
-                          wide_scratch, target_index, target_class, logits, exps)
+                          out, out_geom, row_value, row_lse, row_metrics, shape, options, pitch,
+                          scratch, wide_scratch, order, argmax, target_index, target_class,
+                          logits, exps)
 
     return tile_kernel

@@ -169,8 +169,9 @@ def _max_blocks(settings):
 
 # ---------------------------------------------------------------- entry points
 
-def cross_entropy(plan):
-    """Cross-entropy loss and/or gradient of a plan on the GPU.
+def cross_entropy(plan, metrics=()):
+    """Cross-entropy loss and/or gradient of a plan on the GPU (``metrics=``: not yet on
+    this backend, a NotImplementedError before anything runs).
 
     Parameters
     ----------
@@ -190,7 +191,13 @@ def cross_entropy(plan):
     ValueError
         With ``plan.loss.validate``, for the first row whose class index is outside
         [0, C) and is not ``ignore_index``.
+    NotImplementedError
+        For ``metrics``: the CUDA kernels do not take them yet.
     """
+    if metrics:
+        raise NotImplementedError(
+            "metrics= is not available on the CUDA backend yet (the CPU and Dask backends "
+            "have it)")
     return _run(plan)
 
 

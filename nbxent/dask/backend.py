@@ -24,6 +24,7 @@ from dask.array.utils import meta_from_array
 from dask.layers import ArraySliceDep
 
 from .._dispatch import as_cpu_array
+from .._metrics import N_METRICS
 from .._plan import immutable_out_error
 from . import partials
 
@@ -135,8 +136,11 @@ def _grad_output(plan, row_chunks, rows):
     return (g, "") if g.ndim == 0 else (g.rechunk(row_chunks), rows)
 
 
-def cross_entropy(plan):
-    """(loss or None, gradient or None) for a cross-entropy plan, as lazy Dask arrays."""
+def cross_entropy(plan, metrics=()):
+    """(loss or None, gradient or None) for a cross-entropy plan, as lazy Dask arrays; with
+    ``metrics`` (names, ``nbxent._metrics``) also the float64 metric rows, lazily, shaped
+    (N_METRICS, *rows) (whole rows only: the metrics of rows split across class chunks
+    would need their own merge, not written yet)."""
     _reject_out(plan)
     x, axis = plan.logits.view.array, plan.logits.axis
     full, rows, cls = _indices(x.ndim, axis)
@@ -146,11 +150,16 @@ def cross_entropy(plan):
     denominators = None
     if plan.reduction == "mean":
         denominators = _denominators(plan, target, weight, rows, cls)
-    build = _whole_rows if x.numblocks[axis] == 1 else _split_classes
-    return build(plan, x, target, weight, denominators, (full, rows, cls))
+    if x.numblocks[axis] == 1:
+        return _whole_rows(plan, x, target, weight, denominators, (full, rows, cls), metrics)
+    if metrics:
+        raise NotImplementedError(
+            f"metrics= on Dask needs each row's classes in one chunk; the logits' class axis "
+            f"{axis} has {x.numblocks[axis]} chunks: rechunk it with .rechunk({{{axis}: -1}})")
+    return _split_classes(plan, x, target, weight, denominators, (full, rows, cls))
 
 
-def _whole_rows(plan, x, target, weight, denominators, indices):
+def _whole_rows(plan, x, target, weight, denominators, indices, metrics):
     full, rows, cls = indices
     row_chunks = _row_chunks(x, plan.logits.axis)
     options = dict(ignore_index=plan.loss.ignore_index, label_smoothing=plan.loss.label_smoothing,
@@ -166,7 +175,7 @@ def _whole_rows(plan, x, target, weight, denominators, indices):
         *_optional(denominators if plan.want_grad or plan.loss.z_loss else None, _DENOMINATORS),
         axis=plan.logits.axis, options=options,
         reduction=plan.reduction, want_loss=plan.want_loss, want_grad=plan.want_grad,
-        meta=np.empty((0,) * len(rows), object))
+        metrics=metrics or None, meta=np.empty((0,) * len(rows), object))
     loss = grad = None
     if plan.want_grad:
         grad = _blockwise(_item, full, pair, rows, 1, None, new_axes={cls: plan.logits.n_classes},
@@ -180,7 +189,12 @@ def _whole_rows(plan, x, target, weight, denominators, indices):
         if reduced:
             loss = _finish(loss.sum(), 0.0, denominators, reduction=plan.reduction, z_loss=0.0,
                            loss_dtype=plan.logits.loss_dtype)
-    return loss, grad
+    if not metrics:
+        return loss, grad
+    rows_metrics = _blockwise(_item, _FIELDS + rows, pair, rows, 2, None,
+                              new_axes={_FIELDS: N_METRICS},
+                              meta=_meta(x, len(rows) + 1, np.float64))
+    return loss, grad, rows_metrics
 
 
 def _item(pair, i):

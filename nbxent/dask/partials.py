@@ -106,8 +106,10 @@ def _scalar_or_block(x, grad_output, axis=None):
 # ---------------------------------------------------------------- whole rows
 
 def row_cross_entropy(x, target, where, weight, grad_output, denominators, *, axis,
-                      options, reduction, want_loss, want_grad, out=None):
-    """(loss part or None, gradient or None) of a chunk of whole rows, by nbxent itself.
+                      options, reduction, want_loss, want_grad, out=None, metrics=None):
+    """(loss part or None, gradient or None, metric rows or None) of a chunk of whole rows,
+    by nbxent itself (the metric rows: float64, (N_METRICS, *rows), ``metrics`` the names
+    asked for, as ``nbxent.cross_entropy``'s).
 
     The loss part is the per-row loss for 'none', else the chunk's sum as a float64
     array of the loss's ndim. 'mean' runs as 'sum' (the caller divides by D);
@@ -127,8 +129,14 @@ def row_cross_entropy(x, target, where, weight, grad_output, denominators, *, ax
         options["z_loss"] *= z_ratio if np.isfinite(z_ratio) else 0.0
         grad_output = grad_output * inv_d
     keywords = dict(options, axis=axis, weight=weight, reduction=call_reduction)
-    loss = grad = None
-    if want_grad:
+    loss = grad = rows = None
+    if metrics:
+        keywords.update(backend=None, sample_weight=None, denominator=None, empty="nan")
+        loss, grad, rows = api._loss_call(  # noqa: SLF001 - the package's own raw rows
+            x, target, keywords, want_loss=want_loss, want_grad=want_grad,
+            grad_output=_scalar_or_block(x, grad_output), out=out, metrics=metrics,
+            raw_metrics=True)
+    elif want_grad:
         keywords.update(grad_output=_scalar_or_block(x, grad_output), out=out)
         if want_loss:
             loss, grad = api.cross_entropy_with_grad(x, target, **keywords)
@@ -138,7 +146,7 @@ def row_cross_entropy(x, target, where, weight, grad_output, denominators, *, ax
         loss = api.cross_entropy(x, target, **keywords)
     if loss is not None and reduction != "none":
         loss = loss.astype(np.float64).reshape((1,) * (x.ndim - 1))
-    return loss, grad
+    return loss, grad, rows
 
 
 def row_normalize(x, *, op, axis, stream):
