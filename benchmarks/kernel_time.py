@@ -1,5 +1,6 @@
-"""Kernel time beside call time: cross_entropy and cross_entropy_with_grad(out=) of
-float32 rows, best of --repeat, ms; the CPU kernel's own share timed by wrapping
+"""Kernel time beside call time: cross_entropy, cross_entropy_with_grad(out=) and the
+same in place (out= the logits, which then hold gradients: the timing does not depend on
+the values) of float32 rows, best of --repeat, ms; the CPU kernel's own share timed by wrapping
 ``nbxent.cpu.backend.kernel_for`` (the target scan and the reduction are the rest).
 
     NUMBA_NUM_THREADS=1 python benchmarks/kernel_time.py 1000000 10 [--repeat 41]
@@ -28,6 +29,7 @@ def main():
     x = rng.standard_normal((args.rows, args.classes), dtype=np.float32)
     t = rng.integers(0, args.classes, args.rows)
     grad = np.empty_like(x)
+    in_place = x.copy()
     kernel_times = []
     kernel_for = backend.kernel_for
 
@@ -42,7 +44,9 @@ def main():
 
     backend.kernel_for = timed_kernel_for
     for name, call in (("loss", lambda: nbxent.cross_entropy(x, t)),
-                       ("loss+grad out=", lambda: nbxent.cross_entropy_with_grad(x, t, out=grad))):
+                       ("loss+grad out=", lambda: nbxent.cross_entropy_with_grad(x, t, out=grad)),
+                       ("loss+grad in place",
+                        lambda: nbxent.cross_entropy_with_grad(in_place, t, out=in_place))):
         call()
         kernel_times.clear()
         totals = []

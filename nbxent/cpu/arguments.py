@@ -74,6 +74,7 @@ class Options(NamedTuple):
     wants_rank: bool        # metrics: the target's rank (else only whether it is 0)
     wants_argmax: bool      # metrics: the argmax
     wants_entropy: bool     # metrics: the entropy (its sum is taken in the exp pass)
+    in_place: bool          # out may overlap the logits (the row kernel then stages them)
 
 
 @njit(inline="always")

@@ -210,7 +210,8 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=No
         grad_scale=float(plan.grad_scale), inv_ce=float(inv_ce), inv_z=float(inv_z),
         weight_sum=weight_sum, has_grad_output=plan.grad_output is not None,
         wants_rank="top_k" in metric_names, wants_argmax="argmax" in metric_names,
-        wants_entropy="entropy" in metric_names)
+        wants_entropy="entropy" in metric_names,
+        in_place=out is not None and np.may_share_memory(out_buffer, x))
     with _launch_guard():
         # Named tuples travel as plain ones (Numba types a named tuple argument several
         # times slower at every call); the kernels name their fields again.

@@ -146,10 +146,19 @@ def build_row_kernel(variant, f, sum_at_inf):
 
     @njit(inline="always")
     def chunk_sums(x, base, s_class, c0, c1, cap, shift, ref, target, t_row, t_class_stride,
-                   weight, one_minus_eps, eps_over_c, out, out_base, o_sc, with_entropy):
+                   weight, one_minus_eps, eps_over_c, out, out_base, o_sc, staged, in_place,
+                   with_entropy):
         """The exp pass over classes [c0, c1) of a row: (sum of exps, the sum of those
         below the shift, moment, mass, entropy moment (0 unless ``with_entropy``, a
         constant where this is called, so that the loop without it stays as fast)).
+
+        With ``keep_exps`` and ``in_place`` (a constant where this is called) the chunk's
+        logits are first copied to ``staged`` (CHUNK values of the work items' block) and
+        read from there: LLVM vectorises a loop that reads one array and writes another
+        only after checking at run time that they do not overlap, and an in-place
+        gradient (``out`` the logits) failed that check and ran the scalar loop (four
+        times slower: benchmarks/RESULTS.md). Where they do not overlap, the copy would
+        only cost time.
 
         Values equal to the shift add exactly 1 each. Summing the rest apart keeps
         float32 from rounding 1 + (small rest), the whole loss of a confident row;
@@ -161,8 +170,12 @@ def build_row_kernel(variant, f, sum_at_inf):
         chunk_moment = ftype(0.0)
         chunk_mass = ftype(0.0)
         chunk_entropy = ftype(0.0)
+        copies = keep_exps and in_place
+        if copies:
+            for c in range(c0, c1):
+                staged[c - c0] = load_logit(x, base + c * s_class, cap)
         for c in range(c0, c1):
-            value = load_logit(x, base + c * s_class, cap)
+            value = staged[c - c0] if copies else load_logit(x, base + c * s_class, cap)
             at_top, e, moment_term, mass_term = element_terms(
                 value, shift, ref, c, target, t_row, t_class_stride, weight,
                 one_minus_eps, eps_over_c)
@@ -217,7 +230,8 @@ def build_row_kernel(variant, f, sum_at_inf):
     @njit
     def segment_stats(x, base, s_class, lo, hi, cap, ref, target, t_row, t_class_stride,
                       weight, one_minus_eps, eps_over_c, out, out_base, o_sc, chunk_shifts,
-                      item, t_logit, t, wants_rank, wants_argmax, wants_entropy):
+                      item, t_logit, t, wants_rank, wants_argmax, wants_entropy, staged,
+                      in_place):
         """(row_max, sum_exp, moment, mass, order) over classes [lo, hi) of one row.
 
         ``order`` holds the metrics' sums, zeros without ``metrics``: (entropy moment,
@@ -281,14 +295,22 @@ def build_row_kernel(variant, f, sum_at_inf):
             shift = row_max if row_max > -np.inf else ftype(0.0)
             if keep_exps:
                 chunk_shifts[item, (c0 - lo) // CHUNK] = shift
+            # (Each case its own loop: a run-time flag inside one would cost every call.)
             if metrics and wants_entropy:
                 total, rest, chunk_moment, chunk_mass, chunk_entropy = chunk_sums(
                     x, base, s_class, c0, c1, cap, shift, ref, target, t_row, t_class_stride,
-                    weight, one_minus_eps, eps_over_c, out, out_base, o_sc, True)
+                    weight, one_minus_eps, eps_over_c, out, out_base, o_sc, staged, in_place,
+                    True)
+            elif keep_exps and in_place:
+                total, rest, chunk_moment, chunk_mass, chunk_entropy = chunk_sums(
+                    x, base, s_class, c0, c1, cap, shift, ref, target, t_row, t_class_stride,
+                    weight, one_minus_eps, eps_over_c, out, out_base, o_sc, staged, True,
+                    False)
             else:
                 total, rest, chunk_moment, chunk_mass, chunk_entropy = chunk_sums(
                     x, base, s_class, c0, c1, cap, shift, ref, target, t_row, t_class_stride,
-                    weight, one_minus_eps, eps_over_c, out, out_base, o_sc, False)
+                    weight, one_minus_eps, eps_over_c, out, out_base, o_sc, staged, False,
+                    False)
             if metrics and not keep_exps:  # (a nan, or +inf, makes the sum nan)
                 best_key, best, chunk_ahead = chunk_ranks(
                     x, base, s_class, c0, c1, cap, top_key, total == total, counted, t_logit,
@@ -307,7 +329,7 @@ def build_row_kernel(variant, f, sum_at_inf):
 
     @njit
     def item_stats(item, x, x_geom, target, t_geom, weight, g_geom, out, out_geom, shape,
-                   options, part, chunk_shifts):
+                   options, part, chunk_shifts, staged):
         """Statistics of one work item (a row, or one of its ``row_split`` segments).
 
         Also keeps the row's reference and target logits: with several items per
@@ -336,7 +358,8 @@ def build_row_kernel(variant, f, sum_at_inf):
                                 cap, ref, target, t_row, t_geom.s_class, weight, one_minus_eps,
                                 eps_over_c, out, row_start(out_geom, o, i), out_geom.s_class,
                                 chunk_shifts, item, t_logit, t, options.wants_rank,
-                                options.wants_argmax, options.wants_entropy)
+                                options.wants_argmax, options.wants_entropy, staged,
+                                options.in_place)
         if metrics:
             (part[item, _ENTROPY], part[item, _TOP], part[item, _ARGMAX], part[item, _AHEAD],
              part[item, _NAN]) = order
@@ -477,19 +500,24 @@ def build_row_kernel(variant, f, sum_at_inf):
         # 16384 rows with the metrics' eleven).
         part = np.empty((n_items, _N_PARTS if metrics else _ENTROPY))
         chunk_shifts = np.empty((n_items, (seg_len + CHUNK - 1) // CHUNK if keep_exps else 0))
+        # Blocks of consecutive work items, each with its own staging chunk; enough
+        # blocks to balance any thread count numba.set_num_threads may choose.
+        n_blocks = min(n_items, 256)
         # split == 1: one pass, each row's statistics then its writes while the row is
         # still in cache. split > 1: all statistics, then (phase 1) combine and write.
         for phase in range(1 if split == 1 else 2):
-            for prange_item in prange(n_items):
+            for block in prange(n_blocks):
+                staged = np.empty(CHUNK if keep_exps else 0, ftype)
                 # One index type for both typings of this body (the kernel's and the
                 # parfor's, which is unsigned): each helper then compiles once.
-                item = np.int64(prange_item)
-                if phase == 0:
-                    item_stats(item, x, x_geom, target, t_geom, weight, g_geom, out, out_geom,
-                               shape, options, part, chunk_shifts)
-                if phase == 1 or split == 1:
-                    finish_item(item, x, x_geom, target, t_geom, weight, grad_output, g_geom,
-                                out, out_geom, row_value, row_lse, row_metrics, shape, options,
-                                part, chunk_shifts)
+                first = np.int64(block) * n_items // n_blocks
+                for item in range(first, (np.int64(block) + 1) * n_items // n_blocks):
+                    if phase == 0:
+                        item_stats(item, x, x_geom, target, t_geom, weight, g_geom, out,
+                                   out_geom, shape, options, part, chunk_shifts, staged)
+                    if phase == 1 or split == 1:
+                        finish_item(item, x, x_geom, target, t_geom, weight, grad_output,
+                                    g_geom, out, out_geom, row_value, row_lse, row_metrics,
+                                    shape, options, part, chunk_shifts)
 
     return row_kernel
