@@ -115,6 +115,31 @@ def rank_key(value):
     return key if value == value else above_inf
 
 
+def exact_order(load):
+    """An inlined ``order(a, base, stride, c0, c1, cap, t_logit, t)``: (the largest
+    ``rank_key`` of the values ``load(a, base + c * stride, cap)`` for classes c in
+    [c0, c1), the first class at it, the classes ahead of class t whose value is
+    ``t_logit``) in ``rank_key``'s order, where float comparisons cannot give that
+    order (a nan, an infinity, a nan target value). Branch-free passes, which
+    vectorise; ``load`` is the caller's access to its values."""
+
+    @njit(inline="always")
+    def order(a, base, stride, c0, c1, cap, t_logit, t):
+        top = rank_key(load(a, base + c0 * stride, cap))
+        for c in range(c0, c1):
+            top = max(top, rank_key(load(a, base + c * stride, cap)))
+        t_key = rank_key(t_logit)
+        first = c1
+        ahead = 0
+        for c in range(c0, c1):
+            key = rank_key(load(a, base + c * stride, cap))
+            first = min(first, c if key == top else c1)
+            ahead += (key > t_key) | ((key == t_key) & (c < t))
+        return top, first, ahead
+
+    return order
+
+
 @intrinsic
 def prefetch(typingctx, array, index):
     """Hint the cache to fetch ``array[index]`` (into L2); no effect on results."""

@@ -23,7 +23,7 @@ from numba import njit, prange
 from .access import load, store
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
                         WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
-from .bits import from_order_key, order_key, rank_key
+from .bits import exact_order, from_order_key, order_key, rank_key
 from .fastexp import exp_nonpositive
 from .formulas import capped, difference_plus, entropy_of, entropy_term
 
@@ -115,23 +115,7 @@ def build_row_kernel(variant, f, sum_at_inf):
         f.row_result, f.grad_output_at, f.upstream, f.target_gradient)
     finite_or_zero = f.finite_or_zero
 
-    @njit(inline="always")
-    def ordered_chunk(x, base, stride, c0, c1, cap, t_logit, t):
-        """(largest logit, its first class, classes ahead of the target t) over the
-        logits [c0, c1) of a row, in ``rank_key``'s order: for chunks holding a nan or
-        an infinity, or a target logit that is not finite (float comparisons do not
-        give that order)."""
-        top = rank_key(load_logit(x, base + c0 * stride, cap))
-        for c in range(c0, c1):
-            top = max(top, rank_key(load_logit(x, base + c * stride, cap)))
-        t_key = rank_key(t_logit)
-        first = c1
-        ahead = 0
-        for c in range(c0, c1):
-            key = rank_key(load_logit(x, base + c * stride, cap))
-            first = min(first, c if key == top else c1)
-            ahead += (key > t_key) | ((key == t_key) & (c < t))
-        return from_order_key(top), first, ahead
+    ordered_chunk = exact_order(load_logit)
 
     @njit(inline="always")
     def first_at(x, base, stride, c0, c1, top):
@@ -145,20 +129,29 @@ def build_row_kernel(variant, f, sum_at_inf):
         return c0 + first
 
     @njit(inline="always")
-    def chunk_sums(x, base, s_class, c0, c1, cap, shift, ref, target, t_row, t_class_stride,
-                   weight, one_minus_eps, eps_over_c, out, out_base, o_sc, staged, in_place,
-                   with_entropy):
-        """The exp pass over classes [c0, c1) of a row: (sum of exps, the sum of those
-        below the shift, moment, mass, entropy moment (0 unless ``with_entropy``, a
-        constant where this is called, so that the loop without it stays as fast)).
+    def exp_source(x, base, s_class, c0, c1, cap, staged, in_place):
+        """(array, base, stride) the exp pass reads the chunk [c0, c1) of a row from:
+        the logits themselves, or, with ``keep_exps`` and ``in_place``, their copy in
+        ``staged`` (CHUNK values of the work items' block).
 
-        With ``keep_exps`` and ``in_place`` (a constant where this is called) the chunk's
-        logits are first copied to ``staged`` (CHUNK values of the work items' block) and
-        read from there: LLVM vectorises a loop that reads one array and writes another
-        only after checking at run time that they do not overlap, and an in-place
-        gradient (``out`` the logits) failed that check and ran the scalar loop (four
-        times slower: benchmarks/RESULTS.md). Where they do not overlap, the copy would
-        only cost time.
+        LLVM vectorises a loop that reads one array and writes another only after
+        checking at run time that they do not overlap; an in-place gradient (``out``
+        the logits) failed that check and ran the scalar loop (four times slower:
+        benchmarks/RESULTS.md). Where they do not overlap, the copy would only cost time.
+        """
+        if keep_exps and in_place:
+            for c in range(c0, c1):
+                staged[c - c0] = load_logit(x, base + c * s_class, cap)
+            return staged, -c0, 1
+        return x, base, s_class
+
+    @njit(inline="always")
+    def chunk_sums(x, base, s_class, c0, c1, cap, shift, ref, target, t_row, t_class_stride,
+                   weight, one_minus_eps, eps_over_c, out, out_base, o_sc, with_entropy):
+        """The exp pass over classes [c0, c1) of a row, whose logits are
+        ``load_logit(x, base + c * s_class, cap)``: (sum of exps, the sum of those below
+        the shift, moment, mass, entropy moment (0 unless ``with_entropy``, a constant
+        where this is called, so that the loop without it stays as fast)).
 
         Values equal to the shift add exactly 1 each. Summing the rest apart keeps
         float32 from rounding 1 + (small rest), the whole loss of a confident row;
@@ -170,12 +163,8 @@ def build_row_kernel(variant, f, sum_at_inf):
         chunk_moment = ftype(0.0)
         chunk_mass = ftype(0.0)
         chunk_entropy = ftype(0.0)
-        copies = keep_exps and in_place
-        if copies:
-            for c in range(c0, c1):
-                staged[c - c0] = load_logit(x, base + c * s_class, cap)
         for c in range(c0, c1):
-            value = staged[c - c0] if copies else load_logit(x, base + c * s_class, cap)
+            value = load_logit(x, base + c * s_class, cap)
             at_top, e, moment_term, mass_term = element_terms(
                 value, shift, ref, c, target, t_row, t_class_stride, weight,
                 one_minus_eps, eps_over_c)
@@ -205,10 +194,10 @@ def build_row_kernel(variant, f, sum_at_inf):
         grows (strictly: the first chunk wins a tie), seldom after the first chunk.
         """
         if not (fast_order and nan_free):
-            chunk_top, chunk_first, chunk_ahead = ordered_chunk(x, base, s_class, c0, c1, cap,
+            chunk_key, chunk_first, chunk_ahead = ordered_chunk(x, base, s_class, c0, c1, cap,
                                                                 t_logit, t)
-            if rank_key(chunk_top) > best_key:
-                best_key, best = rank_key(chunk_top), chunk_first
+            if chunk_key > best_key:
+                best_key, best = chunk_key, chunk_first
             return best_key, best, chunk_ahead if wants_rank else min(chunk_ahead, 1)
         top = from_order_key(top_key)
         t_first = False  # t is the chunk's first class at its max
@@ -295,21 +284,18 @@ def build_row_kernel(variant, f, sum_at_inf):
             shift = row_max if row_max > -np.inf else ftype(0.0)
             if keep_exps:
                 chunk_shifts[item, (c0 - lo) // CHUNK] = shift
+            source, s_base, s_stride = exp_source(x, base, s_class, c0, c1, cap, staged,
+                                                  in_place)
             # (Each case its own loop: a run-time flag inside one would cost every call.)
             if metrics and wants_entropy:
                 total, rest, chunk_moment, chunk_mass, chunk_entropy = chunk_sums(
-                    x, base, s_class, c0, c1, cap, shift, ref, target, t_row, t_class_stride,
-                    weight, one_minus_eps, eps_over_c, out, out_base, o_sc, staged, in_place,
+                    source, s_base, s_stride, c0, c1, cap, shift, ref, target, t_row,
+                    t_class_stride, weight, one_minus_eps, eps_over_c, out, out_base, o_sc,
                     True)
-            elif keep_exps and in_place:
-                total, rest, chunk_moment, chunk_mass, chunk_entropy = chunk_sums(
-                    x, base, s_class, c0, c1, cap, shift, ref, target, t_row, t_class_stride,
-                    weight, one_minus_eps, eps_over_c, out, out_base, o_sc, staged, True,
-                    False)
             else:
                 total, rest, chunk_moment, chunk_mass, chunk_entropy = chunk_sums(
-                    x, base, s_class, c0, c1, cap, shift, ref, target, t_row, t_class_stride,
-                    weight, one_minus_eps, eps_over_c, out, out_base, o_sc, staged, False,
+                    source, s_base, s_stride, c0, c1, cap, shift, ref, target, t_row,
+                    t_class_stride, weight, one_minus_eps, eps_over_c, out, out_base, o_sc,
                     False)
             if metrics and not keep_exps:  # (a nan, or +inf, makes the sum nan)
                 best_key, best, chunk_ahead = chunk_ranks(
@@ -496,8 +482,7 @@ def build_row_kernel(variant, f, sum_at_inf):
         seg_len = (n_classes + split - 1) // split
         # Partial statistics per work item, in float64 (row maxima of float32 logits
         # are exact in it), an item's together: as rows of n_items, the rows of a large
-        # power-of-two n_items fell into one set of the L1 cache (a third slower at
-        # 16384 rows with the metrics' eleven).
+        # power-of-two n_items fell into one set of the L1 cache.
         part = np.empty((n_items, _N_PARTS if metrics else _ENTROPY))
         chunk_shifts = np.empty((n_items, (seg_len + CHUNK - 1) // CHUNK if keep_exps else 0))
         # Blocks of consecutive work items, each with its own staging chunk; enough

@@ -16,7 +16,7 @@ from numba import njit, prange
 from .access import cell, store
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
                         WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
-from .bits import prefetch, rank_key
+from .bits import exact_order, prefetch
 from .fastexp import exp64, log1p32, log32
 from .formulas import entropy_of, entropy_term
 from .row_kernel import FASTMATH, row_start
@@ -27,6 +27,17 @@ from .row_kernel import FASTMATH, row_start
 # Rows of a tile's scratch for the metrics' order: per position, the classes greater
 # than the target's logit, those equal to it, and the classes ahead of the target.
 _GREATER, _EQUAL, _AHEAD, _N_ORDER = range(4)
+
+
+@njit(inline="always")
+def tile_logit(tile, idx, cap):
+    """A staged logit (already capped) of a flat tile."""
+    return tile[np.uint64(idx)]
+
+
+# (argmax, classes ahead of the target) of the tile's position k: its classes lie
+# ``pitch`` apart from k.
+position_order = exact_order(tile_logit)
 
 
 def build_tile_kernel(variant, f, sum_at_inf):
@@ -130,21 +141,6 @@ def build_tile_kernel(variant, f, sum_at_inf):
                     t_logit[k] += value if target_class[k] == np.int32(c) else ftype(0.0)
 
     @njit(inline="always")
-    def exact_order(logits, k, n_classes, pitch, t_logit, t):
-        """(argmax, classes ahead of the target t) of position k, in ``rank_key``'s order
-        (a scalar loop, for the positions the float comparisons cannot settle)."""
-        top = rank_key(logits[cell(0, pitch, k)])
-        first = 0
-        t_key = rank_key(t_logit)
-        ahead = 0
-        for c in range(n_classes):
-            key = rank_key(logits[cell(c, pitch, k)])
-            if key > top:
-                top, first = key, c
-            ahead += (key > t_key) | ((key == t_key) & (c < t))
-        return first, ahead
-
-    @njit(inline="always")
     def tile_order(logits, scratch, order, argmax, target_index, n_classes, n, pitch,
                    wants_rank, wants_argmax):
         """Each position's argmax (when ``wants_argmax``) and the classes ahead of its
@@ -155,7 +151,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
         target's logit, the first class at the max (the classes from last to first, the
         first found last), or for 'correct' only the max and its count. The positions
         they cannot settle (a tie with the target's logit, a nan or an infinity, which
-        make the sums nan) go through ``exact_order``.
+        make the sums nan) go through ``position_order``.
         """
         shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
         t_logit = scratch[_T_LOGIT]
@@ -192,8 +188,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
             ahead[k] = count if clear else ftype(-1.0)
         for k in range(n):
             if ahead[k] < ftype(0.0):
-                first, count = exact_order(logits, k, n_classes, pitch, t_logit[k],
-                                           target_index[k])
+                _, first, count = position_order(logits, k, pitch, 0, n_classes, 0.0,
+                                                 t_logit[k], target_index[k])
                 argmax[k] = np.int32(first) if wants_argmax else argmax[k]
                 ahead[k] = ftype(count)
         # (A target that does not count ranks nowhere: never correct nor top-k.)
