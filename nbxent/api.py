@@ -117,7 +117,7 @@ def _loss_call(logits, target, options, *, want_loss, want_grad, grad_output=1.0
         where the training options take one, would give the same)."""
         if names is None or metric_rows:
             return module.cross_entropy(a_plan)
-        loss, grad, rows = module.cross_entropy(a_plan, metrics=names)
+        loss, grad, rows = module.cross_entropy(a_plan, metrics=names, top_k=top_k)
         if not metric_rows:
             metric_rows.append(module.to_namespace(rows))
         return loss, grad

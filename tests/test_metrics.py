@@ -1,9 +1,9 @@
 """Metrics from the loss's own pass: lse, argmax, correct, top_k, entropy.
 
 The oracle against NumPy's argmax and PyTorch (skipped where it is missing); then the
-CPU and Dask backends against the oracle on logits full of ties, zeros of both signs,
-nan and infinities, where the kernels' fast comparisons must hand over to their exact
-order (the CUDA backend, under the simulator or on a GPU, does not take metrics yet: it
+CPU and Dask backends (whole rows, and rows split across class chunks) against the
+oracle on logits full of ties, zeros of both signs, nan and infinities, where the
+kernels' fast comparisons must hand over to their exact order (the CUDA backend, under the simulator or on a GPU, does not take metrics yet: it
 must say so before running anything). Few kernel variants: the
 quick subset compiles float32 loss-only kernels (rows and tiles); gradients, float16,
 float64, the soft cap and probability targets are in the slow subset.
@@ -297,12 +297,27 @@ def test_bad_metrics(rng, metrics, top_k, error, message):
     np.testing.assert_array_equal(x, before)
 
 
-def test_dask_rows_split_across_class_chunks_say_how_to_rechunk(rng):
+@pytest.mark.parametrize("shape, axis, chunks", [((40, 9), -1, (16, 4)),
+                                                 ((2, 7, 4, 5), 1, (1, 3, 4, 5))])
+def test_dask_rows_split_across_class_chunks(rng, shape, axis, chunks):
+    """Each class chunk's best classes and entropy, merged: every metric, each alone
+    (each takes its own fields), k beyond a chunk's classes; loss and gradient as
+    without metrics."""
     da = pytest.importorskip("dask.array")
-    x = da.from_array(rng.standard_normal((8, 6)).astype(F32), chunks=(4, 3))
-    t = da.from_array(rng.integers(0, 6, 8), chunks=4)
-    with pytest.raises(NotImplementedError, match=r"class axis 1 has 2 chunks.*rechunk"):
-        nbxent.cross_entropy(x, t, metrics="correct")
+    x = tied_logits(rng, shape, axis, F32)
+    t = tied_targets(rng, shape, axis)
+    xd, td = da.from_array(x, chunks=chunks), da.from_array(t)
+    plain_loss, plain_grad = nbxent.cross_entropy_with_grad(xd, td, axis=axis)
+    for top_k in (1, 3, 6):
+        expected = R.metrics(x, t, axis, top_k=top_k)
+        loss, grad, found = nbxent.cross_entropy_with_grad(xd, td, axis=axis, metrics=ALL,
+                                                           top_k=top_k)
+        assert_metrics({name: np.asarray(a) for name, a in found.items()}, expected, ALL, F32)
+        np.testing.assert_array_equal(np.asarray(loss), np.asarray(plain_loss))
+        np.testing.assert_array_equal(np.asarray(grad), np.asarray(plain_grad))
+        for name in ALL:
+            _, alone = nbxent.cross_entropy(xd, td, axis=axis, metrics=name, top_k=top_k)
+            assert_metrics({name: np.asarray(alone[name])}, expected, (name,), F32)
 
 
 def test_rank_metrics_need_index_targets(rng):

@@ -169,7 +169,7 @@ def _max_blocks(settings):
 
 # ---------------------------------------------------------------- entry points
 
-def cross_entropy(plan, metrics=()):
+def cross_entropy(plan, metrics=(), top_k=1):
     """Cross-entropy loss and/or gradient of a plan on the GPU (``metrics=``: not yet on
     this backend, a NotImplementedError before anything runs).
 

@@ -136,11 +136,11 @@ def _grad_output(plan, row_chunks, rows):
     return (g, "") if g.ndim == 0 else (g.rechunk(row_chunks), rows)
 
 
-def cross_entropy(plan, metrics=()):
+def cross_entropy(plan, metrics=(), top_k=1):
     """(loss or None, gradient or None) for a cross-entropy plan, as lazy Dask arrays; with
     ``metrics`` (names, ``nbxent._metrics``) also the float64 metric rows, lazily, shaped
-    (N_METRICS, *rows) (whole rows only: the metrics of rows split across class chunks
-    would need their own merge, not written yet)."""
+    (N_METRICS, *rows). Where rows are split across class chunks, the target's rank is
+    exact only below ``top_k`` (``top_k`` when it is not: all the metrics need)."""
     _reject_out(plan)
     x, axis = plan.logits.view.array, plan.logits.axis
     full, rows, cls = _indices(x.ndim, axis)
@@ -152,11 +152,8 @@ def cross_entropy(plan, metrics=()):
         denominators = _denominators(plan, target, weight, rows, cls)
     if x.numblocks[axis] == 1:
         return _whole_rows(plan, x, target, weight, denominators, (full, rows, cls), metrics)
-    if metrics:
-        raise NotImplementedError(
-            f"metrics= on Dask needs each row's classes in one chunk; the logits' class axis "
-            f"{axis} has {x.numblocks[axis]} chunks: rechunk it with .rechunk({{{axis}: -1}})")
-    return _split_classes(plan, x, target, weight, denominators, (full, rows, cls))
+    return _split_classes(plan, x, target, weight, denominators, (full, rows, cls), metrics,
+                          top_k)
 
 
 def _whole_rows(plan, x, target, weight, denominators, indices, metrics):
@@ -201,18 +198,23 @@ def _item(pair, i):
     return pair[i]
 
 
-def _split_classes(plan, x, target, weight, denominators, indices):
+def _split_classes(plan, x, target, weight, denominators, indices, metrics, top_k):
     full, rows, cls = indices
     row_chunks = _row_chunks(x, plan.logits.axis)
     t_index = rows if plan.loss.target_is_index else full
     class_slices = ArraySliceDep((x.chunks[plan.logits.axis],))
+    # The metrics' best classes: the k best for 'top_k', the best for the argmax or 'correct'.
+    candidates = top_k if "top_k" in metrics else int(bool({"argmax", "correct"} & set(metrics)))
+    n_fields = partials.N_LOSS_FIELDS
+    if metrics:
+        n_fields = partials.CANDIDATES + candidates * partials.PER_CANDIDATE
     parts = _blockwise(
         partials.loss_partials, _FIELDS + full, x, full, target, t_index, *_optional(weight, cls),
         class_slices, cls, ArraySliceDep(row_chunks), rows,
-        new_axes={_FIELDS: partials.N_LOSS_FIELDS}, adjust_chunks={cls: 1}, axis=plan.logits.axis,
+        new_axes={_FIELDS: n_fields}, adjust_chunks={cls: 1}, axis=plan.logits.axis,
         n_classes=plan.logits.n_classes, ignore_index=plan.loss.ignore_index,
         label_smoothing=plan.loss.label_smoothing, softcap=plan.loss.softcap,
-        validate=plan.loss.validate,
+        validate=plan.loss.validate, metrics=metrics, candidates=candidates,
         dtype=np.float64, meta=_meta(x, x.ndim + 1, np.float64))
     merged = _merge(parts, partials.combine_loss_partials, plan.logits.axis)
     loss = grad = None
@@ -241,7 +243,15 @@ def _split_classes(plan, x, target, weight, denominators, indices):
             softcap=plan.loss.softcap,
             reduction=plan.reduction, dtype=plan.logits.dtype,
             meta=_meta(x, x.ndim, plan.logits.dtype))
-    return loss, grad
+    if not metrics:
+        return loss, grad
+    rows_metrics = _blockwise(
+        partials.metric_rows, _ROW_PARTS + rows, merged, _FIELDS + rows,
+        *_optional(target if plan.loss.target_is_index else None, rows),
+        new_axes={_ROW_PARTS: N_METRICS}, n_classes=plan.logits.n_classes,
+        ignore_index=plan.loss.ignore_index, dtype=np.float64,
+        meta=_meta(x, len(rows) + 1, np.float64))
+    return loss, grad, rows_metrics
 
 
 # ---------------------------------------------------------------- normalize

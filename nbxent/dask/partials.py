@@ -29,6 +29,13 @@ A row's cross-entropy is then t_mass (lse - x_t) + spread, that is (1 - eps) *
 T_WEIGHT * (SHIFT - T_LOGIT + LOG_SUM) + SPREAD for class indices, SPREAD for
 probabilities. Normalise partials are (SHIFT, LOG_SUM, ENTROPY). The 'mean'
 denominators are [D, N]: the summed w_t of the counted rows, and their number.
+
+For metrics (``loss_partials``'s ``candidates`` and ``entropy``), M_ENTROPY, the
+entropy of the chunk's own softmax (merged as the normalise partials' ENTROPY), and
+the chunk's ``candidates`` best classes in ``np.argmax``'s order, best first, each as
+(IS_NAN, VALUE, CLASS): 1.0 for a nan, the logit (+inf for a nan), the class. Merged,
+they are the row's best: the first is its argmax, and the target is within the k
+best exactly when fewer than k classes are ahead of it. Spent places hold IS_NAN -1.
 """
 
 import importlib
@@ -36,10 +43,16 @@ import importlib
 import numpy as np
 
 from .. import api
+from .._metrics import METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, N_METRICS
 from .._plan import index_error
 
 SHIFT, LOG_SUM, T_LOGIT, T_WEIGHT, MASS, SPREAD = range(6)
 N_LOSS_FIELDS = 6
+# With metrics, more loss partials follow: the chunk's softmax entropy (0 unless asked),
+# then the chunk's best classes in np.argmax's order, three fields each (below).
+M_ENTROPY = N_LOSS_FIELDS
+CANDIDATES = M_ENTROPY + 1
+IS_NAN, VALUE, CLASS, PER_CANDIDATE = range(4)
 ENTROPY = 2
 N_NORMALIZE_FIELDS = 3
 
@@ -238,9 +251,30 @@ def _target_terms(xp, x, target, weight, first_class, *, axis, n_classes, ignore
     return (eps / n_classes * w_along if eps else None), (xp.where(here, local, 0), here), w
 
 
+def _best_classes(xp, is_nan, value, classes, k, axis):
+    """The ``k`` best (IS_NAN, VALUE, CLASS) along ``axis`` in np.argmax's order (a nan
+    first, then the larger value, then the smaller class), stacked, best first, each
+    kept along ``axis`` (size 1). Where fewer than k are given, IS_NAN is -1."""
+    best = []
+    for _ in range(k):
+        top_nan = xp.max(is_nan, axis=axis, keepdims=True)
+        at_top = is_nan == top_nan
+        top_value = xp.max(xp.where(at_top, value, -np.inf), axis=axis, keepdims=True)
+        at_top &= value == top_value
+        first = xp.min(xp.where(at_top, classes, np.inf), axis=axis, keepdims=True)
+        best.append(xp.stack([xp.maximum(top_nan, -1.0), top_value, first]))
+        spent = classes == first
+        is_nan = xp.where(spent, -2.0, is_nan)
+        value = xp.where(spent, -np.inf, value)
+        classes = xp.where(spent, np.inf, classes)
+    return xp.concatenate(best)
+
+
 def loss_partials(x, target, weight, class_slice, where, *, axis, n_classes, ignore_index,
-                  label_smoothing, softcap, validate):
-    """The loss partials (module docstring) of a chunk of the classes, float64."""
+                  label_smoothing, softcap, validate, metrics=(), candidates=0):
+    """The loss partials (module docstring) of a chunk of the classes, float64; with
+    ``metrics`` (names), the metrics' partials after them: M_ENTROPY (0 unless asked)
+    and ``candidates`` best classes."""
     xp = namespace(x)
     index_target = target.dtype.kind in "iu"
     if validate and index_target:
@@ -262,7 +296,20 @@ def loss_partials(x, target, weight, class_slice, where, *, axis, n_classes, ign
             # spread = mass (lse - r) - moment with r = SHIFT: sum_c q~_c (x_c - SHIFT)
             # <= 0 and LOG_SUM >= 0, two non-negative parts that cannot cancel.
             spread = log_sum * mass - xp.sum(q * shifted, axis=axis, keepdims=True)
-    return xp.stack([shift, log_sum, t_logit, t_weight, mass, spread])
+    fields = [shift, log_sum, t_logit, t_weight, mass, spread]
+    if metrics:
+        fields.append(xp.expand_dims(api.entropy(x, axis=axis).astype(xp.float64), axis)
+                      if "entropy" in metrics else zeros)
+    stacked = xp.stack(fields)
+    if not candidates:
+        return stacked
+    is_nan = xp.isnan(x)
+    classes = _along(xp, xp.arange(x.shape[axis], dtype=xp.float64) + class_slice[0].start,
+                     axis, x.ndim)
+    best = _best_classes(xp, is_nan.astype(xp.float64),
+                         xp.where(is_nan, np.inf, x.astype(xp.float64)),
+                         xp.broadcast_to(classes, x.shape), candidates, axis)
+    return xp.concatenate([stacked, best])
 
 
 def _one_axis(axis):
@@ -288,8 +335,39 @@ def combine_loss_partials(parts, axis, keepdims):
         rebase = xp.where(parts[MASS] == 0, 0.0,
                           _rebased(parts, shift, log_sum) * parts[MASS])
         spread = xp.sum(parts[SPREAD] + rebase, axis=axis - 1, keepdims=True)
-    merged = xp.concatenate([shift[None], log_sum[None], sums, spread[None]])
+    merged = [shift[None], log_sum[None], sums, spread[None]]
+    if len(parts) > N_LOSS_FIELDS:
+        merged.append(_merged_entropy(xp, parts, M_ENTROPY, shift, log_sum, axis - 1)[None])
+        per = len(parts[CANDIDATES:]) // PER_CANDIDATE
+        if per:
+            # Every chunk's candidates side by side along the class axis, then the best.
+            chunks = parts[CANDIDATES:].reshape((per, PER_CANDIDATE) + parts.shape[1:])
+            side_by_side = [xp.concatenate(list(chunks[:, field]), axis=axis - 1)
+                            for field in (IS_NAN, VALUE, CLASS)]
+            merged.append(_best_classes(xp, *side_by_side, per, axis - 1))
+    merged = xp.concatenate(merged)
     return merged if keepdims else xp.squeeze(merged, axis)
+
+
+def metric_rows(parts, target, *, n_classes, ignore_index):
+    """The metric rows (``nbxent._metrics``: float64, (N_METRICS, *rows)) from merged loss
+    partials holding the metrics' (``target`` the block of class indices, None for
+    probabilities, whose rank is +inf: it does not count)."""
+    xp = namespace(parts)
+    rows = xp.empty((N_METRICS,) + parts.shape[1:])
+    rows[METRIC_LSE] = lse_rows(parts)
+    rows[METRIC_ENTROPY] = parts[M_ENTROPY]
+    per = len(parts[CANDIDATES:]) // PER_CANDIDATE
+    rows[METRIC_ARGMAX] = parts[CANDIDATES + CLASS] if per else 0.0
+    rows[METRIC_RANK] = np.inf
+    if target is not None and per:
+        t = _like(parts, target).astype(xp.int64)
+        rank = xp.full(t.shape, float(per))  # (at least: more are not needed)
+        for place in range(per - 1, -1, -1):
+            rank = xp.where(parts[CANDIDATES + place * PER_CANDIDATE + CLASS] == t, place, rank)
+        counted = (t != ignore_index) & (t >= 0) & (t < n_classes)
+        rows[METRIC_RANK] = xp.where(counted, rank, np.inf)
+    return rows
 
 
 def loss_rows(parts, target, *, n_classes, ignore_index, label_smoothing):
@@ -382,20 +460,26 @@ def normalize_partials(x, *, axis, entropy):
     return xp.stack([shift, log_sum, h])
 
 
-def combine_normalize_partials(parts, axis, keepdims):
-    """Merge [SHIFT, LOG_SUM, ENTROPY] along the class axis (``axis`` counts the field axis).
+def _merged_entropy(xp, parts, field, shift, log_sum, axis):
+    """The entropy of the merged chunks from each one's (``parts[field]``) and the
+    merged (shift, log_sum), along ``axis`` (kept).
 
     With L_k a chunk's lse, L the merged one and a_k = exp(L_k - L) (the chunk's
     share of the probability): H = sum_k a_k * (H_k + L - L_k). A chunk of all
     -inf adds nothing; a merged row of all -inf has nan entropy, as in memory.
     """
-    xp, axis = namespace(parts), _one_axis(axis)
-    shift, log_sum = _merge_lse(xp, parts[SHIFT], parts[LOG_SUM], axis - 1)
     with np.errstate(invalid="ignore", over="ignore"):
         gap = _rebased(parts, shift, log_sum)
-        terms = xp.where(parts[LOG_SUM] == -np.inf, 0.0,
-                         xp.exp(-gap) * (parts[ENTROPY] + gap))
-        h = xp.where(log_sum == -np.inf, np.nan, xp.sum(terms, axis=axis - 1, keepdims=True))
+        terms = xp.where(parts[LOG_SUM] == -np.inf, 0.0, xp.exp(-gap) * (parts[field] + gap))
+        return xp.where(log_sum == -np.inf, np.nan, xp.sum(terms, axis=axis, keepdims=True))
+
+
+def combine_normalize_partials(parts, axis, keepdims):
+    """Merge [SHIFT, LOG_SUM, ENTROPY] along the class axis (``axis`` counts the field
+    axis)."""
+    xp, axis = namespace(parts), _one_axis(axis)
+    shift, log_sum = _merge_lse(xp, parts[SHIFT], parts[LOG_SUM], axis - 1)
+    h = _merged_entropy(xp, parts, ENTROPY, shift, log_sum, axis - 1)
     merged = xp.concatenate([shift[None], log_sum[None], h[None]])
     return merged if keepdims else xp.squeeze(merged, axis)
 
