@@ -8,7 +8,8 @@ Byte model per call (N rows, C classes, b bytes per logit; see benchmarks/PTX.md
 loss only reads N*C*b; loss+gradient reads N*C*b and writes N*C*b when the
 thread's share of a row fits its registers (``Settings.warp_cache`` /
 ``block_cache`` logits per thread), else it reads the row a second time
-(mostly from L2); the split layout always reads twice.
+(mostly from L2); the split layout always reads twice. ``metrics=`` writes
+N_METRICS x 8 bytes per row more.
 """
 
 import numpy as np
@@ -264,9 +265,10 @@ def _run(plan, metrics):
     rows_base = rowc_base + (kernels.ROW_COEFS * n_rows if layout == "split" else 0)
     acc_ws = launch.empty((rows_base + (kernels.ROW_TERMS * n_rows if reduce else 0),),
                           acc_dtype)
-    # (split, with metrics: the argmax and rank partials of each (row, chunk) beside)
-    int_ws = launch.zeros((kernels.CHUNKS_DONE + (n_rows * (1 + kernels.ORDER_PARTIALS * n_chunks * metrics)
-                                                   if layout == "split" else 0),), np.int64)
+    # split: chunks done per row, and with metrics the argmax and rank of each (row, chunk)
+    split_ints = n_rows * (1 + kernels.ORDER_PARTIALS * n_chunks * metrics)
+    int_ws = launch.zeros((kernels.CHUNKS_DONE + (split_ints if layout == "split" else 0),),
+                          np.int64)
     acc_flat, int_flat = launch.flat_all(acc_ws), launch.flat_all(int_ws)
 
     logits, x_geom = _flat(launch, plan.logits.view, plan.logits.view.strides)

@@ -981,8 +981,8 @@ def _variants():
     The launched flag sets are subsets of these: per layout and phase, the
     cross-entropy variants switch on every feature (weights, soft cap, gradient,
     grad_output, device denominators), once with per-row and once with reduced
-    output, and once more with the metrics, so compiling them compiles every code
-    path and bounds the registers.
+    output, and the reduced one once more with the metrics (the default 'mean'
+    call's), so compiling them compiles every code path and bounds the registers.
     """
     out = []
     full = dict(has_weight=True, softcap=True, want_grad=True, has_grad_output=True)
@@ -996,7 +996,8 @@ def _variants():
         if phase != "apply":
             out += [Variant(op="cross_entropy", target=index, reduce=True,
                             denom_on_device=True, **full, **common),
-                    Variant(op="cross_entropy", target=index, metrics=True, **full, **common),
+                    Variant(op="cross_entropy", target=index, reduce=True, denom_on_device=True,
+                            metrics=True, **full, **common),
                     Variant(op="logsumexp", target=none, **common),
                     Variant(op="entropy", target=none, reduce=True, **common)]
     return [(v.name, v) for v in out]
