@@ -108,9 +108,11 @@ def _loss_call(logits, target, options, *, want_loss, want_grad, grad_output=1.0
         if raw_metrics:  # (a copy: the CPU backend's rows are reused by its next call)
             rows = metric_rows[0].reshape((_metrics.N_METRICS,) + plan.logits.result_shape)
             return loss, grad, rows.copy()
-        return loss, grad, _metrics.metric_arrays(
+        arrays = _metrics.metric_arrays(
             module.namespace_of(logits), metric_rows[0], names, top_k=top_k,
             result_shape=plan.logits.result_shape, loss_dtype=plan.logits.loss_dtype)
+        # (in the caller's kind: a Numba device array's metrics were made on the host)
+        return loss, grad, {name: module.from_namespace(a, logits) for name, a in arrays.items()}
 
     def fused(a_plan):
         """The backend's (loss, grad), and the metric rows of the first pass (a second,

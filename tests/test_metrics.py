@@ -1,12 +1,13 @@
 """Metrics from the loss's own pass: lse, argmax, correct, top_k, entropy.
 
 The oracle against NumPy's argmax and PyTorch (skipped where it is missing); then the
-CPU and Dask backends (whole rows, and rows split across class chunks) against the
-oracle on logits full of ties, zeros of both signs, nan and infinities, where the
-kernels' fast comparisons must hand over to their exact order (the CUDA backend, under the simulator or on a GPU, does not take metrics yet: it
-must say so before running anything). Few kernel variants: the
-quick subset compiles float32 loss-only kernels (rows and tiles); gradients, float16,
-float64, the soft cap and probability targets are in the slow subset.
+CPU, CUDA (under the simulator or on a GPU) and Dask (whole rows, and rows split across
+class chunks) backends against the oracle on logits full of ties, zeros of both signs,
+nan and infinities, where the kernels' fast comparisons must hand over to their exact
+order. Few kernel variants: the quick subset
+compiles float32 loss-only kernels (rows and tiles; on CUDA every layout, the split
+one with the gradient); gradients, float16, float64, the soft cap and probability
+targets are in the slow subset.
 """
 
 import numpy as np
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 import nbxent
 from nbxent import reference as R
+from nbxent._plan import make_loss_plan
 
 from _cases import is_small
 from conftest import assert_close
@@ -102,23 +104,12 @@ def test_oracle_matches_torch(rng):
 
 # ------------------------------------------------------------------ the backends
 
-def _cuda_says_not_yet(backend, x, t, **keywords):
-    """True on the CUDA backends, once they raised their NotImplementedError."""
-    if backend.name not in ("cudasim", "cuda"):
-        return False
-    with pytest.raises(NotImplementedError, match=r"metrics= is not available on the CUDA"):
-        nbxent.cross_entropy(backend.to_backend(x), backend.to_backend(t), **keywords)
-    return True
-
-
 def _backend_case(backend, rng, shape, axis):
-    """(tied logits, targets) for a backend's test, or None on the CUDA backends once they
-    said that they do not take metrics (a skip for shapes too large for the simulator)."""
+    """(tied logits, targets) for a backend's test (a skip for shapes too large for the
+    simulator)."""
     if backend.small and not is_small(shape, axis):
         pytest.skip("too large for the CUDA simulator")
-    x = tied_logits(rng, shape, axis, F32)
-    t = tied_targets(rng, shape, axis)
-    return None if _cuda_says_not_yet(backend, x, t, axis=axis, metrics=ALL) else (x, t)
+    return tied_logits(rng, shape, axis, F32), tied_targets(rng, shape, axis)
 
 
 def _call(backend, x, t, with_grad, **keywords):
@@ -136,13 +127,52 @@ def _call(backend, x, t, with_grad, **keywords):
 
 @pytest.mark.parametrize("shape, axis", LAYOUTS)
 def test_metrics_match_oracle(any_backend, rng, shape, axis):
-    case = _backend_case(any_backend, rng, shape, axis)
-    if case is None:
-        return
-    x, t = case
+    x, t = _backend_case(any_backend, rng, shape, axis)
     _, found = _call(any_backend, x, t, False, axis=axis, reduction="none", metrics=ALL,
                      top_k=3)
     assert_metrics(found, R.metrics(x, t, axis, top_k=3), ALL, F32)
+
+
+# The CUDA backend's layouts for long rows, reached with small shapes by lowering its
+# thresholds (as tests/test_cuda_kernels.py does): a block of two warps per row, and a
+# row split over blocks (C = 40 in 3 chunks of a warp each; its gradient is a second
+# launch). The short rows (a warp or less per row) and the NCHW map (a thread per row)
+# are LAYOUTS' "short" and "nchw".
+CUDA_LAYOUTS = [
+    pytest.param(dict(warp_max_c=8, block_cache=4), (8, 20), False, id="block"),
+    pytest.param(dict(warp_max_c=8, split_min_c=16, split_cols=16, split_max_rows=64,
+                      block_threads=32, block_cache=2), (7, 40), True, id="split-grad"),
+]
+
+
+@pytest.mark.parametrize("settings, shape, with_grad", CUDA_LAYOUTS)
+def test_cuda_long_row_layouts(backend, rng, settings, shape, with_grad):
+    """Every metric from the block and split layouts, whose threads (and blocks) each see
+    part of a row; with the gradient in place (out=logits), the metrics of the logits
+    before, and loss and gradient as without metrics."""
+    if backend.name == "cpu":
+        pytest.skip("the CUDA backend's layouts")
+    from nbxent.cuda import backend as cuda_backend
+    from nbxent.cuda.config import CUDA
+
+    x, t = tied_logits(rng, shape, -1, F32), tied_targets(rng, shape, -1)
+    with CUDA.override(**settings):
+        plan = make_loss_plan(x, t, axis=-1, weight=None, ignore_index=-100, reduction="mean",
+                              label_smoothing=0.0, z_loss=0.0, softcap=None, validate=True,
+                              want_loss=True, want_grad=False)
+        layout = cuda_backend._layout(CUDA.current(), plan)[0]
+        assert layout == ("split" if with_grad else "block")
+        if not with_grad:
+            _, found = _call(backend, x, t, False, metrics=ALL, top_k=3)
+        else:
+            xb, tb = backend.to_backend(x), backend.to_backend(t)
+            loss, grad, found = nbxent.cross_entropy_with_grad(xb, tb, metrics=ALL, top_k=3,
+                                                               out=xb)
+            found = {name: backend.to_numpy(v) for name, v in found.items()}
+            plain_loss, plain_grad = nbxent.cross_entropy_with_grad(backend.to_backend(x), tb)
+            np.testing.assert_array_equal(backend.to_numpy(loss), backend.to_numpy(plain_loss))
+            np.testing.assert_array_equal(backend.to_numpy(grad), backend.to_numpy(plain_grad))
+    assert_metrics(found, R.metrics(x, t, top_k=3), ALL, F32)
 
 
 @pytest.mark.parametrize("names", [("correct",), ("top_k",), ("argmax",), ("entropy", "lse"),
@@ -178,10 +208,7 @@ def test_loss_unchanged_by_metrics(rng, shape, axis):
 def test_fused_gradient_call(any_backend, rng, shape, axis):
     """With the gradient: metrics as the oracle's, loss and gradient as without metrics,
     and with out=logits the metrics are those of the logits before they were replaced."""
-    case = _backend_case(any_backend, rng, shape, axis)
-    if case is None:
-        return
-    x, t = case
+    x, t = _backend_case(any_backend, rng, shape, axis)
     names = ("lse", "argmax", "correct", "top_k")  # (entropy: see the test above)
     loss, found = _call(any_backend, x, t, True, axis=axis, metrics=names)
     assert_metrics(found, R.metrics(x, t, axis), names, F32)
@@ -242,9 +269,6 @@ def test_training_options_give_the_same_metrics(any_backend, rng):
     x = tied_logits(rng, shape, -1, F32)
     t = tied_targets(rng, shape, -1)
     s = rng.uniform(0.0, 2.0, 30)
-    if _cuda_says_not_yet(any_backend, x, t, metrics=ALL,
-                          sample_weight=any_backend.to_backend(s)):
-        return
     xb, tb, sb = (any_backend.to_backend(a) for a in (x, t, s))
     loss, found = nbxent.cross_entropy(xb, tb, sample_weight=sb, metrics=ALL)
     assert_close(any_backend.to_numpy(loss), R.cross_entropy(x, t, sample_weight=s), F32,

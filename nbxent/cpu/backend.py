@@ -332,8 +332,8 @@ def cross_entropy(plan, metrics=(), top_k=1):
     """(loss or None, gradient or None) for a cross-entropy plan; with ``metrics`` (the
     names asked for, ``nbxent._metrics``), (loss or None, gradient or None, the
     ``N_METRICS`` x rows float64 metrics, the rows not asked for undefined; a reused
-    array, valid until the thread's next call). The kernels count every class ahead of
-    the target, whatever ``top_k``."""
+    array, valid until the thread's next call). ``top_k`` is unused: the kernels count
+    every class ahead of the target."""
     target_kind = TargetKind.INDEX if plan.loss.target_is_index else TargetKind.PROB
     out = None
     if plan.want_grad:

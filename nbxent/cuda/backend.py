@@ -8,13 +8,15 @@ Byte model per call (N rows, C classes, b bytes per logit; see benchmarks/PTX.md
 loss only reads N*C*b; loss+gradient reads N*C*b and writes N*C*b when the
 thread's share of a row fits its registers (``Settings.warp_cache`` /
 ``block_cache`` logits per thread), else it reads the row a second time
-(mostly from L2); the split layout always reads twice.
+(mostly from L2); the split layout always reads twice. ``metrics=`` writes
+N_METRICS x 8 bytes per row more.
 """
 
 import numpy as np
 from numba import cuda
 
 from .._kinds import TargetKind
+from .._metrics import N_METRICS
 from .._plan import index_error
 from . import _sim, kernels
 from .arrays import Launch, is_cupy
@@ -170,20 +172,27 @@ def _max_blocks(settings):
 # ---------------------------------------------------------------- entry points
 
 def cross_entropy(plan, metrics=(), top_k=1):
-    """Cross-entropy loss and/or gradient of a plan on the GPU (``metrics=``: not yet on
-    this backend, a NotImplementedError before anything runs).
+    """Cross-entropy loss and/or gradient of a plan on the GPU, and with ``metrics`` the
+    metrics of its rows, taken in the same pass.
 
     Parameters
     ----------
     plan : nbxent._plan.Plan
         ``op == "cross_entropy"``; ``want_loss`` / ``want_grad`` say what to return.
+    metrics : tuple of str
+        Names from ``nbxent._metrics.METRICS`` (checked); empty for none. The kernel
+        computes all of them whenever any is asked for.
+    top_k : int
+        Unused: the kernels count every class ahead of the target.
 
     Returns
     -------
-    (loss or None, grad or None)
+    (loss or None, grad or None), and with ``metrics`` a third item
         loss: ``plan.logits.result_shape`` (reduction 'none') or 0-d, ``plan.logits.loss_dtype``;
-        grad: ``plan.logits.shape``, ``plan.logits.dtype``, or ``plan.out.array`` when given.
-        Both in the caller's kind; nothing waits for the device unless
+        grad: ``plan.logits.shape``, ``plan.logits.dtype``, or ``plan.out.array`` when given;
+        the metrics: a new float64 device array (``N_METRICS``, rows), the rows
+        ``nbxent._metrics.METRIC_*`` (the target's rank exact, +inf where it does not
+        count). All in the caller's kind; nothing waits for the device unless
         ``plan.loss.validate`` with class-index targets (one read of the error flag).
 
     Raises
@@ -191,14 +200,8 @@ def cross_entropy(plan, metrics=(), top_k=1):
     ValueError
         With ``plan.loss.validate``, for the first row whose class index is outside
         [0, C) and is not ``ignore_index``.
-    NotImplementedError
-        For ``metrics``: the CUDA kernels do not take them yet.
     """
-    if metrics:
-        raise NotImplementedError(
-            "metrics= is not available on the CUDA backend yet (the CPU and Dask backends "
-            "have it)")
-    return _run(plan)
+    return _run(plan, bool(metrics))
 
 
 def normalize(plan):
@@ -216,11 +219,11 @@ def normalize(plan):
         per ``plan.reduction``) in ``plan.logits.loss_dtype``; log_softmax / softmax:
         ``plan.logits.shape`` in ``plan.logits.dtype`` (into ``plan.out.array`` if given).
     """
-    loss, out = _run(plan)
+    loss, out = _run(plan, False)
     return loss if plan.op in ("logsumexp", "entropy") else out
 
 
-def _run(plan):
+def _run(plan, metrics):
     settings = CUDA.current()
     launch = Launch(plan.logits.view.array, plan.stream)
     is_ce = plan.op == "cross_entropy"
@@ -238,11 +241,13 @@ def _run(plan):
     if want_out:
         out = (plan.out.array if plan.out is not None
                else launch.empty(plan.logits.shape, plan.logits.dtype))
+    row_metrics = launch.empty((N_METRICS, n_rows), np.float64) if metrics else None
+    results = (loss, out, row_metrics) if metrics else (loss, out)
     if n_rows == 0:
         if reduce:  # torch: 'sum' of nothing is 0, 'mean' is 0/0
             loss = launch.full((), plan.logits.loss_dtype,
                                np.nan if plan.reduction == "mean" else 0.0)
-        return loss, out
+        return (loss,) + results[1:]
 
     if index_target and plan.loss.validate and np.dtype(plan.loss.target.array.dtype) == np.uint64:
         _check_uint64_targets(launch, plan)
@@ -257,11 +262,14 @@ def _run(plan):
     # The reproducible sums' tiles (and their slots in acc_ws) do not depend on the grid.
     sum_tiles = -(-n_rows // settings.sum_rows)
     chunk_base = kernels.SLOT_BASE + 4 * sum_tiles
-    rowc_base = chunk_base + (4 * n_rows * n_chunks if layout == "split" else 0)
+    partials = kernels.CHUNK_PARTIALS + kernels.ORDER_PARTIALS * metrics
+    rowc_base = chunk_base + (partials * n_rows * n_chunks if layout == "split" else 0)
     rows_base = rowc_base + (kernels.ROW_COEFS * n_rows if layout == "split" else 0)
     acc_ws = launch.empty((rows_base + (kernels.ROW_TERMS * n_rows if reduce else 0),),
                           acc_dtype)
-    int_ws = launch.zeros((kernels.CHUNKS_DONE + (n_rows if layout == "split" else 0),),
+    # split: chunks done per row, and with metrics the argmax and rank of each (row, chunk)
+    split_ints = n_rows * (1 + kernels.ORDER_PARTIALS * n_chunks * metrics)
+    int_ws = launch.zeros((kernels.CHUNKS_DONE + (split_ints if layout == "split" else 0),),
                           np.int64)
     acc_flat, int_flat = launch.flat_all(acc_ws), launch.flat_all(int_ws)
 
@@ -288,6 +296,7 @@ def _run(plan):
             inner = int(plan.logits.inner)
             out_geom = kernels.Geometry(0, int(n_classes * inner), inner, 1)
     loss_flat = launch.flat_all(loss) if want_loss else acc_flat
+    metrics_flat = launch.flat_all(row_metrics) if metrics else acc_flat
 
     dims = kernels.Dims(n_rows=n_rows, n_classes=n_classes, inner=plan.logits.inner,
                         ignore_index=int(plan.loss.ignore_index), group=group,
@@ -304,7 +313,8 @@ def _run(plan):
         acc64=acc_dtype == np.float64, target=target_kind,
         has_weight=is_ce and plan.loss.weight is not None, softcap=is_ce and plan.loss.softcap > 0,
         want_loss=want_loss, want_grad=want_out and is_ce, reduce=reduce,
-        has_grad_output=has_grad_output, denom_on_device=denom_on_device, cache=cache)
+        has_grad_output=has_grad_output, denom_on_device=denom_on_device, metrics=metrics,
+        cache=cache)
 
     # The kernels take their named tuples as plain ones and name them again on entry:
     # Numba types a plain tuple argument in C, a named one in Python, at every launch.
@@ -314,7 +324,7 @@ def _run(plan):
     # With out= the caller's buffer must stay untouched on a bad index: check first.
     check_first = index_target and plan.loss.validate and plan.out is not None
     args = (logits, x_geom, target, t_geom, weight, w_geom, grad_output, g_geom, loss_flat,
-            out_flat, out_geom, acc_flat, int_flat, dims, scalars)
+            metrics_flat, out_flat, out_geom, acc_flat, int_flat, dims, scalars)
     sum_args = (target, t_geom, weight, w_geom, loss_flat, acc_flat, int_flat, dims, scalars)
     sum_launch = (sum_tiles, kernels.SUM_THREADS, launch.stream)
     if denom_on_device or check_first:
@@ -323,13 +333,14 @@ def _run(plan):
             _raise_on_bad_index(launch, plan, int_ws, target, t_geom)
     kernels.kernel_for(variant)[grid, threads, launch.stream](*args)
     if layout == "split" and want_out:
-        kernels.kernel_for(variant._replace(phase="apply"))[grid, threads, launch.stream](*args)
+        apply = variant._replace(phase="apply", metrics=False)
+        kernels.kernel_for(apply)[grid, threads, launch.stream](*args)
     if reduce:
         kernels.row_sums_kernel(variant.acc64)[sum_launch](*sum_args)
 
     if index_target and plan.loss.validate and not check_first:
         _raise_on_bad_index(launch, plan, int_ws, target, t_geom)
-    return loss, out
+    return results
 
 
 def _scalars(plan, acc_dtype):

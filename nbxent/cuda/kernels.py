@@ -25,6 +25,12 @@ then the gradient or normalised row (``write_row``). Each thread keeps its
 logits of the row in registers (``Variant.cache`` per thread), so when a row
 fits, the gradient pass reads no logits from memory again.
 
+With ``Variant.metrics`` (cross-entropy) the same pass takes the rows of
+``nbxent._metrics``: each thread keeps the first largest logit of its classes in
+``np.argmax``'s order (``precedes``), the classes ahead of the target, and the
+entropy's moment; the merges over threads and chunks carry them beside the
+online-softmax partials. Without it none of that code is compiled.
+
 'sum' and 'mean' are reproducible: the row kernel leaves each row's terms in
 its workspace, and ``row_sums_kernel`` adds them over fixed tiles of rows in a
 fixed order (``_fixed_sums``), so their bits do not depend on the GPU's number of
@@ -45,6 +51,7 @@ from typing import NamedTuple
 from numba import cuda, float32, float64, int64
 
 from .._kinds import TargetKind
+from .._metrics import METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK
 from ._sim import log, shfl_xor4
 
 
@@ -92,10 +99,14 @@ OPS = ("cross_entropy", "logsumexp", "softmax", "entropy")
 LAYOUTS = ("warp", "block", "split")
 
 # acc_ws holds [D, N] (denominator kernel), then 4 partial sums per tile of
-# ``Dims.sum_rows`` rows, then (split) 4 online-softmax partials per (row, chunk) and
-# ROW_COEFS row coefficients per row, then ('sum' and 'mean') ROW_TERMS values per row.
-# int_ws holds [error, target tiles done, row tiles done, chunks done per row].
+# ``Dims.sum_rows`` rows, then (split) CHUNK_PARTIALS online-softmax partials per (row,
+# chunk) (with metrics ORDER_PARTIALS more) and ROW_COEFS row coefficients per row, then
+# ('sum' and 'mean') ROW_TERMS values per row. int_ws holds [error, target tiles done,
+# row tiles done, chunks done per row], then (split, with metrics) ORDER_PARTIALS
+# integers per (row, chunk).
 SLOT_BASE = 2
+CHUNK_PARTIALS = 4
+ORDER_PARTIALS = 2
 ROW_COEFS = 5
 ROW_TERMS = 4
 ERROR, TARGET_TILES_DONE, ROW_TILES_DONE, CHUNKS_DONE = 0, 1, 2, 3
@@ -117,6 +128,7 @@ class Variant(NamedTuple):
     reduce: bool = False          # 'sum'/'mean': row terms for row_sums_kernel
     has_grad_output: bool = False
     denom_on_device: bool = False  # 'mean' gradient of index targets: D, N from acc_ws[0:2]
+    metrics: bool = False         # cross-entropy: the rows of nbxent._metrics too (stats phase)
     cache: int = 16               # logits per thread kept in registers
 
     @property
@@ -128,7 +140,8 @@ class Variant(NamedTuple):
         if self.op == "cross_entropy":
             parts.append(self.target.name.lower())
             parts += [flag for flag in ("has_weight", "softcap", "want_loss", "want_grad",
-                                        "reduce", "has_grad_output", "denom_on_device")
+                                        "reduce", "has_grad_output", "denom_on_device",
+                                        "metrics")
                       if getattr(self, flag)]
         elif self.reduce:
             parts.append("reduce")
@@ -309,16 +322,34 @@ def _fixed_sums(acc64, row_terms, counter, finish):
 
 # ---------------------------------------------------------------- online softmax
 
+@cuda.jit(device=True, inline="always")
+def precedes(x, c, y, d):
+    """Whether logit x of class c comes before logit y of class d in ``np.argmax``'s
+    order: larger first, every nan above +inf, the smaller class among equals (-0.0
+    equals 0.0, as float comparison has it)."""
+    x_nan, y_nan = x != x, y != y
+    if x_nan or y_nan:
+        return x_nan and (not y_nan or c < d)
+    return x > y or (x == y and c < d)
+
+
 @lru_cache(maxsize=None)
-def _online_softmax(acc64, entropy, block_group):
-    """(raise_max, group_reduce, merge_chunks) for partials (row_max, sum_exp, moment, mass).
+def _online_softmax(acc64, entropy, block_group, metrics=False):
+    """(raise_max, group_reduce, merge_chunks) for partials (row_max, sum_exp, moment,
+    mass, order).
 
     ``raise_max`` moves a partial onto a larger max; ``group_reduce`` merges the
     partials of a row's threads, ``merge_chunks`` those of a split row's chunks.
-    For entropy the moment is taken about the max, so it moves with it.
+    For entropy the moment is taken about the max, so it moves with it. ``order`` is
+    (top, first, ahead, shannon), the metrics' partial with ``metrics`` (else passed
+    through untouched): the first largest logit in ``precedes``' order and its class,
+    the classes ahead of the target, and the entropy's moment sum_c e_c (x_c - m).
     """
     acc = float64 if acc64 else float32
     zero, one = acc(0.0), acc(1.0)
+    # Partials per (row, chunk) of the split layout: floats in acc_ws, the metrics'
+    # class and count in int_ws (exact beyond float32's 2**24).
+    parts = CHUNK_PARTIALS + ORDER_PARTIALS * metrics
 
     @cuda.jit(device=True, inline="always")
     def rescale(m_old, m_new):
@@ -335,28 +366,59 @@ def _online_softmax(acc64, entropy, block_group):
         return moment + (m_old - m_new) * sum_exp
 
     @cuda.jit(device=True, inline="always")
-    def raise_max(row_max, sum_exp, moment, new_max):
-        """(row_max, sum_exp, moment) about max(row_max, new_max)."""
+    def moment_about(moment, sum_exp, m_old, m_new, scale):
+        """An entropy moment about m_new, its e_c rescaled by ``scale`` = rescale(m_old, m_new)."""
+        return shift_moment(moment, sum_exp, m_old, m_new) * scale
+
+    @cuda.jit(device=True, inline="always")
+    def raise_max(row_max, sum_exp, moment, shannon, new_max):
+        """(row_max, sum_exp, moment, shannon) about max(row_max, new_max)."""
         new_max = new_max if new_max > row_max else row_max
         scale = rescale(row_max, new_max)
         if entropy:
-            moment = shift_moment(moment, sum_exp, row_max, new_max) * scale
-        return new_max, sum_exp * scale, moment
+            moment = moment_about(moment, sum_exp, row_max, new_max, scale)
+        if metrics:
+            shannon = moment_about(shannon, sum_exp, row_max, new_max, scale)
+        return new_max, sum_exp * scale, moment, shannon
 
     @cuda.jit(device=True, inline="always")
-    def merge(m, s, moment, mass, m2, s2, moment2, mass2):
+    def merge(m, s, moment, mass, order, m2, s2, moment2, mass2, order2):
         """The partial of the union of two sets of classes."""
         row_max = m2 if m2 > m else m
         scale, scale2 = rescale(m, row_max), rescale(m2, row_max)
         if entropy:
-            moment = (shift_moment(moment, s, m, row_max) * scale
-                      + shift_moment(moment2, s2, m2, row_max) * scale2)
+            moment = (moment_about(moment, s, m, row_max, scale)
+                      + moment_about(moment2, s2, m2, row_max, scale2))
         else:
             moment = moment + moment2
-        return row_max, s * scale + s2 * scale2, moment, mass + mass2
+        if metrics:
+            top, first, ahead, shannon = order
+            if precedes(order2[0], order2[1], top, first):
+                top, first = order2[0], order2[1]
+            order = (top, first, ahead + order2[2],
+                     moment_about(shannon, s, m, row_max, scale)
+                     + moment_about(order2[3], s2, m2, row_max, scale2))
+        return row_max, s * scale + s2 * scale2, moment, mass + mass2, order
 
     @cuda.jit(device=True, inline="always")
-    def group_reduce(m, s, moment, mass, group, lane32, warp_id):
+    def store_order(floats, f_at, ints, i_at, order):
+        """With metrics, keep ``order``'s floats at floats[f_at:f_at + 2], its integers at
+        ints[i_at:i_at + 2]."""
+        if metrics:
+            floats[f_at] = order[0]
+            floats[f_at + 1] = order[3]
+            ints[i_at] = order[1]
+            ints[i_at + 1] = order[2]
+
+    @cuda.jit(device=True, inline="always")
+    def load_order(floats, f_at, ints, i_at, order):
+        """The order ``store_order`` kept (``order`` itself without metrics)."""
+        if metrics:
+            order = (floats[f_at], ints[i_at], ints[i_at + 1], floats[f_at + 1])
+        return order
+
+    @cuda.jit(device=True, inline="always")
+    def group_reduce(m, s, moment, mass, order, group, lane32, warp_id):
         """Merge the partials of a row's threads; every thread gets the same result.
 
         A butterfly over ``min(group, 32)`` lanes (commutative, so bitwise
@@ -367,26 +429,35 @@ def _online_softmax(acc64, entropy, block_group):
         offset = (group if group < 32 else 32) // 2
         while offset > 0:
             m2, s2, moment2, mass2 = shfl_xor4(m, s, moment, mass, offset)
-            m, s, moment, mass = merge(m, s, moment, mass, m2, s2, moment2, mass2)
+            order2 = order
+            if metrics:
+                order2 = shfl_xor4(order[0], order[1], order[2], order[3], offset)
+            m, s, moment, mass, order = merge(m, s, moment, mass, order, m2, s2, moment2, mass2,
+                                              order2)
             offset //= 2
         if block_group:
             warp_stats = cuda.shared.array(128, acc)
+            warp_floats = cuda.shared.array(64, acc)
+            warp_ints = cuda.shared.array(64, int64)
             if lane32 == 0:
                 warp_stats[4 * warp_id] = m
                 warp_stats[4 * warp_id + 1] = s
                 warp_stats[4 * warp_id + 2] = moment
                 warp_stats[4 * warp_id + 3] = mass
+                store_order(warp_floats, 2 * warp_id, warp_ints, 2 * warp_id, order)
             cuda.syncthreads()
             m, s, moment, mass = warp_stats[0], warp_stats[1], warp_stats[2], warp_stats[3]
+            order = load_order(warp_floats, 0, warp_ints, 0, order)
             for other in range(1, cuda.blockDim.x // 32):
-                m, s, moment, mass = merge(m, s, moment, mass, warp_stats[4 * other],
-                                           warp_stats[4 * other + 1], warp_stats[4 * other + 2],
-                                           warp_stats[4 * other + 3])
+                m, s, moment, mass, order = merge(
+                    m, s, moment, mass, order, warp_stats[4 * other], warp_stats[4 * other + 1],
+                    warp_stats[4 * other + 2], warp_stats[4 * other + 3],
+                    load_order(warp_floats, 2 * other, warp_ints, 2 * other, order))
             cuda.syncthreads()
-        return m, s, moment, mass
+        return m, s, moment, mass, order
 
     @cuda.jit(device=True, inline="always")
-    def merge_chunks(acc_ws, int_ws, dims, row, chunk, active, m, s, moment, mass):
+    def merge_chunks(acc_ws, int_ws, dims, row, chunk, active, m, s, moment, mass, order):
         """Publish this block's partial of ``row``; the block of the row's last chunk
         to finish merges them all in chunk order.
 
@@ -394,12 +465,15 @@ def _online_softmax(acc64, entropy, block_group):
         Every thread of the block must call it.
         """
         is_last = cuda.shared.array(1, int64)
-        part = dims.chunk_base + 4 * (row * dims.n_chunks + chunk)
+        ints = CHUNKS_DONE + dims.n_rows  # the metrics' integers, after the chunk counters
+        part = dims.chunk_base + parts * (row * dims.n_chunks + chunk)
         if cuda.threadIdx.x == 0 and active:
             acc_ws[part] = m
             acc_ws[part + 1] = s
             acc_ws[part + 2] = moment
             acc_ws[part + 3] = mass
+            store_order(acc_ws, part + CHUNK_PARTIALS, int_ws,
+                        ints + ORDER_PARTIALS * (row * dims.n_chunks + chunk), order)
             cuda.threadfence()
             done = cuda.atomic.add(int_ws, CHUNKS_DONE + row, 1)
             is_last[0] = 1 if done == dims.n_chunks - 1 else 0
@@ -407,14 +481,19 @@ def _online_softmax(acc64, entropy, block_group):
         row_done = active and is_last[0] == 1
         if row_done:
             cuda.threadfence()
-            part = dims.chunk_base + 4 * row * dims.n_chunks
+            part = dims.chunk_base + parts * row * dims.n_chunks
             m, s, moment, mass = acc_ws[part], acc_ws[part + 1], acc_ws[part + 2], acc_ws[part + 3]
+            order = load_order(acc_ws, part + CHUNK_PARTIALS, int_ws,
+                               ints + ORDER_PARTIALS * row * dims.n_chunks, order)
             for other in range(1, dims.n_chunks):
-                part = dims.chunk_base + 4 * (row * dims.n_chunks + other)
-                m, s, moment, mass = merge(m, s, moment, mass, acc_ws[part], acc_ws[part + 1],
-                                           acc_ws[part + 2], acc_ws[part + 3])
+                part = dims.chunk_base + parts * (row * dims.n_chunks + other)
+                m, s, moment, mass, order = merge(
+                    m, s, moment, mass, order, acc_ws[part], acc_ws[part + 1], acc_ws[part + 2],
+                    acc_ws[part + 3],
+                    load_order(acc_ws, part + CHUNK_PARTIALS, int_ws,
+                               ints + ORDER_PARTIALS * (row * dims.n_chunks + other), order))
         cuda.syncthreads()
-        return row_done, m, s, moment, mass
+        return row_done, m, s, moment, mass, order
 
     return raise_max, group_reduce, merge_chunks
 
@@ -461,20 +540,24 @@ def _stats_pass(variant):
     entropy = v.op == "entropy"
     logsumexp = v.op == "logsumexp"
     index_target, prob_target = v.index_target, v.prob_target
+    metrics = _metrics_pass(v)
     load_x, class_q = _class_terms(v)
-    raise_max, _, _ = _online_softmax(v.acc64, entropy, v.layout != "warp")
+    raise_max, _, _ = _online_softmax(v.acc64, entropy, v.layout != "warp", metrics)
 
     @cuda.jit(device=True, inline="always")
     def thread_stats(logits, x_row, x_geom, target, t_row, t_geom, weight, w_geom, c_first,
-                     c_end, step, ref, scalars, cache):
-        """This thread's partial (row_max, sum_exp, moment, mass) over the classes
-        c_first, c_first + step, ... < c_end of a row (see the notation).
+                     c_end, step, ref, t_logit, t, scalars, cache):
+        """This thread's partial (row_max, sum_exp, moment, mass, order) over the classes
+        c_first, c_first + step, ... < c_end of a row (see the notation, and
+        ``_online_softmax`` for ``order``, which counts the classes ahead of class t
+        of logit t_logit).
 
         Loads K logits before using them (bytes in flight), leaving them in ``cache``.
         """
         has_spread = prob_target or (index_target and scalars.eps > zero)
         row_max = neg_inf
-        sum_exp = moment = mass = zero
+        sum_exp = moment = mass = shannon = zero
+        top, first, ahead = neg_inf, int64(_INT64_MAX), int64(0)
         for base in range(c_first, c_end, step * K):
             chunk_max = neg_inf
             for k in range(K):
@@ -482,10 +565,16 @@ def _stats_pass(variant):
                 x = neg_inf
                 if c < c_end:
                     x = load_x(logits, x_row + c * x_geom.s_class, scalars)
+                    if metrics:
+                        if precedes(x, c, top, first):
+                            top, first = x, c
+                        if precedes(x, c, t_logit, t):
+                            ahead += 1
                 cache[k] = x
                 if x > chunk_max:
                     chunk_max = x
-            row_max, sum_exp, moment = raise_max(row_max, sum_exp, moment, chunk_max)
+            row_max, sum_exp, moment, shannon = raise_max(row_max, sum_exp, moment, shannon,
+                                                          chunk_max)
             for k in range(K):
                 c = base + k * step
                 if c < c_end:
@@ -500,17 +589,24 @@ def _stats_pass(variant):
                     else:
                         e = math.exp(x - row_max)
                     sum_exp += e
-                    if entropy:
-                        if e != zero:
+                    if (entropy or metrics) and e != zero:
+                        if entropy:
                             moment += e * (x - row_max)
-                    elif has_spread:
+                        else:
+                            shannon += e * (x - row_max)
+                    if has_spread:
                         q = class_q(target, t_row + c * t_geom.s_class, weight,
                                     w_geom.offset + c * w_geom.s_class, scalars)
                         moment += q * (x - ref)
                         mass += q
-        return row_max, sum_exp, moment, mass
+        return row_max, sum_exp, moment, mass, (top, first, ahead, shannon)
 
     return thread_stats
+
+
+def _metrics_pass(variant):
+    """Whether the kernel of ``variant`` takes the metrics (in its statistics pass)."""
+    return variant.metrics and variant.op == "cross_entropy" and variant.phase != "apply"
 
 
 @lru_cache(maxsize=None)
@@ -628,7 +724,8 @@ def kernel_for(variant):
     """
     v = variant
     acc = v.acc
-    zero, one, neg_inf = acc(0.0), acc(1.0), acc(-math.inf)
+    zero, one, neg_inf, pos_inf, nan = (acc(0.0), acc(1.0), acc(-math.inf), acc(math.inf),
+                                        acc(math.nan))
     K = v.cache
     is_ce = v.op == "cross_entropy"
     index_target = v.index_target
@@ -643,7 +740,9 @@ def kernel_for(variant):
     entropy = v.op == "entropy"
     has_grad_output = is_ce and v.has_grad_output
     denom_on_device = v.denom_on_device
-    _, group_reduce, merge_chunks = _online_softmax(v.acc64, entropy, v.layout != "warp")
+    metrics = _metrics_pass(v)
+    _, group_reduce, merge_chunks = _online_softmax(v.acc64, entropy, v.layout != "warp",
+                                                    metrics)
     load_x, _ = _class_terms(v)
     thread_stats = _stats_pass(v)
     ce_terms = _ce_terms(v)
@@ -681,15 +780,32 @@ def kernel_for(variant):
                 t_logit = load_x(logits, x_row + t * x_geom.s_class, scalars)
         return t, valid, counted, ref, t_logit
 
+    @cuda.jit(device=True, inline="always")
+    def store_metrics(row_metrics, n_rows, row, row_max, lse, log_sum, sum_exp, order, counted):
+        """Row ``row`` of the metrics (``nbxent._metrics``: N_METRICS rows of n_rows):
+        its logsumexp (+inf for a row holding +inf and no nan, where the loss's sum is
+        nan; the top logit is then that +inf or a nan), argmax, the target's rank (+inf
+        for a target that does not count) and entropy (nan for a row of -inf)."""
+        top, first, ahead, shannon = order
+        row_metrics[METRIC_LSE * n_rows + row] = top if row_max == pos_inf else lse
+        row_metrics[METRIC_ARGMAX * n_rows + row] = first
+        if counted:
+            row_metrics[METRIC_RANK * n_rows + row] = ahead
+        else:
+            row_metrics[METRIC_RANK * n_rows + row] = math.inf
+        row_metrics[METRIC_ENTROPY * n_rows + row] = (log_sum - shannon / sum_exp
+                                                      if sum_exp != zero else nan)
+
     @cuda.jit
-    def kernel(logits, x_geom, target, t_geom, weight, w_geom, grad_output, g_geom, loss, out,
-               out_geom, acc_ws, int_ws, dims, scalars):
+    def kernel(logits, x_geom, target, t_geom, weight, w_geom, grad_output, g_geom, loss,
+               row_metrics, out, out_geom, acc_ws, int_ws, dims, scalars):
         """Rows of one operation (``variant``); see the module docstring.
 
         Threads: groups of ``group`` lanes per row (warp), the block per row
         (block), or the block per (chunk = blockIdx.x, row) (split); rows grid-stride.
         ``loss`` is a fresh buffer for a value per row; 'sum' and 'mean' leave each
-        row's terms in acc_ws instead, for ``row_sums_kernel``.
+        row's terms in acc_ws instead, for ``row_sums_kernel``. ``row_metrics`` (float64,
+        with ``variant.metrics``) takes the metrics of every row, whatever the reduction.
         """
         x_geom, t_geom, w_geom = Geometry(*x_geom), Geometry(*t_geom), Geometry(*w_geom)
         g_geom, out_geom = Geometry(*g_geom), Geometry(*out_geom)
@@ -715,16 +831,18 @@ def kernel_for(variant):
             row_max = log_sum = p_coef = g_ce = t_coef = zero
             if do_stats:
                 row_max, sum_exp, moment, mass = neg_inf, zero, zero, zero
+                order = (neg_inf, int64(_INT64_MAX), int64(0), zero)
                 if active:
-                    row_max, sum_exp, moment, mass = thread_stats(
+                    row_max, sum_exp, moment, mass, order = thread_stats(
                         logits, x_row, x_geom, target, t_row, t_geom, weight, w_geom,
-                        c_begin + lane, c_end, dims.group, ref, scalars, cache)
-                row_max, sum_exp, moment, mass = group_reduce(row_max, sum_exp, moment, mass,
-                                                              dims.group, lane32, warp_id)
+                        c_begin + lane, c_end, dims.group, ref, t_logit, t, scalars, cache)
+                row_max, sum_exp, moment, mass, order = group_reduce(
+                    row_max, sum_exp, moment, mass, order, dims.group, lane32, warp_id)
                 row_done = active
                 if split:
-                    row_done, row_max, sum_exp, moment, mass = merge_chunks(
-                        acc_ws, int_ws, dims, row, chunk, active, row_max, sum_exp, moment, mass)
+                    row_done, row_max, sum_exp, moment, mass, order = merge_chunks(
+                        acc_ws, int_ws, dims, row, chunk, active, row_max, sum_exp, moment, mass,
+                        order)
                 if row_done:
                     log_sum = log(sum_exp)
                     lse = row_max + log_sum
@@ -743,6 +861,9 @@ def kernel_for(variant):
                             weight, w_geom, g_ce, g * inv_n, scalars, int_ws,
                             dims.n_rows - row if lane == 0 else 0)
                     if lane == 0:
+                        if metrics:
+                            store_metrics(row_metrics, dims.n_rows, row, row_max, lse, log_sum,
+                                          sum_exp, order, counted)
                         if write_rows:
                             loss[row] = value + scalars.z_loss * z_value if is_ce else value
                         if reduce:  # summed by row_sums_kernel, over a fixed partition
@@ -860,7 +981,8 @@ def _variants():
     The launched flag sets are subsets of these: per layout and phase, the
     cross-entropy variants switch on every feature (weights, soft cap, gradient,
     grad_output, device denominators), once with per-row and once with reduced
-    output, so compiling them compiles every code path and bounds the registers.
+    output, and the reduced one once more with the metrics (the default 'mean'
+    call's), so compiling them compiles every code path and bounds the registers.
     """
     out = []
     full = dict(has_weight=True, softcap=True, want_grad=True, has_grad_output=True)
@@ -874,6 +996,8 @@ def _variants():
         if phase != "apply":
             out += [Variant(op="cross_entropy", target=index, reduce=True,
                             denom_on_device=True, **full, **common),
+                    Variant(op="cross_entropy", target=index, reduce=True, denom_on_device=True,
+                            metrics=True, **full, **common),
                     Variant(op="logsumexp", target=none, **common),
                     Variant(op="entropy", target=none, reduce=True, **common)]
     return [(v.name, v) for v in out]
