@@ -11,6 +11,7 @@ import pytest
 
 import nbxent
 
+from _cases import bad_training_options
 from conftest import assert_close
 
 torch = pytest.importorskip("torch")
@@ -440,7 +441,11 @@ def test_metrics_match_the_direct_call(rng, mode):
     assert list(found) == list(_ALL_METRICS)
     for name, value in found.items():
         assert value.dtype == _METRIC_DTYPES[name] and not value.requires_grad, name
-        np.testing.assert_array_equal(value.numpy(), expected[name], err_msg=name)
+        if name in ("lse", "entropy"):   # (the loss-only pass may round differently)
+            assert_close(value.numpy(), expected[name], np.dtype(np.float32), "loss",
+                         err_msg=name)
+        else:
+            np.testing.assert_array_equal(value.numpy(), expected[name], err_msg=name)
     assert_close(loss.detach().numpy(), expected_loss, np.dtype(np.float32), "loss", rtol=1e-6)
     assert loss.requires_grad == (mode != "no_grad")
     if mode != "no_grad":
@@ -462,20 +467,9 @@ def test_module_takes_training_options(rng):
     np.testing.assert_array_equal(found["correct"].numpy(), expected["correct"])
 
 
-@pytest.mark.parametrize("options,error,match", [
-    (dict(sample_weight=torch.ones(4)), ValueError,
-     r"sample_weight of shape \(4,\) does not fit logits of shape \(3, 4\): expected \(3,\)"),
-    (dict(sample_weight=[1.0, 1.0, 1.0]), TypeError, "sample_weight must be a torch.Tensor"),
-    (dict(denominator=-1.0), ValueError, "denominator must be a finite number >= 0"),
-    (dict(denominator="3"), TypeError, "denominator must be a real number"),
-    (dict(denominator=torch.ones(2)), ValueError, r"0-d array; got an array of shape \(2,\)"),
-    (dict(denominator=2.0, reduction="sum"), ValueError, "denominator= replaces"),
-    (dict(empty="ignore"), ValueError, "empty must be one of"),
-    (dict(metrics="accuracy"), ValueError, "unknown metric 'accuracy'"),
-    (dict(metrics="top_k", top_k=0), ValueError, "top_k must be >= 1"),
-], ids=["sample_weight-shape", "sample_weight-list", "denominator-negative",
-        "denominator-str", "denominator-shape", "denominator-sum", "empty", "metrics",
-        "top_k"])
+@pytest.mark.parametrize("options,error,match", bad_training_options(torch.ones) + [
+    pytest.param(dict(sample_weight=[1.0, 1.0, 1.0]), TypeError,
+                 "sample_weight must be a torch.Tensor", id="sample_weight-list")])
 @pytest.mark.parametrize("inplace_backward", [False, True], ids=["saved", "inplace"])
 def test_bad_training_options_get_nbxent_errors(options, error, match, inplace_backward):
     logits = torch.zeros(3, 4).requires_grad_(True)
