@@ -115,6 +115,10 @@ def _run(logits, target, weight, axis, ignore_index, reduction, label_smoothing,
     string) also the list of metric tensors. Tensors are detached (DLPack refuses tensors
     requiring grad), and on the GPU nbxent runs on the caller's current PyTorch stream."""
     detach = [None if x is None else x.detach() for x in (sample_weight, denominator, weight)]
+    if detach[1] is not None and detach[1].device.type == "cpu":
+        # A host value for nbxent whatever the logits' device (a number given to the
+        # wrapper arrives as a CPU tensor): read on the host, not a CPU array beside GPU ones.
+        detach[1] = detach[1].numpy()
     options = dict(axis=axis, weight=detach[2], ignore_index=ignore_index,
                    reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
                    softcap=softcap, sample_weight=detach[0], denominator=detach[1],

@@ -588,6 +588,28 @@ def test_cuda_tensors(rng):
     torch.testing.assert_close(grad.cpu(), expected_grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.cuda
+def test_cuda_tensors_with_training_options(rng):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible to torch")
+    logits, target, _ = _inputs(rng, (33, 70), (33,), "index", False, torch.float32)
+    sample_weight = _sample_weight(rng, (33,))
+    options = dict(denominator=20.0, metrics=("argmax", "correct", "lse"))
+    expected_loss, expected_grad, expected = _direct(logits, target, torch.tensor(1.0),
+                                                     sample_weight=sample_weight, **options)
+    x = logits.cuda().requires_grad_(True)
+    loss, found = nbxent_torch.cross_entropy(x, target.cuda(),
+                                             sample_weight=sample_weight.cuda(), **options)
+    loss.backward()
+    assert loss.is_cuda and all(value.is_cuda for value in found.values())
+    torch.testing.assert_close(loss.cpu(), torch.tensor(float(expected_loss)),
+                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad.cpu(), torch.from_numpy(expected_grad),
+                               rtol=1e-5, atol=1e-6)
+    for name in ("argmax", "correct"):
+        np.testing.assert_array_equal(found[name].cpu().numpy(), expected[name], err_msg=name)
+
+
 def test_digits_example_runs():
     pytest.importorskip("sklearn")
     result = subprocess.run([sys.executable, str(ROOT / "examples" / "torch_digits.py"),
