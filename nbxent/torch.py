@@ -23,8 +23,8 @@ float16 and bfloat16 inputs are cast to float32 first, as autocast does for
 
 nbxent's training options (``sample_weight``, ``denominator``, ``empty``) are operator
 arguments; ``metrics=`` takes the operators ``torch.ops.nbxent.cross_entropy_metrics``
-and ``torch.ops.nbxent.cross_entropy_with_grad_metrics``, which also return the metric
-tensors of the same pass (calls without metrics never run them).
+and ``torch.ops.nbxent.cross_entropy_with_grad_metrics`` (``..._metrics_`` in place),
+which also return the metrics of the same pass (calls without metrics never run them).
 """
 
 from typing import Optional
@@ -286,6 +286,33 @@ def _(logits, target, weight, axis, ignore_index, reduction, *_):
     return _fake_results(logits, axis, reduction, None)
 
 
+@torch.library.custom_op("nbxent::cross_entropy_with_grad_metrics_", mutates_args=("logits",))
+def _with_grad_inplace_metrics_op(logits: Tensor, target: Tensor, weight: Optional[Tensor],
+                                  axis: int, ignore_index: int, reduction: str,
+                                  label_smoothing: float, z_loss: float,
+                                  softcap: Optional[float], sample_weight: Optional[Tensor],
+                                  denominator: Optional[Tensor], empty: str, metrics: str,
+                                  top_k: int) -> tuple[Tensor, Tensor]:
+    """``nbxent::cross_entropy_with_grad_`` and the metrics, stacked as float64 rows (one
+    per name, exact for each metric's values): torch.compile cannot functionalize a
+    mutating operator that returns a list of tensors. ``_unstacked`` takes them apart."""
+    loss, found = _run(logits, target, weight, axis, ignore_index, reduction, label_smoothing,
+                       z_loss, softcap, sample_weight, denominator, empty, metrics, top_k,
+                       grad=logits)
+    return loss, torch.stack([value.to(torch.float64) for value in found])
+
+
+@_with_grad_inplace_metrics_op.register_fake
+def _(logits, target, weight, axis, ignore_index, reduction, *rest):
+    stacked_shape = (len(_metric_names(rest[-2])),) + _rows_shape(logits, axis)
+    return (_fake_results(logits, axis, reduction, None),
+            logits.new_empty(stacked_shape, dtype=torch.float64))
+
+
+def _unstacked(stacked, names, logits):
+    return [row.to(_metric_dtype(name, logits)) for name, row in zip(names, stacked)]
+
+
 class _InplaceCrossEntropy(torch.autograd.Function):
     """Autograd for the in-place operator (torch.library gives mutating operators no
     autograd formula): the forward leaves the gradient in the logits' storage, the
@@ -298,14 +325,19 @@ class _InplaceCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, *args):
+        """The loss, or with the metrics' arguments (loss, stacked metrics)."""
         grad = logits.detach()
-        loss = _with_grad_inplace_op(grad, *args)
+        with_metrics = len(args) > 11
+        op = _with_grad_inplace_metrics_op if with_metrics else _with_grad_inplace_op
+        result = op(grad, *args)
         ctx.axis, ctx.reduction, ctx.n_inputs = args[2], args[4], 1 + len(args)
         ctx.save_for_backward(grad)
-        return loss
+        if with_metrics:
+            ctx.mark_non_differentiable(result[1])
+        return result
 
     @staticmethod
-    def backward(ctx, grad_loss):
+    def backward(ctx, grad_loss, *_grad_of_metrics):
         (grad,) = ctx.saved_tensors
         if not _is_one(grad_loss):
             grad.mul_(_scale(grad_loss, ctx.axis, ctx.reduction))
@@ -394,8 +426,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         an inplace operation" error at backward; one that did not (a ``Linear``
         layer saves its input and weight, not its output) is unaffected. One
         backward per forward (no ``retain_graph`` re-use); gradients of gradients
-        are not available with either setting. Ignored with ``metrics`` (the
-        gradient then gets its own buffer).
+        are not available with either setting.
     sample_weight : Tensor of the loss's shape, optional
         One weight per sample (per pixel for NCHW maps): input's shape without the
         class dimension, exactly. Multiplies each sample's loss and gradient; combined
@@ -502,7 +533,10 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     args += (",".join(names), int(top_k))
     if not differentiated:
         loss, found = _metrics_op(*args)
-    else:  # (inplace_backward ignored: see the docstring)
+    elif inplace_backward and not _autocasts(input):
+        loss, stacked = _InplaceCrossEntropy.apply(*args)
+        found = _unstacked(stacked, names, input)
+    else:
         loss, _, found = _with_grad_metrics_op(*args)
     return loss, dict(zip(names, found))
 

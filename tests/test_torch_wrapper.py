@@ -451,7 +451,8 @@ def test_metrics_match_the_direct_call(rng, mode):
     if mode != "no_grad":
         loss.backward()
         assert_close(x.grad.numpy(), expected_grad, np.dtype(np.float32), "grad", rtol=1e-6)
-        assert torch.equal(x.detach(), logits)   # inplace_backward is ignored with metrics
+        if mode == "inplace":   # the logits' storage holds the gradient
+            torch.testing.assert_close(x.detach(), x.grad)
 
 
 def test_module_takes_training_options(rng):
@@ -525,9 +526,10 @@ def test_torch_compile_fullgraph(rng, inplace_backward):
         torch.testing.assert_close(param.grad, grad)
 
 
-def test_torch_compile_fullgraph_with_training_options(rng):
+@pytest.mark.parametrize("inplace_backward", [False, True], ids=["saved", "inplace"])
+def test_torch_compile_fullgraph_with_training_options(rng, inplace_backward):
     """sample_weight, denominator and metrics through Dynamo and AOTAutograd: the
-    metrics operator's fake implementation and autograd formula."""
+    metrics operators' fake implementations and autograd formulas."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     linear = torch.nn.Linear(6, 5)
@@ -538,7 +540,7 @@ def test_torch_compile_fullgraph_with_training_options(rng):
     def step(features, target, sample_weight):
         loss, found = nbxent_torch.cross_entropy(
             linear(features), target, sample_weight=sample_weight, denominator=5.0,
-            metrics=("argmax", "correct", "lse"))
+            metrics=("argmax", "correct", "lse"), inplace_backward=inplace_backward)
         return loss, found["argmax"], found["correct"].sum(), found["lse"]
 
     expected = step(features, target, sample_weight)
@@ -569,6 +571,9 @@ def test_custom_operator_is_registered_with_a_fake_implementation():
     torch.library.opcheck(torch.ops.nbxent.cross_entropy_with_grad_metrics.default,
                           (torch.randn(3, 4), torch.tensor([0, 1, 2]), None, 1, -100, "mean",
                            0.0, 0.0, None, torch.ones(3), None, "nan", "argmax,top_k", 2))
+    torch.library.opcheck(torch.ops.nbxent.cross_entropy_with_grad_metrics_.default,
+                          (torch.randn(3, 4), torch.tensor([0, 1, 2]), None, 1, -100, "mean",
+                           0.0, 0.0, None, None, torch.tensor(2.0), "nan", "correct,lse", 5))
 
 
 @pytest.mark.cuda
