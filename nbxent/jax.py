@@ -29,7 +29,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
                       "(or pip install jax)") from exc
 
 from . import _jax_ffi, api
-from ._plan import make_loss_plan
+from ._metrics import check_metrics
+from ._plan import check_training, make_loss_plan
 
 __all__ = ["cross_entropy", "host_route"]
 
@@ -51,12 +52,41 @@ class _Spec:
     label_smoothing: float
     z_loss: float
     softcap: object           # None or a float
+    has_sample_weight: bool = False
+    has_denominator: bool = False   # an array operand
+    denominator: object = None      # a number given as such (exact, not an operand)
+    empty: str = "nan"
+    metrics: tuple = None           # the names asked for, or None
+    top_k: int = 5
+    argmax_dtype: np.dtype = np.dtype(np.int64)
 
     def options(self, reduction=None):
         return dict(axis=self.axis, ignore_index=self.ignore_index,
                     reduction=self.reduction if reduction is None else reduction,
                     label_smoothing=self.label_smoothing, z_loss=self.z_loss,
                     softcap=self.softcap)
+
+    def results(self, want_grad):
+        """(shape, dtype) of each result of the host function, unbatched: the loss, the
+        gradient with ``want_grad``, then one per metric asked for."""
+        results = [(self.loss_shape, self.loss_dtype)]
+        if want_grad:
+            results.append((self.logits_shape, self.logits_dtype))
+        rows_shape = self.logits_shape[:self.axis] + self.logits_shape[self.axis + 1:]
+        dtypes = {"argmax": self.argmax_dtype, "correct": np.dtype(np.bool_),
+                  "top_k": np.dtype(np.bool_)}
+        for name in self.metrics or ():
+            results.append((rows_shape, dtypes.get(name, self.loss_dtype)))
+        return results
+
+    def unpack(self, operands):
+        """(logits, labels, weight, sample_weight, denominator) from the operands passed,
+        None for those absent."""
+        logits, labels, *rest = operands
+        rest = iter(rest)
+        return (logits, labels) + tuple(
+            next(rest) if present else None
+            for present in (self.has_weight, self.has_sample_weight, self.has_denominator))
 
 
 def _is_traced(x):
@@ -86,77 +116,97 @@ def _host_dummy(shape, dtype):
     return np.broadcast_to(np.zeros((), dtype), shape)
 
 
-def _make_spec(logits, labels, weight, *, axis, ignore_index, reduction, label_smoothing,
-               z_loss, softcap):
+def _make_spec(logits, labels, weight, sample_weight, denominator, *, axis, ignore_index,
+               reduction, label_smoothing, z_loss, softcap, empty, metrics, top_k):
     """Check the call as nbxent would (shapes, dtypes, options) before tracing anything."""
     logits_dtype = np.dtype(logits.dtype)
-    weight_dummy = None if weight is None else _host_dummy(weight.shape, weight.dtype)
-    plan = make_loss_plan(_host_dummy(logits.shape, logits_dtype),
-                          _host_dummy(labels.shape, labels.dtype), axis=axis,
-                          weight=weight_dummy, ignore_index=ignore_index, reduction=reduction,
+    dummies = [None if x is None else _host_dummy(x.shape, x.dtype)
+               for x in (logits, labels, weight, sample_weight)]
+    plan = make_loss_plan(dummies[0], dummies[1], axis=axis,
+                          weight=dummies[2], ignore_index=ignore_index, reduction=reduction,
                           label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
                           validate=True, want_loss=True, want_grad=False)
+    is_array = hasattr(denominator, "shape") and hasattr(denominator, "dtype")
+    check_training(dummies[0], dummies[1], axis=plan.logits.axis, sample_weight=dummies[3],
+                   denominator=_host_dummy(denominator.shape, denominator.dtype) if is_array
+                   else denominator, empty=empty, reduction=reduction)
+    names = check_metrics(metrics, top_k, plan.loss.target_is_index)
     loss_shape = tuple(plan.logits.result_shape) if reduction == "none" else ()
     return _Spec(axis=plan.logits.axis, logits_shape=tuple(logits.shape), logits_dtype=logits_dtype,
                  loss_shape=loss_shape, loss_dtype=np.dtype(plan.logits.loss_dtype),
                  labels_ndim=len(labels.shape), labels_are_index=plan.loss.target_is_index,
                  has_weight=weight is not None, ignore_index=plan.loss.ignore_index,
                  reduction=reduction, label_smoothing=plan.loss.label_smoothing,
-                 z_loss=plan.loss.z_loss, softcap=None if softcap is None else float(softcap))
+                 z_loss=plan.loss.z_loss, softcap=None if softcap is None else float(softcap),
+                 has_sample_weight=sample_weight is not None, has_denominator=is_array,
+                 denominator=None if is_array or denominator is None else float(denominator),
+                 empty=empty, metrics=names, top_k=int(top_k),
+                 argmax_dtype=np.dtype(jax.dtypes.canonicalize_dtype(np.int64)))
 
 
 # --------------------------------------------------------------- the host side
 
-def _host(spec, want_grad, logits, labels, weight, loss=None, grad=None):
+def _host(spec, want_grad, operands, outputs=None):
     """nbxent on host arrays, with any leading vmap batch dims (``vmap_method='expand_dims'``:
-    every argument has the same number of them, size 1 where unbatched).
+    every operand has the same number of them, size 1 where unbatched).
 
-    The results are written into ``loss`` and ``grad`` when given (XLA's buffers on the
-    FFI route: the gradient in place), else into new arrays; returns them.
+    The results (``spec.results``: loss, gradient, metrics) are written into ``outputs``
+    when given (XLA's buffers on the FFI route: the gradient in place), else into new
+    arrays; returns them, a list.
     """
-    logits, labels = np.asarray(logits), np.asarray(labels)
-    weight = None if weight is None else np.asarray(weight)
-    n_batch = logits.ndim - len(spec.logits_shape)
-    batch_shape = np.broadcast_shapes(
-        logits.shape[:n_batch], labels.shape[:n_batch],
-        *(() if weight is None else (weight.shape[:n_batch],)))
-    if loss is None:
-        loss = np.empty(batch_shape + spec.loss_shape, spec.loss_dtype)
-    if grad is None and want_grad:
-        grad = np.empty(batch_shape + spec.logits_shape, spec.logits_dtype)
+    operands = [np.asarray(x) for x in operands]
+    n_batch = operands[0].ndim - len(spec.logits_shape)
+    batch_shape = np.broadcast_shapes(*(x.shape[:n_batch] for x in operands))
+    if outputs is None:
+        outputs = [np.empty(batch_shape + shape, dtype)
+                   for shape, dtype in spec.results(want_grad)]
+    logits, labels, weight, sample_weight, denominator = spec.unpack(operands)
     if n_batch == 0:
-        loss[...] = _host_call(spec, want_grad, logits, labels, weight, grad)
-        return (loss, grad) if want_grad else loss
-    logits = np.broadcast_to(logits, batch_shape + logits.shape[n_batch:])
-    labels = np.broadcast_to(labels, batch_shape + labels.shape[n_batch:])
+        _host_call(spec, want_grad, (logits, labels, weight, sample_weight, denominator),
+                   outputs)
+        return outputs
+
+    def full(x):
+        return None if x is None else np.broadcast_to(x, batch_shape + x.shape[n_batch:])
+
+    logits, labels, sample_weight = full(logits), full(labels), full(sample_weight)
     if spec.reduction == "none" and (weight is None or weight.shape[:n_batch] == (1,) * n_batch):
         # Rows of every batch element in one call: the batch dims are more outer dims.
-        options = {**spec.options(), "axis": spec.axis + n_batch}
         flat_weight = None if weight is None else weight.reshape(-1)
-        if want_grad:
-            nbxent_loss, _ = api.cross_entropy_with_grad(logits, labels, weight=flat_weight,
-                                                         out=grad, **options)
-        else:
-            nbxent_loss = api.cross_entropy(logits, labels, weight=flat_weight, **options)
-        loss[...] = nbxent_loss
-        return (loss, grad) if want_grad else loss
-    # 'mean' and 'sum' reduce within each batch element, and a batched weight differs
-    # between them: one nbxent call per element, the gradient written in place.
-    if weight is not None:
-        weight = np.broadcast_to(weight, batch_shape + weight.shape[n_batch:])
+        _host_call(spec, want_grad, (logits, labels, flat_weight, sample_weight, None), outputs,
+                   axis=spec.axis + n_batch)
+        return outputs
+    # 'mean' and 'sum' reduce within each batch element, and a batched weight or
+    # denominator differs between them: one nbxent call per element, the results
+    # written into views of the outputs (the gradient in place).
+    weight, denominator = full(weight), full(denominator)
     for index in np.ndindex(*batch_shape):
-        element_weight = None if weight is None else weight[index]
-        loss[index] = _host_call(spec, want_grad, logits[index], labels[index], element_weight,
-                                 grad[index] if want_grad else None)
-    return (loss, grad) if want_grad else loss
+        element = tuple(None if x is None else x[index]
+                        for x in (logits, labels, weight, sample_weight, denominator))
+        _host_call(spec, want_grad, element, [out[index + (...,)] for out in outputs])
+    return outputs
 
 
-def _host_call(spec, want_grad, logits, labels, weight, grad):
-    """The loss of one unbatched call; with ``want_grad`` the gradient goes into ``grad``."""
-    options = dict(weight=weight, **spec.options())
+def _host_call(spec, want_grad, arrays, outputs, axis=None):
+    """One nbxent call on unbatched ``arrays`` (logits, labels, weight, sample_weight,
+    denominator), its results written into ``outputs`` (the gradient by ``out=``)."""
+    logits, labels, weight, sample_weight, denominator = arrays
+    options = dict(spec.options(), weight=weight, sample_weight=sample_weight,
+                   denominator=spec.denominator if denominator is None else denominator,
+                   empty=spec.empty)
+    if axis is not None:
+        options["axis"] = axis
+    if spec.metrics is not None:
+        options.update(metrics=spec.metrics, top_k=spec.top_k)
     if want_grad:
-        return api.cross_entropy_with_grad(logits, labels, out=grad, **options)[0]
-    return api.cross_entropy(logits, labels, **options)
+        result = api.cross_entropy_with_grad(logits, labels, out=outputs[1], **options)
+        result, outputs = (result[0],) + result[2:], outputs[:1] + outputs[2:]
+    else:
+        result = api.cross_entropy(logits, labels, **options)
+        result = result if spec.metrics is not None else (result,)
+    outputs[0][...] = result[0]
+    for out, name in zip(outputs[1:], spec.metrics or ()):
+        out[...] = result[1][name]
 
 
 ROUTES = ("ffi", "callback")
@@ -203,29 +253,26 @@ def host_route():
 def _ffi_host(spec, want_grad):
     """The FFI route's host function for one spec: nbxent writes into XLA's buffers."""
     def host(inputs, outputs):
-        logits, labels, *weight = inputs
-        _host(spec, want_grad, logits, labels, weight[0] if weight else None, *outputs)
+        _host(spec, want_grad, inputs, outputs)
     return host
 
 
-def _run(spec, want_grad, logits, labels, weight):
-    """The loss (and gradient): an XLA FFI call or a host callback in traced code (see
-    ``host_route``), a direct call otherwise."""
-    loss_struct = jax.ShapeDtypeStruct(spec.loss_shape, spec.loss_dtype)
-    grad_struct = jax.ShapeDtypeStruct(spec.logits_shape, spec.logits_dtype)
-    if not any(_is_traced(x) for x in (logits, labels, weight)):
-        result = _host(spec, want_grad, logits, labels, weight)
-        return tuple(jnp.asarray(r) for r in result) if want_grad else jnp.asarray(result)
+def _run(spec, want_grad, operands):
+    """The results of ``spec.results(want_grad)``, a list: an XLA FFI call or a host
+    callback in traced code (see ``host_route``), a direct call otherwise."""
+    structs = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in spec.results(want_grad)]
+    if not any(_is_traced(x) for x in operands):
+        return [jnp.asarray(r) for r in _host(spec, want_grad, operands)]
+    single = len(structs) == 1
+    structs = structs[0] if single else tuple(structs)
 
-    def callback(logits, labels, weight=None):
-        return _host(spec, want_grad, logits, labels, weight)
+    def callback(*operands):
+        results = _host(spec, want_grad, operands)
+        return results[0] if single else tuple(results)
 
     def not_on_cpu(*args):
         raise TypeError(_NOT_ON_CPU.format(what="the jitted function runs on a device other "
                                                 "than the CPU"))
-
-    args = (logits, labels) if weight is None else (logits, labels, weight)
-    structs = (loss_struct, grad_struct) if want_grad else loss_struct
 
     route, _ = host_route()
 
@@ -239,26 +286,44 @@ def _run(spec, want_grad, logits, labels, weight):
         # alone is compiled on the CPU; elsewhere the first run raises this TypeError.
         return jax.pure_callback(not_on_cpu, structs, *args, vmap_method="expand_dims")
 
-    return jax.lax.platform_dependent(*args, cpu=on_cpu, default=elsewhere)
+    results = jax.lax.platform_dependent(*operands, cpu=on_cpu, default=elsewhere)
+    return [results] if single else list(results)
 
 
 # --------------------------------------------------------------- the JAX side
 
+def _present(*arrays):
+    return tuple(x for x in arrays if x is not None)
+
+
+def _loss_and_metrics(spec, results):
+    """The caller's result from ``[loss, *metrics]``: the loss, or with metrics
+    ``(loss, metrics tuple)``."""
+    return results[0] if spec.metrics is None else (results[0], tuple(results[1:]))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _cross_entropy(spec, logits, labels, weight):
-    return _run(spec, False, logits, labels, weight)
+def _cross_entropy(spec, logits, labels, weight, sample_weight, denominator):
+    operands = _present(logits, labels, weight, sample_weight, denominator)
+    return _loss_and_metrics(spec, _run(spec, False, operands))
 
 
-def _forward(spec, logits, labels, weight):
+_CONSTANTS = ("weight", "sample_weight", "denominator")
+
+
+def _forward(spec, logits, labels, *constants):
     # symbolic_zeros: the primals come with ``perturbed``, which says what is differentiated.
-    if weight is not None and weight.perturbed:
-        raise NotImplementedError("nbxent.jax.cross_entropy has no gradient with respect to "
-                                  "weight; pass it through jax.lax.stop_gradient")
-    weight = None if weight is None else weight.value
-    loss, grad = _run(spec, True, logits.value, labels.value, weight)
+    for name, x in zip(_CONSTANTS, constants):
+        if x is not None and x.perturbed:
+            raise NotImplementedError(f"nbxent.jax.cross_entropy has no gradient with "
+                                      f"respect to {name}; pass it through "
+                                      f"jax.lax.stop_gradient")
+    constants = tuple(None if x is None else x.value for x in constants)
+    loss, grad, *metrics = _run(spec, True, _present(logits.value, labels.value, *constants))
     label_grad_needed = not spec.labels_are_index and labels.perturbed
     saved_logits = logits.value if label_grad_needed else None
-    return loss, (grad, saved_logits, labels.value, weight)
+    return (_loss_and_metrics(spec, [loss, *metrics]),
+            (grad, saved_logits, labels.value) + constants)
 
 
 def _per_row(spec, cotangent):
@@ -269,20 +334,23 @@ def _per_row(spec, cotangent):
 
 
 def _backward(spec, saved, cotangent):
-    grad, saved_logits, labels, weight = saved
+    grad, saved_logits, labels, *constants = saved
+    if spec.metrics is not None:   # the metrics are constants (stop_gradient in cross_entropy)
+        cotangent = cotangent[0]
     if isinstance(cotangent, jax.custom_derivatives.SymbolicZero):
-        return None, None, None
+        return (None,) * 5
     scale = _per_row(spec, cotangent)
     logits_grad = (grad * scale).astype(grad.dtype)
     labels_grad = None
     if saved_logits is not None:
-        labels_grad = _labels_grad(spec, saved_logits, labels, weight, scale)
-    return logits_grad, labels_grad, None
+        labels_grad = _labels_grad(spec, saved_logits, labels, *constants, scale)
+    return logits_grad, labels_grad, None, None, None
 
 
-def _labels_grad(spec, logits, labels, weight, scale):
+def _labels_grad(spec, logits, labels, weight, sample_weight, denominator, scale):
     """d loss / d labels for probability labels: ``-(1 - ε) · w_c · log_softmax(logits)``
-    per row, scaled as the reduction does ('mean' divides by the row count)."""
+    per row, times the row's sample weight, scaled as the reduction does ('mean' divides
+    by the row count, the summed sample weights or the given denominator)."""
     x = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     if spec.softcap is not None:
         x = spec.softcap * jnp.tanh(x / spec.softcap)
@@ -291,9 +359,18 @@ def _labels_grad(spec, logits, labels, weight, scale):
         shape = [1] * len(spec.logits_shape)
         shape[spec.axis] = -1
         factor = factor * jnp.reshape(weight, shape)
+    if sample_weight is not None:
+        factor = factor * jnp.expand_dims(sample_weight, spec.axis)
     if spec.reduction == "mean":
-        n_rows = int(np.prod(spec.logits_shape)) // spec.logits_shape[spec.axis]
-        factor = factor / n_rows
+        if denominator is None and spec.denominator is not None:
+            denominator = spec.denominator
+        elif denominator is None and sample_weight is not None:
+            denominator = jnp.sum(sample_weight)
+        elif denominator is None:
+            denominator = int(np.prod(spec.logits_shape)) // spec.logits_shape[spec.axis]
+        factor = factor / denominator
+        if spec.empty == "zero":
+            factor = jnp.where(denominator == 0, 0.0, factor)
     return (factor * scale).astype(labels.dtype)
 
 
@@ -301,7 +378,8 @@ _cross_entropy.defvjp(_forward, _backward, symbolic_zeros=True)
 
 
 def cross_entropy(logits, labels, *, axis=-1, weight=None, ignore_index=-100,
-                  reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None):
+                  reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
+                  sample_weight=None, denominator=None, empty="nan", metrics=None, top_k=5):
     """Softmax cross-entropy of JAX ``logits`` against ``labels``, differentiable, on the CPU.
 
     nbxent's ``cross_entropy`` with optax's argument names: integer ``labels`` are class
@@ -330,12 +408,38 @@ def cross_entropy(logits, labels, *, axis=-1, weight=None, ignore_index=-100,
         non-ignored labels; 'none' gives one loss per row.
     label_smoothing, z_loss, softcap : float
         As ``nbxent.cross_entropy``.
+    sample_weight : array of the loss's shape, optional
+        One weight per row (logits' shape without ``axis``, exactly), multiplying each
+        row's loss and gradient; combined with ``weight`` by multiplication; under
+        'mean' the denominator becomes the summed ``weight[t] * sample_weight`` of the
+        non-ignored labels (as ``nbxent.cross_entropy``). A constant, as ``weight``.
+    denominator : float or 0-d array, optional
+        'mean' only: replaces its denominator (``nbxent.mean_denominator`` of the whole
+        batch, for micro-batches or shards). A number is static (part of the traced
+        function, exact); a 0-d array is an operand (its value checked when the call
+        runs). A constant, as ``weight``.
+    empty : {'nan', 'zero', 'raise'}
+        What 'mean' gives with nothing to average (every label ignored, no rows,
+        sample weights summing to 0, ``denominator`` 0): nan, 0 (loss and gradient),
+        or a ``ValueError`` (inside ``jax.jit``, when the call runs).
+    metrics : str or sequence of str, optional
+        Per-row metrics from the loss's own pass, as in ``nbxent.cross_entropy``:
+        'lse', 'argmax', 'correct', 'top_k', 'entropy'. The call then returns
+        ``(loss, metrics)`` (``jax.value_and_grad(..., has_aux=True)`` takes it).
+    top_k : int >= 1
+        The k of the 'top_k' metric.
 
     Returns
     -------
     loss : jax.Array
         0-d, or of logits' shape without ``axis`` for 'none'; float32 for float16,
         bfloat16 and float32 logits, float64 for float64 logits.
+    metrics : dict of jax.Array
+        Only with ``metrics=``: keyed by the names asked for, each of logits' shape
+        without ``axis``: 'argmax' int64 (int32 unless ``jax_enable_x64``), 'correct'
+        and 'top_k' bool (False where the label is ignored), 'lse' and 'entropy' in
+        the loss's dtype. Constants (``jax.lax.stop_gradient``): the loss is
+        differentiated as without metrics.
 
     Raises
     ------
@@ -352,7 +456,8 @@ def cross_entropy(logits, labels, *, axis=-1, weight=None, ignore_index=-100,
         starting ``INVALID_ARGUMENT: ValueError:`` on the FFI route), and for
         ``NBXENT_JAX_ROUTE`` set to anything but ``ffi`` or ``callback``.
     NotImplementedError
-        When differentiating with respect to ``weight``.
+        When differentiating with respect to ``weight``, ``sample_weight`` or
+        ``denominator``.
 
     Notes
     -----
@@ -377,7 +482,11 @@ def cross_entropy(logits, labels, *, axis=-1, weight=None, ignore_index=-100,
     Gradients: integer labels have none (JAX's zero cotangent for integers); ignored
     rows get exactly zero gradient; for probability labels the gradient with respect
     to the labels is ``-(1 - label_smoothing) * weight * log_softmax(logits)`` per row,
-    scaled by the reduction, computed in JAX only when the labels are differentiated.
+    times the row's sample weight and scaled by the reduction, computed in JAX only when
+    the labels are differentiated.
+
+    ``sample_weight`` and an array ``denominator`` are extra operands of the same custom
+    call, and the metrics extra results of it: one pass over the logits either way.
 
     Examples
     --------
@@ -390,19 +499,27 @@ def cross_entropy(logits, labels, *, axis=-1, weight=None, ignore_index=-100,
     >>> grad = jax.jit(jax.grad(cross_entropy))(logits, labels)
     >>> grad.shape
     (2, 3)
+    >>> loss, found = cross_entropy(logits, labels, metrics="correct")
+    >>> found["correct"].tolist()
+    [True, False]
     """
-    for name, x in (("logits", logits), ("labels", labels), ("weight", weight)):
+    arrays = dict(logits=logits, labels=labels, weight=weight, sample_weight=sample_weight,
+                  denominator=denominator if hasattr(denominator, "shape") else None)
+    for name, x in arrays.items():
         _check_on_cpu(name, x)
-    logits = jnp.asarray(logits)
-    labels = jnp.asarray(labels)
-    weight = None if weight is None else jnp.asarray(weight)
-    if logits.dtype == jnp.bfloat16:
-        logits = logits.astype(jnp.float32)
-    if labels.dtype == jnp.bfloat16:
-        labels = labels.astype(jnp.float32)
-    if weight is not None and weight.dtype == jnp.bfloat16:
-        weight = weight.astype(jnp.float32)
-    spec = _make_spec(logits, labels, weight, axis=axis, ignore_index=ignore_index,
-                      reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
-                      softcap=softcap)
-    return _cross_entropy(spec, logits, labels, weight)
+        if x is not None:
+            x = jnp.asarray(x)
+            # bfloat16 is computed in float32
+            arrays[name] = x.astype(jnp.float32) if x.dtype == jnp.bfloat16 else x
+    if arrays["denominator"] is not None:
+        denominator = arrays["denominator"]
+    spec = _make_spec(arrays["logits"], arrays["labels"], arrays["weight"],
+                      arrays["sample_weight"], denominator, axis=axis,
+                      ignore_index=ignore_index, reduction=reduction,
+                      label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                      empty=empty, metrics=metrics, top_k=top_k)
+    result = _cross_entropy(spec, *arrays.values())
+    if spec.metrics is None:
+        return result
+    loss, found = result
+    return loss, {name: jax.lax.stop_gradient(value) for name, value in zip(spec.metrics, found)}

@@ -215,3 +215,24 @@ class FakeGpuArray:
     def __cuda_array_interface__(self):
         return {"shape": self.shape, "typestr": self.dtype.str, "data": (0, False),
                 "version": 3, "strides": None}
+
+
+def bad_training_options(ones):
+    """Bad training options of a call on (3, 4) logits and class indices [0, 1, 2], as
+    ``pytest.param(options, error, match)``; ``ones(*shape)`` makes the framework's arrays
+    (``torch.ones``, ``jnp.ones``). The framework wrappers raise the direct call's errors."""
+    rows = [
+        ("sample_weight-shape", dict(sample_weight=ones(4)), ValueError,
+         r"sample_weight of shape \(4,\) does not fit logits of shape \(3, 4\): expected \(3,\)"),
+        ("denominator-negative", dict(denominator=-1.0), ValueError,
+         "denominator must be a finite number >= 0"),
+        ("denominator-str", dict(denominator="3"), TypeError, "denominator must be a real number"),
+        ("denominator-shape", dict(denominator=ones(2)), ValueError,
+         r"0-d array; got an array of shape \(2,\)"),
+        ("denominator-sum", dict(denominator=2.0, reduction="sum"), ValueError,
+         "denominator= replaces"),
+        ("empty", dict(empty="ignore"), ValueError, "empty must be one of"),
+        ("metrics", dict(metrics="accuracy"), ValueError, "unknown metric 'accuracy'"),
+        ("top_k", dict(metrics="top_k", top_k=0), ValueError, "top_k must be >= 1"),
+    ]
+    return [pytest.param(options, error, match, id=name) for name, options, error, match in rows]

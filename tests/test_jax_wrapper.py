@@ -5,12 +5,13 @@ smoothing), under jit, grad and vmap, in float32 and float64. Skipped without JA
 import numpy as np
 import pytest
 
-from _cases import make_index_target, make_logits, make_prob_target
+from _cases import bad_training_options, make_index_target, make_logits, make_prob_target
 from conftest import assert_close
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
+import nbxent  # noqa: E402
 import nbxent.jax  # noqa: E402 (needs jax)
 from nbxent.jax import cross_entropy  # noqa: E402 (needs jax)
 
@@ -275,3 +276,155 @@ def test_ffi_writes_a_strided_view_and_reads_every_dtype(rng):
         assert grad.dtype == jnp.float16 and grad.shape == (3, 4)
         expected = reference(logits[::2].astype(jnp.float32), labels[::2].astype(jnp.int32))
         assert_close(loss, expected, np.float16, "loss", check_dtype=False)
+
+
+# --------------------------------------------------------------- training options
+
+def _direct(logits, labels, cotangent, **options):
+    """nbxent's direct call on the same values: (loss, gradient times cotangent[, metrics])."""
+    arrays = {name: np.asarray(value) if hasattr(value, "shape") else value
+              for name, value in options.items()}
+    return nbxent.cross_entropy_with_grad(np.asarray(logits), np.asarray(labels),
+                                          grad_output=np.asarray(cotangent), **arrays)
+
+
+@pytest.mark.parametrize("shape,axis,options", [
+    pytest.param((7, 5), -1, dict(sample_weight=True), id="sample_weight"),
+    pytest.param((2, 3, 4), 1, dict(sample_weight=True, weight=True, reduction="none"),
+                 id="sample_weight-weighted-axis1-none"),
+    pytest.param((7, 5), -1, dict(sample_weight=True, reduction="sum"), id="sample_weight-sum"),
+    pytest.param((7, 5), -1, dict(denominator=3.5), id="denominator"),
+    pytest.param((7, 5), -1, dict(denominator="array", weight=True), id="denominator-0d"),
+    pytest.param((7, 5), -1, dict(empty="zero", sample_weight=True), id="empty-zero"),
+])
+def test_training_options_match_the_direct_call(rng, shape, axis, options):
+    options = dict(options, axis=axis)
+    logits = jnp.asarray(make_logits(rng, shape, np.float32))
+    labels = jnp.asarray(make_index_target(rng, shape, axis, ignored=0.3))
+    rows_shape = labels.shape
+    if options.pop("sample_weight", False):
+        options["sample_weight"] = jnp.asarray(rng.uniform(0, 2, rows_shape).astype(np.float32))
+    if options.get("weight"):
+        options["weight"] = jnp.asarray(rng.uniform(0.25, 2.0, shape[axis]).astype(np.float32))
+    reduction = options.setdefault("reduction", "mean")
+    cotangent = jnp.asarray(rng.uniform(-1, 1, rows_shape if reduction == "none" else ())
+                            .astype(np.float32))
+    denominator = options.pop("denominator", None)
+
+    def objective(x, denominator):
+        return jnp.sum(cross_entropy(x, labels, denominator=denominator, **options) * cotangent)
+
+    if denominator == "array":   # a traced 0-d operand
+        denominator = jnp.float32(4.25)
+        loss, grad = jax.jit(jax.value_and_grad(objective))(logits, denominator)
+    else:                        # a number, static
+        loss, grad = jax.jit(jax.value_and_grad(lambda x: objective(x, denominator)))(logits)
+    expected_loss, expected_grad = _direct(logits, labels, cotangent, denominator=denominator,
+                                           **options)
+    expected_loss = np.sum(expected_loss * np.asarray(cotangent))
+    assert_close(loss, expected_loss, np.float32, "loss", check_dtype=False, rtol=1e-6)
+    assert_close(grad, expected_grad, np.float32, "grad", rtol=1e-6)
+
+
+def test_all_ignored_batch_under_empty():
+    logits, labels = jnp.ones((3, 4)), jnp.full((3,), -100)
+    assert np.isnan(cross_entropy(logits, labels))
+    loss, grad = jax.jit(jax.value_and_grad(
+        lambda x: cross_entropy(x, labels, empty="zero")))(logits)
+    assert float(loss) == 0 and not np.asarray(grad).any()
+    with pytest.raises(ValueError, match="no counted target.*empty='raise'"):
+        cross_entropy(logits, labels, empty="raise")
+
+
+def test_probability_labels_gradient_with_sample_weight_and_denominator(rng):
+    """d loss / d labels (computed in JAX) follows the sample weights and the
+    denominator, as jax.grad of the plain-JAX formula does."""
+    shape = (7, 5)
+    logits = jnp.asarray(make_logits(rng, shape, np.float32))
+    labels = jnp.asarray(make_prob_target(rng, shape, -1).astype(np.float32))
+    sample_weight = jnp.asarray(rng.uniform(0, 2, 7).astype(np.float32))
+    for denominator in (None, 2.5):
+        def ours(x, y):
+            return cross_entropy(x, y, sample_weight=sample_weight, denominator=denominator,
+                                 label_smoothing=0.1)
+
+        def formula(x, y):
+            rows = reference(x, y, reduction="none", label_smoothing=0.1) * sample_weight
+            return rows.sum() / (sample_weight.sum() if denominator is None else denominator)
+
+        got = jax.jit(jax.grad(ours, (0, 1)))(logits, labels)
+        want = jax.grad(formula, (0, 1))(logits, labels)
+        for g, w in zip(got, want):
+            assert_close(g, w, np.float32, "grad")
+
+
+_ALL_METRICS = ("lse", "argmax", "correct", "top_k", "entropy")
+
+
+def test_metrics_match_the_direct_call(rng):
+    logits = jnp.asarray(make_logits(rng, (7, 5), np.float32))
+    labels = jnp.asarray(make_index_target(rng, (7, 5), -1, ignored=0.3))
+    sample_weight = jnp.asarray(rng.uniform(0, 2, 7).astype(np.float32))
+
+    def ours(x):
+        return cross_entropy(x, labels, sample_weight=sample_weight, metrics=_ALL_METRICS,
+                             top_k=2)
+
+    (loss, found), grad = jax.jit(jax.value_and_grad(ours, has_aux=True))(logits)
+    eager_loss, eager_found = ours(logits)
+    jitted_loss, jitted_found = jax.jit(ours)(logits)
+    expected_loss, expected_grad, expected = _direct(logits, labels, 1.0,
+                                                     sample_weight=sample_weight,
+                                                     metrics=_ALL_METRICS, top_k=2)
+    assert list(eager_found) == list(_ALL_METRICS)   # (jit returns dicts sorted by key)
+    for metrics in (found, eager_found, jitted_found):
+        assert set(metrics) == set(_ALL_METRICS)
+        for name, value in metrics.items():
+            if name in ("lse", "entropy"):   # (the loss-only pass may round differently)
+                assert_close(value, expected[name], np.float32, "loss", err_msg=name)
+            else:
+                np.testing.assert_array_equal(value, expected[name], err_msg=name)
+    dtypes = {name: found[name].dtype for name in _ALL_METRICS}
+    assert dtypes == {"lse": jnp.float32, "argmax": jnp.int32, "correct": jnp.bool_,
+                      "top_k": jnp.bool_, "entropy": jnp.float32}   # int32: x64 is off
+    for value in (loss, eager_loss, jitted_loss):
+        assert_close(value, expected_loss, np.float32, "loss", rtol=1e-6)
+    assert_close(grad, expected_grad, np.float32, "grad", rtol=1e-6)
+    # The metrics are constants: differentiating through them adds nothing.
+    with_lse = jax.grad(lambda x: ours(x)[0] + ours(x)[1]["lse"].sum())(logits)
+    assert_close(with_lse, expected_grad, np.float32, "grad", rtol=1e-6)
+
+
+def test_vmap_over_sample_weight_and_metrics(rng):
+    shape, batch = (7, 5), 2
+    logits = jnp.asarray(make_logits(rng, (batch, *shape), np.float32))
+    labels = jnp.asarray(make_index_target(rng, shape, -1))
+    sample_weight = jnp.asarray(rng.uniform(0, 2, (batch, 7)).astype(np.float32))
+    for reduction in ("mean", "none"):
+        loss, found = jax.jit(jax.vmap(lambda x, s: cross_entropy(
+            x, labels, sample_weight=s, reduction=reduction, metrics="argmax")))(
+            logits, sample_weight)
+        for b in range(batch):
+            expected_loss, _, expected = _direct(logits[b], labels, 1.0, reduction=reduction,
+                                                 sample_weight=sample_weight[b],
+                                                 metrics="argmax")
+            assert_close(loss[b], expected_loss, np.float32, "loss", rtol=1e-6)
+            np.testing.assert_array_equal(found["argmax"][b], expected["argmax"])
+
+
+@pytest.mark.parametrize("options,error,match", bad_training_options(jnp.ones) + [
+    pytest.param(dict(metrics="correct", labels=jnp.full((3, 4), 0.25)), ValueError,
+                 r"metrics \['correct'\] need class-index targets", id="correct-prob")])
+def test_bad_training_options_are_clear_errors(options, error, match):
+    options = dict(options)
+    labels = options.pop("labels", jnp.array([0, 1, 2]))
+    with pytest.raises(error, match=match):
+        jax.jit(lambda x: cross_entropy(x, labels, **options))(jnp.zeros((3, 4)))
+
+
+def test_gradient_with_respect_to_sample_weight_or_denominator_is_refused():
+    logits, labels = jnp.zeros((2, 3)), jnp.array([0, 1])
+    with pytest.raises(NotImplementedError, match="sample_weight"):
+        jax.grad(lambda s: cross_entropy(logits, labels, sample_weight=s))(jnp.ones(2))
+    with pytest.raises(NotImplementedError, match="denominator"):
+        jax.grad(lambda d: cross_entropy(logits, labels, denominator=d))(jnp.float32(2.0))

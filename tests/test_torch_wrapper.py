@@ -9,6 +9,9 @@ import sys
 import numpy as np
 import pytest
 
+import nbxent
+
+from _cases import bad_training_options
 from conftest import assert_close
 
 torch = pytest.importorskip("torch")
@@ -342,6 +345,153 @@ def test_target_requiring_grad_is_refused(rng):
         nbxent_torch.cross_entropy(logits.requires_grad_(True), target.requires_grad_(True))
 
 
+# --------------------------------------------------------------- training options
+
+def _direct(logits, target, upstream, **options):
+    """nbxent's direct call on the same values: (loss, gradient times upstream[, metrics])."""
+    arrays = {name: value.numpy() if isinstance(value, torch.Tensor) else value
+              for name, value in options.items()}
+    return nbxent.cross_entropy_with_grad(logits.detach().numpy(), target.numpy(),
+                                          axis=1 if logits.dim() > 1 else 0,
+                                          grad_output=upstream.numpy(), **arrays)
+
+
+def _sample_weight(rng, shape, dtype=torch.float32):
+    return torch.tensor(rng.uniform(0.0, 2.0, shape), dtype=dtype)
+
+
+@pytest.mark.parametrize("shape,target_shape,options", [
+    pytest.param((7, 5), (7,), dict(sample_weight=True), id="sample_weight"),
+    pytest.param((7, 5), (7,), dict(sample_weight=True, weighted=True, reduction="none"),
+                 id="sample_weight-weighted-none"),
+    pytest.param((2, 5, 3, 4), (2, 3, 4), dict(sample_weight=True, reduction="sum"),
+                 id="sample_weight-nchw-sum"),
+    pytest.param((7, 5), (7,), dict(denominator=3.5), id="denominator"),
+    pytest.param((7, 5), (7,), dict(denominator="tensor", weighted=True), id="denominator-0d"),
+    pytest.param((7, 5), (7,), dict(empty="zero", sample_weight=True), id="empty-zero"),
+])
+def test_training_options_match_the_direct_call(rng, shape, target_shape, options):
+    options = dict(options)
+    logits, target, weight = _inputs(rng, shape, target_shape, "index",
+                                     options.pop("weighted", False), torch.float32)
+    if options.pop("sample_weight", False):
+        options["sample_weight"] = _sample_weight(rng, target_shape)
+    if options.get("denominator") == "tensor":
+        options["denominator"] = torch.tensor(4.25, dtype=torch.float64)
+    upstream = _upstream(rng, target_shape, options.get("reduction", "mean"), torch.float32)
+    loss, grad = _loss_and_grad(nbxent_torch.cross_entropy, logits, target, upstream,
+                                weight=weight, **options)
+    expected_loss, expected_grad = _direct(logits, target, upstream, weight=weight, **options)
+    assert loss.dtype == grad.dtype == torch.float32
+    assert_close(loss.numpy(), expected_loss, np.dtype(np.float32), "loss", rtol=1e-6)
+    assert_close(grad.numpy(), expected_grad, np.dtype(np.float32), "grad", rtol=1e-6)
+
+
+def test_all_ignored_batch_under_empty(rng):
+    logits = torch.tensor(rng.normal(size=(3, 4)), dtype=torch.float32)
+    target = torch.full((3,), -100)
+    upstream = torch.tensor(1.0)
+    loss, grad = _loss_and_grad(nbxent_torch.cross_entropy, logits, target, upstream)
+    assert torch.isnan(loss)
+    loss, grad = _loss_and_grad(nbxent_torch.cross_entropy, logits, target, upstream,
+                                empty="zero")
+    assert loss.item() == 0 and not grad.any()
+    with pytest.raises(ValueError, match="no counted target.*empty='raise'"):
+        nbxent_torch.cross_entropy(logits.requires_grad_(True), target, empty="raise")
+
+
+def test_sample_weight_matches_torch_weighted_loss(rng):
+    """torch's own per-sample losses times the sample weights, over the summed
+    weight[t] * sample_weight of the counted targets: nbxent's weighted 'mean'."""
+    logits, target, weight = _inputs(rng, (2, 5, 3, 4), (2, 3, 4), "index", True,
+                                     torch.float64)
+    sample_weight = _sample_weight(rng, (2, 3, 4), torch.float64)
+
+    def torch_weighted(x, t, weight, sample_weight):
+        rows = F.cross_entropy(x, t, weight=weight, reduction="none") * sample_weight
+        counted = t != -100
+        return rows.sum() / (weight[torch.where(counted, t, 0)] * sample_weight * counted).sum()
+
+    upstream = torch.tensor(0.5, dtype=torch.float64)
+    loss, grad = _loss_and_grad(nbxent_torch.cross_entropy, logits, target, upstream,
+                                weight=weight, sample_weight=sample_weight)
+    expected_loss, expected_grad = _loss_and_grad(torch_weighted, logits, target, upstream,
+                                                  weight=weight, sample_weight=sample_weight)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-14)
+
+
+_ALL_METRICS = ("lse", "argmax", "correct", "top_k", "entropy")
+_METRIC_DTYPES = {"lse": torch.float32, "argmax": torch.int64, "correct": torch.bool,
+                  "top_k": torch.bool, "entropy": torch.float32}
+
+
+@pytest.mark.parametrize("mode", ["grad", "no_grad", "inplace"])
+def test_metrics_match_the_direct_call(rng, mode):
+    logits, target, _ = _inputs(rng, (7, 5), (7,), "index", False, torch.float32)
+    sample_weight = _sample_weight(rng, (7,))
+    upstream = torch.tensor(1.0)
+    x = logits.clone().requires_grad_(mode != "no_grad")
+    loss, found = nbxent_torch.cross_entropy(x, target, sample_weight=sample_weight,
+                                             metrics=_ALL_METRICS, top_k=2,
+                                             inplace_backward=mode == "inplace")
+    expected_loss, expected_grad, expected = _direct(logits, target, upstream,
+                                                     sample_weight=sample_weight,
+                                                     metrics=_ALL_METRICS, top_k=2)
+    assert list(found) == list(_ALL_METRICS)
+    for name, value in found.items():
+        assert value.dtype == _METRIC_DTYPES[name] and not value.requires_grad, name
+        if name in ("lse", "entropy"):   # (the loss-only pass may round differently)
+            assert_close(value.numpy(), expected[name], np.dtype(np.float32), "loss",
+                         err_msg=name)
+        else:
+            np.testing.assert_array_equal(value.numpy(), expected[name], err_msg=name)
+    assert_close(loss.detach().numpy(), expected_loss, np.dtype(np.float32), "loss", rtol=1e-6)
+    assert loss.requires_grad == (mode != "no_grad")
+    if mode != "no_grad":
+        loss.backward()
+        assert_close(x.grad.numpy(), expected_grad, np.dtype(np.float32), "grad", rtol=1e-6)
+        if mode == "inplace":   # the logits' storage holds the gradient
+            torch.testing.assert_close(x.detach(), x.grad)
+
+
+def test_module_takes_training_options(rng):
+    logits, target, weight = _inputs(rng, (7, 5), (7,), "index", True, torch.float32)
+    sample_weight = _sample_weight(rng, (7,))
+    criterion = nbxent_torch.CrossEntropyLoss(weight=weight, metrics="correct", empty="zero")
+    assert "metrics='correct'" in repr(criterion) and "empty='zero'" in repr(criterion)
+    loss, found = criterion(logits, target, sample_weight=sample_weight, denominator=2.0)
+    expected_loss, _, expected = _direct(logits, target, torch.tensor(1.0), weight=weight,
+                                         sample_weight=sample_weight, denominator=2.0,
+                                         metrics="correct")
+    assert_close(loss.numpy(), expected_loss, np.dtype(np.float32), "loss", rtol=1e-6)
+    np.testing.assert_array_equal(found["correct"].numpy(), expected["correct"])
+
+
+@pytest.mark.parametrize("options,error,match", bad_training_options(torch.ones) + [
+    pytest.param(dict(sample_weight=[1.0, 1.0, 1.0]), TypeError,
+                 "sample_weight must be a torch.Tensor", id="sample_weight-list")])
+@pytest.mark.parametrize("inplace_backward", [False, True], ids=["saved", "inplace"])
+def test_bad_training_options_get_nbxent_errors(options, error, match, inplace_backward):
+    logits = torch.zeros(3, 4).requires_grad_(True)
+    with pytest.raises(error, match=match):
+        nbxent_torch.cross_entropy(logits, torch.tensor([0, 1, 2]),
+                                   inplace_backward=inplace_backward, **options)
+    assert logits.grad is None and not logits.detach().any()
+
+
+def test_correct_needs_index_targets_and_constants_refuse_grad(rng):
+    logits, target, _ = _inputs(rng, (3, 4), (3,), "prob", False, torch.float32)
+    with pytest.raises(ValueError, match=r"metrics \['correct'\] need class-index targets"):
+        nbxent_torch.cross_entropy(logits, target, metrics="correct")
+    index_target = torch.tensor([0, 1, 2])
+    for name in ("sample_weight", "denominator"):
+        value = torch.ones(3) if name == "sample_weight" else torch.tensor(3.0)
+        with pytest.raises(RuntimeError, match=f"{name} requires grad"):
+            nbxent_torch.cross_entropy(logits.requires_grad_(True), index_target,
+                                       **{name: value.requires_grad_(True)})
+
+
 class _TinyModel(torch.nn.Module):
     """Softmax regression whose forward returns the loss, as training loops compile it."""
 
@@ -376,6 +526,36 @@ def test_torch_compile_fullgraph(rng, inplace_backward):
         torch.testing.assert_close(param.grad, grad)
 
 
+@pytest.mark.parametrize("inplace_backward", [False, True], ids=["saved", "inplace"])
+def test_torch_compile_fullgraph_with_training_options(rng, inplace_backward):
+    """sample_weight, denominator and metrics through Dynamo and AOTAutograd: the
+    metrics operators' fake implementations and autograd formulas."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(6, 5)
+    features = torch.tensor(rng.normal(size=(7, 6)), dtype=torch.float32)
+    target = torch.tensor(rng.integers(0, 5, 7))
+    sample_weight = _sample_weight(rng, (7,))
+
+    def step(features, target, sample_weight):
+        loss, found = nbxent_torch.cross_entropy(
+            linear(features), target, sample_weight=sample_weight, denominator=5.0,
+            metrics=("argmax", "correct", "lse"), inplace_backward=inplace_backward)
+        return loss, found["argmax"], found["correct"].sum(), found["lse"]
+
+    expected = step(features, target, sample_weight)
+    expected[0].backward()
+    expected_grads = [p.grad.clone() for p in linear.parameters()]
+    linear.zero_grad()
+    got = torch.compile(step, fullgraph=True, backend="aot_eager")(features, target,
+                                                                     sample_weight)
+    got[0].backward()
+    for value, want in zip(got, expected):
+        torch.testing.assert_close(value.detach(), want.detach())
+    for param, grad in zip(linear.parameters(), expected_grads):
+        torch.testing.assert_close(param.grad, grad)
+
+
 def test_custom_operator_is_registered_with_a_fake_implementation():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -388,6 +568,12 @@ def test_custom_operator_is_registered_with_a_fake_implementation():
     torch.library.opcheck(torch.ops.nbxent.cross_entropy_with_grad.default,
                           (torch.randn(3, 4), torch.tensor([0, 1, 2]), None, 1, -100, "mean",
                            0.0, 0.0, None))
+    torch.library.opcheck(torch.ops.nbxent.cross_entropy_with_grad_metrics.default,
+                          (torch.randn(3, 4), torch.tensor([0, 1, 2]), None, 1, -100, "mean",
+                           0.0, 0.0, None, torch.ones(3), None, "nan", "argmax,top_k", 2))
+    torch.library.opcheck(torch.ops.nbxent.cross_entropy_with_grad_metrics_.default,
+                          (torch.randn(3, 4), torch.tensor([0, 1, 2]), None, 1, -100, "mean",
+                           0.0, 0.0, None, None, torch.tensor(2.0), "nan", "correct,lse", 5))
 
 
 @pytest.mark.cuda
@@ -405,6 +591,28 @@ def test_cuda_tensors(rng):
     assert loss.is_cuda and grad.is_cuda
     torch.testing.assert_close(loss.cpu(), expected_loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad.cpu(), expected_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.cuda
+def test_cuda_tensors_with_training_options(rng):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible to torch")
+    logits, target, _ = _inputs(rng, (33, 70), (33,), "index", False, torch.float32)
+    sample_weight = _sample_weight(rng, (33,))
+    options = dict(denominator=20.0, metrics=("argmax", "correct", "lse"))
+    expected_loss, expected_grad, expected = _direct(logits, target, torch.tensor(1.0),
+                                                     sample_weight=sample_weight, **options)
+    x = logits.cuda().requires_grad_(True)
+    loss, found = nbxent_torch.cross_entropy(x, target.cuda(),
+                                             sample_weight=sample_weight.cuda(), **options)
+    loss.backward()
+    assert loss.is_cuda and all(value.is_cuda for value in found.values())
+    torch.testing.assert_close(loss.cpu(), torch.tensor(float(expected_loss)),
+                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad.cpu(), torch.from_numpy(expected_grad),
+                               rtol=1e-5, atol=1e-6)
+    for name in ("argmax", "correct"):
+        np.testing.assert_array_equal(found[name].cpu().numpy(), expected[name], err_msg=name)
 
 
 def test_digits_example_runs():
