@@ -86,6 +86,17 @@ def _flat(view):
     return flat, Geometry(offset, *strides)
 
 
+def _read_only(array):
+    """A read-only view of ``array`` (itself when it is one). Numba compiles a kernel
+    apart for read-only and writeable arguments: the kernels' inputs always go in
+    read-only, so that a variant compiles once whatever the caller's arrays."""
+    if not array.flags.writeable:
+        return array
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
 _workqueue_lock = threading.Lock()
 
 
@@ -212,6 +223,7 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=No
         wants_rank="top_k" in metric_names, wants_argmax="argmax" in metric_names,
         wants_entropy="entropy" in metric_names,
         in_place=out is not None and np.may_share_memory(out_buffer, x))
+    x, target, weight, grad_output = map(_read_only, (x, target, weight, grad_output))
     with _launch_guard():
         # Named tuples travel as plain ones (Numba types a named tuple argument several
         # times slower at every call); the kernels name their fields again.
