@@ -21,12 +21,24 @@ from nbxent.cpu import disk_cache
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _run(script, **env):
-    """Run ``script`` in a fresh interpreter (``env`` added to the environment)."""
+def _start(script, **env):
+    """Start ``script`` in a fresh interpreter (``env`` added to the environment)."""
     environ = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     environ.update(env)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=environ,
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+
+
+def _finish(process):
+    """(return code, stdout, stderr) of a process from ``_start``."""
+    stdout, stderr = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _run(script, **env):
+    """Run ``script`` in a fresh interpreter (``env`` added to the environment)."""
+    return _finish(_start(script, **env))
 
 
 # --------------------------------------------------------------- stated ranges
@@ -166,6 +178,21 @@ def test_kernels_load_from_the_disk_cache_in_a_new_process(tmp_path):
         assert (hits, misses) == (1, 0), (
             f"second process, {variant}: {hits} hits, {misses} misses (compiled again)")
     assert first["loss"] == second["loss"]
+
+
+def test_processes_started_together_compile_each_kernel_once(tmp_path):
+    """Two processes sharing a cache directory, started together: one compiles the
+    kernel, the other waits for it and loads it (they each compiled it before)."""
+    processes = [_start(_CACHE_SCRIPT, NUMBA_CACHE_DIR=str(tmp_path)) for _ in range(2)]
+    runs = []
+    for done in map(_finish, processes):
+        assert done.returncode == 0, done.stderr
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert runs[0]["stats"].keys() == runs[1]["stats"].keys()
+    for variant in runs[0]["stats"]:
+        hits, misses = (sum(run["stats"][variant][i] for run in runs) for i in (0, 1))
+        assert (hits, misses) == (1, 1), f"{variant}: {hits} loads, {misses} compiles"
+    assert runs[0]["loss"] == runs[1]["loss"]
 
 
 # --------------------------------------------------------------- the CUDA simulator

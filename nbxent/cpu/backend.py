@@ -17,6 +17,7 @@ from .._dispatch import as_cpu_array
 from .._plan import View, index_error
 from .arguments import (N_METRICS, WRITE_GRAD, WRITE_LOG_SOFTMAX, WRITE_NOTHING, WRITE_SOFTMAX,
                         Geometry, Options, Shape, TargetKind, Variant)
+from .disk_cache import first_call
 from .kernels import kernel_for, scan_targets
 
 _WRITES = {"log_softmax": WRITE_LOG_SOFTMAX, "softmax": WRITE_SOFTMAX}
@@ -224,13 +225,14 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=No
         wants_entropy="entropy" in metric_names,
         in_place=out is not None and np.may_share_memory(out_buffer, x))
     x, target, weight, grad_output = map(_read_only, (x, target, weight, grad_output))
-    with _launch_guard():
+    kernel = kernel_for(variant)
+    with _launch_guard(), first_call(kernel):
         # Named tuples travel as plain ones (Numba types a named tuple argument several
         # times slower at every call); the kernels name their fields again.
-        kernel_for(variant)(x, tuple(x_geom), target, tuple(t_geom), weight, grad_output,
-                            tuple(g_geom), out_buffer, tuple(out_geom), row_value, row_lse,
-                            _NO_METRICS if row_metrics is None else row_metrics,
-                            tuple(shape), tuple(options))
+        kernel(x, tuple(x_geom), target, tuple(t_geom), weight, grad_output, tuple(g_geom),
+               out_buffer, tuple(out_geom), row_value, row_lse,
+               _NO_METRICS if row_metrics is None else row_metrics, tuple(shape),
+               tuple(options))
     if staged_out is not None:
         np.copyto(_strided(staged_out), _strided(out))
     return row_value, row_lse, denominator, n_valid

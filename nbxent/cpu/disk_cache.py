@@ -6,6 +6,14 @@ with ``cache=True`` each process compiled every kernel again. Here a kernel's
 entries are keyed instead on what determines it: its bytecode, its variant
 (Python scalars) and the source of the modules it inlines.
 
+Processes that share the cache directory (test workers, a node's training ranks)
+take turns: one lock file per variant, so that of processes starting together one
+compiles a variant while the others wait and then load it (each would otherwise
+compile it again), and one lock for the cache's index, which Numba rewrites whole
+on every save (two processes saving at once could lose an entry, or pair one's
+index entry with the other's data file). Without ``fcntl`` (Windows) each process
+compiles what it does not find, as Numba does.
+
 Numba has no public hook for the key, so this subclasses its
 ``FunctionCache``, overrides the private ``_index_key`` and installs the cache
 as the dispatcher's private ``_cache``. :func:`internals_problem` checks those
@@ -14,11 +22,18 @@ the kernels compile in every process, with one :class:`CompatibilityWarning`
 naming the Numba version, instead of crashing or serving a stale entry.
 """
 
+import contextlib
 import functools
 import hashlib
 import inspect
+import os
 import pathlib
 import types
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 from .._versions import describe, warn_once
 
@@ -126,11 +141,54 @@ def _variant_cache_class():
             super().__init__(py_func)
 
         def _index_key(self, sig, codegen):
+            return sig, codegen.magic_tuple(), self._variant_key()
+
+        def _variant_key(self):
             code = hashlib.sha256(self._py_func.__code__.co_code).hexdigest()
-            return sig, codegen.magic_tuple(), (code, repr(tuple(self._variant)),
-                                                _sources_digest())
+            return code, repr(tuple(self._variant)), _sources_digest()
+
+        def variant_lock(self):
+            """The lock file of this variant's first compile."""
+            digest = hashlib.sha256(repr(self._variant_key()).encode()).hexdigest()[:24]
+            return os.path.join(self.cache_path, f"nbxent-{digest}.lock")
+
+        def save_overload(self, sig, data):
+            with _file_lock(os.path.join(self.cache_path, "nbxent-index.lock")):
+                super().save_overload(sig, data)
 
     return VariantCache
+
+
+@contextlib.contextmanager
+def _file_lock(path):
+    """An exclusive advisory lock on the file ``path`` for the block; none without
+    ``fcntl`` or where the file cannot be opened."""
+    try:
+        handle = open(path, "a") if fcntl is not None else None
+    except OSError:
+        handle = None
+    if handle is None:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def first_call(kernel):
+    """Around a call of ``kernel`` (from ``cached``): until it has compiled or loaded a
+    signature in this process, its variant's lock, so that processes sharing the cache
+    compile each variant once (the module docstring)."""
+    cache = getattr(kernel, "_cache", None)
+    if kernel.signatures or not isinstance(cache, _variant_cache_class()):
+        yield
+        return
+    with _file_lock(cache.variant_lock()):
+        yield
 
 
 def cached(variant, kernel):
