@@ -184,7 +184,7 @@ def first_call(kernel):
     signature in this process, its variant's lock, so that processes sharing the cache
     compile each variant once (the module docstring)."""
     cache = getattr(kernel, "_cache", None)
-    if kernel.signatures or not isinstance(cache, _variant_cache_class()):
+    if not isinstance(cache, _variant_cache_class()) or kernel.signatures:
         yield
         return
     with _file_lock(cache.variant_lock()):
