@@ -5,9 +5,9 @@ CPU, CUDA (under the simulator or on a GPU) and Dask (whole rows, and rows split
 class chunks) backends against the oracle on logits full of ties, zeros of both signs,
 nan and infinities, where the kernels' fast comparisons must hand over to their exact
 order. Few kernel variants: the quick subset
-compiles float32 loss-only kernels (rows and tiles; on CUDA every layout, the split
-one with the gradient); gradients, float16, float64, the soft cap and probability
-targets are in the slow subset.
+compiles float32 loss-only kernels (rows and tiles; on CUDA the warp and NCHW layouts);
+gradients, CUDA's block and split layouts, Dask's rows split across class chunks,
+float16, float64, the soft cap and probability targets are in the slow subset.
 """
 
 import numpy as np
@@ -145,6 +145,7 @@ CUDA_LAYOUTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings, shape, with_grad", CUDA_LAYOUTS)
 def test_cuda_long_row_layouts(backend, rng, settings, shape, with_grad):
     """Every metric from the block and split layouts, whose threads (and blocks) each see
@@ -321,6 +322,7 @@ def test_bad_metrics(rng, metrics, top_k, error, message):
     np.testing.assert_array_equal(x, before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape, axis, chunks", [((40, 9), -1, (16, 4)),
                                                  ((2, 7, 4, 5), 1, (1, 3, 4, 5))])
 def test_dask_rows_split_across_class_chunks(rng, shape, axis, chunks):
