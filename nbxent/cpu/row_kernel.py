@@ -109,6 +109,9 @@ def build_row_kernel(variant, f, sum_at_inf):
     # Not through float16 (it would round the exps) nor under softcap or log_softmax
     # (their writes need the logit itself).
     keep_exps = variant.write in (WRITE_GRAD, WRITE_SOFTMAX) and not half and not softcap
+    # The logits at the shift counted in a pass of their own (``chunk_sums``); not where a
+    # second pass would convert (float16) or cap (softcap) every logit again.
+    ties_apart = not half and not softcap
     load_logit, element_terms, element_result, target_of = (
         f.load_logit, f.element_terms, f.element_result, f.target_of)
     row_result, grad_output_at, upstream, target_gradient = (
@@ -149,14 +152,18 @@ def build_row_kernel(variant, f, sum_at_inf):
     def chunk_sums(x, base, s_class, c0, c1, cap, shift, ref, target, t_row, t_class_stride,
                    weight, one_minus_eps, eps_over_c, out, out_base, o_sc, with_entropy):
         """The exp pass over classes [c0, c1) of a row, whose logits are
-        ``load_logit(x, base + c * s_class, cap)``: (sum of exps, the sum of those below
-        the shift, moment, mass, entropy moment (0 unless ``with_entropy``, a constant
-        where this is called, so that the loop without it stays as fast)).
+        ``load_logit(x, base + c * s_class, cap)``: (sum of exps, 0 with ``ties_apart``,
+        the sum of those below the shift, moment, mass, entropy moment (0 unless
+        ``with_entropy``, a constant where this is called, so that the loop without it
+        stays as fast)).
 
         Values equal to the shift add exactly 1 each. Summing the rest apart keeps
-        float32 from rounding 1 + (small rest), the whole loss of a confident row;
-        their count is what the plain total adds beyond the rest. (Measured: a count
-        kept in the loop, or a second select, stops it from vectorising.)
+        float32 from rounding 1 + (small rest), the whole loss of a confident row.
+        Their count is what the plain total adds beyond the rest, or with
+        ``ties_apart`` what ``count_equal`` finds after this loop: one accumulator, not
+        two, in a loop that with exp's constants already spills AVX2's 16 vector
+        registers to the stack (benchmarks/RESULTS.md). (Measured: a count kept in this
+        loop, or a second select, stops it from vectorising.)
         """
         total = ftype(0.0)
         rest = ftype(0.0)
@@ -170,13 +177,23 @@ def build_row_kernel(variant, f, sum_at_inf):
                 one_minus_eps, eps_over_c)
             if keep_exps:
                 store(out, out_base + c * o_sc, e, half)
-            total += e
+            if not ties_apart:
+                total += e
             rest += ftype(0.0) if at_top else e
             chunk_moment += moment_term
             chunk_mass += mass_term
             if with_entropy:
                 chunk_entropy += entropy_term(value, shift, e, compute64)
         return total, rest, chunk_moment, chunk_mass, chunk_entropy
+
+    @njit(inline="always")
+    def count_equal(x, base, s_class, c0, c1, cap, value):
+        """How many of the logits [c0, c1) of a row equal ``value`` (a pass over the
+        chunk, in L1 after the max's pass; 32-bit counts vectorise as wide as float32)."""
+        n = np.int32(0)
+        for c in range(c0, c1):
+            n = np.int32(n + np.int32(load_logit(x, base + c * s_class, cap) == value))
+        return n
 
     @njit(inline="always")
     def chunk_ranks(x, base, s_class, c0, c1, cap, top_key, nan_free, counted, t_logit, t,
@@ -297,12 +314,18 @@ def build_row_kernel(variant, f, sum_at_inf):
                     source, s_base, s_stride, c0, c1, cap, shift, ref, target, t_row,
                     t_class_stride, weight, one_minus_eps, eps_over_c, out, out_base, o_sc,
                     False)
-            if metrics and not keep_exps:  # (a nan, or +inf, makes the sum nan)
+            if metrics and not keep_exps:  # (a nan makes the rest nan)
+                nan_free = rest == rest and top != np.inf
                 best_key, best, chunk_ahead = chunk_ranks(
-                    x, base, s_class, c0, c1, cap, top_key, total == total, counted, t_logit,
-                    t, t_low, t_high, fast_order, wants_rank, wants_argmax, best_key, best)
+                    x, base, s_class, c0, c1, cap, top_key, nan_free, counted, t_logit, t,
+                    t_low, t_high, fast_order, wants_rank, wants_argmax, best_key, best)
                 ahead += chunk_ahead
-            sum_exp += math.floor(float(total - rest) + 0.5) + float(rest)
+            if ties_apart:  # (none where the chunk's max is below the row's)
+                at_shift = count_equal(source, s_base, s_stride, c0, c1, cap, shift) \
+                    if top == shift else np.int32(0)
+            else:
+                at_shift = math.floor(float(total - rest) + 0.5)
+            sum_exp += at_shift + float(rest)
             rest_sum += float(rest)
             moment += chunk_moment
             mass += chunk_mass
