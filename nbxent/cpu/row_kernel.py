@@ -23,7 +23,7 @@ from numba import njit, prange
 from .access import load, store
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
                         WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
-from .bits import exact_order, from_order_key, order_key, rank_key
+from .bits import exact_order, from_order_key, order_key, prefetch, rank_key
 from .fastexp import exp_nonpositive
 from .formulas import capped, difference_plus, entropy_of, entropy_term
 
@@ -119,6 +119,30 @@ def build_row_kernel(variant, f, sum_at_inf):
     finite_or_zero = f.finite_or_zero
 
     ordered_chunk = exact_order(load_logit)
+    LINE = 64 // (2 if half else np.dtype(ftype).itemsize)  # logits per cache line
+
+    @njit(inline="always")
+    def item_place(item, shape):
+        """(row, segment of the row, outer and inner index of the row, first class,
+        end class) of a work item."""
+        n_seg = shape.row_split
+        seg_len = (shape.n_classes + n_seg - 1) // n_seg
+        r = item // n_seg
+        seg = item - r * n_seg
+        o = r // shape.inner
+        lo = seg * seg_len
+        return r, seg, o, r - o * shape.inner, lo, min(lo + seg_len, shape.n_classes)
+
+    @njit(inline="always")
+    def prefetch_classes(x, base, s_class, c0, c1):
+        """Ask for the logits [c0, c1) of a row (where they are contiguous) while others
+        are computed: without it a chunk's max pass waits on memory, since the exp pass
+        before it read only from L1 and left the hardware prefetcher idle. (Not the next
+        row's first chunk: the hardware follows rows that follow each other, and hints
+        there measured slower: benchmarks/RESULTS.md.)"""
+        if s_class == 1:
+            for c in range(c0, c1, LINE):
+                prefetch(x, np.int64(base + c))
 
     @njit(inline="always")
     def first_at(x, base, stride, c0, c1, top):
@@ -301,6 +325,8 @@ def build_row_kernel(variant, f, sum_at_inf):
             shift = row_max if row_max > -np.inf else ftype(0.0)
             if keep_exps:
                 chunk_shifts[item, (c0 - lo) // CHUNK] = shift
+            if c1 < hi:
+                prefetch_classes(x, base, s_class, c1, min(c1 + CHUNK, hi))
             source, s_base, s_stride = exp_source(x, base, s_class, c0, c1, cap, staged,
                                                   in_place)
             # (Each case its own loop: a run-time flag inside one would cost every call.)
@@ -349,12 +375,7 @@ def build_row_kernel(variant, f, sum_at_inf):
         one_minus_eps = 1.0 - options.label_smoothing
         eps_over_c = options.label_smoothing / shape.n_classes
         cap = ftype(options.softcap)
-        n_seg = shape.row_split
-        seg_len = (shape.n_classes + n_seg - 1) // n_seg
-        r = item // n_seg
-        lo = (item - r * n_seg) * seg_len
-        o = r // shape.inner
-        i = r - o * shape.inner
+        _, _, o, i, lo, hi = item_place(item, shape)
         base = row_start(x_geom, o, i)
         t_row = row_start(t_geom, o, i)
         ref = finite_or_zero(load_logit(x, base, cap))
@@ -363,7 +384,7 @@ def build_row_kernel(variant, f, sum_at_inf):
                                      0, weight, cap)
         part[item, _T_LOGIT] = t_logit
         (part[item, _MAX], part[item, _SUM], part[item, _MOMENT], part[item, _MASS],
-         order) = segment_stats(x, base, x_geom.s_class, lo, min(lo + seg_len, shape.n_classes),
+         order) = segment_stats(x, base, x_geom.s_class, lo, hi,
                                 cap, ref, target, t_row, t_geom.s_class, weight, one_minus_eps,
                                 eps_over_c, out, row_start(out_geom, o, i), out_geom.s_class,
                                 chunk_shifts, item, t_logit, t, options.wants_rank,
@@ -425,14 +446,10 @@ def build_row_kernel(variant, f, sum_at_inf):
         x_geom, t_geom, g_geom, out_geom, shape, options = named(
             x_geom, t_geom, g_geom, out_geom, shape, options)
         n_classes, n_seg = shape.n_classes, shape.row_split
-        seg_len = (n_classes + n_seg - 1) // n_seg
         one_minus_eps = 1.0 - options.label_smoothing
         eps_over_c = options.label_smoothing / n_classes
         cap = ftype(options.softcap)
-        r = item // n_seg
-        seg = item - r * n_seg
-        o = r // shape.inner
-        i = r - o * shape.inner
+        r, seg, o, i, lo, hi = item_place(item, shape)
         base = row_start(x_geom, o, i)
         t_row = row_start(t_geom, o, i)
         row_max, shift, sum_exp, moment, mass = combined_stats(part, r * n_seg, n_seg)
@@ -459,8 +476,6 @@ def build_row_kernel(variant, f, sum_at_inf):
                                                                 sum_exp)
         if not writes:
             return
-        lo = seg * seg_len
-        hi = min(lo + seg_len, n_classes)
         out_base = row_start(out_geom, o, i)
         o_sc = out_geom.s_class
         if not valid:
