@@ -16,7 +16,7 @@ from numba import njit, prange
 from .access import cell, store
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
                         WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
-from .bits import exact_order, prefetch
+from .bits import exact_order, larger, prefetch
 from .fastexp import exp64, log1p32, log32
 from .formulas import entropy_of, entropy_term
 from .row_kernel import FASTMATH, row_start
@@ -134,7 +134,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
             for k in range(n):
                 value = load_logit(x, base + c * s_class + k, cap)
                 tile[cell(c, pitch, k)] = value
-                top[k] = max(top[k], value)
+                top[k] = larger(top[k], value)
                 # (Summed, its one nonzero term selected: a select between two loads
                 # keeps LLVM from vectorising the loop.)
                 if indexed:
