@@ -254,7 +254,7 @@ def test_softcap_orders_the_capped_logits(rng, shape, axis):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shape, axis", [LAYOUTS[0], LAYOUTS[1]])
+@pytest.mark.parametrize("shape, axis", [LAYOUTS[0], LAYOUTS[1], LAYOUTS[3]])
 def test_probability_targets(rng, shape, axis):
     x = tied_logits(rng, shape, axis, F32)
     y = R.softmax(rng.standard_normal(shape), axis).astype(F32)

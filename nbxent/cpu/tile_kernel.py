@@ -22,8 +22,8 @@ from .formulas import entropy_of, entropy_term
 from .row_kernel import FASTMATH, row_start
 
 # Rows of a tile's per-position scratch.
-(_SHIFT, _N_TOP, _REST, _MOMENT, _MASS, _REF, _T_LOGIT, _P_SCALE, _G_CE, _LOG_SUM, _VALID,
- _T_GRAD, _ENTROPY, _N_SCRATCH) = range(14)
+(_TOP, _SHIFT, _N_TOP, _REST, _MOMENT, _MASS, _REF, _T_LOGIT, _P_SCALE, _G_CE, _LOG_SUM, _VALID,
+ _T_GRAD, _ENTROPY, _N_SCRATCH) = range(15)
 # Rows of a tile's scratch for the metrics' order: per position, the classes greater
 # than the target's logit, those equal to it, and the classes ahead of the target.
 _GREATER, _EQUAL, _AHEAD, _N_ORDER = range(4)
@@ -148,10 +148,11 @@ def build_tile_kernel(variant, f, sum_at_inf):
         ``tile_sums`` (a position's shift is its max, ``_N_TOP`` of its classes equal it).
 
         Float comparisons in vectorised loops: the classes greater than and equal to the
-        target's logit, the first class at the max (the classes from last to first, the
-        first found last), or for 'correct' only the max and its count. The positions
-        they cannot settle (a tie with the target's logit, a nan or an infinity, which
-        make the sums nan) go through ``position_order``.
+        target's logit, the first class at the max (a running minimum: a select stored
+        where it was loaded would become a masked store), or for 'correct' only the max
+        and its count. The positions they cannot settle (a tie with the target's logit,
+        a nan or an infinity, which make the sums nan; all -inf, which makes them 0) go
+        through ``position_order``.
         """
         shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
         t_logit = scratch[_T_LOGIT]
@@ -167,19 +168,18 @@ def build_tile_kernel(variant, f, sum_at_inf):
                     equal[k] += ftype(1.0) if value == t_logit[k] else ftype(0.0)
         if wants_argmax:
             for k in range(n):
-                argmax[k] = np.int32(0)
-            for c in range(n_classes - 1, -1, -1):
+                argmax[k] = np.int32(n_classes)
+            for c in range(n_classes):
                 for k in range(n):
                     at_max = logits[cell(c, pitch, k)] == shift[k]
-                    argmax[k] = np.int32(c) if at_max else argmax[k]
-        if not indexed:  # no target to rank
-            for k in range(n):
-                ahead[k] = ftype(0.0)
-            return
+                    argmax[k] = min(argmax[k], np.int32(c) if at_max else np.int32(n_classes))
         for k in range(n):
-            # (A nan or +inf logit makes the sum nan, all -inf makes it 0, else it is >= 1.)
+            # (A nan or +inf logit makes the sum nan, all -inf makes it 0, else it is >= 1;
+            # t_logit is 0 without index targets.)
             clear = n_top[k] + rest[k] >= ftype(1.0) and t_logit[k] == t_logit[k]
-            if wants_rank:
+            if not indexed:  # no target to rank
+                count = ftype(0.0)
+            elif wants_rank:
                 count = greater[k] if equal[k] == ftype(1.0) else ftype(-1.0)
             else:
                 alone = n_top[k] == ftype(1.0)  # t's logit the max, t alone at it
@@ -188,10 +188,13 @@ def build_tile_kernel(variant, f, sum_at_inf):
             ahead[k] = count if clear else ftype(-1.0)
         for k in range(n):
             if ahead[k] < ftype(0.0):
+                t = target_index[k] if indexed else np.int64(-1)
                 _, first, count = position_order(logits, k, pitch, 0, n_classes, 0.0,
-                                                 t_logit[k], target_index[k])
+                                                 t_logit[k], t)
                 argmax[k] = np.int32(first) if wants_argmax else argmax[k]
-                ahead[k] = ftype(count)
+                ahead[k] = ftype(count) if indexed else ftype(0.0)
+        if not indexed:
+            return
         # (A target that does not count ranks nowhere: never correct nor top-k.)
         valid = scratch[_VALID]
         for k in range(n):
@@ -225,13 +228,15 @@ def build_tile_kernel(variant, f, sum_at_inf):
     def tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base, t_si, t_sc,
                   weight, one_minus_eps, eps_over_c, with_entropy):
         """Each position's sums over its classes (exps kept in ``exps`` for the writes),
-        from its max in ``scratch[_SHIFT]``, which becomes the shift; the entropy's sum
-        too when ``with_entropy`` (a constant where this is called)."""
+        from its max in ``scratch[_TOP]`` (the shift, ``scratch[_SHIFT]``, is the max or 0
+        if that is -inf: a row apart, for a select stored where it was loaded becomes a
+        masked store); the entropy's sum too when ``with_entropy`` (a constant where this
+        is called)."""
         shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
         moment, mass, ref = scratch[_MOMENT], scratch[_MASS], scratch[_REF]
         entropy_moment = scratch[_ENTROPY]
         for k in range(n):
-            top = shift[k]
+            top = scratch[_TOP, k]
             shift[k] = top if top > -np.inf else ftype(0.0)
             n_top[k] = ftype(sum_at_inf) if top == np.inf else ftype(0.0)
             rest[k] = ftype(0.0)
@@ -343,7 +348,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
         else:
             for k in range(n):
                 scratch[_VALID, k] = ftype(1.0)
-        stage(x, x_base, x_sc, x_si, logits, n_classes, n, pitch, cap, scratch[_SHIFT],
+        stage(x, x_base, x_sc, x_si, logits, n_classes, n, pitch, cap, scratch[_TOP],
               target_class, scratch[_T_LOGIT])
         if not half and i0 + width < inner:
             prefetch_tile(x, x_base + width * x_si, x_sc, x_si, n_classes,
