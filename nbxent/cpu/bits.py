@@ -183,3 +183,77 @@ def prefetch(typingctx, array, index):
         return context.get_dummy_value()
 
     return types.void(array, types.int64), codegen
+
+
+def _transposed(builder, rows):
+    """The square matrix of vectors ``rows`` transposed, in shuffles: at each step h
+    (1, 2, 4, ...) rows i and i + h swap their off-diagonal h x h blocks."""
+    width = len(rows)
+    rows = list(rows)
+    mask = ir.VectorType(ir.IntType(32), width)
+    h = 1
+    while h < width:
+        for i in range(width):
+            if i // h % 2:
+                continue
+            a, b = rows[i], rows[i + h]
+            low = [p if p // h % 2 == 0 else width + p - h for p in range(width)]
+            high = [p + h if p // h % 2 == 0 else width + p for p in range(width)]
+            rows[i] = builder.shuffle_vector(a, b, ir.Constant(mask, low))
+            rows[i + h] = builder.shuffle_vector(a, b, ir.Constant(mask, high))
+        h *= 2
+    return rows
+
+
+@intrinsic
+def transpose_block(typingctx, src, src_start, src_stride, dst, dst_start, dst_stride):
+    """Copy a square block of 32 bytes a side, transposed: for i, j < B (8 float32s,
+    4 float64s), ``dst[dst_start + j * dst_stride + i] = src[src_start + i *
+    src_stride + j]``, as B vector loads, shuffles and B vector stores (LLVM's
+    shufflevector: any CPU's vectors). Loops of scalar loads and strided stores do
+    not vectorise. ``src`` and ``dst`` are 1-D arrays of one dtype, not overlapping.
+    """
+    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
+            and src.dtype == dst.dtype and src.ndim == dst.ndim == 1
+            and isinstance(src.dtype, types.Float)):
+        return None
+    width = 256 // src.dtype.bitwidth
+
+    def codegen(context, builder, signature, args):
+        src_data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        dst_data = context.make_array(signature.args[3])(context, builder, args[3]).data
+        index = [context.cast(builder, value, ty, types.int64)
+                 for value, ty in zip(args, signature.args) if isinstance(ty, types.Integer)]
+        (src_start, src_stride, dst_start, dst_stride) = index
+        vector = ir.VectorType(context.get_value_type(src.dtype), width).as_pointer()
+        align = src.dtype.bitwidth // 8
+
+        def at(data, start, stride, i):
+            offset = builder.add(start, builder.mul(stride, ir.Constant(ir.IntType(64), i)))
+            return builder.bitcast(builder.gep(data, [offset]), vector)
+
+        rows = [builder.load(at(src_data, src_start, src_stride, i), align=align)
+                for i in range(width)]
+        for j, row in enumerate(_transposed(builder, rows)):
+            builder.store(row, at(dst_data, dst_start, dst_stride, j), align=align)
+        return context.get_dummy_value()
+
+    return types.void(src, src_start, src_stride, dst, dst_start, dst_stride), codegen
+
+
+@njit(inline="always")
+def copy_transposed(src, src_start, src_stride, dst, dst_start, dst_stride, n_rows, n_cols):
+    """``dst[dst_start + j * dst_stride + i] = src[src_start + i * src_stride + j]`` for
+    i < n_rows, j < n_cols: ``transpose_block`` where whole blocks fit, element by
+    element at the edges."""
+    width = 32 // src.itemsize
+    rows_in_blocks = n_rows - n_rows % width
+    cols_in_blocks = n_cols - n_cols % width
+    for i0 in range(0, rows_in_blocks, width):
+        for j0 in range(0, cols_in_blocks, width):
+            transpose_block(src, src_start + i0 * src_stride + j0, src_stride,
+                            dst, dst_start + j0 * dst_stride + i0, dst_stride)
+    for i in range(n_rows):
+        for j in range(cols_in_blocks if i < rows_in_blocks else 0, n_cols):
+            dst[np.uint64(dst_start + j * dst_stride + i)] = src[
+                np.uint64(src_start + i * src_stride + j)]

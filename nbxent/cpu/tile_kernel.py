@@ -13,12 +13,12 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .access import cell, store
+from .access import cell, load, store
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
                         WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
-from .bits import exact_order, larger, prefetch
-from .fastexp import exp64, log1p32, log32
-from .formulas import entropy_of, entropy_term
+from .bits import copy_transposed, exact_order, larger, prefetch
+from .fastexp import exp64, log1p32
+from .formulas import capped, entropy_of, entropy_term
 from .row_kernel import FASTMATH, row_start
 
 # Rows of a tile's per-position scratch.
@@ -49,8 +49,9 @@ def build_tile_kernel(variant, f, sum_at_inf):
     over the variant's flags (compile-time constants to Numba, so each compiled
     kernel keeps only its own branches), read top to bottom in the order they run.
     """
-    half, compute64, smoothing, entropy, metrics = (
-        variant.half, variant.compute64, variant.smoothing, variant.entropy, variant.metrics)
+    half, compute64, smoothing, entropy, metrics, softcap = (
+        variant.half, variant.compute64, variant.smoothing, variant.entropy, variant.metrics,
+        variant.softcap)
     ftype = np.float64 if compute64 else np.float32
     indexed = variant.target == TargetKind.INDEX
     prob = variant.target == TargetKind.PROB
@@ -58,18 +59,24 @@ def build_tile_kernel(variant, f, sum_at_inf):
     writes_softmax = variant.write == WRITE_SOFTMAX
     writes_target_gradient = variant.write == WRITE_GRAD and indexed
     LINE = 64 // np.dtype(ftype).itemsize  # logits per cache line (float16 tiles take none)
-    load_logit, finite_or_zero, element_terms, element_result = (
-        f.load_logit, f.finite_or_zero, f.element_terms, f.element_result)
+    finite_or_zero, element_terms, element_result = (
+        f.finite_or_zero, f.element_terms, f.element_result)
     row_result, grad_output_at, upstream, target_gradient = (
         f.row_result, f.grad_output_at, f.upstream, f.target_gradient)
 
     @njit(inline="always")
     def log_of_sum(n_top, rest):
-        """log(n_top + rest), precise when rest is small (the confident rows)."""
+        """log(n_top + rest), precise when rest is small (the confident rows).
+
+        ``n_top``, the count of logits at the shift, is a whole number, so
+        ``(n_top - 1) + rest`` is exact where it matters (n_top = 1). It is 0 only
+        where no logit equals the shift: a row of -inf (rest 0) or of nan (rest nan).
+        """
         if compute64:
             return math.log(n_top + rest)
-        with_top = log32(max(n_top, ftype(1.0))) + log1p32(rest / max(n_top, ftype(1.0)))
-        return float(with_top if n_top > ftype(0.0) else log32(rest))
+        if n_top > ftype(0.0):
+            return float(log1p32((n_top - ftype(1.0)) + rest))
+        return -np.inf if rest == ftype(0.0) else np.nan
 
     @njit(inline="always")
     def tile_layout(s_class, s_pos, n_classes, n, pitch):
@@ -105,40 +112,48 @@ def build_tile_kernel(variant, f, sum_at_inf):
             t_weight[k] = class_weight if in_range else np.nan
 
     @njit(inline="always")
-    def stage(x, base, s_class, s_pos, tile, n_classes, n, pitch, cap, top, target_class,
-              t_logit):
-        """Load a tile of logits, capped and in the compute type, and take on the way
-        each position's max (``top``) and, for index targets, its target logit.
-
-        Short rows (unit class stride) are transposed row by row, the max and the
-        target taken per row; class-major tiles (NCHW) are copied along positions,
-        the max and the target selected per class in the same vectorised loop.
-        """
-        if s_class == 1:
-            for k in range(n):
-                row = base + k * s_pos
-                row_top = load_logit(x, row, cap)
-                for c in range(n_classes):
-                    value = load_logit(x, row + c, cap)
-                    tile[cell(c, pitch, k)] = value
-                    row_top = max(row_top, value)
-                top[k] = row_top
-                if indexed:
-                    t = target_class[k]
-                    t_logit[k] = tile[cell(max(t, 0), pitch, k)] if t >= 0 else ftype(0.0)
-            return
-        for k in range(n):  # (positions at a unit stride: see tile_layout)
-            top[k] = load_logit(x, base + k, cap)
+    def scan_classes(source, base, s_class, source_half, tile, n_classes, n, pitch, cap, top,
+                     target_class, t_logit):
+        """Copy class-major logits (positions at a unit stride) into the tile, capped and
+        in the compute type, and take on the way each position's max (``top``) and, for
+        index targets, its target logit: one vectorised loop per class. ``source`` may
+        be the tile itself."""
+        for k in range(n):
+            top[k] = capped(load(source, base + k, source_half, ftype), cap, softcap)
             t_logit[k] = ftype(0.0)
         for c in range(n_classes):
             for k in range(n):
-                value = load_logit(x, base + c * s_class + k, cap)
+                value = capped(load(source, base + c * s_class + k, source_half, ftype), cap,
+                               softcap)
                 tile[cell(c, pitch, k)] = value
                 top[k] = larger(top[k], value)
                 # (Summed, its one nonzero term selected: a select between two loads
                 # keeps LLVM from vectorising the loop.)
                 if indexed:
                     t_logit[k] += value if target_class[k] == np.int32(c) else ftype(0.0)
+
+    @njit(inline="always")
+    def stage(x, base, s_class, s_pos, tile, n_classes, n, pitch, cap, top, target_class,
+              t_logit):
+        """Load a tile of logits, class-major, capped and in the compute type, and take
+        each position's max (``top``) and, for index targets, its target logit.
+
+        Class-major tiles (NCHW) are copied along positions by ``scan_classes``; short
+        rows (unit class stride) are transposed first, in blocks of vector shuffles
+        (float16 element by element, converted on the way), and scanned in place.
+        """
+        if s_class != 1:
+            scan_classes(x, base, s_class, half, tile, n_classes, n, pitch, cap, top,
+                         target_class, t_logit)
+            return
+        if half:
+            for k in range(n):
+                for c in range(n_classes):
+                    tile[cell(c, pitch, k)] = load(x, base + k * s_pos + c, half, ftype)
+        else:
+            copy_transposed(x, base, s_pos, tile, 0, pitch, n, n_classes)
+        scan_classes(tile, 0, pitch, False, tile, n_classes, n, pitch, cap, top, target_class,
+                     t_logit)
 
     @njit(inline="always")
     def tile_order(logits, scratch, order, argmax, target_index, n_classes, n, pitch,
@@ -216,7 +231,11 @@ def build_tile_kernel(variant, f, sum_at_inf):
 
     @njit(inline="always")
     def unstage(out, base, s_class, s_pos, tile, n_classes, n, pitch):
-        """Store a tile of results, rounded to the output's type."""
+        """Store a tile of results, rounded to the output's type (short rows transposed
+        in blocks of vector shuffles, but for float16)."""
+        if s_class == 1 and not half:
+            copy_transposed(tile, 0, pitch, out, base, s_pos, n_classes, n)
+            return
         n_outer, n_inner, s_outer, s_inner, t_outer, t_inner = tile_layout(
             s_class, s_pos, n_classes, n, pitch)
         for a in range(n_outer):
