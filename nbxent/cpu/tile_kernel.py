@@ -217,17 +217,20 @@ def build_tile_kernel(variant, f, sum_at_inf):
             ahead[k] = ahead[k] if counted else ftype(np.inf)
 
     @njit(inline="always")
-    def prefetch_tile(x, base, s_class, s_pos, n_classes, n, pitch):
-        """Ask for the next tile's logits while this one is computed: the staging of
-        short rows otherwise waits on memory. One hint per row of memory (per cache
-        line along long rows); NCHW's long runs the hardware prefetcher follows.
-        Not for float16 tiles, whose conversions leave time for the memory (there
-        the hints cost more than they save; see benchmarks/RESULTS.md)."""
-        n_outer, n_inner, s_outer, s_inner, _, _ = tile_layout(
-            s_class, s_pos, n_classes, n, pitch)
-        for a in range(n_outer):
-            for b in range(0, n_inner, LINE):
-                prefetch(x, np.int64(base + a * s_outer + b * s_inner))
+    def prefetch_share(x, base, s_class, s_pos, n_classes, n, c):
+        """Ask for class c's share of the logits of a tile of ``n`` positions at ``base``:
+        called for each class of this tile's exp pass with the next tile's place, so
+        that the hints go out a few at a time while this one computes (all at once, they
+        measured no faster than none: benchmarks/RESULTS.md). Short rows: a slice of the
+        tile's span of memory, one hint per cache line; NCHW: class c's run."""
+        if s_class == 1:
+            span = n * s_pos
+            share = (span + n_classes * LINE - 1) // (n_classes * LINE) * LINE
+            for b in range(c * share, min((c + 1) * share, span), LINE):
+                prefetch(x, np.int64(base + b))
+        else:
+            for b in range(0, n, LINE):
+                prefetch(x, np.int64(base + c * s_class + b))
 
     @njit(inline="always")
     def unstage(out, base, s_class, s_pos, tile, n_classes, n, pitch):
@@ -245,7 +248,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
 
     @njit(inline="always")
     def tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base, t_si, t_sc,
-                  weight, one_minus_eps, eps_over_c, with_entropy):
+                  weight, one_minus_eps, eps_over_c, with_entropy, x, next_base, s_class,
+                  s_pos, n_next):
         """Each position's sums over its classes (exps kept in ``exps`` for the writes),
         from its max in ``scratch[_TOP]`` (the shift, ``scratch[_SHIFT]``, is the max or 0
         if that is -inf: a row apart, for a select stored where it was loaded becomes a
@@ -266,6 +270,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
             ref[k] = finite_or_zero(logits[cell(0, pitch, k)]) if smoothing or prob \
                 else ftype(0.0)
         for c in range(n_classes):
+            prefetch_share(x, next_base, s_class, s_pos, n_classes, n_next, c)
             for k in range(n):
                 value = logits[cell(c, pitch, k)]
                 at_top, e, moment_term, mass_term = element_terms(
@@ -369,15 +374,18 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 scratch[_VALID, k] = ftype(1.0)
         stage(x, x_base, x_sc, x_si, logits, n_classes, n, pitch, cap, scratch[_TOP],
               target_class, scratch[_T_LOGIT])
-        if not half and i0 + width < inner:
-            prefetch_tile(x, x_base + width * x_si, x_sc, x_si, n_classes,
-                          min(width, inner - i0 - width), pitch)
+        # The next tile's logits (of this block of tiles), asked for during the exp pass;
+        # not for float16 tiles, whose conversions leave the memory time.
+        n_next = 0 if half else max(0, min(width, inner - i0 - width))
+        next_base = x_base + width * x_si
         if metrics and options.wants_entropy:
             tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base,
-                      t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c, True)
+                      t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c, True,
+                      x, next_base, x_sc, x_si, n_next)
         else:
             tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base,
-                      t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c, False)
+                      t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c, False,
+                      x, next_base, x_sc, x_si, n_next)
         if metrics:
             tile_order(logits, scratch, order, argmax, target_index, n_classes, n, pitch,
                        options.wants_rank, options.wants_argmax)
