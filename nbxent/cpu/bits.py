@@ -109,8 +109,8 @@ def larger(typingctx, a, b):
 
     For running maxima kept in memory (``top[k] = larger(top[k], x)``): Python's
     ``max`` is a select, and LLVM turns a select between a stored value and a new
-    one into a masked store, which AMD's CPUs microcode (the NCHW staging ran at a
-    third of its speed). Where a nan matters, the caller's sums carry it.
+    one into a masked store, which AMD's CPUs run in microcode (benchmarks/RESULTS.md).
+    Where a nan matters, the caller's sums carry it.
     """
     if not (isinstance(a, types.Float) and a == b):
         return None
