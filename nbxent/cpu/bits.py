@@ -164,25 +164,30 @@ def exact_order(load):
     return order
 
 
-@intrinsic
-def prefetch(typingctx, array, index):
-    """Hint the cache to fetch ``array[index]`` (into L2); no effect on results."""
-    if not isinstance(array, types.Array):
-        return None
+def _prefetch_hint(rw):
+    @intrinsic
+    def hint(typingctx, array, index):
+        if not isinstance(array, types.Array):
+            return None
 
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        address = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        name = "llvm.prefetch.p0"
-        module = builder.module
-        function = module.globals.get(name) or ir.Function(
-            module, ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32]), name=name)
-        builder.call(function, [address, ir.Constant(i32, 0), ir.Constant(i32, 2),
-                                ir.Constant(i32, 1)])
-        return context.get_dummy_value()
+        def codegen(context, builder, signature, args):
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            address = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+            i32 = ir.IntType(32)
+            name = "llvm.prefetch.p0"
+            module = builder.module
+            function = module.globals.get(name) or ir.Function(
+                module, ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32]), name=name)
+            builder.call(function, [address, ir.Constant(i32, rw), ir.Constant(i32, 2),
+                                    ir.Constant(i32, 1)])
+            return context.get_dummy_value()
 
-    return types.void(array, types.int64), codegen
+        return types.void(array, types.int64), codegen
+    return hint
+
+
+prefetch = _prefetch_hint(0)
+prefetch_for_write = _prefetch_hint(1)
 
 
 def _transposed(builder, rows):

@@ -16,7 +16,7 @@ from numba import njit, prange
 from .access import cell, load, store
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
                         WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
-from .bits import copy_transposed, exact_order, larger, prefetch
+from .bits import copy_transposed, exact_order, larger, prefetch, prefetch_for_write
 from .fastexp import exp64, log1p32
 from .formulas import capped, entropy_of, entropy_term
 from .row_kernel import FASTMATH, row_start
@@ -217,20 +217,33 @@ def build_tile_kernel(variant, f, sum_at_inf):
             ahead[k] = ahead[k] if counted else ftype(np.inf)
 
     @njit(inline="always")
-    def prefetch_share(x, base, s_class, s_pos, n_classes, n, c):
-        """Ask for class c's share of the logits of a tile of ``n`` positions at ``base``:
-        called for each class of this tile's exp pass with the next tile's place, so
-        that the hints go out a few at a time while this one computes (all at once, they
-        measured no faster than none: benchmarks/RESULTS.md). Short rows: a slice of the
-        tile's span of memory, one hint per cache line; NCHW: class c's run."""
+    def line_share(span, n_classes, c):
+        """Class c's share [start, end) of ``span`` logits of memory, in whole cache lines."""
+        share = (span + n_classes * LINE - 1) // (n_classes * LINE) * LINE
+        return c * share, min((c + 1) * share, span)
+
+    @njit(inline="always")
+    def hints_for_class(hints, n_classes, n, c):
+        """Cache hints for class c's share of the memory the next steps touch, sent for
+        each class of this tile's exp pass, so that they go out a few at a time while it
+        computes (all at once, they measured no faster than none: benchmarks/RESULTS.md).
+        ``hints``: (logits, the next tile's first logit, class and position strides, its
+        positions (0: none), output, this tile's first output, output position stride,
+        whether to hint the output). The next tile's logits: for short rows a share of
+        their span of memory, for NCHW class c's run; the output, this tile's rows, to be
+        written (a short row's few lines the hardware handles better alone)."""
+        x, next_base, s_class, s_pos, n_next, out, out_base, o_si, write_hints = hints
         if s_class == 1:
-            span = n * s_pos
-            share = (span + n_classes * LINE - 1) // (n_classes * LINE) * LINE
-            for b in range(c * share, min((c + 1) * share, span), LINE):
-                prefetch(x, np.int64(base + b))
+            start, end = line_share(n_next * s_pos, n_classes, c)
+            for b in range(start, end, LINE):
+                prefetch(x, np.int64(next_base + b))
         else:
-            for b in range(0, n, LINE):
-                prefetch(x, np.int64(base + c * s_class + b))
+            for b in range(0, n_next, LINE):
+                prefetch(x, np.int64(next_base + c * s_class + b))
+        if writes and write_hints:  # (a constant False without writes)
+            start, end = line_share(n * o_si, n_classes, c)
+            for b in range(start, end, LINE):
+                prefetch_for_write(out, np.int64(out_base + b))
 
     @njit(inline="always")
     def unstage(out, base, s_class, s_pos, tile, n_classes, n, pitch):
@@ -248,8 +261,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
 
     @njit(inline="always")
     def tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base, t_si, t_sc,
-                  weight, one_minus_eps, eps_over_c, with_entropy, x, next_base, s_class,
-                  s_pos, n_next):
+                  weight, one_minus_eps, eps_over_c, with_entropy, hints):
         """Each position's sums over its classes (exps kept in ``exps`` for the writes),
         from its max in ``scratch[_TOP]`` (the shift, ``scratch[_SHIFT]``, is the max or 0
         if that is -inf: a row apart, for a select stored where it was loaded becomes a
@@ -270,7 +282,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
             ref[k] = finite_or_zero(logits[cell(0, pitch, k)]) if smoothing or prob \
                 else ftype(0.0)
         for c in range(n_classes):
-            prefetch_share(x, next_base, s_class, s_pos, n_classes, n_next, c)
+            hints_for_class(hints, n_classes, n, c)
             for k in range(n):
                 value = logits[cell(c, pitch, k)]
                 at_top, e, moment_term, mass_term = element_terms(
@@ -374,18 +386,22 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 scratch[_VALID, k] = ftype(1.0)
         stage(x, x_base, x_sc, x_si, logits, n_classes, n, pitch, cap, scratch[_TOP],
               target_class, scratch[_T_LOGIT])
-        # The next tile's logits (of this block of tiles), asked for during the exp pass;
-        # not for float16 tiles, whose conversions leave the memory time.
+        # The next tile's logits (of this block of tiles) asked for during the exp pass,
+        # and for short rows longer than two cache lines (measured: benchmarks/RESULTS.md)
+        # this tile's output rows; not for float16 tiles, whose conversions leave the
+        # memory time.
         n_next = 0 if half else max(0, min(width, inner - i0 - width))
-        next_base = x_base + width * x_si
+        write_hints = writes and not half and x_sc == 1 and n_classes > 2 * LINE
+        hints = (x, x_base + width * x_si, x_sc, x_si, n_next, out, row_start(out_geom, o, i0),
+                 out_geom.s_inner, write_hints)
         if metrics and options.wants_entropy:
             tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base,
                       t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c, True,
-                      x, next_base, x_sc, x_si, n_next)
+                      hints)
         else:
             tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base,
                       t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c, False,
-                      x, next_base, x_sc, x_si, n_next)
+                      hints)
         if metrics:
             tile_order(logits, scratch, order, argmax, target_index, n_classes, n, pitch,
                        options.wants_rank, options.wants_argmax)
