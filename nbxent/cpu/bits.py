@@ -164,7 +164,10 @@ def exact_order(load):
     return order
 
 
-def _prefetch_hint(rw):
+def _prefetch_hint(for_write, doc):
+    """An intrinsic ``hint(array, index)``: a cache hint (LLVM's prefetch, kept in the
+    caches near L2) for ``array[index]``, to be read or, ``for_write``, written."""
+
     @intrinsic
     def hint(typingctx, array, index):
         if not isinstance(array, types.Array):
@@ -178,16 +181,21 @@ def _prefetch_hint(rw):
             module = builder.module
             function = module.globals.get(name) or ir.Function(
                 module, ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32]), name=name)
-            builder.call(function, [address, ir.Constant(i32, rw), ir.Constant(i32, 2),
-                                    ir.Constant(i32, 1)])
+            builder.call(function, [address, ir.Constant(i32, int(for_write)),
+                                    ir.Constant(i32, 2), ir.Constant(i32, 1)])
             return context.get_dummy_value()
 
         return types.void(array, types.int64), codegen
+
+    hint.__doc__ = doc
     return hint
 
 
-prefetch = _prefetch_hint(0)
-prefetch_for_write = _prefetch_hint(1)
+prefetch = _prefetch_hint(
+    False, "Hint the cache to fetch ``array[index]`` (into L2); no effect on results.")
+prefetch_for_write = _prefetch_hint(
+    True, "Hint the cache to fetch ``array[index]`` to be written (the line's ownership "
+          "too); no effect on results.")
 
 
 def _transposed(builder, rows):
