@@ -1,5 +1,6 @@
-"""Bit-level helpers for the CPU kernels: float <-> integer casts, order keys,
-float16, and a cache prefetch hint (what Numba cannot say itself).
+"""Bit- and vector-level helpers for the CPU kernels, what Numba cannot say itself:
+float <-> integer casts, order keys, float16, a float max that stays a vector max,
+block transposes in vector shuffles, and cache prefetch hints.
 
 Numba's CPU target has no float16 type, so float16 arrays reach the kernels as
 uint16 and are converted here with integer arithmetic that LLVM can vectorise
