@@ -391,7 +391,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
         # this tile's output rows; not for float16 tiles, whose conversions leave the
         # memory time.
         n_next = 0 if half else max(0, min(width, inner - i0 - width))
-        write_hints = writes and not half and x_sc == 1 and n_classes > 2 * LINE
+        write_hints = writes and not half and out_geom.s_class == 1 and n_classes > 2 * LINE
         hints = (x, x_base + width * x_si, x_sc, x_si, n_next, out, row_start(out_geom, o, i0),
                  out_geom.s_inner, write_hints)
         if metrics and options.wants_entropy:
