@@ -19,6 +19,26 @@ import nbxent
 import nbxent.cpu.backend as backend
 
 
+def time_kernels():
+    """Wrap ``nbxent.cpu.backend.kernel_for`` so that each CPU kernel call appends its
+    time (s) to the list returned."""
+    kernel_times = []
+    kernel_for = backend.kernel_for
+
+    def timed_kernel_for(variant):
+        kernel = kernel_for(variant)
+
+        def timed(*arguments):
+            start = time.perf_counter()
+            result = kernel(*arguments)
+            kernel_times.append(time.perf_counter() - start)
+            return result
+        return timed
+
+    backend.kernel_for = timed_kernel_for
+    return kernel_times
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("rows", type=int)
@@ -30,19 +50,7 @@ def main():
     t = rng.integers(0, args.classes, args.rows)
     grad = np.empty_like(x)
     in_place = x.copy()
-    kernel_times = []
-    kernel_for = backend.kernel_for
-
-    def timed_kernel_for(variant):
-        kernel = kernel_for(variant)
-
-        def timed(*arguments):
-            start = time.perf_counter()
-            kernel(*arguments)
-            kernel_times.append(time.perf_counter() - start)
-        return timed
-
-    backend.kernel_for = timed_kernel_for
+    kernel_times = time_kernels()
     for name, call in (("loss", lambda: nbxent.cross_entropy(x, t)),
                        ("loss+grad out=", lambda: nbxent.cross_entropy_with_grad(x, t, out=grad)),
                        ("loss+grad in place",

@@ -1,0 +1,97 @@
+"""Two source trees' CPU kernel times, interleaved: one worker process per tree (its own
+``PYTHONPATH`` and ``NUMBA_CACHE_DIR``, one Numba thread unless ``T`` says otherwise),
+asked in turn for one call each, so that both see the same noise; prints each case's
+medians and best times (ms) and the median of the rounds' after / before ratios.
+
+    python benchmarks/ab_kernel_time.py ROUNDS TREE_A TREE_B CASE ...
+
+A tree may carry environment variables: ``"/path/to/tree|NBXENT_CPU_TILE_ELEMENTS=6144"``.
+A case is ``SHAPE[:AXIS][@DTYPE]/OP``: SHAPE like 65536x100 or 4x19x512x1024 (class axis
+AXIS, default the last), DTYPE float32 (default), float16 or float64, OP ``loss``,
+``grad`` (cross_entropy_with_grad with ``out=``) or ``m-loss-acc`` / ``m-loss-all``
+(the loss with metrics lse + correct, or all five). The kernel is timed as
+``benchmarks/kernel_time.py`` does (the target scan and the reduction are not counted).
+"""
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+METRICS = {"acc": ("lse", "correct"),
+           "all": ("lse", "argmax", "correct", "top_k", "entropy")}
+
+
+def worker():
+    """Answer ``CASE OP`` lines on stdin with the call's time and its kernel's time (s)."""
+    import nbxent
+    from kernel_time import time_kernels
+
+    kernel_times = time_kernels()
+    arrays = {}
+    for line in sys.stdin:
+        case, op = line.split()
+        if case not in arrays:
+            shape_axis, _, dtype = case.partition("@")
+            shape_text, _, axis_text = shape_axis.partition(":")
+            shape = tuple(int(n) for n in shape_text.split("x"))
+            axis = int(axis_text) % len(shape) if axis_text else len(shape) - 1
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal(shape, dtype=np.float32).astype(dtype or np.float32)
+            target = rng.integers(0, shape[axis], shape[:axis] + shape[axis + 1:])
+            arrays[case] = (x, target, axis, np.empty_like(x))
+        x, target, axis, grad = arrays[case]
+        metrics = METRICS[op.split("-")[2]] if op.startswith("m-") else None
+        kernel_times.clear()
+        start = time.perf_counter()
+        if op == "grad":
+            nbxent.cross_entropy_with_grad(x, target, axis=axis, out=grad)
+        else:
+            nbxent.cross_entropy(x, target, axis=axis, metrics=metrics)
+        print(time.perf_counter() - start, sum(kernel_times), flush=True)
+
+
+def main():
+    rounds, trees, cases = int(sys.argv[1]), sys.argv[2:4], sys.argv[4:]
+    workers = []
+    for spec in trees:
+        tree, _, extra = spec.partition("|")
+        env = dict(os.environ, **dict(kv.split("=", 1) for kv in extra.split(",") if kv))
+        env.update(PYTHONPATH=tree, NUMBA_CACHE_DIR="/tmp/nc-" + tree.replace("/", "_"))
+        env.setdefault("NUMBA_NUM_THREADS", os.environ.get("T", "1"))
+        workers.append(subprocess.Popen([sys.executable, __file__, "--worker"], env=env,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True))
+
+    def kernel_time(process, case):
+        shape, op = case.rsplit("/", 1)
+        process.stdin.write(f"{shape} {op}\n")
+        process.stdin.flush()
+        return float(process.stdout.readline().split()[1]) * 1e3
+
+    for case in cases:  # compile or load, then one warm call
+        for process in workers:
+            kernel_time(process, case)
+            kernel_time(process, case)
+    times = {(i, case): [] for i in range(2) for case in cases}
+    for r in range(rounds):
+        for case in cases:
+            for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+                times[i, case].append(kernel_time(workers[i], case))
+    for case in cases:
+        a, b = np.array(times[0, case]), np.array(times[1, case])
+        print(f"{case:28s} A min {a.min():7.2f} med {np.median(a):7.2f} | "
+              f"B min {b.min():7.2f} med {np.median(b):7.2f} | "
+              f"B/A min-ratio {b.min() / a.min():.3f} median of pair ratios "
+              f"{np.median(b / a):.3f}")
+    for process in workers:
+        process.stdin.close()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--worker"]:
+        worker()
+    else:
+        main()
