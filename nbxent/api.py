@@ -189,6 +189,10 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
         class-weighted; under 'mean' divided by the number of non-ignored rows.
     softcap : float > 0, optional
         Replaces each logit x by ``softcap * tanh(x / softcap)`` first (Gemma 2).
+        float32 logits under a cap are computed in float64 on the CPU (capped
+        logits rounded to float32 would cost the loss and the cap's slope their
+        digits); the CUDA kernels keep float32 and take the slope
+        ``1 / cosh(x / softcap)**2`` from the logit itself.
     validate : bool
         Check that class indices lie in [0, C) (or equal ignore_index) and raise
         ``ValueError`` with the first offending position. On the GPU this reads

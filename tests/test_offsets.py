@@ -122,6 +122,43 @@ def test_every_backend_at_any_offset(backend, rng, dtype, offset, shape, axis, o
     _check_every_function(backend, logits, target, keywords)
 
 
+# (shape, class axis, rows of a single class): one class leaves the z-loss's term alone in
+# the gradient, a z * lse * (1 - tanh(x / a)**2), so the soft cap's slope is checked bare.
+CAP_LAYOUTS = [
+    pytest.param((400, 1), -1, id="rows-1"),
+    pytest.param((2, 1, 200), 1, id="nchw-1"),
+    pytest.param((400, 7), -1, id="tiles-7"),
+    pytest.param((4, 2000), -1, id="rows-2000"),
+    pytest.param((2, 7, 100), 1, id="nchw-7"),
+]
+
+
+@pytest.mark.parametrize("shape, axis", CAP_LAYOUTS)
+def test_soft_cap_near_saturation(backend, rng, shape, axis):
+    """Logits up to 6 caps from 0: the cap's slope 1 - tanh(x / a)**2 keeps its digits.
+
+    Formed as 1 - (x / a)**2 from the capped x rounded to float32 it lost them near
+    saturation, as did the loss from capped logits held in float32. The CPU kernels
+    compute float32 logits under a cap in float64, so every class count is checked;
+    the CUDA kernels keep float32 for the softmax (capped logits near a round to
+    a few 1e-6 there) and take the slope from the logit itself: one class.
+    """
+    if backend.name != "cpu" and shape[axis] > 1:
+        pytest.skip("the CUDA kernels' softmax of capped logits is float32")
+    cap = 30.0  # the z-loss's gradient grows with lse ~ a: relative checks
+    logits = (rng.uniform(-6.0, 6.0, shape) * cap).astype(np.float32)
+    target = make_index_target(rng, shape, axis, ignore_index=-100, ignored=0.0)
+    keywords = dict(axis=axis, z_loss=0.5, softcap=cap, label_smoothing=0.1)
+    loss, grad = nbxent.cross_entropy_with_grad(
+        backend.to_backend(logits), backend.to_backend(target), reduction="none", **keywords)
+    assert_close(backend.to_numpy(loss),
+                 R.cross_entropy(logits, target, reduction="none", **keywords),
+                 logits.dtype, "loss", rtol=1e-6)
+    assert_close(backend.to_numpy(grad),
+                 R.cross_entropy_grad(logits, target, reduction="none", **keywords),
+                 logits.dtype, "grad")
+
+
 def test_equal_huge_logits():
     """Rows of equal logits far from 0: log_softmax is -log C, the loss log C."""
     for dtype, big in ((np.float64, 1e300), (np.float64, 1e20), (np.float32, 1e30)):

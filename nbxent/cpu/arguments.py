@@ -27,7 +27,8 @@ class Variant(NamedTuple):
 
     tiled: bool         # the tile kernel (across positions), else the row kernel
     half: bool          # float16 logits (and outputs), as uint16 bits
-    compute64: bool     # float64 arithmetic (float64 logits); else float32
+    compute64: bool     # float64 arithmetic (float64 logits, or widened); else float32
+    widened: bool       # float32 logits computed in float64 (under softcap: backend.py)
     target: TargetKind  # none, index or probability targets (shared with CUDA)
     target_half: bool   # float16 probability targets
     smoothing: bool     # label_smoothing > 0

@@ -150,8 +150,13 @@ def _rows_as_positions(geom):
     return Geometry(geom.offset, 0, geom.s_class, geom.s_outer)
 
 
-def _compute_dtype(logits):
-    return np.float64 if logits.dtype == np.float64 else np.float32
+def _compute_dtype(logits, loss):
+    """float64 for float64 logits, and for float32 logits under a soft cap: the capped
+    logit a tanh(x / a) rounded to float32 would lose the digits of the cap's slope
+    1 - tanh(x / a)**2 near saturation, and the loss's at logits near a; float16 logits
+    (float16 results) keep float32."""
+    wide = logits.dtype == np.float64 or (logits.dtype == np.float32 and loss.softcap > 0.0)
+    return np.float64 if wide else np.float32
 
 
 def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=None,
@@ -166,7 +171,7 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=No
     denominators of the cross-entropy part (D) and of the z-loss part.
     """
     logits, loss = plan.logits, plan.loss
-    compute = _compute_dtype(logits)
+    compute = _compute_dtype(logits, loss)
     tiled, split, swap = _shape(CPU.current(), logits)
     x_view = logits.view
     if tiled and not _unit_stride(x_view, swap):
@@ -212,6 +217,7 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=No
                                                (x_geom, t_geom, g_geom, out_geom))
     variant = Variant(
         tiled=tiled, half=logits.dtype == np.float16, compute64=compute is np.float64,
+        widened=compute is np.float64 and logits.dtype == np.float32,
         target=target_kind,
         target_half=target_kind == TargetKind.PROB and target.dtype == np.uint16,
         smoothing=loss.label_smoothing > 0.0, softcap=loss.softcap > 0.0, entropy=entropy,

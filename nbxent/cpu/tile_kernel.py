@@ -53,12 +53,13 @@ def build_tile_kernel(variant, f, sum_at_inf):
         variant.half, variant.compute64, variant.smoothing, variant.entropy, variant.metrics,
         variant.softcap)
     ftype = np.float64 if compute64 else np.float32
+    converts = half or variant.widened  # the tile's type is not the logits'
     indexed = variant.target == TargetKind.INDEX
     prob = variant.target == TargetKind.PROB
     writes = variant.write != WRITE_NOTHING
     writes_softmax = variant.write == WRITE_SOFTMAX
     writes_target_gradient = variant.write == WRITE_GRAD and indexed
-    LINE = 64 // np.dtype(ftype).itemsize  # logits per cache line (float16 tiles take none)
+    LINE = 64 // (4 if variant.widened else np.dtype(ftype).itemsize)  # logits per cache line
     finite_or_zero, element_terms, element_result = (
         f.finite_or_zero, f.element_terms, f.element_result)
     row_result, grad_output_at, upstream, target_gradient = (
@@ -140,13 +141,14 @@ def build_tile_kernel(variant, f, sum_at_inf):
 
         Class-major tiles (NCHW) are copied along positions by ``scan_classes``; short
         rows (unit class stride) are transposed first, in blocks of vector shuffles
-        (float16 element by element, converted on the way), and scanned in place.
+        (element by element where the types differ, converted on the way), and scanned
+        in place.
         """
         if s_class != 1:
             scan_classes(x, base, s_class, half, tile, n_classes, n, pitch, cap, top,
                          target_class, t_logit)
             return
-        if half:
+        if converts:
             for k in range(n):
                 for c in range(n_classes):
                     tile[cell(c, pitch, k)] = load(x, base + k * s_pos + c, half, ftype)
@@ -248,8 +250,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
     @njit(inline="always")
     def unstage(out, base, s_class, s_pos, tile, n_classes, n, pitch):
         """Store a tile of results, rounded to the output's type (short rows transposed
-        in blocks of vector shuffles, but for float16)."""
-        if s_class == 1 and not half:
+        in blocks of vector shuffles where the types agree)."""
+        if s_class == 1 and not converts:
             copy_transposed(tile, 0, pitch, out, base, s_pos, n_classes, n)
             return
         n_outer, n_inner, s_outer, s_inner, t_outer, t_inner = tile_layout(

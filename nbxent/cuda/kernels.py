@@ -502,10 +502,12 @@ def _online_softmax(acc64, entropy, block_group, metrics=False):
 
 @lru_cache(maxsize=None)
 def _class_terms(variant):
-    """(load_x, class_q): one logit, and one class's share of the target distribution."""
+    """(load_x, class_q, cap_slope): one logit, one class's share of the target
+    distribution, and the soft cap's slope at a logit."""
     v = variant
     acc = v.acc
     one = acc(1.0)
+    two, four = acc(2.0), acc(4.0)
     capped = v.op == "cross_entropy" and v.softcap
     weighted = v.op == "cross_entropy" and v.has_weight
     prob_target = v.prob_target
@@ -527,7 +529,15 @@ def _class_terms(variant):
             return ((one - scalars.eps) * acc(target[t_at]) + scalars.eps_over_c) * w_c
         return scalars.eps_over_c * w_c
 
-    return load_x, class_q
+    @cuda.jit(device=True, inline="always")
+    def cap_slope(logits, at, scalars):
+        """dx/dz of the soft cap x = a tanh(z / a): 1 / cosh(z / a)**2 = 4 e / (1 + e)**2
+        with e = exp(-2 |z / a|) <= 1, from the logit z itself: 1 - (x / a)**2 of the
+        rounded x loses its digits near saturation, and cosh would overflow."""
+        e = math.exp(-two * abs(acc(logits[at]) * scalars.inv_softcap))
+        return four * e / ((one + e) * (one + e))
+
+    return load_x, class_q, cap_slope
 
 
 @lru_cache(maxsize=None)
@@ -541,7 +551,7 @@ def _stats_pass(variant):
     logsumexp = v.op == "logsumexp"
     index_target, prob_target = v.index_target, v.prob_target
     metrics = _metrics_pass(v)
-    load_x, class_q = _class_terms(v)
+    load_x, class_q, _ = _class_terms(v)
     raise_max, _, _ = _online_softmax(v.acc64, entropy, v.layout != "warp", metrics)
 
     @cuda.jit(device=True, inline="always")
@@ -667,12 +677,12 @@ def _write_pass(variant):
     """``write_row``: one thread's columns of the gradient or normalised row."""
     v = variant
     acc = v.acc
-    zero, one = acc(0.0), acc(1.0)
+    zero = acc(0.0)
     K = v.cache
     softmax = v.op == "softmax"
     index_target, prob_target = v.index_target, v.prob_target
     capped = v.op == "cross_entropy" and v.softcap
-    load_x, class_q = _class_terms(v)
+    load_x, class_q, cap_slope = _class_terms(v)
 
     @cuda.jit(device=True, inline="always")
     def write_row(logits, x_row, x_geom, target, t_row, t_geom, weight, w_geom, out, out_row,
@@ -702,8 +712,8 @@ def _write_pass(variant):
                                                     w_geom.offset + c * w_geom.s_class, scalars)
                         if index_target and c == t:
                             value -= t_coef
-                        if capped:  # times dx/dz = 1 - tanh(z / a)**2 = 1 - (x / a)**2
-                            value *= one - (x * scalars.inv_softcap) * (x * scalars.inv_softcap)
+                        if capped:
+                            value *= cap_slope(logits, x_row + c * x_geom.s_class, scalars)
                     else:
                         value = zero
                     out[out_row + c * out_geom.s_class] = value
@@ -743,7 +753,7 @@ def kernel_for(variant):
     metrics = _metrics_pass(v)
     _, group_reduce, merge_chunks = _online_softmax(v.acc64, entropy, v.layout != "warp",
                                                     metrics)
-    load_x, _ = _class_terms(v)
+    load_x, _, _ = _class_terms(v)
     thread_stats = _stats_pass(v)
     ce_terms = _ce_terms(v)
     write_row = _write_pass(v)
