@@ -1,10 +1,10 @@
-"""The CPU kernels' exp and log polynomials against NumPy, special values included."""
+"""The CPU kernels' exp, log and tanh polynomials against NumPy, special values included."""
 
 import numpy as np
 import pytest
 from numba import njit
 
-from nbxent.cpu.fastexp import exp32, exp64, exp_nonpositive32, exp_nonpositive64
+from nbxent.cpu.fastexp import exp32, exp64, exp_nonpositive32, exp_nonpositive64, tanh
 from nbxent.cpu.row_kernel import FASTMATH
 
 
@@ -51,3 +51,37 @@ def test_exp_is_accurate_and_keeps_special_values(apply, rtol32, which, dtype, i
     got = apply(special, which)
     assert got[0] == 0.0 and np.isnan(got[1]) and got[2] == 1.0 and got[3] == 1.0
     assert got[4] == 0.0 and got[5] == 0.0  # below the flush point: exactly 0
+
+
+def _tanh(x, use64):
+    out = np.empty_like(x)
+    for i in range(x.size):
+        out[i] = tanh(x[i], use64)
+    return out
+
+
+_TANH = njit(fastmath=FASTMATH, error_model="numpy")(_tanh)
+
+
+@pytest.mark.parametrize("dtype, use64, rtol", [(np.float64, True, 2e-15),
+                                                (np.float32, False, 4e-7)])
+def test_tanh_is_accurate_monotonic_and_keeps_special_values(dtype, use64, rtol):
+    """Across the switch from the series to (1 - e) / (1 + e) too: relative error, no
+    step down between neighbouring inputs (the kernels take the capped max as the max
+    of the capped logits; float32 tanh serves float16 logits, so their neighbours),
+    odd, and tanh(+-inf) = +-1, nan through."""
+    rng = np.random.default_rng(0)
+    switch = 0.02 if use64 else 0.15
+    near = np.nextafter(dtype(switch), dtype(0.0)) + np.arange(-20000, 20000) * np.spacing(
+        dtype(switch))
+    x = np.unique(np.concatenate([np.geomspace(1e-30, 40.0, 200001), near,
+                                  rng.uniform(0.0, 20.0, 100000)]).astype(dtype))
+    got = _TANH(x, use64)
+    want = np.tanh(x.astype(np.float64))
+    assert np.max(np.abs(got - want) / want) <= rtol
+    inputs = x if use64 else np.unique(x.astype(np.float16)).astype(dtype)
+    assert np.all(np.diff(_TANH(inputs, use64)) >= 0.0)
+    assert np.array_equal(_TANH(-x, use64), -got)
+    special = _TANH(np.array([np.inf, -np.inf, np.nan, 0.0], dtype), use64)
+    assert special[0] == 1.0 and special[1] == -1.0 and np.isnan(special[2])
+    assert special[3] == 0.0

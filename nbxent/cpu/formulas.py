@@ -12,7 +12,6 @@ compiled kernel holds only the branches its variant takes; a helper that does no
 depend on the variant is a plain module-level function.
 """
 
-import math
 from typing import NamedTuple
 
 import numpy as np
@@ -20,12 +19,14 @@ from numba import njit
 
 from .access import load
 from .arguments import WRITE_LOG_SOFTMAX, WRITE_SOFTMAX, TargetKind
-from .fastexp import exp64, exp_floor, exp_nonpositive
+from .fastexp import exp64, exp_floor, exp_nonpositive, tanh
 
 
 @njit(inline="always")
-def capped(value, cap, softcap):
-    """cap * tanh(value / cap) when ``softcap``, rounded the same wherever it is inlined.
+def capped(value, cap, softcap, use64):
+    """cap * tanh(value / cap) when ``softcap``, rounded the same wherever it is inlined;
+    tanh from the kernels' exp (``fastexp.tanh``: float64 when ``use64``), so that the
+    loops around it vectorise (libm's is a scalar call).
 
     The division is a multiplication by a reciprocal rounded from float64:
     under fastmath a plain ``value / cap`` became a reciprocal multiply in
@@ -33,7 +34,7 @@ def capped(value, cap, softcap):
     logit, the same value, could differ by an ulp (a 1e-5 relative loss error).
     """
     if softcap:
-        return cap * math.tanh(value * type(cap)(1.0 / float(cap)))
+        return cap * tanh(value * type(cap)(1.0 / float(cap)), use64)
     return value
 
 
@@ -97,7 +98,7 @@ def formulas(variant):
 
     @njit(inline="always")
     def load_logit(x, idx, cap):
-        return capped(load(x, idx, half, ftype), cap, softcap)
+        return capped(load(x, idx, half, ftype), cap, softcap, compute64)
 
     @njit(inline="always")
     def finite_or_zero(value):

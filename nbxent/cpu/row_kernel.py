@@ -301,7 +301,8 @@ def build_row_kernel(variant, f, sum_at_inf):
                 top = from_order_key(top_key)
             else:
                 # tanh is monotonic: the max of the capped logits is the capped max.
-                top = capped(chunk_max(x, base, s_class, c0, c1, half, ftype), cap, softcap)
+                top = capped(chunk_max(x, base, s_class, c0, c1, half, ftype), cap, softcap,
+                             compute64)
                 top_key = bottom_key = order_key(top)
                 counted = np.int32(0)
             if metrics and keep_exps:

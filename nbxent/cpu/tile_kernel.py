@@ -120,12 +120,12 @@ def build_tile_kernel(variant, f, sum_at_inf):
         index targets, its target logit: one vectorised loop per class. ``source`` may
         be the tile itself."""
         for k in range(n):
-            top[k] = capped(load(source, base + k, source_half, ftype), cap, softcap)
+            top[k] = capped(load(source, base + k, source_half, ftype), cap, softcap, compute64)
             t_logit[k] = ftype(0.0)
         for c in range(n_classes):
             for k in range(n):
                 value = capped(load(source, base + c * s_class + k, source_half, ftype), cap,
-                               softcap)
+                               softcap, compute64)
                 tile[cell(c, pitch, k)] = value
                 top[k] = larger(top[k], value)
                 # (Summed, its one nonzero term selected: a select between two loads
