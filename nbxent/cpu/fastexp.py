@@ -181,8 +181,8 @@ def exp_nonpositive(x, use64):
 def tanh(x, use64):
     """tanh(x) from ``exp_nonpositive``, so that a loop of it vectorises: sign(x) (1 - e) /
     (1 + e) with e = exp(-2|x|) <= 1, and below |x| = 0.02 (float64; 0.15 in float32),
-    where 1 - e would cancel, the series x (1 - x**2/3 + 2 x**4/15 - 17 x**6/315). ±inf gives ±1,
-    nan passes through."""
+    where 1 - e would cancel, the series x (1 - x**2/3 + 2 x**4/15 - 17 x**6/315).
+    ±inf gives ±1, nan passes through."""
     ftype = type(x)
     a = abs(x)
     e = exp_nonpositive(ftype(-2.0) * a, use64)

@@ -119,7 +119,8 @@ def build_row_kernel(variant, f, sum_at_inf):
     finite_or_zero = f.finite_or_zero
 
     ordered_chunk = exact_order(load_logit)
-    LINE = 64 // (2 if half else 4 if variant.widened else np.dtype(ftype).itemsize)  # logits per cache line
+    # Logits per cache line.
+    LINE = 64 // (2 if half else 4 if variant.widened else np.dtype(ftype).itemsize)
 
     @njit(inline="always")
     def item_place(item, shape):
