@@ -6,6 +6,7 @@ kernel cache quietly switching off, or simulated kernels quietly misbehaving),
 and check the fallbacks a user on such a version gets.
 """
 
+import importlib
 import json
 import os
 import pathlib
@@ -15,7 +16,7 @@ import textwrap
 
 import pytest
 
-from nbxent import _versions
+from nbxent import _block_labels, _versions
 from nbxent.cpu import disk_cache
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -193,6 +194,65 @@ def test_processes_started_together_compile_each_kernel_once(tmp_path):
         hits, misses = (sum(run["stats"][variant][i] for run in runs) for i in (0, 1))
         assert (hits, misses) == (1, 1), f"{variant}: {hits} loads, {misses} compiles"
     assert runs[0]["loss"] == runs[1]["loss"]
+
+
+# --------------------------------------------------------------- Numba's block labels
+
+def test_block_label_counters_are_where_expected():
+    """The counters ``restart_block_labels`` resets exist under the names it uses, and
+    numba-cuda's compilations hold the lock it takes."""
+    for name in _block_labels._COUNTER_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # numba-cuda not installed
+            continue
+        assert isinstance(module._the_max_label._value, int)
+    try:
+        from numba.cuda.core.compiler_lock import global_compiler_lock as cuda_lock
+    except ImportError:
+        return
+    with cuda_lock:
+        assert _block_labels.global_compiler_lock.is_locked()
+
+
+def test_restart_block_labels_waits_for_no_compilation(monkeypatch):
+    from numba.core import compiler_lock, ir_utils
+
+    monkeypatch.setattr(ir_utils._the_max_label, "_value", 10**30)
+    with compiler_lock.global_compiler_lock:  # as inside a compilation: labels in use
+        _block_labels.restart_block_labels()
+    assert ir_utils._the_max_label._value == 10**30
+    _block_labels.restart_block_labels()
+    assert ir_utils._the_max_label._value == 0
+
+
+def test_a_cuda_kernel_restarts_the_labels_before_it_compiles(monkeypatch):
+    ir_utils = pytest.importorskip("numba.cuda.core.ir_utils")
+    from nbxent.cuda import kernels
+
+    monkeypatch.setattr(ir_utils._the_max_label, "_value", 10**30)
+    _, variant = kernels.VARIANTS[0]
+    kernels.kernel_for.__wrapped__(variant)  # a new dispatcher, not the memoised one
+    assert ir_utils._the_max_label._value == 0
+
+
+@pytest.mark.slow
+def test_a_kernel_compiles_after_many_kernels_compiled(tmp_path):
+    """Numba's label counter as after some fifty kernels compiled in one process
+    (labels over LLVM's 1024 characters): the next kernel still compiles."""
+    done = _run("""
+        import numpy as np
+        from numba.core import ir_utils
+        import nbxent
+
+        ir_utils._the_max_label._value = 10**1100
+        loss = nbxent.cross_entropy(np.linspace(-2, 2, 20, dtype=np.float32).reshape(4, 5),
+                                    np.array([0, 1, 4, 2]))
+        print(float(loss), len(str(ir_utils._the_max_label._value)))
+    """, NUMBA_CACHE_DIR=str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    loss, digits = done.stdout.split()
+    assert float(loss) > 0 and int(digits) < 100
 
 
 # --------------------------------------------------------------- the CUDA simulator

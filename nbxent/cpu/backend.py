@@ -12,6 +12,7 @@ import threading
 import numba
 import numpy as np
 
+from .._block_labels import restart_block_labels
 from .._config import CPU
 from .._dispatch import as_cpu_array
 from .._plan import View, index_error
@@ -232,6 +233,8 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=No
         in_place=out is not None and np.may_share_memory(out_buffer, x))
     x, target, weight, grad_output = map(_read_only, (x, target, weight, grad_output))
     kernel = kernel_for(variant)
+    if not kernel.signatures:  # it compiles or loads: see nbxent/_block_labels.py
+        restart_block_labels()
     with _launch_guard(), first_call(kernel):
         # Named tuples travel as plain ones (Numba types a named tuple argument several
         # times slower at every call); the kernels name their fields again.

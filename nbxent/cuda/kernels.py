@@ -50,6 +50,7 @@ from typing import NamedTuple
 
 from numba import cuda, float32, float64, int64
 
+from .._block_labels import restart_block_labels
 from .._kinds import TargetKind
 from .._metrics import METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK
 from ._sim import log, shfl_xor4
@@ -732,6 +733,7 @@ def kernel_for(variant):
     for the steps the kernel itself runs in order: the row's target, the statistics
     pass (``_stats_pass``), the loss terms (``_ce_terms``), the write pass.
     """
+    restart_block_labels()  # before this kernel's compilations (nbxent/_block_labels.py)
     v = variant
     acc = v.acc
     zero, one, neg_inf, pos_inf, nan = (acc(0.0), acc(1.0), acc(-math.inf), acc(math.inf),
