@@ -18,10 +18,11 @@ non-decreasing over neighbouring float64 (float32: float16) inputs. Special valu
 follow IEEE: exp(-inf) = 0, exp(inf) = inf, nan in gives nan out; log(0) = -inf,
 log(inf) = inf.
 
-The per-logit exps of the kernels take x - max, never positive: ``exp_nonpositive``
-drops the overflow and nan selects of a general exp (a nan passes through the
-polynomial) and flushes to 0 a little lower, where the scale 2**k reaches 0 (below
--87.7 in float32, -708.7 in float64; tests/test_fastexp.py checks both against NumPy).
+The per-logit exps of the kernels take x - max, never positive: ``exp_nonpositive32``
+and ``exp_nonpositive64`` drop the overflow and nan selects of a general exp (a nan
+passes through the polynomial) and flush to 0 a little lower, where the scale 2**k
+reaches 0 (below -87.7 in float32, -708.7 in float64; tests/test_fastexp.py checks both
+against NumPy).
 """
 
 import numpy as np
@@ -168,27 +169,32 @@ def log1p32(x):
     return _F32(2.0) * s * series if x < _F32(0.5) else log32(_F32(1.0) + x)
 
 
-@njit(inline="always")
-def exp_nonpositive(x, use64):
+def exp_nonpositive_for(use64):
     """e**x for x <= 0 (the kernels' x - max) in the kernel's compute type:
-    ``exp_nonpositive64`` when ``use64`` else ``exp_nonpositive32``."""
-    if use64:
-        return exp_nonpositive64(x)
-    return exp_nonpositive32(x)
+    ``exp_nonpositive64`` when ``use64`` else ``exp_nonpositive32``, chosen in Python
+    (``access.loader`` says why).
+    """
+    return exp_nonpositive64 if use64 else exp_nonpositive32
 
 
-@njit(inline="always")
-def tanh(x, use64):
-    """tanh(x) from ``exp_nonpositive``, so that a loop of it vectorises: sign(x) (1 - e) /
-    (1 + e) with e = exp(-2|x|) <= 1, and below |x| = 0.02 (float64; 0.15 in float32),
-    where 1 - e would cancel, the series x (1 - x**2/3 + 2 x**4/15 - 17 x**6/315).
-    ±inf gives ±1, nan passes through."""
-    ftype = type(x)
-    a = abs(x)
-    e = exp_nonpositive(ftype(-2.0) * a, use64)
-    far = (ftype(1.0) - e) / (ftype(1.0) + e)
-    s = a * a
-    near = a * (ftype(1.0) - s * (ftype(1.0 / 3.0) - s * (ftype(2.0 / 15.0)
-                                                         - s * ftype(17.0 / 315.0))))
-    t = near if a < ftype(0.02 if use64 else 0.15) else far
-    return t if x >= ftype(0.0) else -t
+def tanh_for(use64):
+    """tanh(x) from ``exp_nonpositive_for(use64)``, so that a loop of it vectorises:
+    sign(x) (1 - e) / (1 + e) with e = exp(-2|x|) <= 1, and below |x| = 0.02 (float64;
+    0.15 in float32), where 1 - e would cancel, the series x (1 - x**2/3 + 2 x**4/15 -
+    17 x**6/315). ±inf gives ±1, nan passes through."""
+    exp_nonpositive = exp_nonpositive_for(use64)
+    series_below = 0.02 if use64 else 0.15
+
+    @njit(inline="always")
+    def tanh(x):
+        ftype = type(x)
+        a = abs(x)
+        e = exp_nonpositive(ftype(-2.0) * a)
+        far = (ftype(1.0) - e) / (ftype(1.0) + e)
+        s = a * a
+        near = a * (ftype(1.0) - s * (ftype(1.0 / 3.0) - s * (ftype(2.0 / 15.0)
+                                                             - s * ftype(17.0 / 315.0))))
+        t = near if a < ftype(series_below) else far
+        return t if x >= ftype(0.0) else -t
+
+    return tanh

@@ -17,25 +17,35 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from .access import load
+from .access import loader
 from .arguments import WRITE_LOG_SOFTMAX, WRITE_SOFTMAX, TargetKind
-from .fastexp import exp64, exp_floor, exp_nonpositive, tanh
+from .fastexp import exp64, exp_floor, exp_nonpositive_for, tanh_for
 
 
-@njit(inline="always")
-def capped(value, cap, softcap, use64):
-    """cap * tanh(value / cap) when ``softcap``, rounded the same wherever it is inlined;
-    tanh from the kernels' exp (``fastexp.tanh``: float64 when ``use64``), so that the
-    loops around it vectorise (libm's is a scalar call).
+def capper(softcap, use64):
+    """``cap_logit(value, cap)``: cap * tanh(value / cap) when ``softcap``, else the
+    value; tanh from the kernels' exp (``fastexp.tanh_for``: float64 when ``use64``), so
+    that the loops around it vectorise (libm's is a scalar call). Chosen in Python, so
+    that an uncapped kernel does not inline tanh's code (``access.loader`` says why).
 
     The division is a multiplication by a reciprocal rounded from float64:
     under fastmath a plain ``value / cap`` became a reciprocal multiply in
     some loops and stayed a division elsewhere, so a row's max and its target
     logit, the same value, could differ by an ulp (a 1e-5 relative loss error).
     """
-    if softcap:
-        return cap * tanh(value * type(cap)(1.0 / float(cap)), use64)
-    return value
+    if not softcap:
+        @njit(inline="always")
+        def uncapped(value, cap):
+            return value
+
+        return uncapped
+    tanh = tanh_for(use64)
+
+    @njit(inline="always")
+    def capped(value, cap):
+        return cap * tanh(value * type(cap)(1.0 / float(cap)))
+
+    return capped
 
 
 @njit(fastmath=False, error_model="numpy")
@@ -95,10 +105,13 @@ def formulas(variant):
     target_half = variant.target_half
     writes_log_softmax = variant.write == WRITE_LOG_SOFTMAX
     writes_softmax = variant.write == WRITE_SOFTMAX
+    load_x, load_target = loader(half), loader(target_half)
+    cap_logit = capper(softcap, compute64)
+    exp_nonpositive = exp_nonpositive_for(compute64)
 
     @njit(inline="always")
     def load_logit(x, idx, cap):
-        return capped(load(x, idx, half, ftype), cap, softcap, compute64)
+        return cap_logit(load_x(x, idx, ftype), cap)
 
     @njit(inline="always")
     def finite_or_zero(value):
@@ -108,8 +121,8 @@ def formulas(variant):
     @njit(inline="always")
     def class_q(c, t_row, t_class_stride, target, weight, one_minus_eps, eps_over_c):
         """q_c * w_c: the weighted target mass of class c (probability targets)."""
-        mass = one_minus_eps * load(target, t_row + c * t_class_stride, target_half,
-                                    ftype) + eps_over_c
+        mass = (one_minus_eps * load_target(target, t_row + c * t_class_stride, ftype)
+                + eps_over_c)
         return mass * ftype(weight[c])
 
     @njit(inline="always")
@@ -121,7 +134,7 @@ def formulas(variant):
         smoothing (the moment without its factor eps/C), or q*w*(x - ref) for
         probability targets; mass: q*w.
         """
-        e = exp_nonpositive(value - shift, compute64)
+        e = exp_nonpositive(value - shift)
         moment = ftype(0.0)
         mass = ftype(0.0)
         if entropy:

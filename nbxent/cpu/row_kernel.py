@@ -20,12 +20,12 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .access import load, store
+from .access import loader, storer
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
                         WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
 from .bits import exact_order, from_order_key, order_key, prefetch, rank_key
-from .fastexp import exp_nonpositive
-from .formulas import capped, difference_plus, entropy_of, entropy_term
+from .fastexp import exp_nonpositive_for
+from .formulas import capper, difference_plus, entropy_of, entropy_term
 
 # No nnan/ninf: nan must propagate and -inf logits must stay -inf. The kernels also
 # compile with error_model="numpy" (inherited by the helpers they call): a float
@@ -45,51 +45,55 @@ def row_start(geom, o, i):
     return geom.offset + o * geom.s_outer + i * geom.s_inner
 
 
-@njit(inline="always")
-def chunk_max(x, base, stride, c0, c1, half, ftype):
-    """Max of the raw logits [c0, c1) of a row.
+def max_passes(load):
+    """``(chunk_max, chunk_order)`` over logits read with ``load`` (``access.loader``)."""
 
-    Taken over integer order keys: a float max reduction does not vectorise
-    without fastmath's nnan, which nan propagation forbids. A nan may win
-    here or not; either way it makes the row's sum of exponentials nan.
-    """
-    top = order_key(ftype(-np.inf))
-    for c in range(c0, c1):
-        top = max(top, order_key(load(x, base + c * stride, half, ftype)))
-    return from_order_key(top)
+    @njit(inline="always")
+    def chunk_max(x, base, stride, c0, c1, ftype):
+        """Max of the raw logits [c0, c1) of a row.
 
+        Taken over integer order keys: a float max reduction does not vectorise
+        without fastmath's nnan, which nan propagation forbids. A nan may win
+        here or not; either way it makes the row's sum of exponentials nan.
+        """
+        top = order_key(ftype(-np.inf))
+        for c in range(c0, c1):
+            top = max(top, order_key(load(x, base + c * stride, ftype)))
+        return from_order_key(top)
 
-@njit(inline="always")
-def chunk_order(x, base, stride, c0, c1, half, ftype, t_low, t_high, t, counts, bottoms):
-    """``chunk_max`` for the metrics, over the raw logits [c0, c1) of a row: (max order
-    key, min order key (when ``bottoms``, else that of -inf), the number of classes ahead
-    of the target t (when ``counts``, else 0)); both flags constants where this is called.
+    @njit(inline="always")
+    def chunk_order(x, base, stride, c0, c1, ftype, t_low, t_high, t, counts, bottoms):
+        """``chunk_max`` for the metrics, over the raw logits [c0, c1) of a row: (max order
+        key, min order key (when ``bottoms``, else that of -inf), the number of classes ahead
+        of the target t (when ``counts``, else 0)); both flags constants where this is called.
 
-    A nan's key lies beyond an infinity's (of its sign): the min and the max tell the
-    chunks that hold one. A class is ahead of t when it is greater, or equal at a
-    smaller index: before t a key >= ``t_low``, after it a key > ``t_high`` (the keys of
-    the lowest and the highest float equal to t's logit: -0.0 and 0.0 for a zero), two
-    loops split at t. Branch-free, counts in 32 bits, so that they vectorise as wide as
-    float32 keys; this pass reads the chunk from memory, which leaves time for them.
-    """
-    top = order_key(ftype(-np.inf))
-    bottom = order_key(ftype(np.inf))
-    ahead = np.int32(0)
-    split = max(min(t, c1), c0) if counts else c1
-    for c in range(c0, split):
-        key = order_key(load(x, base + c * stride, half, ftype))
-        top = max(top, key)
-        if bottoms:
-            bottom = min(bottom, key)
-        if counts:
-            ahead = np.int32(ahead + np.int32(key >= t_low))
-    for c in range(split, c1):
-        key = order_key(load(x, base + c * stride, half, ftype))
-        top = max(top, key)
-        if bottoms:
-            bottom = min(bottom, key)
-        ahead = np.int32(ahead + np.int32(key > t_high))
-    return top, bottom if bottoms else order_key(ftype(-np.inf)), ahead
+        A nan's key lies beyond an infinity's (of its sign): the min and the max tell the
+        chunks that hold one. A class is ahead of t when it is greater, or equal at a
+        smaller index: before t a key >= ``t_low``, after it a key > ``t_high`` (the keys of
+        the lowest and the highest float equal to t's logit: -0.0 and 0.0 for a zero), two
+        loops split at t. Branch-free, counts in 32 bits, so that they vectorise as wide as
+        float32 keys; this pass reads the chunk from memory, which leaves time for them.
+        """
+        top = order_key(ftype(-np.inf))
+        bottom = order_key(ftype(np.inf))
+        ahead = np.int32(0)
+        split = max(min(t, c1), c0) if counts else c1
+        for c in range(c0, split):
+            key = order_key(load(x, base + c * stride, ftype))
+            top = max(top, key)
+            if bottoms:
+                bottom = min(bottom, key)
+            if counts:
+                ahead = np.int32(ahead + np.int32(key >= t_low))
+        for c in range(split, c1):
+            key = order_key(load(x, base + c * stride, ftype))
+            top = max(top, key)
+            if bottoms:
+                bottom = min(bottom, key)
+            ahead = np.int32(ahead + np.int32(key > t_high))
+        return top, bottom if bottoms else order_key(ftype(-np.inf)), ahead
+
+    return chunk_max, chunk_order
 
 
 def build_row_kernel(variant, f, sum_at_inf):
@@ -104,6 +108,10 @@ def build_row_kernel(variant, f, sum_at_inf):
     half, softcap, entropy, compute64, metrics = (
         variant.half, variant.softcap, variant.entropy, variant.compute64, variant.metrics)
     ftype = np.float64 if compute64 else np.float32
+    load_x, store_out = loader(half), storer(half)
+    chunk_max, chunk_order = max_passes(load_x)
+    cap_logit = capper(softcap, compute64)
+    exp_nonpositive = exp_nonpositive_for(compute64)
     writes = variant.write != WRITE_NOTHING
     writes_target_gradient = variant.write == WRITE_GRAD and variant.target == TargetKind.INDEX
     # Not through float16 (it would round the exps) nor under softcap or log_softmax
@@ -152,7 +160,7 @@ def build_row_kernel(variant, f, sum_at_inf):
         n = np.int32(c1 - c0)
         first = n
         for j in range(n):
-            at_top = load(x, base + (c0 + j) * stride, half, ftype) == top
+            at_top = load_x(x, base + (c0 + j) * stride, ftype) == top
             first = min(first, np.int32(j) if at_top else n)
         return c0 + first
 
@@ -201,7 +209,7 @@ def build_row_kernel(variant, f, sum_at_inf):
                 value, shift, ref, c, target, t_row, t_class_stride, weight,
                 one_minus_eps, eps_over_c)
             if keep_exps:
-                store(out, out_base + c * o_sc, e, half)
+                store_out(out, out_base + c * o_sc, e)
             if not ties_apart:
                 total += e
             rest += ftype(0.0) if at_top else e
@@ -293,17 +301,16 @@ def build_row_kernel(variant, f, sum_at_inf):
             if fast_order:  # the max's pass, with what the metrics need
                 if wants_rank:
                     top_key, bottom_key, counted = chunk_order(
-                        x, base, s_class, c0, c1, half, ftype, t_low, t_high, t, True,
+                        x, base, s_class, c0, c1, ftype, t_low, t_high, t, True,
                         keep_exps)
                 else:
                     top_key, bottom_key, counted = chunk_order(
-                        x, base, s_class, c0, c1, half, ftype, t_low, t_high, t, False,
+                        x, base, s_class, c0, c1, ftype, t_low, t_high, t, False,
                         keep_exps)
                 top = from_order_key(top_key)
             else:
                 # tanh is monotonic: the max of the capped logits is the capped max.
-                top = capped(chunk_max(x, base, s_class, c0, c1, half, ftype), cap, softcap,
-                             compute64)
+                top = cap_logit(chunk_max(x, base, s_class, c0, c1, ftype), cap)
                 top_key = bottom_key = order_key(top)
                 counted = np.int32(0)
             if metrics and keep_exps:
@@ -482,7 +489,7 @@ def build_row_kernel(variant, f, sum_at_inf):
         o_sc = out_geom.s_class
         if not valid:
             for c in range(lo, hi):
-                store(out, out_base + c * o_sc, ftype(0.0), half)
+                store_out(out, out_base + c * o_sc, ftype(0.0))
             return
         p_coef, g_ce = upstream(options, grad_output_at(options, grad_output,
                                                         row_start(g_geom, o, i)), row_mass, lse)
@@ -501,18 +508,18 @@ def build_row_kernel(variant, f, sum_at_inf):
             for c in range(c0, min(c0 + CHUNK, hi)):
                 if keep_exps:
                     value = ftype(0.0)  # not read by these writes
-                    e = load(out, out_base + c * o_sc, half, ftype) * to_p
+                    e = load_x(out, out_base + c * o_sc, ftype) * to_p
                 else:
                     value = load_logit(x, base + c * x_geom.s_class, cap)
-                    e = exp_nonpositive(value - shift, compute64)
+                    e = exp_nonpositive(value - shift)
                 result = element_result(value, e, shift, log_sum, inv_sum, p_scale,
                                         ftype(g_ce), c, target, t_row, t_geom.s_class, weight,
                                         ftype(one_minus_eps), ftype(eps_over_c), cap)
-                store(out, out_base + c * o_sc, result, half)
+                store_out(out, out_base + c * o_sc, result)
         if writes_target_gradient and lo <= t < hi:
-            store(out, out_base + t * o_sc,
-                  target_gradient(p_coef, g_ce, t_logit, shift, log_sum, t_weight,
-                                  one_minus_eps, eps_over_c, cap), half)
+            store_out(out, out_base + t * o_sc,
+                      target_gradient(p_coef, g_ce, t_logit, shift, log_sum, t_weight,
+                                      one_minus_eps, eps_over_c, cap))
 
     @njit(fastmath=FASTMATH, error_model="numpy", parallel=True)
     def row_kernel(x, x_geom, target, t_geom, weight, grad_output, g_geom, out, out_geom,

@@ -13,12 +13,12 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .access import cell, load, store
+from .access import cell, loader, storer
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
                         WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
 from .bits import copy_transposed, exact_order, larger, prefetch, prefetch_for_write
 from .fastexp import exp64, log1p32
-from .formulas import capped, entropy_of, entropy_term
+from .formulas import capper, entropy_of, entropy_term
 from .row_kernel import FASTMATH, row_start
 
 # Rows of a tile's per-position scratch.
@@ -53,6 +53,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
         variant.half, variant.compute64, variant.smoothing, variant.entropy, variant.metrics,
         variant.softcap)
     ftype = np.float64 if compute64 else np.float32
+    load_x, load_tile, store_out = loader(half), loader(False), storer(half)
+    cap_logit = capper(softcap, compute64)
     converts = half or variant.widened  # the tile's type is not the logits'
     indexed = variant.target == TargetKind.INDEX
     prob = variant.target == TargetKind.PROB
@@ -113,19 +115,23 @@ def build_tile_kernel(variant, f, sum_at_inf):
             t_weight[k] = class_weight if in_range else np.nan
 
     @njit(inline="always")
-    def scan_classes(source, base, s_class, source_half, tile, n_classes, n, pitch, cap, top,
+    def load_source(source, idx, from_logits):
+        """A value of the logits (``from_logits``) or of the tile, in the compute type."""
+        return load_x(source, idx, ftype) if from_logits else load_tile(source, idx, ftype)
+
+    @njit(inline="always")
+    def scan_classes(source, base, s_class, from_logits, tile, n_classes, n, pitch, cap, top,
                      target_class, t_logit):
         """Copy class-major logits (positions at a unit stride) into the tile, capped and
         in the compute type, and take on the way each position's max (``top``) and, for
         index targets, its target logit: one vectorised loop per class. ``source`` may
-        be the tile itself."""
+        be the tile itself (``from_logits`` false)."""
         for k in range(n):
-            top[k] = capped(load(source, base + k, source_half, ftype), cap, softcap, compute64)
+            top[k] = cap_logit(load_source(source, base + k, from_logits), cap)
             t_logit[k] = ftype(0.0)
         for c in range(n_classes):
             for k in range(n):
-                value = capped(load(source, base + c * s_class + k, source_half, ftype), cap,
-                               softcap, compute64)
+                value = cap_logit(load_source(source, base + c * s_class + k, from_logits), cap)
                 tile[cell(c, pitch, k)] = value
                 top[k] = larger(top[k], value)
                 # (Summed, its one nonzero term selected: a select between two loads
@@ -145,13 +151,13 @@ def build_tile_kernel(variant, f, sum_at_inf):
         in place.
         """
         if s_class != 1:
-            scan_classes(x, base, s_class, half, tile, n_classes, n, pitch, cap, top,
+            scan_classes(x, base, s_class, True, tile, n_classes, n, pitch, cap, top,
                          target_class, t_logit)
             return
         if converts:
             for k in range(n):
                 for c in range(n_classes):
-                    tile[cell(c, pitch, k)] = load(x, base + k * s_pos + c, half, ftype)
+                    tile[cell(c, pitch, k)] = load_x(x, base + k * s_pos + c, ftype)
         else:
             copy_transposed(x, base, s_pos, tile, 0, pitch, n, n_classes)
         scan_classes(tile, 0, pitch, False, tile, n_classes, n, pitch, cap, top, target_class,
@@ -258,8 +264,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
             s_class, s_pos, n_classes, n, pitch)
         for a in range(n_outer):
             for b in range(n_inner):
-                store(out, base + a * s_outer + b * s_inner,
-                      tile[cell(a, t_outer, b * t_inner)], half)
+                store_out(out, base + a * s_outer + b * s_inner,
+                          tile[cell(a, t_outer, b * t_inner)])
 
     @njit(inline="always")
     def tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base, t_si, t_sc,
