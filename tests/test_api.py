@@ -214,9 +214,10 @@ def test_uint8_segmentation_mask_nchw(backend, rng):
     assert np.all(got_grad[:, :, 0, :] == 0)
 
 
-# (float16 targets compile their own kernels: not in the quick subset.)
+# (float16 and float64 targets compile their own kernels: not in the quick subset.)
 @pytest.mark.parametrize("target_dtype", [pytest.param(np.float16, marks=pytest.mark.slow),
-                                          np.float32, np.float64])
+                                          np.float32,
+                                          pytest.param(np.float64, marks=pytest.mark.slow)])
 def test_probability_target_dtype_may_differ_from_logits(backend, rng, target_dtype):
     logits = make_logits(rng, (7, 6), F32)
     target = make_prob_target(rng, (7, 6), -1).astype(target_dtype)
@@ -247,7 +248,10 @@ def test_scalar_grad_output(backend, rng, make_grad_output, reduction):
         assert np.all(got == 0)
 
 
-@pytest.mark.parametrize("go_dtype", [np.float16, np.float32, np.float64, np.int32])
+# (float16 and int32 grad_output compile their own kernels: not in the quick subset.)
+@pytest.mark.parametrize("go_dtype", [pytest.param(np.float16, marks=pytest.mark.slow),
+                                      np.float32, np.float64,
+                                      pytest.param(np.int32, marks=pytest.mark.slow)])
 def test_per_row_grad_output(backend, rng, go_dtype):
     logits = make_logits(rng, (11, 6), F64)
     target = make_index_target(rng, (11, 6), -1, ignored=0.2)
@@ -514,8 +518,10 @@ def test_single_class(backend, rng, dtype, option_id):
 
 @pytest.mark.parametrize("shape,axis", [pytest.param((2, 6, 4), 1, id="nchw"),
                                         pytest.param((6, 8), 0, id="axis0")])
-@pytest.mark.parametrize("option_id", ["plain", "weight-smooth-ignore", "z_loss", "softcap",
-                                       "prob"])
+# (The soft cap's tile kernels, float32 logits widened to float64, are used by few other
+# tests: not in the quick subset.)
+@pytest.mark.parametrize("option_id", ["plain", "weight-smooth-ignore", "z_loss",
+                                       pytest.param("softcap", marks=pytest.mark.slow), "prob"])
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 def test_nonfinite_logits_other_axes(backend, rng, dtype, option_id, shape, axis):
     options = OPTIONS_BY_ID[option_id]

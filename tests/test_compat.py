@@ -181,6 +181,7 @@ def test_kernels_load_from_the_disk_cache_in_a_new_process(tmp_path):
     assert first["loss"] == second["loss"]
 
 
+@pytest.mark.slow  # compiles a kernel in a fresh cache (seconds)
 def test_processes_started_together_compile_each_kernel_once(tmp_path):
     """Two processes sharing a cache directory, started together: one compiles the
     kernel, the other waits for it and loads it (they each compiled it before)."""
