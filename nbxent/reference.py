@@ -408,8 +408,9 @@ def cross_entropy_grad(logits, target, axis=-1, weight=None, ignore_index=-100,
         if z_loss:
             lse = _z_rows(logits, axis, softcap, valid)
             grad = grad + (2 * z_loss * lse * z_scale)[..., None] * p
-        grad = np.where(valid[..., None], grad, 0.0)
         if softcap is not None:
             x = _to_class_last(logits, axis)
             grad = grad * (1 - np.tanh(x / softcap) ** 2)
+        # Ignored rows exactly 0, a nan logit's among them (after the cap's slope, nan there).
+        grad = np.where(valid[..., None], grad, 0.0)
     return np.moveaxis(grad, -1, axis)
