@@ -248,16 +248,28 @@ def test_scalar_grad_output(backend, rng, make_grad_output, reduction):
         assert np.all(got == 0)
 
 
-# (float16 and int32 grad_output compile their own kernels: not in the quick subset.)
-@pytest.mark.parametrize("go_dtype", [pytest.param(np.float16, marks=pytest.mark.slow),
-                                      np.float32, np.float64,
-                                      pytest.param(np.int32, marks=pytest.mark.slow)])
-def test_per_row_grad_output(backend, rng, go_dtype):
+@pytest.mark.parametrize("go_dtype", [np.float16, np.float32, np.float64, np.int32])
+@pytest.mark.parametrize("go_layout", ["contiguous", "strided", "reversed", "broadcast"])
+def test_per_row_grad_output(backend, rng, go_dtype, go_layout):
+    """Any real dtype, read through the view's strides (a float16 view with a step was read
+    as if contiguous once), or a broadcast view."""
+    if backend.name != "cpu" and go_layout != "contiguous":
+        pytest.skip("views of grad_output are tested on the CPU, whose backend converts them")
     logits = make_logits(rng, (11, 6), F64)
     target = make_index_target(rng, (11, 6), -1, ignored=0.2)
-    grad_output = rng.integers(-3, 4, (11,)).astype(go_dtype)
-    check_all_three(backend, logits, target, dict(weight=rng.uniform(0.5, 2, 6)), "none", F64,
+    values = rng.integers(-3, 4, (22,)).astype(go_dtype)
+    grad_output = {"contiguous": values[:11], "strided": values[::2],
+                   "reversed": values[:11][::-1],
+                   "broadcast": np.broadcast_to(values[3], (11,))}[go_layout]
+    weight = rng.uniform(0.5, 2, 6)
+    check_all_three(backend, logits, target, dict(weight=weight), "none", F64,
                     grad_output=grad_output)
+    if backend.name == "cpu":  # (check_all_three hands the backend a contiguous copy)
+        expected = R.cross_entropy_grad(logits, target, reduction="none", weight=weight,
+                                        grad_output=grad_output)
+        _, grad = nbxent.cross_entropy_with_grad(logits, target, reduction="none",
+                                                 weight=weight, grad_output=grad_output)
+        check_grad_result(backend, grad, expected, F64, "view of grad_output:")
 
 
 def test_per_row_grad_output_nchw(backend, rng):

@@ -88,6 +88,22 @@ def _flat(view):
     return flat, Geometry(offset, *strides)
 
 
+def _as_float64(view):
+    """A per-row ``View`` (outer, inner) as float64: itself, or its values gathered into a
+    new buffer (exact from every float and integer dtype), broadcast axes kept broadcast.
+
+    The kernels take one grad_output type, so a float32 or integer grad_output compiles
+    no kernel of its own; it is read per row, a small fraction of a call's traffic.
+    """
+    if view.array.dtype == np.float64:
+        return view
+    broadcast = tuple(s == 0 for s in view.strides)
+    rows = np.ascontiguousarray(
+        _strided(view)[tuple(slice(0, 1) if b else slice(None) for b in broadcast)],
+        dtype=np.float64)
+    return View(rows, view.shape, (0 if broadcast[0] else rows.shape[1], 0 if broadcast[1] else 1))
+
+
 def _read_only(array):
     """A read-only view of ``array`` (itself when it is one). Numba compiles a kernel
     apart for read-only and writeable arguments: the kernels' inputs always go in
@@ -193,10 +209,7 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=No
         inv_z = 1.0 / n_valid if n_valid else math.inf
     grad_output, g_geom = _UNUSED, Geometry(0, 0, 0, 0)
     if plan.grad_output is not None:
-        go = plan.grad_output
-        if go.array.dtype == np.float16:
-            go = View(go.array.astype(np.float32), go.shape, go.strides)
-        grad_output, g_geom = _flat(go)
+        grad_output, g_geom = _flat(_as_float64(plan.grad_output))
     out_buffer, out_geom = _UNUSED.astype(logits.dtype), Geometry(0, 0, 0, 0)
     staged_out = None
     if out is not None:
