@@ -142,7 +142,20 @@ OPTIONS = [
     Options("prob-zloss-softcap", target="prob", z_loss=1e-2, softcap=4.0),
     Options("unnormalized-weight", target="unnormalized", weight=True),
 ]
-OPTION_PARAMS = [o.param() for o in OPTIONS]
+# Option sets the quick subset leaves out: the soft cap without smoothing, and under
+# probability targets, compile kernel variants of their own; "softcap-smooth" and
+# "everything" take the cap through the quick subset.
+SLOW_OPTION_IDS = {"softcap", "prob-zloss-softcap"}
+
+
+def option_params(ids):
+    """``option_id`` parameters, those in ``SLOW_OPTION_IDS`` marked slow."""
+    return [pytest.param(i, id=i, marks=[pytest.mark.slow] if i in SLOW_OPTION_IDS else [])
+            for i in ids]
+
+
+OPTION_PARAMS = [o.param(*([pytest.mark.slow] if o.id in SLOW_OPTION_IDS else []))
+                 for o in OPTIONS]
 OPTIONS_BY_ID = {o.id: o for o in OPTIONS}
 
 

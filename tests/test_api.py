@@ -14,7 +14,7 @@ from nbxent import reference as R
 
 from _cases import (DTYPE_PARAMS, LAYOUT_PARAMS, OPTION_PARAMS, OPTIONS_BY_ID, REDUCTIONS,
                     SHAPES, TARGET_DTYPE_PARAMS, is_small, loss_shape, make_index_target,
-                    make_inputs, make_logits, make_prob_target)
+                    make_inputs, make_logits, make_prob_target, option_params)
 from conftest import assert_close, loss_dtype
 
 F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
@@ -316,7 +316,7 @@ def test_out_strided_view_leaves_the_rest_alone(backend, rng):
 
 
 @pytest.mark.parametrize("function", ["grad", "with_grad"])
-@pytest.mark.parametrize("option_id", ["plain", "everything", "prob-zloss-softcap"])
+@pytest.mark.parametrize("option_id", option_params(["plain", "everything", "prob-zloss-softcap"]))
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("layout", LAYOUT_PARAMS)
 def test_gradient_in_place(backend, rng, layout, dtype, option_id, function):
@@ -469,7 +469,8 @@ def test_normalizers_nonfinite_rows(backend, rng, dtype, shape, axis):
 # ------------------------------------------------------------------ edge cases (README.md)
 
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
-@pytest.mark.parametrize("option_id", ["plain", "weight-smooth-ignore", "z_loss", "softcap"])
+@pytest.mark.parametrize("option_id", option_params(["plain", "weight-smooth-ignore", "z_loss",
+                                                      "softcap"]))
 def test_all_ignored_mean_is_nan_with_zero_gradient(backend, rng, dtype, option_id):
     options = OPTIONS_BY_ID[option_id]
     logits, _, keywords = make_inputs(rng, (5, 7), -1, dtype, options)
@@ -544,8 +545,9 @@ def test_nonfinite_logits_other_axes(backend, rng, dtype, option_id, shape, axis
                         grad_output=grad_output)
 
 
-@pytest.mark.parametrize("option_id", ["plain", "smooth", "weight-smooth-ignore", "z_loss",
-                                       "softcap", "prob", "prob-weight-smooth"])
+@pytest.mark.parametrize("option_id", option_params(["plain", "smooth", "weight-smooth-ignore",
+                                                      "z_loss", "softcap", "prob",
+                                                      "prob-weight-smooth"]))
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 def test_nonfinite_logits(backend, rng, dtype, reduction, option_id):
@@ -599,7 +601,8 @@ def test_ignored_rows_with_nan_logits_count_for_nothing(backend, rng, dtype, fun
     assert np.isfinite(total)
 
 
-@pytest.mark.parametrize("option_id", ["plain", "smooth", "z_loss", "softcap", "everything"])
+@pytest.mark.parametrize("option_id", option_params(["plain", "smooth", "z_loss", "softcap",
+                                                      "everything"]))
 @pytest.mark.parametrize("scale", [1e2, 1e4])
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 def test_extreme_logits(backend, rng, dtype, scale, option_id):

@@ -136,6 +136,7 @@ def test_entropy(any_backend, rng, shape, axis, dtype, base, weighted):
     np.testing.assert_array_equal(b.to_numpy(x), logits, err_msg="the logits were modified")
 
 
+@pytest.mark.slow  # float64 kernels the quick subset leaves out
 def test_entropy_zero_probabilities(any_backend):
     """0 log 0 = 0: a -inf logit adds nothing; bits of a fair coin and a fair die."""
     b = any_backend
@@ -214,6 +215,7 @@ def test_kl_target_terms_in_blocks(any_backend, rng, monkeypatch, shape, axis, l
     assert_close(b.to_numpy(got), expected, F32, "loss")
 
 
+@pytest.mark.slow  # float64 kernels the quick subset leaves out
 def test_kl_divergence_of_itself_is_zero(any_backend, rng):
     b = any_backend
     logits = make_logits(rng, (12, 7), F64)
@@ -236,6 +238,7 @@ def test_kl_divergence_in_place(backend, rng):
     assert_close(backend.to_numpy(x), expected_grad, F32, "grad")
 
 
+@pytest.mark.slow  # float64 kernels the quick subset leaves out
 def test_kl_micro_batches_sum_to_the_batch(any_backend, rng):
     """Parts divided by the whole batch's summed sample weights add up to its 'mean'."""
     b = any_backend
@@ -253,6 +256,7 @@ def test_kl_micro_batches_sum_to_the_batch(any_backend, rng):
     assert_close(np.concatenate(grads), whole_grad, F64, "grad")
 
 
+@pytest.mark.slow  # float64 kernels the quick subset leaves out
 def test_nothing_to_average(any_backend, rng):
     """Sample weights summing to 0 under 'mean': nan, 0 with empty='zero', or a ValueError."""
     b = any_backend
