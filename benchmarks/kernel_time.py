@@ -25,15 +25,24 @@ def time_kernels():
     kernel_times = []
     kernel_for = backend.kernel_for
 
-    def timed_kernel_for(variant):
-        kernel = kernel_for(variant)
+    class Timed:
+        """The kernel, its calls timed; its attributes (``signatures``, the disk cache's
+        lock) are the kernel's."""
 
-        def timed(*arguments):
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getattr__(self, name):
+            return getattr(self.kernel, name)
+
+        def __call__(self, *arguments):
             start = time.perf_counter()
-            result = kernel(*arguments)
+            result = self.kernel(*arguments)
             kernel_times.append(time.perf_counter() - start)
             return result
-        return timed
+
+    def timed_kernel_for(variant):
+        return Timed(kernel_for(variant))
 
     backend.kernel_for = timed_kernel_for
     return kernel_times
