@@ -103,6 +103,9 @@ def exp_nonpositive32(x):
     return _exp32_scaled(exp_floor(x, False), False)
 
 
+_SCALE64 = 1.5 * 2.0**52 + 1023.0
+
+
 @njit(inline="always")
 def _exp64_scaled(x, clamp):
     """float64 ``_exp32_scaled``: k clamped to [-1022, 1023] if ``clamp``."""
@@ -114,7 +117,10 @@ def _exp64_scaled(x, clamp):
         p = p * r + 1.0 / n
     if clamp:
         k = min(max(k, -1022.0), 1023.0)
-    return p * bitcast(np.int64((np.int64(k) + 1023) << 52), np.float64)
+    # 2**k from the bits of k + 1.5 * 2**52 + 1023, whose low mantissa bits hold k + 1023
+    # (as exp32's rounding does): AVX2 has no vector float64 -> int64 conversion, and
+    # LLVM converted each lane apart.
+    return p * bitcast(bitcast(k + _SCALE64, np.int64) << 52, np.float64)
 
 
 @njit(inline="always")
