@@ -33,6 +33,8 @@ from .formulas import capper, difference_plus, entropy_of, entropy_term
 # from vectorising the loop around it. Every division is guarded where it matters.
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 CHUNK = 1024
+# Classes of the exp pass between two shares of the next chunk's prefetch hints.
+BLOCK = 256
 
 # Rows of the per-item partial statistics (the last four for metrics only).
 (_MAX, _SUM, _MOMENT, _MASS, _REF, _T_LOGIT, _ENTROPY, _TOP, _ARGMAX, _AHEAD, _NAN,
@@ -143,15 +145,20 @@ def build_row_kernel(variant, f, sum_at_inf):
         return r, seg, o, r - o * shape.inner, lo, min(lo + seg_len, shape.n_classes)
 
     @njit(inline="always")
-    def prefetch_classes(x, base, s_class, c0, c1):
-        """Ask for the logits [c0, c1) of a row (where they are contiguous) while others
-        are computed: without it a chunk's max pass waits on memory, since the exp pass
-        before it read only from L1 and left the hardware prefetcher idle. (Not the next
-        row's first chunk: the hardware follows rows that follow each other, and hints
-        there measured slower: benchmarks/RESULTS.md.)"""
-        if s_class == 1:
-            for c in range(c0, c1, LINE):
-                prefetch(x, np.int64(base + c))
+    def prefetch_share(x, upcoming, n_upcoming, share, n_shares):
+        """Ask for share ``share`` of ``n_shares`` equal parts of the logits
+        [upcoming, upcoming + n_upcoming) of ``x`` (none when ``n_upcoming`` is 0).
+
+        The exp pass over a chunk reads only L1 and leaves the hardware prefetcher idle,
+        so the next chunk's max pass (of this row or the next) would wait on memory;
+        the exp pass asks for it part by part between its blocks, so that the loads
+        overlap the arithmetic without a burst of hints at once (a burst measured
+        slower: benchmarks/RESULTS.md).
+        """
+        step = ((n_upcoming + n_shares - 1) // n_shares + LINE - 1) // LINE * LINE
+        lo = upcoming + share * step
+        for a in range(lo, min(lo + step, upcoming + n_upcoming), LINE):
+            prefetch(x, np.int64(a))
 
     @njit(inline="always")
     def first_at(x, base, stride, c0, c1, top):
@@ -183,12 +190,14 @@ def build_row_kernel(variant, f, sum_at_inf):
 
     @njit(inline="always")
     def chunk_sums(x, base, s_class, c0, c1, cap, shift, ref, target, t_row, t_class_stride,
-                   weight, one_minus_eps, eps_over_c, out, out_base, o_sc, with_entropy):
+                   weight, one_minus_eps, eps_over_c, out, out_base, o_sc, with_entropy,
+                   logits, upcoming, n_upcoming):
         """The exp pass over classes [c0, c1) of a row, whose logits are
         ``load_logit(x, base + c * s_class, cap)``: (sum of exps, 0 with ``ties_apart``,
         the sum of those below the shift, moment, mass, entropy moment (0 unless
         ``with_entropy``, a constant where this is called, so that the loop without it
-        stays as fast)).
+        stays as fast)). Between its blocks it asks for the ``n_upcoming`` logits of
+        ``logits`` from ``upcoming`` (``prefetch_share``).
 
         Values equal to the shift add exactly 1 each. Summing the rest apart keeps
         float32 from rounding 1 + (small rest), the whole loss of a confident row.
@@ -203,20 +212,24 @@ def build_row_kernel(variant, f, sum_at_inf):
         chunk_moment = ftype(0.0)
         chunk_mass = ftype(0.0)
         chunk_entropy = ftype(0.0)
-        for c in range(c0, c1):
-            value = load_logit(x, base + c * s_class, cap)
-            at_top, e, moment_term, mass_term = element_terms(
-                value, shift, ref, c, target, t_row, t_class_stride, weight,
-                one_minus_eps, eps_over_c)
-            if keep_exps:
-                store_out(out, out_base + c * o_sc, e)
-            if not ties_apart:
-                total += e
-            rest += ftype(0.0) if at_top else e
-            chunk_moment += moment_term
-            chunk_mass += mass_term
-            if with_entropy:
-                chunk_entropy += entropy_term(value, shift, e, compute64)
+        n_blocks = (c1 - c0 + BLOCK - 1) // BLOCK
+        for block in range(n_blocks):
+            prefetch_share(logits, upcoming, n_upcoming, block, n_blocks)
+            b0 = c0 + block * BLOCK
+            for c in range(b0, min(b0 + BLOCK, c1)):
+                value = load_logit(x, base + c * s_class, cap)
+                at_top, e, moment_term, mass_term = element_terms(
+                    value, shift, ref, c, target, t_row, t_class_stride, weight,
+                    one_minus_eps, eps_over_c)
+                if keep_exps:
+                    store_out(out, out_base + c * o_sc, e)
+                if not ties_apart:
+                    total += e
+                rest += ftype(0.0) if at_top else e
+                chunk_moment += moment_term
+                chunk_mass += mass_term
+                if with_entropy:
+                    chunk_entropy += entropy_term(value, shift, e, compute64)
         return total, rest, chunk_moment, chunk_mass, chunk_entropy
 
     @njit(inline="always")
@@ -270,7 +283,7 @@ def build_row_kernel(variant, f, sum_at_inf):
     def segment_stats(x, base, s_class, lo, hi, cap, ref, target, t_row, t_class_stride,
                       weight, one_minus_eps, eps_over_c, out, out_base, o_sc, chunk_shifts,
                       item, t_logit, t, wants_rank, wants_argmax, wants_entropy, staged,
-                      in_place):
+                      in_place, next_at, next_len):
         """(row_max, sum_exp, moment, mass, order) over classes [lo, hi) of one row.
 
         ``order`` holds the metrics' sums, zeros without ``metrics``: (entropy moment,
@@ -278,7 +291,8 @@ def build_row_kernel(variant, f, sum_at_inf):
         logit is nan else 0); each only when wanted (else 0, lo, and for the classes
         ahead 1 or 0: some or none).
         With ``keep_exps``, each exp(x - shift) goes to ``out`` and each chunk's
-        shift to ``chunk_shifts[item]``.
+        shift to ``chunk_shifts[item]``. The last chunk's exp pass prefetches the
+        ``next_len`` logits from ``next_at`` (the next work item's first chunk).
         """
         row_max = ftype(-np.inf)
         sum_exp = 0.0
@@ -334,8 +348,8 @@ def build_row_kernel(variant, f, sum_at_inf):
             shift = row_max if row_max > -np.inf else ftype(0.0)
             if keep_exps:
                 chunk_shifts[item, (c0 - lo) // CHUNK] = shift
-            if c1 < hi:
-                prefetch_classes(x, base, s_class, c1, min(c1 + CHUNK, hi))
+            upcoming, n_upcoming = (base + c1 * s_class, min(CHUNK, hi - c1)) if c1 < hi \
+                else (next_at, next_len)
             source, s_base, s_stride = exp_source(x, base, s_class, c0, c1, cap, staged,
                                                   in_place)
             # (Each case its own loop: a run-time flag inside one would cost every call.)
@@ -343,12 +357,12 @@ def build_row_kernel(variant, f, sum_at_inf):
                 total, rest, chunk_moment, chunk_mass, chunk_entropy = chunk_sums(
                     source, s_base, s_stride, c0, c1, cap, shift, ref, target, t_row,
                     t_class_stride, weight, one_minus_eps, eps_over_c, out, out_base, o_sc,
-                    True)
+                    True, x, upcoming, n_upcoming if s_class == 1 else 0)
             else:
                 total, rest, chunk_moment, chunk_mass, chunk_entropy = chunk_sums(
                     source, s_base, s_stride, c0, c1, cap, shift, ref, target, t_row,
                     t_class_stride, weight, one_minus_eps, eps_over_c, out, out_base, o_sc,
-                    False)
+                    False, x, upcoming, n_upcoming if s_class == 1 else 0)
             if metrics and not keep_exps:  # (a nan makes the rest nan)
                 nan_free = rest == rest and top != np.inf
                 best_key, best, chunk_ahead = chunk_ranks(
@@ -387,6 +401,11 @@ def build_row_kernel(variant, f, sum_at_inf):
         _, _, o, i, lo, hi = item_place(item, shape)
         base = row_start(x_geom, o, i)
         t_row = row_start(t_geom, o, i)
+        # The next item's first chunk, for the prefetch hints (the last item's: none).
+        _, _, next_o, next_i, next_lo, next_hi = item_place(
+            min(item + 1, part.shape[0] - 1), shape)
+        next_at = row_start(x_geom, next_o, next_i) + next_lo * x_geom.s_class
+        next_len = min(CHUNK, next_hi - next_lo) if item + 1 < part.shape[0] else 0
         ref = finite_or_zero(load_logit(x, base, cap))
         part[item, _REF] = ref
         _, t, t_logit, _ = target_of(x, base, x_geom.s_class, target, t_row, shape.n_classes,
@@ -398,7 +417,7 @@ def build_row_kernel(variant, f, sum_at_inf):
                                 eps_over_c, out, row_start(out_geom, o, i), out_geom.s_class,
                                 chunk_shifts, item, t_logit, t, options.wants_rank,
                                 options.wants_argmax, options.wants_entropy, staged,
-                                options.in_place)
+                                options.in_place, next_at, next_len)
         if metrics:
             (part[item, _ENTROPY], part[item, _TOP], part[item, _ARGMAX], part[item, _AHEAD],
              part[item, _NAN]) = order
