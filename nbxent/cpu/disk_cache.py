@@ -63,7 +63,8 @@ def internals_problem():
     codegen.magic_tuple(), (bytecode hash, closure hash))``, so replacing the
     last part drops nothing else Numba keys on; a CPU dispatcher holds its cache
     in ``_cache`` and ``Dispatcher.compile`` loads and saves through it; the
-    dispatcher reports ``stats.cache_hits`` and ``stats.cache_misses``.
+    dispatcher reports ``stats.cache_hits`` and ``stats.cache_misses``, and holds what
+    it compiled or loaded in the dict ``overloads``.
     """
     try:
         from numba import njit
@@ -116,6 +117,8 @@ def internals_problem():
     stats = probe.stats
     if not (hasattr(stats, "cache_hits") and hasattr(stats, "cache_misses")):
         return "a dispatcher's stats no longer count cache_hits and cache_misses"
+    if not isinstance(getattr(probe, "overloads", None), dict):
+        return "a dispatcher no longer keeps what it compiled in the dict overloads"
     return None
 
 
@@ -184,7 +187,7 @@ def first_call(kernel):
     signature in this process, its variant's lock, so that processes sharing the cache
     compile each variant once (the module docstring)."""
     cache = getattr(kernel, "_cache", None)
-    if not isinstance(cache, _variant_cache_class()) or kernel.signatures:
+    if not isinstance(cache, _variant_cache_class()) or kernel.overloads:
         yield
         return
     with _file_lock(cache.variant_lock()):
