@@ -42,7 +42,7 @@ class CpuSettings:
     #: Most classes for which rows (class axis last) go to the tile kernel: shorter
     #: rows cost more in per-row work than vectorising along them saves; beyond it
     #: the row kernel is faster (see benchmarks/RESULTS.md).
-    tile_max_classes: int = 128
+    tile_max_classes: int = 192
     #: Logits per tile of the tile kernel: a tile is staged once, then re-read from
     #: L2 by each pass; smaller tiles cost more, larger ones gain nothing (see
     #: benchmarks/RESULTS.md).
