@@ -197,6 +197,47 @@ def test_processes_started_together_compile_each_kernel_once(tmp_path):
     assert runs[0]["loss"] == runs[1]["loss"]
 
 
+def _compiled_apart(function, seen):
+    """The dispatchers ``function`` calls without inlining them, through its closure's
+    cells, at any depth (``seen``: the objects already visited)."""
+    found = []
+    for cell in getattr(function, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if id(value) in seen or not hasattr(value, "py_func"):
+            continue
+        seen.add(id(value))
+        if value.targetoptions.get("inline") != "always":
+            found.append(value)
+        found += _compiled_apart(value.py_func, seen)
+    return found
+
+
+@pytest.mark.parametrize("tiled", [False, True], ids=["row", "tile"])
+def test_kernel_variants_never_share_a_function_name(tiled):
+    """Numba names a compiled function after its qualified name and a counter of the
+    process compiling it; a process that loads two cached kernels holding functions
+    of one name links both to the first. So the functions each variant compiles apart
+    (the kernel and what it calls without inlining) carry names of their own."""
+    from nbxent.cpu.arguments import WRITE_GRAD, WRITE_NOTHING, TargetKind, Variant
+    from nbxent.cpu.kernels import kernel_for
+
+    names = {}
+    for write in (WRITE_NOTHING, WRITE_GRAD):
+        variant = Variant(tiled=tiled, half=False, compute64=False, widened=False,
+                          target=TargetKind.INDEX, target_half=False, smoothing=False,
+                          softcap=False, entropy=False, write=write, metrics=False)
+        kernel = kernel_for(variant)
+        functions = [kernel] + _compiled_apart(kernel.py_func, {id(kernel)})
+        names[write] = {f.py_func.__qualname__: f for f in functions}
+    assert len(names[WRITE_NOTHING]) >= 2
+    for name in names[WRITE_NOTHING].keys() & names[WRITE_GRAD].keys():
+        # Only a function both variants share (one object, one code) may keep its name.
+        assert names[WRITE_NOTHING][name] is names[WRITE_GRAD][name], name
+
+
 # --------------------------------------------------------------- Numba's block labels
 
 def test_block_label_counters_are_where_expected():

@@ -194,6 +194,29 @@ def first_call(kernel):
         yield
 
 
+def named_for(variant):
+    """A decorator, under ``@njit``, that gives a kernel function of ``variant`` a name of
+    the variant's own: its ``__qualname__`` plus a digest of the variant.
+
+    Numba names a compiled function after its qualified name and a counter of the
+    process that compiled it, and a process that loads two cached kernels whose
+    functions have one name links both calls to the first it loaded. The variants
+    of one kernel share their functions' qualified names, and processes compiling
+    in the same order count alike: a loss+grad kernel compiled in one process and a
+    loss kernel compiled in another both named their tile body ``tile_body`` number
+    10, and a third process that loaded the loss kernel first ran the loss's body for
+    the gradient, which it never wrote. Every function a kernel compiles apart (not
+    inlined) and builds per variant takes this decorator.
+    """
+    tag = hashlib.sha256(repr(tuple(variant)).encode()).hexdigest()[:16]
+
+    def rename(function):
+        function.__qualname__ = f"{function.__qualname__}_{tag}"
+        return function
+
+    return rename
+
+
 def cached(variant, kernel):
     """``kernel`` (a CPU dispatcher built without ``cache=True``) with its on-disk
     cache keyed on ``variant``; unchanged, after one warning, where that cannot be

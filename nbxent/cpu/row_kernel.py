@@ -25,6 +25,7 @@ from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, 
                         WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
 from .bits import exact_order, from_order_key, order_key, prefetch, rank_key
 from .fastexp import exp_nonpositive_for
+from .disk_cache import named_for
 from .formulas import capper, difference_plus, entropy_of, entropy_term
 
 # No nnan/ninf: nan must propagate and -inf logits must stay -inf. The kernels also
@@ -288,6 +289,7 @@ def build_row_kernel(variant, f, sum_at_inf):
         return best_key, best, chunk_ahead
 
     @njit
+    @named_for(variant)
     def segment_stats(x, base, s_class, lo, hi, cap, ref, target, t_row, t_class_stride,
                       weight, one_minus_eps, eps_over_c, out, out_base, o_sc, chunk_shifts,
                       item, t_logit, t, wants_rank, wants_argmax, wants_entropy, staged,
@@ -394,6 +396,7 @@ def build_row_kernel(variant, f, sum_at_inf):
         return row_max, sum_exp, moment, mass, order
 
     @njit
+    @named_for(variant)
     def item_stats(item, x, x_geom, target, t_geom, weight, g_geom, out, out_geom, shape,
                    options, part, chunk_shifts, staged):
         """Statistics of one work item (a row, or one of its ``row_split`` segments).
@@ -474,6 +477,7 @@ def build_row_kernel(variant, f, sum_at_inf):
         return entropy_moment, best, ahead, nan
 
     @njit
+    @named_for(variant)
     def finish_item(item, x, x_geom, target, t_geom, weight, grad_output, g_geom, out,
                     out_geom, row_value, row_lse, row_metrics, shape, options, part,
                     chunk_shifts):
@@ -549,6 +553,7 @@ def build_row_kernel(variant, f, sum_at_inf):
                                       one_minus_eps, eps_over_c, cap))
 
     @njit(fastmath=FASTMATH, error_model="numpy", parallel=True)
+    @named_for(variant)
     def row_kernel(x, x_geom, target, t_geom, weight, grad_output, g_geom, out, out_geom,
                    row_value, row_lse, row_metrics, shape, options):
         outer, inner, n_classes, split, _ = shape

@@ -18,6 +18,7 @@ from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, 
                         WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
 from .bits import copy_transposed, exact_order, larger, prefetch, prefetch_for_write
 from .fastexp import exp64, log1p32
+from .disk_cache import named_for
 from .formulas import capper, entropy_of, entropy_term
 from .row_kernel import FASTMATH, row_start
 
@@ -367,6 +368,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
                     exps[cell(t, pitch, k)] = t_grads[k]
 
     @njit
+    @named_for(variant)
     def tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom, out,
                   out_geom, row_value, row_lse, row_metrics, shape, options, pitch, scratch,
                   wide_scratch, order, argmax, target_index, target_class, logits, exps):
@@ -433,6 +435,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
     # with it LLVM regrouped (max - target) + log_sum through a float32 lse (measured:
     # 1e-5 relative error on a 0.02 loss).
     @njit(fastmath=FASTMATH - {"reassoc"}, error_model="numpy", parallel=True)
+    @named_for(variant)
     def tile_kernel(x, x_geom, target, t_geom, weight, grad_output, g_geom, out, out_geom,
                     row_value, row_lse, row_metrics, shape, options):
         outer, inner, n_classes, _, width = shape
