@@ -26,7 +26,7 @@ def time_kernels():
     kernel_for = backend.kernel_for
 
     class Timed:
-        """The kernel, its calls timed; its attributes (``signatures``, the disk cache's
+        """The kernel, its calls timed; its attributes (``overloads``, the disk cache's
         lock) are the kernel's."""
 
         def __init__(self, kernel):
