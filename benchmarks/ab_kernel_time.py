@@ -8,8 +8,9 @@ medians and best times (ms) and the median of the rounds' after / before ratios.
 A tree may carry environment variables: ``"/path/to/tree|NBXENT_CPU_TILE_ELEMENTS=6144"``.
 A case is ``SHAPE[:AXIS][@DTYPE]/OP``: SHAPE like 65536x100 or 4x19x512x1024 (class axis
 AXIS, default the last), DTYPE float32 (default), float16 or float64, OP ``loss``,
-``grad`` (cross_entropy_with_grad with ``out=``) or ``m-loss-acc`` / ``m-loss-all``
-(the loss with metrics lse + correct, or all five). The kernel is timed as
+``grad`` (cross_entropy_with_grad with ``out=``) or ``m-loss-acc`` / ``m-loss-topk`` /
+``m-loss-all`` (the loss with metrics lse + correct, those and top_k, or all five). The
+kernel is timed as
 ``benchmarks/kernel_time.py`` does (the target scan and the reduction are not counted).
 """
 
@@ -20,7 +21,7 @@ import time
 
 import numpy as np
 
-METRICS = {"acc": ("lse", "correct"),
+METRICS = {"acc": ("lse", "correct"), "topk": ("lse", "correct", "top_k"),
            "all": ("lse", "argmax", "correct", "top_k", "entropy")}
 
 

@@ -10,6 +10,7 @@ the function's, a loop shows as a run of neighbouring blocks.
 
     NUMBA_NUM_THREADS=1 python benchmarks/profile_kernel.py 65536x100 loss --calls 1500
     NUMBA_NUM_THREADS=1 python benchmarks/profile_kernel.py 2x19x512x1024 grad --axis 1
+    NUMBA_NUM_THREADS=1 python benchmarks/profile_kernel.py 16384x1000 loss --metrics lse,correct
 """
 
 import argparse
@@ -37,12 +38,14 @@ def run_calls(args, symbols_path):
     x = rng.standard_normal(shape, dtype=np.float32)
     target = rng.integers(0, shape[axis], shape[:axis] + shape[axis + 1:])
     out = np.empty_like(x)
+    metrics = tuple(args.metrics.split(",")) if args.metrics else None
     if args.op == "loss":
         def call():
-            return nbxent.cross_entropy(x, target, axis=axis)
+            return nbxent.cross_entropy(x, target, axis=axis, metrics=metrics)
     else:
         def call():
-            return nbxent.cross_entropy_with_grad(x, target, axis=axis, out=out)
+            return nbxent.cross_entropy_with_grad(x, target, axis=axis, out=out,
+                                                  metrics=metrics)
     call()
     start = time.perf_counter()
     for _ in range(args.calls):
@@ -68,7 +71,7 @@ def run_calls(args, symbols_path):
         pickle.dump((symbols, pages), f)
 
 
-def report(data_path, symbols_path, top):
+def report(data_path, symbols_path, top, function=None):
     import capstone
 
     with open(symbols_path, "rb") as f:
@@ -88,7 +91,8 @@ def report(data_path, symbols_path, top):
         print(f"{100 * n / total:5.1f} %  {symbols[start][:100]}")
     if not per_function:
         return
-    hottest = per_function.most_common(1)[0][0]
+    hottest = next(start for start, _ in per_function.most_common()
+                   if function is None or function in symbols[start])
     following = [a for a in starts if a > hottest]
     end = following[0] if following else hottest + (1 << 20)
     lo, code = next((lo, code) for lo, code in pages if lo <= hottest < lo + len(code))
@@ -98,7 +102,7 @@ def report(data_path, symbols_path, top):
     blocks = collections.Counter()
     for ins in instructions:
         blocks[(ins.address - hottest) // 64 * 64] += samples.get(ins.address, 0)
-    print("\nsamples per 64-byte block of the hottest function (>= 0.4 %):")
+    print(f"\nsamples per 64-byte block of {symbols[hottest][:80]} (>= 0.4 %):")
     for offset, n in sorted(blocks.items()):
         if n >= 0.004 * total:
             print(f"  {offset:#7x}  {100 * n / total:5.2f} %")
@@ -113,8 +117,11 @@ def main():
     parser.add_argument("shape", help="e.g. 65536x100 or 2x19x512x1024")
     parser.add_argument("op", choices=["loss", "grad"], help="grad: with out=")
     parser.add_argument("--axis", type=int, default=-1)
+    parser.add_argument("--metrics", help="metrics in the same pass, e.g. lse,correct")
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--function", help="detail the hottest function whose name holds "
+                        "this (default: the hottest of all)")
     parser.add_argument("--symbols", help=argparse.SUPPRESS)  # set in the profiled process
     args = parser.parse_args()
     if args.symbols:
@@ -126,7 +133,7 @@ def main():
         subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-o", data, sys.executable,
                         __file__, *sys.argv[1:], "--symbols", symbols_path], env=env,
                        check=True)
-        report(data, symbols_path, args.top)
+        report(data, symbols_path, args.top, args.function)
 
 
 if __name__ == "__main__":
