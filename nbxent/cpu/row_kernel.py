@@ -42,6 +42,25 @@ BLOCK = 256
  _N_PARTS) = range(12)
 
 
+def compiled_apart(variant):
+    """``@njit`` for a function of ``variant``'s kernel that the kernel calls once per work
+    item (a row, a row's segment, a tile) and Numba compiles apart: named for the
+    variant (``disk_cache.named_for``), and without Numba's reference counts.
+
+    Numba counts a reference to every array a function is given, entering and leaving
+    it: an atomic add and subtract per array, unless an LLVM pass proves them paired
+    and drops them. It did in the loss's functions but not in the larger ones with
+    metrics, where the counts cost more than the metrics themselves (benchmarks/RESULTS.md).
+    The arrays belong to the kernel, which outlives the call, and these functions allocate
+    nothing, so they need no counts: Numba's ``_nrt=False`` leaves them out (and refuses to
+    compile a function that would allocate).
+    """
+    def compile_apart(function):
+        return njit(_nrt=False)(named_for(variant)(function))
+
+    return compile_apart
+
+
 @njit(inline="always")
 def row_start(geom, o, i):
     """Index of class 0 of row ``(o, i)`` in an array of geometry ``geom``."""
@@ -288,8 +307,7 @@ def build_row_kernel(variant, f, sum_at_inf):
             best = t if t_first else first_at(x, base, s_class, c0, c1, top)
         return best_key, best, chunk_ahead
 
-    @njit
-    @named_for(variant)
+    @compiled_apart(variant)
     def segment_stats(x, base, s_class, lo, hi, cap, ref, target, t_row, t_class_stride,
                       weight, one_minus_eps, eps_over_c, out, out_base, o_sc, chunk_shifts,
                       item, t_logit, t, wants_rank, wants_argmax, wants_entropy, staged,
@@ -395,8 +413,7 @@ def build_row_kernel(variant, f, sum_at_inf):
                  0.0 * rest_sum)
         return row_max, sum_exp, moment, mass, order
 
-    @njit
-    @named_for(variant)
+    @compiled_apart(variant)
     def item_stats(item, x, x_geom, target, t_geom, weight, g_geom, out, out_geom, shape,
                    options, part, chunk_shifts, staged):
         """Statistics of one work item (a row, or one of its ``row_split`` segments).
@@ -476,8 +493,7 @@ def build_row_kernel(variant, f, sum_at_inf):
             nan += part[k, _NAN]
         return entropy_moment, best, ahead, nan
 
-    @njit
-    @named_for(variant)
+    @compiled_apart(variant)
     def finish_item(item, x, x_geom, target, t_geom, weight, grad_output, g_geom, out,
                     out_geom, row_value, row_lse, row_metrics, shape, options, part,
                     chunk_shifts):

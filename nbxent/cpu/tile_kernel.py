@@ -20,7 +20,7 @@ from .bits import copy_transposed, exact_order, larger, prefetch, prefetch_for_w
 from .fastexp import exp64, log1p32
 from .disk_cache import named_for
 from .formulas import capper, entropy_of, entropy_term
-from .row_kernel import FASTMATH, row_start
+from .row_kernel import FASTMATH, compiled_apart, row_start
 
 # Rows of a tile's per-position scratch.
 (_TOP, _SHIFT, _N_TOP, _REST, _MOMENT, _MASS, _REF, _T_LOGIT, _P_SCALE, _G_CE, _LOG_SUM, _VALID,
@@ -367,8 +367,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 if valid[k] != ftype(0.0) and 0 <= t < n_classes:
                     exps[cell(t, pitch, k)] = t_grads[k]
 
-    @njit
-    @named_for(variant)
+    @compiled_apart(variant)
     def tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom, out,
                   out_geom, row_value, row_lse, row_metrics, shape, options, pitch, scratch,
                   wide_scratch, order, argmax, target_index, target_class, logits, exps):
