@@ -84,36 +84,43 @@ def max_passes(load):
         return from_order_key(top)
 
     @njit(inline="always")
-    def chunk_order(x, base, stride, c0, c1, ftype, t_low, t_high, t, counts, bottoms):
+    def chunk_order(x, base, stride, c0, c1, ftype, t_logit, t, counts, bottoms):
         """``chunk_max`` for the metrics, over the raw logits [c0, c1) of a row: (max order
         key, min order key (when ``bottoms``, else that of -inf), the number of classes ahead
         of the target t (when ``counts``, else 0)); both flags constants where this is called.
 
         A nan's key lies beyond an infinity's (of its sign): the min and the max tell the
-        chunks that hold one. A class is ahead of t when it is greater, or equal at a
-        smaller index: before t a key >= ``t_low``, after it a key > ``t_high`` (the keys of
-        the lowest and the highest float equal to t's logit: -0.0 and 0.0 for a zero), two
-        loops split at t. Branch-free, counts in 32 bits, so that they vectorise as wide as
-        float32 keys; this pass reads the chunk from memory, which leaves time for them.
+        chunks that hold one. A class is ahead of t when its logit is greater than
+        ``t_logit``, or equal at a smaller index (float comparisons, so -0.0 equals 0.0; a
+        nan counts nowhere, and a chunk holding one is ranked again in the exact order).
+        One branch-free loop counts both the greater and the not smaller, in 32 bits, so
+        that it vectorises as wide as float32 keys (this pass reads the chunk from memory,
+        which leaves time for them; two loops split at t cost more, in their scalar
+        remainders); only a chunk holding t and another class equal to it is read again.
         """
         top = order_key(ftype(-np.inf))
         bottom = order_key(ftype(np.inf))
-        ahead = np.int32(0)
-        split = max(min(t, c1), c0) if counts else c1
-        for c in range(c0, split):
-            key = order_key(load(x, base + c * stride, ftype))
+        greater = np.int32(0)
+        at_least = np.int32(0)
+        for c in range(c0, c1):
+            value = load(x, base + c * stride, ftype)
+            key = order_key(value)
             top = max(top, key)
             if bottoms:
                 bottom = min(bottom, key)
             if counts:
-                ahead = np.int32(ahead + np.int32(key >= t_low))
-        for c in range(split, c1):
-            key = order_key(load(x, base + c * stride, ftype))
-            top = max(top, key)
-            if bottoms:
-                bottom = min(bottom, key)
-            ahead = np.int32(ahead + np.int32(key > t_high))
-        return top, bottom if bottoms else order_key(ftype(-np.inf)), ahead
+                greater = np.int32(greater + np.int32(value > t_logit))
+                at_least = np.int32(at_least + np.int32(value >= t_logit))
+        if t < c0:  # t's ties here come after it
+            ahead = greater
+        elif t >= c1:  # and here before it
+            ahead = at_least
+        else:
+            ahead = greater
+            if at_least - greater > 1:  # ties besides t itself: those before it are ahead
+                for c in range(c0, t):
+                    ahead += np.int32(load(x, base + c * stride, ftype) == t_logit)
+        return top, bottom if bottoms else order_key(ftype(-np.inf)), ahead if counts else 0
 
     return chunk_max, chunk_order
 
@@ -343,11 +350,11 @@ def build_row_kernel(variant, f, sum_at_inf):
             if fast_order:  # the max's pass, with what the metrics need
                 if wants_rank:
                     top_key, bottom_key, counted = chunk_order(
-                        x, base, s_class, c0, c1, ftype, t_low, t_high, t, True,
+                        x, base, s_class, c0, c1, ftype, t_logit, t, True,
                         keep_exps)
                 else:
                     top_key, bottom_key, counted = chunk_order(
-                        x, base, s_class, c0, c1, ftype, t_low, t_high, t, False,
+                        x, base, s_class, c0, c1, ftype, t_logit, t, False,
                         keep_exps)
                 top = from_order_key(top_key)
             else:
