@@ -49,7 +49,7 @@ def compiled_apart(variant):
 
     Numba counts a reference to every array a function is given, entering and leaving
     it: an atomic add and subtract per array, unless an LLVM pass proves them paired
-    and drops them. It did in the loss's functions but not in the larger ones with
+    and drops them. It did in the loss's ``segment_stats`` but not in the larger one with
     metrics, where the counts cost more than the metrics themselves (benchmarks/RESULTS.md).
     The arrays belong to the kernel, which outlives the call, and these functions allocate
     nothing, so they need no counts: Numba's ``_nrt=False`` leaves them out (and refuses to
