@@ -11,6 +11,7 @@ the function's, a loop shows as a run of neighbouring blocks.
     NUMBA_NUM_THREADS=1 python benchmarks/profile_kernel.py 65536x100 loss --calls 1500
     NUMBA_NUM_THREADS=1 python benchmarks/profile_kernel.py 2x19x512x1024 grad --axis 1
     NUMBA_NUM_THREADS=1 python benchmarks/profile_kernel.py 16384x1000 loss --metrics lse,correct
+    NUMBA_NUM_THREADS=1 python benchmarks/profile_kernel.py 1000000x10 loss --listing 2980:2a80
 """
 
 import argparse
@@ -71,7 +72,7 @@ def run_calls(args, symbols_path):
         pickle.dump((symbols, pages), f)
 
 
-def report(data_path, symbols_path, top, function=None):
+def report(data_path, symbols_path, top, function=None, listing=None):
     import capstone
 
     with open(symbols_path, "rb") as f:
@@ -110,6 +111,14 @@ def report(data_path, symbols_path, top, function=None):
     for ins in sorted(instructions, key=lambda i: -samples.get(i.address, 0))[:top]:
         print(f"  {ins.address - hottest:#7x}  {100 * samples.get(ins.address, 0) / total:5.2f} %"
               f"  {ins.mnemonic} {ins.op_str}")
+    if listing:
+        lo_offset, hi_offset = (int(v, 16) for v in listing.split(":"))
+        print(f"\nits code from {lo_offset:#x} to {hi_offset:#x}:")
+        for ins in instructions:
+            if lo_offset <= ins.address - hottest < hi_offset:
+                print(f"  {ins.address - hottest:#7x}  "
+                      f"{100 * samples.get(ins.address, 0) / total:5.2f} %  "
+                      f"{ins.mnemonic} {ins.op_str}")
 
 
 def main():
@@ -122,6 +131,8 @@ def main():
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--function", help="detail the hottest function whose name holds "
                         "this (default: the hottest of all)")
+    parser.add_argument("--listing", metavar="LO:HI", help="also list that function's code "
+                        "between these hexadecimal offsets, each instruction's samples beside it")
     parser.add_argument("--symbols", help=argparse.SUPPRESS)  # set in the profiled process
     args = parser.parse_args()
     if args.symbols:
@@ -133,7 +144,7 @@ def main():
         subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-o", data, sys.executable,
                         __file__, *sys.argv[1:], "--symbols", symbols_path], env=env,
                        check=True)
-        report(data, symbols_path, args.top, args.function)
+        report(data, symbols_path, args.top, args.function, args.listing)
 
 
 if __name__ == "__main__":
