@@ -19,7 +19,7 @@ from .._plan import View, index_error
 from .arguments import (N_METRICS, WRITE_GRAD, WRITE_LOG_SOFTMAX, WRITE_NOTHING, WRITE_SOFTMAX,
                         Geometry, Options, Shape, TargetKind, Variant)
 from .disk_cache import first_call
-from .kernels import kernel_for, scan_targets
+from .kernels import kernel_for, scan_targets, total_of
 
 _WRITES = {"log_softmax": WRITE_LOG_SOFTMAX, "softmax": WRITE_SOFTMAX}
 _UNUSED = np.zeros(1)
@@ -347,7 +347,7 @@ def _reduce(plan, row_value, row_lse, denominator, n_valid):
         if z:
             row_value += (z * row_lse * row_lse).astype(logits.loss_dtype)
         return row_value.reshape(logits.result_shape)
-    ce_total = np.sum(row_value, dtype=np.float64)
+    ce_total = total_of(row_value)
     z_total = z * np.sum(row_lse * row_lse) if z else 0.0
     if plan.reduction == "sum":
         total = ce_total + z_total
@@ -398,7 +398,7 @@ def normalize(plan):
         return row_lse.astype(logits.loss_dtype).reshape(logits.result_shape)
     if plan.reduction == "none":
         return row_value.reshape(logits.result_shape)
-    total = np.sum(row_value, dtype=np.float64)
+    total = total_of(row_value)
     if plan.reduction == "mean":
         with np.errstate(invalid="ignore", divide="ignore"):
             total = total / np.float64(logits.n_rows)
