@@ -62,6 +62,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
     writes = variant.write != WRITE_NOTHING
     writes_softmax = variant.write == WRITE_SOFTMAX
     writes_target_gradient = variant.write == WRITE_GRAD and indexed
+    CLASS_STEP = 1 if writes else 2  # classes per step of the exp pass (``tile_sums``)
     LINE = 64 // (4 if variant.widened else np.dtype(ftype).itemsize)  # logits per cache line
     finite_or_zero, element_terms, element_result = (
         f.finite_or_zero, f.element_terms, f.element_result)
@@ -269,6 +270,12 @@ def build_tile_kernel(variant, f, sum_at_inf):
                           tile[cell(a, t_outer, b * t_inner)])
 
     @njit(inline="always")
+    def pair_sum(first, second, paired):
+        """first + second, or first alone where the pair is one class twice (a select:
+        0 * an infinite term would be nan)."""
+        return first + (second if paired else type(second)(0.0))
+
+    @njit(inline="always")
     def tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base, t_si, t_sc,
                   weight, one_minus_eps, eps_over_c, with_entropy, hints):
         """Each position's sums over its classes (exps kept in ``exps`` for the writes),
@@ -290,25 +297,41 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 entropy_moment[k] = ftype(0.0)
             ref[k] = finite_or_zero(logits[cell(0, pitch, k)]) if smoothing or prob \
                 else ftype(0.0)
-        for c in range(n_classes):
-            hints_for_class(hints, n_classes, n, c)
+        # Without writes, classes in pairs: each position's sums are loaded and stored
+        # once a pair, and two exps are in flight; an odd last class is paired with
+        # itself and counted once. (With writes, the second class's store stream adds
+        # alias checks that kept LLVM from vectorising the loop: 2.4x slower.)
+        for c0 in range(0, n_classes, CLASS_STEP):
+            c1 = min(c0 + 1, n_classes - 1) if CLASS_STEP == 2 else c0
+            paired = c1 != c0 if CLASS_STEP == 2 else False
+            hints_for_class(hints, n_classes, n, c0)
+            if paired:
+                hints_for_class(hints, n_classes, n, c1)
             for k in range(n):
-                value = logits[cell(c, pitch, k)]
-                at_top, e, moment_term, mass_term = element_terms(
-                    value, shift[k], ref[k], c, target, t_base + k * t_si, t_sc, weight,
+                value0 = logits[cell(c0, pitch, k)]
+                value1 = logits[cell(c1, pitch, k)]
+                at_top0, e0, moment0, mass0 = element_terms(
+                    value0, shift[k], ref[k], c0, target, t_base + k * t_si, t_sc, weight,
+                    one_minus_eps, eps_over_c)
+                at_top1, e1, moment1, mass1 = element_terms(
+                    value1, shift[k], ref[k], c1, target, t_base + k * t_si, t_sc, weight,
                     one_minus_eps, eps_over_c)
                 if writes:
-                    exps[cell(c, pitch, k)] = e
-                n_top[k] += ftype(1.0) if at_top else ftype(0.0)
-                rest[k] += ftype(0.0) if at_top else e
+                    exps[cell(c0, pitch, k)] = e0
+                n_top[k] += pair_sum(ftype(1.0) if at_top0 else ftype(0.0),
+                                     ftype(1.0) if at_top1 else ftype(0.0), paired)
+                rest[k] += pair_sum(ftype(0.0) if at_top0 else e0,
+                                    ftype(0.0) if at_top1 else e1, paired)
                 # (Unused sums are not touched: each stored array adds alias checks
                 # that can keep LLVM from vectorising the loop.)
                 if entropy or smoothing or prob:
-                    moment[k] += moment_term
+                    moment[k] += pair_sum(moment0, moment1, paired)
                 if prob:
-                    mass[k] += mass_term
+                    mass[k] += pair_sum(mass0, mass1, paired)
                 if with_entropy:
-                    entropy_moment[k] += entropy_term(value, shift[k], e, compute64)
+                    entropy_moment[k] += pair_sum(
+                        entropy_term(value0, shift[k], e0, compute64),
+                        entropy_term(value1, shift[k], e1, compute64), paired)
 
     @njit(inline="always")
     def tile_rows(scratch, order, t_weight, g_rows, row_value, row_lse, row_metrics,
