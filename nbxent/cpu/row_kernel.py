@@ -36,6 +36,8 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 CHUNK = 1024
 # Classes of the exp pass between two shares of the next chunk's prefetch hints.
 BLOCK = 256
+# A chunk's argmax while it waits for the pass that finds it (no class is negative).
+ARGMAX_PENDING = -1
 
 # Rows of the per-item partial statistics (the last four for metrics only).
 (_MAX, _SUM, _MOMENT, _MASS, _REF, _T_LOGIT, _ENTROPY, _TOP, _ARGMAX, _AHEAD, _NAN,
@@ -196,17 +198,6 @@ def build_row_kernel(variant, f, sum_at_inf):
             prefetch(x, np.int64(a))
 
     @njit(inline="always")
-    def first_at(x, base, stride, c0, c1, top):
-        """The first class in [c0, c1) whose raw logit equals ``top`` (not nan), c1 if
-        none: a branch-free minimum over 32-bit offsets, which vectorises."""
-        n = np.int32(c1 - c0)
-        first = n
-        for j in range(n):
-            at_top = load_x(x, base + (c0 + j) * stride, ftype) == top
-            first = min(first, np.int32(j) if at_top else n)
-        return c0 + first
-
-    @njit(inline="always")
     def exp_source(x, base, s_class, c0, c1, cap, staged, in_place):
         """(array, base, stride) the exp pass reads the chunk [c0, c1) of a row from:
         the logits themselves, or, with ``keep_exps`` and ``in_place``, their copy in
@@ -237,7 +228,7 @@ def build_row_kernel(variant, f, sum_at_inf):
         Values equal to the shift add exactly 1 each. Summing the rest apart keeps
         float32 from rounding 1 + (small rest), the whole loss of a confident row.
         Their count is what the plain total adds beyond the rest, or with
-        ``ties_apart`` what ``count_equal`` finds after this loop: one accumulator, not
+        ``ties_apart`` what ``equal_to`` finds after this loop: one accumulator, not
         two, in a loop that with exp's constants already spills AVX2's 16 vector
         registers to the stack (benchmarks/RESULTS.md). (Measured: a count kept in this
         loop, or a second select, stops it from vectorising.)
@@ -268,13 +259,20 @@ def build_row_kernel(variant, f, sum_at_inf):
         return total, rest, chunk_moment, chunk_mass, chunk_entropy
 
     @njit(inline="always")
-    def count_equal(x, base, s_class, c0, c1, cap, value):
-        """How many of the logits [c0, c1) of a row equal ``value`` (a pass over the
-        chunk, in L1 after the max's pass; 32-bit counts vectorise as wide as float32)."""
-        n = np.int32(0)
-        for c in range(c0, c1):
-            n = np.int32(n + np.int32(load_logit(x, base + c * s_class, cap) == value))
-        return n
+    def equal_to(x, base, s_class, c0, c1, cap, value, finds_first):
+        """(How many of the logits [c0, c1) of a row equal ``value``, and when
+        ``finds_first`` (a constant where this is called) the first class that does, c1
+        if none): one pass over the chunk, in L1 after the max's pass; 32-bit counts and
+        a branch-free minimum of 32-bit offsets vectorise as wide as float32."""
+        n = np.int32(c1 - c0)
+        count = np.int32(0)
+        first = n
+        for j in range(n):
+            equal = load_logit(x, base + (c0 + j) * s_class, cap) == value
+            count = np.int32(count + np.int32(equal))
+            if finds_first:
+                first = min(first, np.int32(j) if equal else n)
+        return count, c0 + first
 
     @njit(inline="always")
     def chunk_ranks(x, base, s_class, c0, c1, cap, top_key, nan_free, counted, t_logit, t,
@@ -289,7 +287,9 @@ def build_row_kernel(variant, f, sum_at_inf):
         integer keys of ``ordered_chunk``. Without the count, a
         class before t is ahead when it is >= t's logit, one after t when greater; in t's
         chunk, t is first at the max or not. The argmax is searched only when the max
-        grows (strictly: the first chunk wins a tie), seldom after the first chunk.
+        grows (strictly: the first chunk wins a tie), seldom after the first chunk; with
+        ``ties_apart`` it is left ``ARGMAX_PENDING`` for the pass that counts the chunk's
+        logits at the shift, then the chunk's max, to find in the same loop.
         """
         if not (fast_order and nan_free):
             chunk_key, chunk_first, chunk_ahead = ordered_chunk(x, base, s_class, c0, c1, cap,
@@ -307,11 +307,17 @@ def build_row_kernel(variant, f, sum_at_inf):
         elif t >= c1:
             chunk_ahead = 1 if top_key >= t_low else 0
         else:
-            t_first = top == t_logit and first_at(x, base, s_class, c0, t + 1, top) == t
+            t_first = top == t_logit and equal_to(x, base, s_class, c0, t + 1, cap, top,
+                                                     True)[1] == t
             chunk_ahead = 0 if t_first else 1
         if wants_argmax and rank_key(top) > best_key:
             best_key = rank_key(top)
-            best = t if t_first else first_at(x, base, s_class, c0, c1, top)
+            if t_first:
+                best = t
+            elif ties_apart:  # found by the pass that counts the logits at the shift
+                best = ARGMAX_PENDING
+            else:
+                best = equal_to(x, base, s_class, c0, c1, cap, top, True)[1]
         return best_key, best, chunk_ahead
 
     @compiled_apart(variant)
@@ -405,8 +411,14 @@ def build_row_kernel(variant, f, sum_at_inf):
                     t_low, t_high, fast_order, wants_rank, wants_argmax, best_key, best)
                 ahead += chunk_ahead
             if ties_apart:  # (none where the chunk's max is below the row's)
-                at_shift = count_equal(source, s_base, s_stride, c0, c1, cap, shift) \
-                    if top == shift else np.int32(0)
+                if top != shift:
+                    at_shift = np.int32(0)
+                elif metrics and best == ARGMAX_PENDING:
+                    at_shift, best = equal_to(source, s_base, s_stride, c0, c1, cap, shift,
+                                              True)
+                else:
+                    at_shift, _ = equal_to(source, s_base, s_stride, c0, c1, cap, shift,
+                                           False)
             else:
                 at_shift = math.floor(float(total - rest) + 0.5)
             sum_exp += at_shift + float(rest)
