@@ -10,7 +10,8 @@ exponent bits. The throughput of each is in benchmarks/RESULTS.md
 Accuracy, measured against float64 (the kernels only take exp of x - max <= 0):
 ``exp32`` within 8e-8 relative on [-87.3, 88], 1.2e-7 inlined in a loop with the
 kernels' fastmath flags (a degree-6 polynomial, 5 of its coefficients fitted; results
-below 1.2e-38 flush to 0), ``exp64`` within 2.4e-14
+below 1.2e-38 flush to 0), ``exp_nonpositive32`` within 1.2e-7 above -20 and
+3e-7 below, ``exp64`` within 2.4e-14
 relative on [-700, 700] (degree-12 Taylor polynomial), ``log32`` within 1.2e-7
 absolute on [0.5, 2] and 1.5e-7 relative elsewhere, ``log1p32`` within 2e-7
 relative, ``tanh`` within 2e-15 relative in float64 (4e-7 in float32) and
@@ -41,9 +42,15 @@ _ROUND32 = _F32(12583039.0)
 
 
 @njit(fastmath={"contract"}, error_model="numpy")
-def _reduced32(x):
+def _reduced32(x, split_ln2):
     """(k, r, bits): x = k ln2 + r with k an integer (as a float32) and |r| <= ln2/2
     (about), and the float32 bits whose low mantissa bits hold k + 127.
+
+    With ``split_ln2``, ln2 in two parts so that k * ln2_hi is exact (Cody-Waite);
+    without, ln2 rounded to float32 in one multiply-add, whose error k * 1.9e-9 adds to
+    r's: e**x's relative error grows to 1.2e-7 at x = -20 and 3e-7 at -87, where
+    e**x < 2e-9 weighs nothing in a kernel's sums, for one multiply-add less per logit
+    in loops bound by them (benchmarks/RESULTS.md).
 
     With contraction (fused multiply-adds) but no other fastmath of its own: under
     reassociation LLVM folds (t + c) - c to t, and an older LLVM (Numba 0.60's) turned
@@ -52,16 +59,19 @@ def _reduced32(x):
     x = np.float32(x)
     shifted = x * _F32(1.4426950408889634) + _ROUND32
     k = shifted - _ROUND32
-    # ln2 split in two so that k * ln2_hi is exact (Cody-Waite).
-    r = x - k * _F32(0.693359375) - k * _F32(-2.12194440e-4)
+    if split_ln2:
+        r = x - k * _F32(0.693359375) - k * _F32(-2.12194440e-4)
+    else:
+        r = x - k * _F32(0.6931471805599453)
     return k, r, bitcast(shifted, np.int32)
 
 
 @njit(inline="always")
-def _exp32_scaled(x, clamp):
-    """e**x as polynomial(r) * 2**k, x = k ln2 + r; k clamped to [-126, 127] if ``clamp``
-    (else k must lie in [-127, 127]: k = -127 gives 2**k = 0, bits all zero)."""
-    k, r, k_bits = _reduced32(x)
+def _exp32_scaled(x, general):
+    """e**x as polynomial(r) * 2**k, x = k ln2 + r. ``general``: k clamped to [-126, 127]
+    and ln2 split (``_reduced32``); else k must lie in [-127, 127] (k = -127 gives 2**k =
+    0, bits all zero) and ln2 is one constant."""
+    k, r, k_bits = _reduced32(x, general)
     # e**r = 1 + r + r**2 q(r) on |r| <= ln2/2, q of degree 4 fitted in float64 for the
     # least largest relative error of e**r (Lawson's iteration of weighted least squares
     # on Chebyshev nodes): 3.3e-9, far below float32's rounding.
@@ -71,7 +81,7 @@ def _exp32_scaled(x, clamp):
     q = q * r + _F32(1.6666515e-1)
     q = q * r + _F32(4.9999994e-1)
     p = q * (r * r) + r + _F32(1.0)
-    if clamp:
+    if general:
         k = min(max(k, _F32(-126.0)), _F32(127.0))
         return p * bitcast(np.int32((np.int32(k) + 127) << 23), np.float32)
     return p * bitcast(np.int32(k_bits << 23), np.float32)
@@ -99,7 +109,8 @@ def exp_floor(x, use64):
 @njit(inline="always")
 def exp_nonpositive32(x):
     """e**x for a float32 x <= 0 (or nan, which it returns); no overflow or nan
-    selects. Below -87.7 (where k reaches -127, a scale of 0) it returns 0."""
+    selects, ln2 one constant (``_reduced32``). Below -87.7 (where k reaches -127, a
+    scale of 0) it returns 0."""
     return _exp32_scaled(exp_floor(x, False), False)
 
 
