@@ -261,8 +261,7 @@ def copy_transposed(src, src_start, src_stride, dst, dst_start, dst_stride, n_ro
     i < n_rows, j < n_cols: in ``transpose_block``s, the last of a row or column of
     blocks moved back to end at the edge (it copies again some of what the one before it
     copied: the same values); element by element only where a side is shorter than a
-    block (the scalar edge loops took 8 % of the loss at C = 10, more than the blocks'
-    own share of those logits)."""
+    block (at C = 10 the scalar edge loops cost more than the blocks: benchmarks/RESULTS.md)."""
     width = 32 // src.itemsize
     if n_rows < width or n_cols < width:
         for i in range(n_rows):

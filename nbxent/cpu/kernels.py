@@ -50,8 +50,8 @@ def scan_targets(rows, n_classes, ignore_index, weight):
 def total_of(values):
     """The sum of ``values`` (one per row) in float64, in an order fixed by their count
     alone, whatever the threads: one loop, which LLVM splits over vector lanes.
-    (NumPy's float32 -> float64 sum casts in buffered pieces, at a sixth of the speed:
-    at a million short rows, 4 % of the loss's call.)"""
+    (NumPy's float32 -> float64 sum casts in buffered pieces, several times slower:
+    benchmarks/RESULTS.md.)"""
     total = 0.0
     for r in range(values.size):  # (an iterator over the array did not vectorise)
         total += float(values[r])

@@ -300,7 +300,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
         # Without writes, classes in pairs: each position's sums are loaded and stored
         # once a pair, and two exps are in flight; an odd last class is paired with
         # itself and counted once. (With writes, the second class's store stream adds
-        # alias checks that kept LLVM from vectorising the loop: 2.4x slower.)
+        # alias checks that kept LLVM from vectorising the loop: benchmarks/RESULTS.md.)
         for c0 in range(0, n_classes, CLASS_STEP):
             c1 = min(c0 + 1, n_classes - 1) if CLASS_STEP == 2 else c0
             paired = c1 != c0 if CLASS_STEP == 2 else False
