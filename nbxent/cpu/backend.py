@@ -249,7 +249,7 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=No
     # (``overloads``, not ``signatures``: that property lists them anew, tens of us a call.)
     if not kernel.overloads:  # it compiles or loads: see nbxent/_block_labels.py
         restart_block_labels()
-    with _launch_guard(), first_call(kernel):
+    with _launch_guard(), first_call(kernel.blocks):
         # Named tuples travel as plain ones (Numba types a named tuple argument several
         # times slower at every call); the kernels name their fields again.
         kernel(x, tuple(x_geom), target, tuple(t_geom), weight, grad_output, tuple(g_geom),

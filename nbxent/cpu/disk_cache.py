@@ -40,7 +40,7 @@ from .._versions import describe, warn_once
 # The modules whose code the kernels inline: an edit in any of them must miss the
 # cache (Numba itself only notices edits of the file that defines the kernel).
 _KERNEL_SOURCES = ("kernels.py", "arguments.py", "formulas.py", "row_kernel.py", "tile_kernel.py",
-                   "access.py", "bits.py", "fastexp.py", "../_metrics.py")
+                   "access.py", "bits.py", "fastexp.py", "launch.py", "../_metrics.py")
 
 
 def _parameters(function):

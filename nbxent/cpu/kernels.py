@@ -6,7 +6,7 @@ normalisations (logsumexp, log_softmax, softmax, entropy), one body for all.
 kernel (nbxent/cpu/row_kernel.py) vectorises along the classes of a row, the
 tile kernel (nbxent/cpu/tile_kernel.py) across neighbouring rows. Both are
 loops around the variant's formulas (nbxent/cpu/formulas.py), so a variant pays
-only for what it uses. ``scan_targets`` checks class indices before a kernel runs.
+only for what it uses, in blocks that nbxent/cpu/launch.py runs over the threads. ``scan_targets`` checks class indices before a kernel runs.
 
 Sums that do not involve exp (smoothing, probability targets) are taken relative
 to a per-row reference logit, so large equal logits do not cancel.
@@ -18,6 +18,7 @@ from numba import njit, prange
 from .arguments import WRITE_NOTHING, TargetKind
 from .disk_cache import cached
 from .formulas import formulas
+from .launch import BlockKernel
 from .row_kernel import build_row_kernel
 from .tile_kernel import build_tile_kernel
 
@@ -62,7 +63,8 @@ _kernels = {}
 
 
 def kernel_for(variant):
-    """The compiled kernel for one ``Variant`` (memoised; cached on disk).
+    """The kernel for one ``Variant`` (memoised): a ``BlockKernel`` whose block function
+    compiles on its first call (cached on disk).
 
     Both kernels take ``(x, x_geom, target, t_geom, weight, grad_output, g_geom,
     out, out_geom, row_value, row_lse, shape, options)`` (see
@@ -78,6 +80,6 @@ def kernel_for(variant):
                     and variant.write == WRITE_NOTHING)
         sum_at_inf = np.inf if only_lse else np.nan
         build = build_tile_kernel if variant.tiled else build_row_kernel
-        kernel = _kernels[variant] = cached(variant, build(variant, formulas(variant),
-                                                           sum_at_inf))
+        blocks, plan = build(variant, formulas(variant), sum_at_inf)
+        kernel = _kernels[variant] = BlockKernel(cached(variant, blocks), plan)
     return kernel

@@ -18,7 +18,7 @@ combines its row's and writes its own classes.
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .access import loader, storer
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
@@ -27,6 +27,7 @@ from .bits import exact_order, from_order_key, order_key, prefetch, rank_key
 from .fastexp import exp_nonpositive_for
 from .disk_cache import named_for
 from .formulas import capper, difference_plus, entropy_of, entropy_term
+from .launch import blocks_for
 
 # No nnan/ninf: nan must propagate and -inf logits must stay -inf. The kernels also
 # compile with error_model="numpy" (inherited by the helpers they call): a float
@@ -128,7 +129,8 @@ def max_passes(load):
 
 
 def build_row_kernel(variant, f, sum_at_inf):
-    """The row kernel of ``variant``, from its ``Formulas`` ``f``.
+    """The row kernel of ``variant``, from its ``Formulas`` ``f``: its block function and
+    plan (``nbxent.cpu.launch.BlockKernel``).
 
     ``sum_at_inf`` is the sum of exponentials a row holding +inf reports.
 
@@ -587,36 +589,38 @@ def build_row_kernel(variant, f, sum_at_inf):
                       target_gradient(p_coef, g_ce, t_logit, shift, log_sum, t_weight,
                                       one_minus_eps, eps_over_c, cap))
 
-    @njit(fastmath=FASTMATH, error_model="numpy", parallel=True)
+    @njit(fastmath=FASTMATH, error_model="numpy")
     @named_for(variant)
-    def row_kernel(x, x_geom, target, t_geom, weight, grad_output, g_geom, out, out_geom,
-                   row_value, row_lse, row_metrics, shape, options):
+    def row_block(block, n_blocks, phase, x, x_geom, target, t_geom, weight, grad_output,
+                  g_geom, out, out_geom, row_value, row_lse, row_metrics, shape, options,
+                  part, chunk_shifts):
+        """The work items of block ``block`` of ``n_blocks`` (consecutive items, with a
+        staging chunk of their own), for ``nbxent.cpu.launch.run_blocks``. split == 1: one
+        phase, each row's statistics then its writes while the row is still in cache.
+        split > 1: all statistics (phase 0), then each item combines and writes (phase 1)."""
+        split = shape[3]
+        n_items = part.shape[0]
+        staged = np.empty(CHUNK if keep_exps else 0, ftype)
+        for item in range(block * n_items // n_blocks, (block + 1) * n_items // n_blocks):
+            if phase == 0:
+                item_stats(item, x, x_geom, target, t_geom, weight, g_geom, out, out_geom,
+                           shape, options, part, chunk_shifts, staged)
+            if phase == 1 or split == 1:
+                finish_item(item, x, x_geom, target, t_geom, weight, grad_output, g_geom, out,
+                            out_geom, row_value, row_lse, row_metrics, shape, options, part,
+                            chunk_shifts)
+
+    def row_plan(shape):
+        """(n_blocks, n_phases, part, chunk_shifts) of a call: per work item, its partial
+        statistics in float64 (row maxima of float32 logits are exact in it), an item's
+        together (as rows of n_items, the rows of a large power-of-two n_items fell into
+        one set of the L1 cache), and its chunks' shifts where exps are kept; a block of
+        consecutive items per thread (``nbxent.cpu.launch.blocks_for``)."""
         outer, inner, n_classes, split, _ = shape
         n_items = outer * inner * split
         seg_len = (n_classes + split - 1) // split
-        # Partial statistics per work item, in float64 (row maxima of float32 logits
-        # are exact in it), an item's together: as rows of n_items, the rows of a large
-        # power-of-two n_items fell into one set of the L1 cache.
         part = np.empty((n_items, _N_PARTS if metrics else _ENTROPY))
         chunk_shifts = np.empty((n_items, (seg_len + CHUNK - 1) // CHUNK if keep_exps else 0))
-        # Blocks of consecutive work items, each with its own staging chunk; enough
-        # blocks to balance any thread count numba.set_num_threads may choose.
-        n_blocks = min(n_items, 256)
-        # split == 1: one pass, each row's statistics then its writes while the row is
-        # still in cache. split > 1: all statistics, then (phase 1) combine and write.
-        for phase in range(1 if split == 1 else 2):
-            for block in prange(n_blocks):
-                staged = np.empty(CHUNK if keep_exps else 0, ftype)
-                # One index type for both typings of this body (the kernel's and the
-                # parfor's, which is unsigned): each helper then compiles once.
-                first = np.int64(block) * n_items // n_blocks
-                for item in range(first, (np.int64(block) + 1) * n_items // n_blocks):
-                    if phase == 0:
-                        item_stats(item, x, x_geom, target, t_geom, weight, g_geom, out,
-                                   out_geom, shape, options, part, chunk_shifts, staged)
-                    if phase == 1 or split == 1:
-                        finish_item(item, x, x_geom, target, t_geom, weight, grad_output,
-                                    g_geom, out, out_geom, row_value, row_lse, row_metrics,
-                                    shape, options, part, chunk_shifts)
+        return blocks_for(n_items), 1 if split == 1 else 2, part, chunk_shifts
 
-    return row_kernel
+    return row_block, row_plan

@@ -11,13 +11,14 @@ pass between is a contiguous loop over the tile's positions, the vectorised one.
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .access import cell, loader, storer
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
                         WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
 from .bits import copy_transposed, exact_order, larger, prefetch, prefetch_for_write
 from .fastexp import exp64, log1p32
+from .launch import blocks_for
 from .disk_cache import named_for
 from .formulas import capper, entropy_of, entropy_term
 from .row_kernel import FASTMATH, compiled_apart, row_start
@@ -42,7 +43,8 @@ position_order = exact_order(tile_logit)
 
 
 def build_tile_kernel(variant, f, sum_at_inf):
-    """The tile kernel of ``variant``, from its ``Formulas`` ``f``.
+    """The tile kernel of ``variant``, from its ``Formulas`` ``f``: its block function
+    and plan (``nbxent.cpu.launch.BlockKernel``).
 
     ``sum_at_inf`` is the sum of exponentials a row holding +inf reports.
 
@@ -456,32 +458,40 @@ def build_tile_kernel(variant, f, sum_at_inf):
     # No reassociation here: the tile loops vectorise across positions without it, and
     # with it LLVM regrouped (max - target) + log_sum through a float32 lse (measured:
     # 1e-5 relative error on a 0.02 loss).
-    @njit(fastmath=FASTMATH - {"reassoc"}, error_model="numpy", parallel=True)
+    @njit(fastmath=FASTMATH - {"reassoc"}, error_model="numpy")
     @named_for(variant)
-    def tile_kernel(x, x_geom, target, t_geom, weight, grad_output, g_geom, out, out_geom,
-                    row_value, row_lse, row_metrics, shape, options):
+    def tile_block(block, n_blocks, phase, x, x_geom, target, t_geom, weight, grad_output,
+                   g_geom, out, out_geom, row_value, row_lse, row_metrics, shape, options,
+                   part, chunk_shifts):
+        """The tiles of block ``block`` of ``n_blocks`` (consecutive tiles, with scratch of
+        their own), for ``nbxent.cpu.launch.run_blocks``; one phase, no ``part``."""
         outer, inner, n_classes, _, width = shape
         # Rows of a tile padded off powers of two: at a pitch of 1 KiB the classes of a
         # tile fell into a few L1 sets (C = 64 ran at half the speed of C = 100).
         pitch = (width + 15) // 16 * 16 + 16
         n_tiles = outer * ((inner + width - 1) // width)
-        # Blocks of consecutive tiles, each with its own scratch; enough blocks to
-        # balance any thread count numba.set_num_threads may choose.
-        n_blocks = min(n_tiles, 256)
-        for block in prange(n_blocks):
-            scratch = np.empty((_N_SCRATCH, width), ftype)
-            wide_scratch = np.empty((2, width))  # float64 target weights and grad_output
-            order = np.empty((_N_ORDER if metrics else 0, width), ftype)
-            argmax = np.empty(width if metrics else 0, np.int32)
-            target_index = np.empty(width, np.int64)
-            target_class = np.empty(width, np.int32)  # in [0, C), or -1
-            logits = np.empty(n_classes * pitch, ftype)
-            exps = np.empty(n_classes * pitch, ftype)
-            for tile_index in range(block * n_tiles // n_blocks,
-                                    (block + 1) * n_tiles // n_blocks):
-                tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom,
-                          out, out_geom, row_value, row_lse, row_metrics, shape, options, pitch,
-                          scratch, wide_scratch, order, argmax, target_index, target_class,
-                          logits, exps)
+        scratch = np.empty((_N_SCRATCH, width), ftype)
+        wide_scratch = np.empty((2, width))  # float64 target weights and grad_output
+        order = np.empty((_N_ORDER if metrics else 0, width), ftype)
+        argmax = np.empty(width if metrics else 0, np.int32)
+        target_index = np.empty(width, np.int64)
+        target_class = np.empty(width, np.int32)  # in [0, C), or -1
+        logits = np.empty(n_classes * pitch, ftype)
+        exps = np.empty(n_classes * pitch, ftype)
+        for tile_index in range(block * n_tiles // n_blocks, (block + 1) * n_tiles // n_blocks):
+            tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom,
+                      out, out_geom, row_value, row_lse, row_metrics, shape, options, pitch,
+                      scratch, wide_scratch, order, argmax, target_index, target_class,
+                      logits, exps)
 
-    return tile_kernel
+    return tile_block, tile_plan
+
+
+_NO_PART = np.empty((0, 0))
+
+
+def tile_plan(shape):
+    """(n_blocks, n_phases, part, chunk_shifts) of a tile kernel's call: a block of
+    consecutive tiles per thread (``nbxent.cpu.launch.blocks_for``)."""
+    outer, inner, _, _, width = shape
+    return blocks_for(outer * ((inner + width - 1) // width)), 1, _NO_PART, _NO_PART

@@ -1,0 +1,91 @@
+"""How a CPU kernel runs on Numba's threads: one ``prange`` loop for every kernel variant.
+
+A variant's kernel is a *block function* ``block(b, n_blocks, phase, *ARGUMENTS)`` that
+does the work of block ``b`` of ``n_blocks`` (in ``phase``, for kernels that need two
+passes over all blocks). ``run_blocks`` calls it for every block in a ``prange`` loop,
+through a function pointer (Numba's first-class functions), so the loop is compiled once
+per argument types, shared by every variant and kept in Numba's disk cache; each variant
+compiles only its block function.
+
+A ``prange`` loop of a variant's own cost its first call 2-4 seconds of the 6-14 it took
+(benchmarks/RESULTS.md): Numba compiles the loop's body as a function apart, then optimises
+it, and the kernel around it, again with everything they call linked in.
+"""
+
+import numba
+import numpy as np
+from numba import njit, prange
+# (Numba's own key for an argument's type, as its dispatcher computes it at every call:
+# a microsecond or two for all the kernel's arguments.)
+from numba._dispatcher import compute_fingerprint
+from numba.core.types.function_type import CompileResultWAP
+
+# What every kernel is given, in order (nbxent/cpu/arguments.py names them), after
+# (b, n_blocks, phase): the row kernel's per-item statistics and chunk shifts last.
+ARGUMENTS = ("x", "x_geom", "target", "t_geom", "weight", "grad_output", "g_geom", "out",
+             "out_geom", "row_value", "row_lse", "row_metrics", "shape", "options", "part",
+             "chunk_shifts")
+SHAPE = ARGUMENTS.index("shape")
+
+
+@njit(parallel=True, cache=True)
+def run_blocks(block, n_blocks, n_phases, x, x_geom, target, t_geom, weight, grad_output,
+               g_geom, out, out_geom, row_value, row_lse, row_metrics, shape, options, part,
+               chunk_shifts):
+    """``block(b, n_blocks, phase, ...)`` for every b in [0, n_blocks), over the threads,
+    for each phase in turn."""
+    for phase in range(n_phases):
+        for b in prange(n_blocks):
+            block(np.int64(b), n_blocks, np.int64(phase), x, x_geom, target, t_geom, weight,
+                  grad_output, g_geom, out, out_geom, row_value, row_lse, row_metrics, shape,
+                  options, part, chunk_shifts)
+
+
+def blocks_for(n_items):
+    """Blocks for ``n_items`` work items: one per thread (``numba.get_num_threads()``, as
+    ``numba.set_num_threads`` left it in the calling thread), at most one per item.
+
+    ``prange`` hands each thread an equal share of the blocks, as it did of any number of
+    them, and a block allocates its scratch once. (The blocks group the work items; they
+    do not change them, nor the order of any sum: results do not depend on the threads.)
+    """
+    return min(n_items, numba.get_num_threads())
+
+
+class BlockKernel:
+    """A variant's kernel: ``blocks``, its block function (a dispatcher), run for the
+    blocks that ``plan(shape)`` gives: ``(n_blocks, n_phases, part, chunk_shifts)``.
+
+    Called with the kernels' arguments up to ``options``. ``overloads`` and the disk
+    cache are those of ``blocks``, the only function the variant compiles.
+    """
+
+    def __init__(self, blocks, plan):
+        self.blocks = blocks
+        self.plan = plan
+        self._runs = {}  # argument types -> (the block function's pointer, the loop's entry)
+
+    @property
+    def overloads(self):
+        return self.blocks.overloads
+
+    def __call__(self, *arguments):
+        n_blocks, n_phases, part, chunk_shifts = self.plan(arguments[SHAPE])
+        arguments += (part, chunk_shifts)
+        key = tuple(map(compute_fingerprint, arguments))
+        run = self._runs.get(key)
+        if run is None:
+            run = self._runs[key] = self._compile(arguments)
+        function, loop = run
+        loop(function, n_blocks, n_phases, *arguments)
+
+    def _compile(self, arguments):
+        """The block function for these arguments, as a function pointer, and the compiled
+        loop's entry point (called directly: dispatching on a function pointer's type
+        costs tens of microseconds a call)."""
+        block_types = (numba.int64,) * 3 + tuple(map(numba.typeof, arguments))
+        self.blocks.compile(block_types)
+        function = CompileResultWAP(self.blocks.overloads[block_types])
+        loop_types = (numba.typeof(function),) + block_types[1:]
+        run_blocks.compile(loop_types)
+        return function, run_blocks.overloads[loop_types].entry_point
