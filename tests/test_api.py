@@ -529,10 +529,11 @@ def test_single_class(backend, rng, dtype, option_id):
                                         pytest.param((6, 8), 0, id="axis0")])
 # (The soft cap with every other option: the soft cap alone would compile tile kernels
 # that only this test uses. Not in the quick subset: float32 logits under a cap are widened
-# to float64, kernels few quick tests use.)
+# to float64, kernels few quick tests use; probability targets without smoothing across
+# positions likewise.)
 @pytest.mark.parametrize("option_id", ["plain", "weight-smooth-ignore", "z_loss",
                                        pytest.param("everything", marks=pytest.mark.slow),
-                                       "prob"])
+                                       pytest.param("prob", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 def test_nonfinite_logits_other_axes(backend, rng, dtype, option_id, shape, axis):
     options = OPTIONS_BY_ID[option_id]
