@@ -6,6 +6,7 @@ splits rows over threads, and finishes reductions in float64.
 """
 
 import contextlib
+import functools
 import math
 import threading
 
@@ -61,9 +62,13 @@ def from_namespace(y, like, into=None):
 
 def _strided(view):
     """The NumPy array a ``View`` describes."""
-    itemsize = view.array.dtype.itemsize
-    return np.lib.stride_tricks.as_strided(view.array, view.shape,
-                                           tuple(s * itemsize for s in view.strides))
+    array = view.array
+    strides = tuple(s * array.dtype.itemsize for s in view.strides)
+    if array.flags.c_contiguous and min(strides, default=0) >= 0:
+        # (A view of the buffer: NumPy checks that it fits, in a fifth of as_strided's time,
+        # which small calls feel: benchmarks/RESULTS.md.)
+        return np.ndarray(view.shape, array.dtype, buffer=array, strides=strides)
+    return np.lib.stride_tricks.as_strided(array, view.shape, strides)
 
 
 def _flat(view):
@@ -75,13 +80,15 @@ def _flat(view):
     address; the offset then points at the view's first element. float16
     buffers are reinterpreted as uint16 (Numba's CPU target has no float16).
     """
-    itemsize = view.array.dtype.itemsize
-    strided = _strided(view)
-    flips = tuple(slice(None, None, -1) if s < 0 else slice(None) for s in view.strides)
-    lowest = strided[flips]
-    offset = sum((n - 1) * -s for n, s in zip(view.shape, view.strides) if s < 0 and n > 0)
+    array = view.array
     span = 0 if 0 in view.shape else 1 + sum((n - 1) * abs(s) for n, s in zip(view.shape, view.strides))
-    flat = np.lib.stride_tricks.as_strided(lowest, (span,), (itemsize,))
+    if array.flags.c_contiguous and min(view.strides, default=0) >= 0:
+        flat, offset = array.reshape(-1)[:span], 0  # (the common case, without as_strided)
+    else:
+        flips = tuple(slice(None, None, -1) if s < 0 else slice(None) for s in view.strides)
+        lowest = _strided(view)[flips]
+        offset = sum((n - 1) * -s for n, s in zip(view.shape, view.strides) if s < 0 and n > 0)
+        flat = np.lib.stride_tricks.as_strided(lowest, (span,), (array.dtype.itemsize,))
     if flat.dtype == np.float16:
         flat = flat.view(np.uint16)
     strides = view.strides if len(view.strides) == 3 else (view.strides[0], 0, view.strides[1])
@@ -135,8 +142,16 @@ def _class_weights(loss, n_classes, dtype):
     loops touch a class weight only under smoothing or probability targets.
     """
     if loss.weight is None:
-        return np.ones(n_classes, dtype)
+        return _ones(n_classes, dtype)
     return np.ascontiguousarray(loss.weight.array, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _ones(n, dtype):
+    """A read-only array of ``n`` ones, kept for the next call of the same size."""
+    ones = np.ones(n, dtype)
+    ones.flags.writeable = False
+    return ones
 
 
 def _shape(settings, logits):
@@ -197,7 +212,8 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=No
     x, x_geom = _flat(x_view)
     target, t_geom = _UNUSED, Geometry(0, 0, 0, 0)
     weight = _class_weights(loss, logits.n_classes, compute)
-    weight_sum = float(np.sum(weight, dtype=np.float64))
+    weight_sum = (float(logits.n_classes) if loss.weight is None
+                  else float(np.sum(weight, dtype=np.float64)))
     denominator = n_valid = logits.n_rows
     if target_kind == TargetKind.INDEX:
         target, t_geom, denominator, n_valid = _index_target(logits, loss)
