@@ -60,13 +60,18 @@ def from_namespace(y, like, into=None):
     return into
 
 
+def _forward(view):
+    """Whether ``view`` runs forward over a C-contiguous array, as nearly every call's do:
+    its arrays are then made without ``as_strided`` (several microseconds a call, which
+    small calls feel: benchmarks/RESULTS.md)."""
+    return view.array.flags.c_contiguous and min(view.strides, default=0) >= 0
+
+
 def _strided(view):
     """The NumPy array a ``View`` describes."""
     array = view.array
     strides = tuple(s * array.dtype.itemsize for s in view.strides)
-    if array.flags.c_contiguous and min(strides, default=0) >= 0:
-        # (A view of the buffer: NumPy checks that it fits, in a fifth of as_strided's time,
-        # which small calls feel: benchmarks/RESULTS.md.)
+    if _forward(view):  # (NumPy checks that the view fits the buffer)
         return np.ndarray(view.shape, array.dtype, buffer=array, strides=strides)
     return np.lib.stride_tricks.as_strided(array, view.shape, strides)
 
@@ -82,8 +87,8 @@ def _flat(view):
     """
     array = view.array
     span = 0 if 0 in view.shape else 1 + sum((n - 1) * abs(s) for n, s in zip(view.shape, view.strides))
-    if array.flags.c_contiguous and min(view.strides, default=0) >= 0:
-        flat, offset = array.reshape(-1)[:span], 0  # (the common case, without as_strided)
+    if _forward(view):
+        flat, offset = array.reshape(-1)[:span], 0
     else:
         flips = tuple(slice(None, None, -1) if s < 0 else slice(None) for s in view.strides)
         lowest = _strided(view)[flips]
