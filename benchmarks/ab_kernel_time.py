@@ -11,7 +11,8 @@ AXIS, default the last), DTYPE float32 (default), float16 or float64, OP ``loss`
 ``grad`` (cross_entropy_with_grad with ``out=``) or ``m-loss-acc`` / ``m-loss-topk`` /
 ``m-loss-all`` (the loss with metrics lse + correct, those and top_k, or all five). The
 kernel is timed as
-``benchmarks/kernel_time.py`` does (the target scan and the reduction are not counted).
+``benchmarks/kernel_time.py`` does (the target scan and the reduction are not counted);
+with ``TIME=call`` the whole call is timed instead (what small calls pay around the kernel).
 """
 
 import os
@@ -70,7 +71,9 @@ def main():
         shape, op = case.rsplit("/", 1)
         process.stdin.write(f"{shape} {op}\n")
         process.stdin.flush()
-        return float(process.stdout.readline().split()[1]) * 1e3
+        return float(process.stdout.readline().split()[column]) * 1e3
+
+    column = 0 if os.environ.get("TIME") == "call" else 1
 
     for case in cases:  # compile or load, then one warm call
         for process in workers:
@@ -83,8 +86,8 @@ def main():
                 times[i, case].append(kernel_time(workers[i], case))
     for case in cases:
         a, b = np.array(times[0, case]), np.array(times[1, case])
-        print(f"{case:28s} A min {a.min():7.2f} med {np.median(a):7.2f} | "
-              f"B min {b.min():7.2f} med {np.median(b):7.2f} | "
+        print(f"{case:28s} A min {a.min():8.3f} med {np.median(a):8.3f} | "
+              f"B min {b.min():8.3f} med {np.median(b):8.3f} | "
               f"B/A min-ratio {b.min() / a.min():.3f} median of pair ratios "
               f"{np.median(b / a):.3f}")
     for process in workers:

@@ -3,7 +3,7 @@
 turn, best of --repeat rounds (ms) and the ratios to the call without; float32 logits of
 the given shapes, random normal (so the argmax is searched on almost every row).
 
-    python benchmarks/metrics_cost.py 16384x1000 65536x100 8x21x512x512:1 [--repeat 15]
+    python benchmarks/metrics_cost.py 16384x1000 65536x100 8x21x512x512:1 [--repeat 15] [--split]
 
 A shape ``AxBxC:axis`` puts the classes on ``axis`` (default the last). Run with
 NUMBA_NUM_THREADS=1 for one thread.
@@ -18,6 +18,9 @@ import nbxent
 
 SETS = {"accuracy": ("lse", "correct"), "top-k": ("lse", "correct", "top_k"),
         "all five": ("lse", "argmax", "correct", "top_k", "entropy")}
+# --split: what each metric adds to "lse", and all five less the entropy.
+SPLIT_SETS = {"lse": ("lse",), "entropy": ("lse", "entropy"), "argmax": ("lse", "argmax"),
+              "all but entropy": ("lse", "argmax", "correct", "top_k")}
 
 
 def _case(text, rng):
@@ -34,7 +37,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("shapes", nargs="+")
     parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--split", action="store_true",
+                        help="also each metric's own cost (SPLIT_SETS)")
     args = parser.parse_args()
+    sets = {**SETS, **SPLIT_SETS} if args.split else SETS
     rng = np.random.default_rng(0)
     for text in args.shapes:
         x, t, axis = _case(text, rng)
@@ -45,7 +51,7 @@ def main():
                                                                        out=grad, metrics=m),
         }
         for name, call in calls.items():
-            best = {None: np.inf, **{names: np.inf for names in SETS.values()}}
+            best = {None: np.inf, **{names: np.inf for names in sets.values()}}
             for metrics in best:
                 call(metrics)  # compile or load the kernel
             for _ in range(args.repeat):
@@ -55,7 +61,7 @@ def main():
                     best[metrics] = min(best[metrics], time.perf_counter() - start)
             ratios = ", ".join(f"{label} {best[names] * 1e3:.2f} ms "
                                f"({best[names] / best[None]:.2f}x)"
-                               for label, names in SETS.items())
+                               for label, names in sets.items())
             print(f"{text} {name}: without {best[None] * 1e3:.2f} ms; {ratios}")
 
 
