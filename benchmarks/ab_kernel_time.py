@@ -5,7 +5,8 @@ medians and best times (ms) and the median of the rounds' after / before ratios.
 
     python benchmarks/ab_kernel_time.py ROUNDS TREE_A TREE_B CASE ...
 
-A tree may carry environment variables: ``"/path/to/tree|NBXENT_CPU_TILE_ELEMENTS=6144"``.
+A tree may carry environment variables: ``"/path/to/tree|NBXENT_CPU_TILE_ELEMENTS=6144"``
+(several separated by commas; a value may hold commas, as NUMBA_CPU_FEATURES does).
 A case is ``SHAPE[:AXIS][@DTYPE]/OP``: SHAPE like 65536x100 or 4x19x512x1024 (class axis
 AXIS, default the last), DTYPE float32 (default), float16 or float64, OP ``loss``,
 ``grad`` (cross_entropy_with_grad with ``out=``) or ``m-loss-acc`` / ``m-loss-topk`` /
@@ -15,7 +16,9 @@ kernel is timed as
 with ``TIME=call`` the whole call is timed instead (what small calls pay around the kernel).
 """
 
+import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -60,8 +63,12 @@ def main():
     workers = []
     for spec in trees:
         tree, _, extra = spec.partition("|")
-        env = dict(os.environ, **dict(kv.split("=", 1) for kv in extra.split(",") if kv))
-        env.update(PYTHONPATH=tree, NUMBA_CACHE_DIR="/tmp/nc-" + tree.replace("/", "_"))
+        # Variables are separated by commas before a NAME=; a value may hold commas
+        # (NUMBA_CPU_FEATURES). Each spec gets its own cache directory.
+        settings = re.split(r",(?=[A-Z_][A-Z0-9_]*=)", extra)
+        env = dict(os.environ, **dict(kv.split("=", 1) for kv in settings if kv))
+        cache_key = hashlib.sha1(spec.encode()).hexdigest()[:12]
+        env.update(PYTHONPATH=tree, NUMBA_CACHE_DIR="/tmp/nc-" + cache_key)
         env.setdefault("NUMBA_NUM_THREADS", os.environ.get("T", "1"))
         workers.append(subprocess.Popen([sys.executable, __file__, "--worker"], env=env,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,

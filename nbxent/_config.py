@@ -43,10 +43,14 @@ class CpuSettings:
     #: rows cost more in per-row work than vectorising along them saves; beyond it
     #: the row kernel is faster (see benchmarks/RESULTS.md).
     tile_max_classes: int = 192
-    #: Logits per tile of the tile kernel: a tile is staged once, then re-read from
-    #: L2 by each pass; smaller tiles cost more, larger ones gain nothing (see
-    #: benchmarks/RESULTS.md).
-    tile_elements: int = 16384
+    #: Logits per tile of the tile kernel: a tile is staged once, then re-read by each
+    #: pass; tiles that stay near L1 ran faster than larger ones on both the Intel
+    #: (AVX-512) and the AMD Zen 3 machines measured (see benchmarks/RESULTS.md).
+    tile_elements: int = 4096
+    #: Fewest positions per tile, whatever the classes: the tile's loops run along its
+    #: positions, and short loops pay their setup and remainder once per class
+    #: (rows of more than ``tile_elements // tile_min_width`` classes get larger tiles).
+    tile_min_width: int = 96
 
 
 def from_environment(settings_class, prefix, defaults=None, environ=os.environ):

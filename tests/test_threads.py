@@ -307,7 +307,7 @@ def test_tile_kernel_geometry(rng, shape, axis, option):
     """Tiles of 8 positions: several tiles per batch item and a partial last one, for
     short rows (transposed into the tile on the way in and out) and for a class axis
     that is not the last; ignored rows among them; and the gradient in place."""
-    with CPU.override(tile_elements=8, tile_max_classes=16):
+    with CPU.override(tile_elements=8, tile_min_width=8, tile_max_classes=16):
         x = (rng.standard_normal(shape) * 3).astype(np.float32)
         axis_ = axis % len(shape)
         loss_shape = shape[:axis_] + shape[axis_ + 1:]
