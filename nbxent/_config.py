@@ -51,6 +51,10 @@ class CpuSettings:
     #: positions, and short loops pay their setup and remainder once per class
     #: (rows of more than ``tile_elements // tile_min_width`` classes get larger tiles).
     tile_min_width: int = 96
+    #: Fewest positions per tile where the classes are not the last axis (NCHW): there
+    #: a tile reads one run of positions per class, each from its own place in memory,
+    #: and short runs left the kernel waiting on memory (C = 150: see RESULTS.md).
+    tile_min_run: int = 256
 
 
 def from_environment(settings_class, prefix, defaults=None, environ=os.environ):

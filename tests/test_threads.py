@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import numba
 import numpy as np
@@ -19,7 +20,8 @@ import pytest
 
 import nbxent
 from nbxent import reference as R
-from nbxent._config import CPU
+from nbxent._config import CPU, CpuSettings
+from nbxent.cpu import backend
 
 from conftest import assert_close
 
@@ -295,6 +297,23 @@ def test_split_threshold_really_splits(rng, all_threads):
     np.testing.assert_allclose(split[1], unsplit[1], atol=1e-8)
 
 
+@pytest.mark.parametrize("n_rows, n_classes, inner, expected", [
+    pytest.param(10**6, 10, 1, (True, 409, True), id="short-rows-elements-per-tile"),
+    pytest.param(65536, 100, 1, (True, 96, True), id="short-rows-fewest-positions"),
+    pytest.param(500, 10, 1, (False, 1, False), id="too-few-rows-for-two-tiles"),
+    pytest.param(65536, 300, 1, (False, 1, False), id="long-rows"),
+    pytest.param(8 * 512 * 512, 21, 512 * 512, (True, 256, False), id="nchw-fewest-run"),
+    pytest.param(4 * 64, 4, 64, (True, 1024, False), id="nchw-elements-per-tile"),
+])
+def test_tile_width(n_rows, n_classes, inner, expected):
+    """Tiles hold ``tile_elements`` logits, but never fewer positions than
+    ``tile_min_width`` (short rows) or ``tile_min_run`` (classes not last)."""
+    settings = CpuSettings(tile_max_classes=192, tile_elements=4096, tile_min_width=96,
+                           tile_min_run=256)
+    logits = types.SimpleNamespace(n_rows=n_rows, n_classes=n_classes, inner=inner)
+    assert backend._shape(settings, logits) == expected
+
+
 TILE_CASES = [pytest.param((40, 10), -1, id="short-rows-40x10"),
               pytest.param((3, 5, 37), 1, id="class-middle-3x5x37"),
               pytest.param((2, 7, 3, 11), 1, id="nchw-2x7x3x11"),
@@ -307,7 +326,7 @@ def test_tile_kernel_geometry(rng, shape, axis, option):
     """Tiles of 8 positions: several tiles per batch item and a partial last one, for
     short rows (transposed into the tile on the way in and out) and for a class axis
     that is not the last; ignored rows among them; and the gradient in place."""
-    with CPU.override(tile_elements=8, tile_min_width=8, tile_max_classes=16):
+    with CPU.override(tile_elements=8, tile_min_width=8, tile_min_run=8, tile_max_classes=16):
         x = (rng.standard_normal(shape) * 3).astype(np.float32)
         axis_ = axis % len(shape)
         loss_shape = shape[:axis_] + shape[axis_ + 1:]

@@ -171,8 +171,8 @@ def _shape(settings, logits):
     ``settings`` is a ``nbxent._config.CpuSettings`` (the thresholds).
     """
     rows = logits.n_rows
-    tile_width = min(4096, max(settings.tile_min_width,
-                                  settings.tile_elements // logits.n_classes))
+    fewest = settings.tile_min_run if logits.inner > 1 else settings.tile_min_width
+    tile_width = min(4096, max(fewest, settings.tile_elements // logits.n_classes))
     if logits.inner > 1:
         return True, tile_width, False
     if logits.n_classes <= settings.tile_max_classes and rows >= 2 * tile_width:
