@@ -74,13 +74,13 @@ def main():
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True))
 
+    column = 0 if os.environ.get("TIME") == "call" else 1  # the worker's call or kernel time
+
     def kernel_time(process, case):
         shape, op = case.rsplit("/", 1)
         process.stdin.write(f"{shape} {op}\n")
         process.stdin.flush()
         return float(process.stdout.readline().split()[column]) * 1e3
-
-    column = 0 if os.environ.get("TIME") == "call" else 1
 
     for case in cases:  # compile or load, then one warm call
         for process in workers:

@@ -44,8 +44,8 @@ class CpuSettings:
     #: the row kernel is faster (see benchmarks/RESULTS.md).
     tile_max_classes: int = 192
     #: Logits per tile of the tile kernel: a tile is staged once, then re-read by each
-    #: pass; tiles that stay near L1 ran faster than larger ones on both the Intel
-    #: (AVX-512) and the AMD Zen 3 machines measured (see benchmarks/RESULTS.md).
+    #: pass; tiles that stay near L1 ran faster than larger ones on an Intel AVX-512
+    #: machine, and on a Zen 3 for C <= 32 (see benchmarks/RESULTS.md).
     tile_elements: int = 4096
     #: Fewest positions per tile, whatever the classes: the tile's loops run along its
     #: positions, and short loops pay their setup and remainder once per class
