@@ -24,6 +24,16 @@ def route(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(autouse=True)
+def x64_off():
+    """JAX's default, x64 off, whatever a test before left in this process (the bench's JAX
+    peer turns it on); restored after."""
+    was_x64 = bool(jax.config.jax_enable_x64)
+    jax.config.update("jax_enable_x64", False)
+    yield
+    jax.config.update("jax_enable_x64", was_x64)
+
+
 @pytest.fixture(params=[np.dtype(np.float32), np.dtype(np.float64)], ids=["float32", "float64"])
 def dtype(request):
     """The logits' dtype; float64 turns on jax_enable_x64 for the test, and restores it."""
