@@ -55,6 +55,13 @@ class CpuSettings:
     #: a tile reads one run of positions per class, each from its own place in memory,
     #: and short runs left the kernel waiting on memory (C = 150: see RESULTS.md).
     tile_min_run: int = 256
+    #: Buffers of large results kept for reuse once the caller drops the results
+    #: (``nbxent.cpu.recycling``): a new result of the same size then costs no page
+    #: faults. 0 turns the reuse off.
+    recycled_outputs: int = 2
+    #: Smallest result, in bytes, whose buffer is kept: smaller ones come from the
+    #: allocator's heap, without page faults.
+    recycle_min_bytes: int = 1 << 20
 
 
 def from_environment(settings_class, prefix, defaults=None, environ=os.environ):

@@ -34,9 +34,11 @@ import torch
 from torch import Tensor
 
 from . import api
+from ._config import CPU
 from ._metrics import check_metrics
 from ._plan import (_check_ignore_index, _check_options, check_denominator,
                     check_empty)
+from .cpu import recycling
 
 __all__ = ["cross_entropy", "CrossEntropyLoss"]
 
@@ -66,10 +68,13 @@ def _new_grad(logits):
     Contiguous CPU logits get a NumPy allocation: NumPy asks Linux for transparent huge
     pages on large arrays and PyTorch's allocator does not (unless THP_MEM_ALLOC_ENABLE=1),
     so the first write of a fresh N×C buffer faults 2 MiB pages instead of 4 KiB ones:
-    measured 4x cheaper (benchmarks/RESULTS.md, "PyTorch and JAX wrappers").
+    measured 4x cheaper (benchmarks/RESULTS.md, "PyTorch and JAX wrappers"); and from the
+    step before's dropped gradient when it has the same size (``nbxent.cpu.recycling``),
+    without faults at all.
     """
     if logits.device.type == "cpu" and logits.is_contiguous() and logits.dtype in _NUMPY_DTYPES:
-        return torch.from_numpy(np.empty(tuple(logits.shape), _NUMPY_DTYPES[logits.dtype]))
+        return torch.from_numpy(recycling.empty(tuple(logits.shape),
+                                                _NUMPY_DTYPES[logits.dtype], CPU.current()))
     return torch.empty_like(logits)
 
 

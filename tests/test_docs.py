@@ -7,12 +7,13 @@ import pytest
 import nbxent.api
 import nbxent.linear
 import nbxent.bench.cases
+import nbxent.cpu.recycling
 
 
 # nbxent.api's examples hold float64 arrays (NumPy's default): kernel variants the quick
 # subset leaves out.
 @pytest.mark.parametrize("module", [pytest.param(nbxent.api, marks=pytest.mark.slow),
-                                    nbxent.linear, nbxent.bench.cases],
+                                    nbxent.linear, nbxent.bench.cases, nbxent.cpu.recycling],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)

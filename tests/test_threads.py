@@ -108,10 +108,13 @@ CONCURRENT = """
 
 @pytest.mark.parametrize("layer", ["default", "workqueue", "omp", "tbb"])
 def test_concurrent_calls_from_python_threads(layer):
-    """Eight Python threads call the parallel kernels at once; every answer is right."""
+    """Eight Python threads call the parallel kernels at once; every answer is right,
+    every result's memory recycled (``nbxent.cpu.recycling``) as soon as it is dropped."""
     if not _layer_available(layer):
         pytest.skip(f"threading layer {layer!r} is not available here")
-    env = {} if layer == "default" else {"NUMBA_THREADING_LAYER": layer}
+    env = {"NBXENT_CPU_RECYCLE_MIN_BYTES": "0"}
+    if layer != "default":
+        env["NUMBA_THREADING_LAYER"] = layer
     out = _run(CONCURRENT, **env)
     result = json.loads(out.split("RESULT", 1)[1])
     assert max(result["errors"]) < 1e-5, result

@@ -314,6 +314,28 @@ def test_backward_hands_the_saved_gradient_to_a_leaf(rng):
     torch.testing.assert_close(logits.grad, 5 * expected)
 
 
+def test_training_steps_in_recycled_memory(rng):
+    """Gradients in recycled memory (``nbxent.cpu.recycling``, here for every size): one a
+    caller still holds is never written over; a dropped one's serves the next step."""
+    from nbxent._config import CPU
+
+    target = torch.tensor(rng.integers(0, 50, 40))
+    logits = [torch.tensor(rng.normal(size=(40, 50)), dtype=torch.float32, requires_grad=True)
+              for _ in range(4)]
+    expected = [torch.func.grad(lambda x: F.cross_entropy(x, target))(x.detach())
+                for x in logits]
+    with CPU.override(recycle_min_bytes=0):
+        for x in logits[:3]:
+            nbxent_torch.cross_entropy(x, target).backward()
+        assert len({x.grad.data_ptr() for x in logits[:3]}) == 3
+        dropped = logits[2].grad.data_ptr()
+        logits[2].grad = None
+        nbxent_torch.cross_entropy(logits[3], target).backward()
+    assert logits[3].grad.data_ptr() == dropped
+    for x, grad in zip(logits[:2] + logits[3:], expected[:2] + expected[3:]):
+        torch.testing.assert_close(x.grad, grad)
+
+
 @pytest.mark.parametrize("call,error,match", [
     (lambda x, t: nbxent_torch.cross_entropy(x, t[:2]), ValueError,
      r"class-index target of shape \(2,\) does not fit logits of shape \(3, 4\)"),

@@ -21,6 +21,7 @@ from .arguments import (N_METRICS, WRITE_GRAD, WRITE_LOG_SOFTMAX, WRITE_NOTHING,
                         Geometry, Options, Shape, TargetKind, Variant)
 from .disk_cache import first_call
 from .kernels import kernel_for, scan_targets, total_of
+from . import recycling
 
 _WRITES = {"log_softmax": WRITE_LOG_SOFTMAX, "softmax": WRITE_SOFTMAX}
 _UNUSED = np.zeros(1)
@@ -316,9 +317,11 @@ def _unit_stride(view, swap):
 
 def _contiguous_view(shape, dtype, array_shape=None):
     """A fresh C-contiguous array and its (outer, C, inner) view ``shape``; the array has
-    ``array_shape`` (the same elements: the caller's shape of a result) when given."""
+    ``array_shape`` (the same elements: the caller's shape of a result) when given. Its
+    memory may be a dropped result's (``nbxent.cpu.recycling``)."""
     outer, n_classes, inner = shape
-    array = np.empty(shape if array_shape is None else array_shape, dtype)
+    array = recycling.empty(shape if array_shape is None else array_shape, dtype,
+                            CPU.current())
     return View(array, shape, (n_classes * inner, inner, 1))
 
 
