@@ -148,6 +148,17 @@ def _run(logits, target, weight, axis, ignore_index, reduction, label_smoothing,
                   for name in names]
 
 
+def _with_grad(logits, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss,
+               softcap, sample_weight=None, denominator=None, empty="nan", metrics=None,
+               top_k=5):
+    """The differentiated forward: (loss, gradient), with ``metrics`` (loss, gradient,
+    list of metric tensors); the gradient in a new buffer (``_new_grad``)."""
+    grad = _new_grad(logits)
+    result = _run(logits, target, weight, axis, ignore_index, reduction, label_smoothing,
+                  z_loss, softcap, sample_weight, denominator, empty, metrics, top_k, grad=grad)
+    return (result, grad) if metrics is None else (result[0], grad, result[1])
+
+
 # --------------------------------------------------------------- custom operators
 # Tensors are typed for torch.library's schema; axis is nbxent's class axis (1, or 0
 # for a 1-D input). Outputs never alias inputs, except in the mutating operator. The
@@ -192,10 +203,8 @@ def _with_grad_op(logits: Tensor, target: Tensor, weight: Optional[Tensor], axis
                   empty: str = "nan") -> tuple[Tensor, Tensor]:
     """(loss, d loss / d logits) in one fused pass; for 'none' the gradient of each row's
     own loss (upstream gradient 1), which the backward scales row by row."""
-    grad = _new_grad(logits)
-    loss = _run(logits, target, weight, axis, ignore_index, reduction, label_smoothing, z_loss,
-                softcap, sample_weight, denominator, empty, grad=grad)
-    return loss, grad
+    return _with_grad(logits, target, weight, axis, ignore_index, reduction, label_smoothing,
+                      z_loss, softcap, sample_weight, denominator, empty)
 
 
 @_with_grad_op.register_fake
@@ -211,11 +220,8 @@ def _with_grad_metrics_op(logits: Tensor, target: Tensor, weight: Optional[Tenso
                           empty: str, metrics: str,
                           top_k: int) -> tuple[Tensor, Tensor, list[Tensor]]:
     """``nbxent::cross_entropy_with_grad`` and the metric tensors of the same pass."""
-    grad = _new_grad(logits)
-    loss, found = _run(logits, target, weight, axis, ignore_index, reduction, label_smoothing,
-                       z_loss, softcap, sample_weight, denominator, empty, metrics, top_k,
-                       grad=grad)
-    return loss, grad, found
+    return _with_grad(logits, target, weight, axis, ignore_index, reduction, label_smoothing,
+                      z_loss, softcap, sample_weight, denominator, empty, metrics, top_k)
 
 
 @_with_grad_metrics_op.register_fake
@@ -272,6 +278,30 @@ def _backward(ctx, grad_loss, *_grads_of_other_outputs):
 
 for _op in (_with_grad_op, _with_grad_metrics_op):
     _op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerCrossEntropy(torch.autograd.Function):
+    """The differentiated call in eager mode: the operators' own forward and backward
+    (``_with_grad``, ``_setup_context``, ``_backward``) without torch.library's dispatch
+    and autograd wrapper, which cost about 0.5 ms a step (benchmarks/RESULTS.md). The
+    operators serve what must see them: torch.compile, autocast, functorch transforms and
+    tensor subclasses (``_eager``). Outputs: the loss, the gradient, each metric tensor."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        loss, grad, *found = _with_grad(*args)
+        found = found[0] if found else []
+        _setup_context(ctx, args, (loss, grad, found))
+        return (loss, grad, *found)
+
+    backward = staticmethod(_backward)
+
+
+def _eager(input):
+    """Whether a differentiated call on ``input`` may take ``_EagerCrossEntropy``."""
+    return not (torch.compiler.is_compiling() or torch.is_autocast_enabled(input.device.type)
+                or torch._C._functorch.is_functorch_wrapped_tensor(input)
+                or torch.overrides.has_torch_function_unary(input))
 
 
 @torch.library.custom_op("nbxent::cross_entropy_with_grad_", mutates_args=("logits",))
@@ -534,13 +564,15 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
             return _cross_entropy_op(*args)
         if inplace_backward and not _autocasts(input):
             return _InplaceCrossEntropy.apply(*args)
-        return _with_grad_op(*args)[0]
+        return (_EagerCrossEntropy.apply if _eager(input) else _with_grad_op)(*args)[0]
     args += (",".join(names), int(top_k))
     if not differentiated:
         loss, found = _metrics_op(*args)
     elif inplace_backward and not _autocasts(input):
         loss, stacked = _InplaceCrossEntropy.apply(*args)
         found = _unstacked(stacked, names, input)
+    elif _eager(input):
+        loss, _, *found = _EagerCrossEntropy.apply(*args)
     else:
         loss, _, found = _with_grad_metrics_op(*args)
     return loss, dict(zip(names, found))
