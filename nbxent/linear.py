@@ -85,9 +85,13 @@ def tile_shape(n_rows, n_features, n_classes, itemsize, *, chunk=None, memory_bu
 # ---------------------------------------------------------------- one tile
 
 def _logits(xp, features, weight, bias, buffer):
-    """``features @ weight.T + bias`` into the front of the flat ``buffer``."""
+    """``features @ weight.T + bias`` into the front of the flat ``buffer``; on the CPU
+    (``_side_by_side``) its two halves of classes at once, one BLAS thread each."""
     out = buffer[:features.shape[0] * weight.shape[0]].reshape(features.shape[0], weight.shape[0])
-    xp.matmul(features, weight.T, out=out)
+    half = weight.shape[0] // 2 if _pairs_run_at_once(xp) else 0
+    with _side_by_side(xp, lambda: xp.matmul(features, weight[half:].T, out=out[:, half:])):
+        if half:
+            xp.matmul(features, weight[:half].T, out=out[:, :half])
     if bias is not None:
         out += bias
     return out
@@ -140,13 +144,17 @@ class _side_by_side:
     loaded machine each barrier waits for a descheduled thread (measured on the
     2-core VM: 0.36 s for 298 x 32768 x 512 on two OpenBLAS threads, 0.11 s on
     one). Two single-threaded GEMMs side by side keep both cores busy without
-    barriers. Needs threadpoolctl to set the BLAS's threads; without it (and on
-    the GPU) ``work`` runs after the block, on the BLAS's own threads.
+    barriers. Every GEMM of a tile runs in such a pair, the forward product split in
+    two: a multithreaded BLAS call before a pair left the BLAS's worker thread
+    spinning, waiting for more work, on the core the pair needed (on a quiet machine
+    the pair then ran slower than the two products in turn: benchmarks/RESULTS.md).
+    Needs threadpoolctl to set the BLAS's threads; without it (and on the GPU)
+    ``work`` runs after the block, on the BLAS's own threads.
     """
 
     def __init__(self, xp, work):
         self.work, self.future, self.limit = work, None, None
-        if xp is np and _blas_controller() is not None:
+        if _pairs_run_at_once(xp):
             self.limit = _blas_controller().limit(limits=1, user_api="blas")
             self.future = _worker().submit(work)
 
@@ -166,6 +174,11 @@ class _side_by_side:
 
 
 _shared = {}
+
+
+def _pairs_run_at_once(xp):
+    """Whether ``_side_by_side`` runs its two GEMMs at once (NumPy, threadpoolctl)."""
+    return xp is np and _blas_controller() is not None
 
 
 def _blas_controller():
