@@ -85,15 +85,17 @@ def tile_shape(n_rows, n_features, n_classes, itemsize, *, chunk=None, memory_bu
 # ---------------------------------------------------------------- one tile
 
 def _logits(xp, features, weight, bias, buffer):
-    """``features @ weight.T + bias`` into the front of the flat ``buffer``; on the CPU
-    (``_side_by_side``) its two halves of classes at once, one BLAS thread each."""
+    """``features @ weight.T + bias`` into the front of the flat ``buffer``, in shares of
+    the classes (``_in_shares``)."""
     out = buffer[:features.shape[0] * weight.shape[0]].reshape(features.shape[0], weight.shape[0])
-    half = weight.shape[0] // 2 if _pairs_run_at_once(xp) else 0
-    with _side_by_side(xp, lambda: xp.matmul(features, weight[half:].T, out=out[:, half:])):
-        if half:
-            xp.matmul(features, weight[:half].T, out=out[:, :half])
-    if bias is not None:
-        out += bias
+
+    def classes(k, n_shares):
+        part = _share(weight.shape[0], k, n_shares)
+        xp.matmul(features, weight[part].T, out=out[:, part])
+        if bias is not None:
+            out[:, part] += bias[part]
+
+    _in_shares(xp, classes)
     return out
 
 
@@ -113,72 +115,70 @@ def _accumulate(xp, grads, grad, features, weight, rows, classes, scratch, *, fi
 
     ``grad`` is d loss / d logits over (rows, classes); ``features`` and ``weight``
     the tile's rows and classes; ``scratch`` holds a block of d_features (its first
-    rows x d elements) and then a block of d_weight, which goes a block of classes
-    at a time. On the CPU the two products run side by side (``_side_by_side``).
+    rows x d elements) and then blocks of d_weight, which goes a block of classes
+    at a time. Each share (``_in_shares``) takes its share of the rows of d_features, of
+    the classes of d_weight and d_bias, and of the scratch: equal work.
     """
-    d_features, d_weight, d_bias = grads
     n_rows, n_features = features.shape
+    d_features, d_weight = grads[0][rows], grads[1][classes]
+    d_bias = None if grads[2] is None else grads[2][classes]
     features_scratch = None if scratch is None else scratch[:n_rows * n_features]
     weight_scratch = None if scratch is None else scratch[n_rows * n_features:]
 
-    def weight_and_bias():
-        d_weight_part = d_weight[classes]
-        step = (len(d_weight_part) if weight_scratch is None
-                else max(1, weight_scratch.size // n_features))
-        for start in range(0, len(d_weight_part), step):
-            block = slice(start, start + step)
-            _add_product(xp, d_weight_part[block], grad[:, block].T, features, weight_scratch,
+    def rows_and_classes(k, n_shares):
+        own_rows = _share(n_rows, k, n_shares)
+        _add_product(xp, d_features[own_rows], grad[own_rows], weight,
+                     None if scratch is None else features_scratch[own_rows.start * n_features:],
+                     first_classes)
+        own_classes = _share(len(d_weight), k, n_shares)
+        own_scratch = (None if scratch is None
+                       else weight_scratch[_share(weight_scratch.size, k, n_shares)])
+        step = max(1, own_classes.stop - own_classes.start if scratch is None
+                   else own_scratch.size // n_features)
+        for start in range(own_classes.start, own_classes.stop, step):
+            block = slice(start, min(start + step, own_classes.stop))
+            _add_product(xp, d_weight[block], grad[:, block].T, features, own_scratch,
                          first_rows)
         if d_bias is not None:
-            d_bias[classes] += grad.sum(axis=0)
+            d_bias[own_classes] += grad[:, own_classes].sum(axis=0)
 
-    with _side_by_side(xp, weight_and_bias):
-        _add_product(xp, d_features[rows], grad, weight, features_scratch, first_classes)
+    _in_shares(xp, rows_and_classes)
 
 
-class _side_by_side:
-    """Run ``work`` in a second thread while the block runs, each GEMM on one BLAS thread.
+def _share(n, k, n_shares):
+    """Share ``k`` of ``n_shares`` nearly equal parts of ``range(n)``, as a slice."""
+    return slice(k * n // n_shares, (k + 1) * n // n_shares)
+
+
+def _in_shares(xp, work):
+    """``work(k, n_shares)`` for each share k: two at once on the CPU, each GEMM on one
+    BLAS thread (NumPy with threadpoolctl installed), else one share on the BLAS's threads.
 
     A tile's d_features product contracts its few rows over all C classes: a
     multithreaded BLAS meets at a barrier every few hundred classes, and on a
     loaded machine each barrier waits for a descheduled thread (measured on the
     2-core VM: 0.36 s for 298 x 32768 x 512 on two OpenBLAS threads, 0.11 s on
     one). Two single-threaded GEMMs side by side keep both cores busy without
-    barriers. Every GEMM of a tile runs in such a pair, the forward product split in
-    two: a multithreaded BLAS call before a pair left the BLAS's worker thread
-    spinning, waiting for more work, on the core the pair needed (on a quiet machine
-    the pair then ran slower than the two products in turn: benchmarks/RESULTS.md).
-    Needs threadpoolctl to set the BLAS's threads; without it (and on the GPU)
-    ``work`` runs after the block, on the BLAS's own threads.
+    barriers. Every GEMM of a call runs so, in equal shares: a multithreaded BLAS
+    call before a pair left the BLAS's worker thread spinning, waiting for more work,
+    on the core the pair needed (on a quiet machine the pair then ran slower than the
+    two products in turn: benchmarks/RESULTS.md).
     """
-
-    def __init__(self, xp, work):
-        self.work, self.future, self.limit = work, None, None
-        if _pairs_run_at_once(xp):
-            self.limit = _blas_controller().limit(limits=1, user_api="blas")
-            self.future = _worker().submit(work)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
+    if not (xp is np and _blas_controller() is not None):
+        work(0, 1)
+        return
+    limit = _blas_controller().limit(limits=1, user_api="blas")
+    try:
+        second = _worker().submit(work, 1, 2)
         try:
-            if self.future is not None:
-                self.future.result()
-            else:
-                self.work()
+            work(0, 2)
         finally:
-            if self.limit is not None:
-                self.limit.restore_original_limits()
-        return False
+            second.result()
+    finally:
+        limit.restore_original_limits()
 
 
 _shared = {}
-
-
-def _pairs_run_at_once(xp):
-    """Whether ``_side_by_side`` runs its two GEMMs at once (NumPy, threadpoolctl)."""
-    return xp is np and _blas_controller() is not None
 
 
 def _blas_controller():
@@ -204,13 +204,14 @@ def _worker():
 def scratch_size(tile_rows, tile_classes, n_features, itemsize, *, chunk=None,
                  memory_budget=None, n_logits=0):
     """Elements of the scratch buffer: a block of d_features (tile_rows x d) and an
-    eighth of the budget (see ``tile_shape``), at least one row, for d_weight."""
+    eighth of the budget (see ``tile_shape``), at least a row for each of the two
+    shares (``_in_shares``), for d_weight."""
     budget = memory_budget
     if chunk is not None:
         budget = tile_rows * tile_classes * itemsize
     elif budget is None:
         budget = max(n_logits * itemsize // _DEFAULT_FRACTION, _MIN_BUDGET)
-    return tile_rows * n_features + max(budget // _SCRATCH_SHARE // itemsize, n_features)
+    return tile_rows * n_features + max(budget // _SCRATCH_SHARE // itemsize, 2 * n_features)
 
 
 def _class_part(a, classes):

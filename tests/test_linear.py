@@ -145,7 +145,7 @@ def test_every_row_ignored_and_empty_batch(rng, tiles):
 
 
 def test_products_in_turn_without_threadpoolctl(rng, monkeypatch):
-    """Without threadpoolctl the two gradient products of a tile run one after the other."""
+    """Without threadpoolctl each product of a tile runs whole, one after the other."""
     import nbxent.linear
 
     monkeypatch.setitem(nbxent.linear._shared, "controller", None)
