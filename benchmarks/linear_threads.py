@@ -2,10 +2,9 @@
 linear suite, timed as shipped and in two other arrangements, in turn, each round also
 timing the three GEMMs alone (``nbxent.bench.linear``'s baseline).
 
-- ``side by side``: as shipped (a tile's GEMMs in pairs, one BLAS thread each, through
-  threadpoolctl: the forward product's two halves of classes at once, then d_features
-  beside d_weight);
-- ``in turn``: the two products one after the other, on all the BLAS's threads;
+- ``side by side``: as shipped (each GEMM of a tile in two equal shares at once, one
+  BLAS thread each, through threadpoolctl);
+- ``in turn``: each product whole, one after the other, on all the BLAS's threads;
 - ``in turn, kernel on one thread``: the same, and the fused kernel between the GEMMs
   on the calling thread only (``numba.set_num_threads(1)`` around it).
 
