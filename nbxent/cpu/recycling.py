@@ -16,6 +16,7 @@ results, as a caching allocator's would; ``NBXENT_CPU_RECYCLED_OUTPUTS=0`` turns
 the recycling off.
 """
 
+import math
 import sys
 import threading
 
@@ -51,7 +52,7 @@ def empty(shape, dtype, settings):
     True
     """
     dtype = np.dtype(dtype)
-    n_bytes = int(np.prod(shape)) * dtype.itemsize
+    n_bytes = math.prod(shape) * dtype.itemsize  # (np.prod: 2 us a call, on every call)
     if settings.recycled_outputs <= 0 or n_bytes < settings.recycle_min_bytes:
         return np.empty(shape, dtype)
     with _lock:
