@@ -1,11 +1,11 @@
 """The CPU kernels' vector helpers: transposed copies in blocks of shuffles, and the
-running maximum kept in memory."""
+maximum of numbers as a running maximum kept in memory and as a reduction."""
 
 import numpy as np
 import pytest
 from numba import njit
 
-from nbxent.cpu.bits import copy_transposed, larger
+from nbxent.cpu.bits import copy_transposed, larger_of_numbers
 
 
 @njit
@@ -18,7 +18,15 @@ def _running_max(tile, n_rows, n_cols):
     top = tile[:n_cols].copy()
     for r in range(n_rows):
         for k in range(n_cols):
-            top[k] = larger(top[k], tile[r * n_cols + k])
+            top[k] = larger_of_numbers(top[k], tile[r * n_cols + k])
+    return top
+
+
+@njit
+def _reduced_max(row):
+    top = row.dtype.type(-np.inf)
+    for value in row:
+        top = larger_of_numbers(top, value)
     return top
 
 
@@ -40,9 +48,26 @@ def test_copy_transposed_matches_numpy(dtype, n_rows, n_cols):
     np.testing.assert_array_equal(src, before)
 
 
-def test_larger_is_a_running_max_that_skips_nan():
-    tile = np.array([1.0, -np.inf, np.nan, 2.0,
-                     np.nan, -3.0, 5.0, 7.0,
-                     0.5, -np.inf, 4.0, np.inf], np.float32)
-    np.testing.assert_array_equal(_running_max(tile, 3, 4),
-                                  np.array([1.0, -3.0, 5.0, np.inf], np.float32))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_larger_of_numbers_is_the_max_running_and_reduced(dtype, rng):
+    """Over finite values and infinities, in loops long enough to be vectorised."""
+    tile = rng.standard_normal((7, 100)).astype(dtype)
+    tile[2, 10] = np.inf
+    tile[:, 20] = -np.inf
+    tile[5, 30:40] = 1e30
+    np.testing.assert_array_equal(_running_max(tile.ravel(), 7, 100), tile.max(axis=0))
+    for n in (1, 7, 64, 1000, 1001):
+        row = tile.ravel()[:n]
+        assert _reduced_max(row) == row.max()
+    assert _reduced_max(np.full(300, -np.inf, dtype)) == -np.inf
+
+
+def test_larger_of_numbers_leaves_other_lanes_exact_beside_a_nan(rng):
+    """A nan gives its own column any of its values or nan (the kernels' sums carry the
+    nan); the other columns are exact."""
+    tile = rng.standard_normal((5, 64)).astype(np.float32)
+    tile[3, 17] = np.nan
+    top = _running_max(tile.ravel(), 5, 64)
+    others = np.arange(64) != 17
+    np.testing.assert_array_equal(top[others], tile[:, others].max(axis=0))
+    assert np.isnan(top[17]) or top[17] in tile[:, 17]

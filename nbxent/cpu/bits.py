@@ -104,14 +104,17 @@ def from_order_key(typingctx, key):
 
 
 @intrinsic
-def larger(typingctx, a, b):
-    """The larger of two floats of one type, ignoring a nan operand (LLVM's maxnum:
-    one vector max where the CPU has it).
+def larger_of_numbers(typingctx, a, b):
+    """The larger of two floats of one type, neither of them nan: LLVM's maxnum with the
+    no-nan flag, one vector max instruction (with a nan operand the result is either
+    operand, or nan).
 
-    For running maxima kept in memory (``top[k] = larger(top[k], x)``): Python's
-    ``max`` is a select, and LLVM turns a select between a stored value and a new
-    one into a masked store, which AMD's CPUs run in microcode (benchmarks/RESULTS.md).
-    Where a nan matters, the caller's sums carry it.
+    For maxima whose nan the sums that follow carry (an exp of nan is nan): as a
+    reduction it vectorises to one max per vector, where the integer order keys of
+    ``order_key`` take four operations and Python's ``max`` does not vectorise;
+    as a running maximum kept in memory (``top[k] = larger_of_numbers(top[k], x)``) it
+    is not a select, which LLVM would turn into a masked store, microcode on AMD's
+    CPUs (benchmarks/RESULTS.md).
     """
     if not (isinstance(a, types.Float) and a == b):
         return None
@@ -122,7 +125,7 @@ def larger(typingctx, a, b):
         module = builder.module
         function = module.globals.get(name) or ir.Function(
             module, ir.FunctionType(float_type, [float_type, float_type]), name=name)
-        return builder.call(function, args)
+        return builder.call(function, args, fastmath=("nnan", "nsz"))
 
     return a(a, b), codegen
 

@@ -23,7 +23,8 @@ from numba import njit
 from .access import loader, storer
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
                         WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
-from .bits import exact_order, from_order_key, order_key, prefetch, rank_key
+from .bits import (exact_order, from_order_key, larger_of_numbers, order_key, prefetch,
+                   rank_key)
 from .fastexp import exp_nonpositive_for
 from .disk_cache import named_for
 from .formulas import capper, difference_plus, entropy_of, entropy_term
@@ -75,16 +76,12 @@ def max_passes(load):
 
     @njit(inline="always")
     def chunk_max(x, base, stride, c0, c1, ftype):
-        """Max of the raw logits [c0, c1) of a row.
-
-        Taken over integer order keys: a float max reduction does not vectorise
-        without fastmath's nnan, which nan propagation forbids. A nan may win
-        here or not; either way it makes the row's sum of exponentials nan.
-        """
-        top = order_key(ftype(-np.inf))
+        """Max of the raw logits [c0, c1) of a row. A nan may win here or not
+        (``larger_of_numbers``); either way it makes the row's sum of exponentials nan."""
+        top = ftype(-np.inf)
         for c in range(c0, c1):
-            top = max(top, order_key(load(x, base + c * stride, ftype)))
-        return from_order_key(top)
+            top = larger_of_numbers(top, load(x, base + c * stride, ftype))
+        return top
 
     @njit(inline="always")
     def chunk_order(x, base, stride, c0, c1, ftype, t_logit, t, counts, bottoms):

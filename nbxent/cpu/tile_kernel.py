@@ -16,7 +16,7 @@ from numba import njit
 from .access import cell, loader, storer
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
                         WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
-from .bits import copy_transposed, exact_order, larger, prefetch, prefetch_for_write
+from .bits import copy_transposed, exact_order, larger_of_numbers, prefetch, prefetch_for_write
 from .fastexp import exp64, log1p32
 from .launch import blocks_for
 from .disk_cache import named_for
@@ -129,15 +129,17 @@ def build_tile_kernel(variant, f, sum_at_inf):
         """Copy class-major logits (positions at a unit stride) into the tile, capped and
         in the compute type, and take on the way each position's max (``top``) and, for
         index targets, its target logit: one vectorised loop per class. ``source`` may
-        be the tile itself (``from_logits`` false)."""
+        be the tile itself (``from_logits`` false): then only capped logits are stored
+        back."""
         for k in range(n):
             top[k] = cap_logit(load_source(source, base + k, from_logits), cap)
             t_logit[k] = ftype(0.0)
         for c in range(n_classes):
             for k in range(n):
                 value = cap_logit(load_source(source, base + c * s_class + k, from_logits), cap)
-                tile[cell(c, pitch, k)] = value
-                top[k] = larger(top[k], value)
+                if from_logits or softcap:
+                    tile[cell(c, pitch, k)] = value
+                top[k] = larger_of_numbers(top[k], value)
                 # (Summed, its one nonzero term selected: a select between two loads
                 # keeps LLVM from vectorising the loop.)
                 if indexed:
