@@ -586,3 +586,25 @@ def test_the_user_calls_on_dask():
         loss = nbxent.cross_entropy(lazy, torch.from_numpy(target))
         (value,) = dask.compute(loss, scheduler="synchronous")
         assert_close(value, R.cross_entropy(logits, target), np.float32, "loss")
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_first_bad_index_among_many_rows(weighted):
+    """Among many rows (the CPU scan runs over the threads), the error names the first
+    bad one, after ignored rows; unchecked, 'mean' is nan and 'none' is nan on those rows
+    only."""
+    rng = np.random.default_rng(7)
+    logits = rng.standard_normal((70000, 3)).astype(np.float32)
+    target = rng.integers(0, 3, 70000)
+    target[[100, 50000]] = -100
+    target[[50001, 69999]] = [3, -2]
+    weight = np.array([0.5, 1.0, 2.0], np.float32) if weighted else None
+    message = re.escape("target 3 at position (50001,) is not a class index in [0, 3)")
+    with pytest.raises(ValueError, match=message):
+        nbxent.cross_entropy(logits, target, weight=weight)
+    assert np.isnan(nbxent.cross_entropy(logits, target, weight=weight, validate=False))
+    loss = nbxent.cross_entropy(logits, target, weight=weight, reduction="none",
+                                validate=False)
+    bad = np.zeros(70000, bool)
+    bad[[50001, 69999]] = True
+    assert np.isnan(loss[bad]).all() and np.isfinite(loss[~bad]).all()

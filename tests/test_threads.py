@@ -8,6 +8,7 @@ test, not a dead test session.
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -151,6 +152,30 @@ def test_set_num_threads_gives_the_same_bits(rng, shape):
     for one, many in zip(results[1], results[max(results)]):
         np.testing.assert_array_equal(many[0], one[0])
         np.testing.assert_array_equal(many[1], one[1])
+
+
+def test_weighted_mean_denominator_is_the_same_bits_whatever_the_threads():
+    """The summed class weight that 'mean' divides by, over blocks of rows the threads
+    share, is summed in an order fixed by the rows alone (a reduction over the threads
+    differed in its last bits between 1 and 2 threads here)."""
+    from nbxent.cpu.kernels import scan_targets
+    rng = np.random.default_rng(3)
+    rows = rng.integers(0, 1000, 300_001)
+    rows[::7] = -100
+    weight = rng.uniform(0.1, 3.0, 1000)
+    saved = numba.get_num_threads()
+    sums = {}
+    try:
+        for threads in sorted({1, 2, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            sums[threads] = scan_targets(rows, 1000, -100, weight)
+    finally:
+        numba.set_num_threads(saved)
+    counted = rows != -100
+    for result in sums.values():
+        assert result == sums[1]
+    assert sums[1][0] == -1 and sums[1][2] == counted.sum()
+    assert sums[1][1] == pytest.approx(math.fsum(weight[rows[counted]]), rel=1e-13)
 
 
 THREAD_COUNTS = """

@@ -340,7 +340,8 @@ def _index_target(logits, loss):
     with _launch_guard():
         first_bad, denominator, n_valid = scan_targets(
             rows, logits.n_classes, ignore_index,
-            _class_weights(loss, logits.n_classes, np.float64))
+            None if loss.weight is None else _class_weights(loss, logits.n_classes,
+                                                            np.float64))
     if first_bad >= 0 and loss.validate:
         position = np.unravel_index(first_bad, logits.result_shape)
         value = _strided(loss.target).reshape(-1)[first_bad]  # the caller's, not the copy's
