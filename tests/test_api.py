@@ -601,6 +601,39 @@ def test_nan_and_inf_inside_vector_lanes(rng, shape, axis):
     check_all_three(_cpu_backend(), logits, target, dict(axis=axis), "none", np.float32)
 
 
+@pytest.mark.parametrize("shape,axis", VECTOR_LAYOUTS)
+def test_a_confident_row_keeps_the_digits_of_its_loss(rng, shape, axis):
+    """Where the target's logit leads by far, the loss is the tiny sum of the other exps,
+    which float32 would round away in 1 + sum: it keeps its relative digits whether the
+    lead is +0.0 or -0.0; ties of +0.0 and -0.0 at the max count each once; a row whose
+    plain sum overflows both ways, or holds +inf and -inf, is not taken for a nan."""
+    from conftest import _cpu_backend
+    logits = make_logits(rng, shape, np.float32)
+    target = make_index_target(rng, shape, axis)
+    moved = np.moveaxis(logits, axis, -1)  # views: writes go into logits and target
+    rows = list(np.ndindex(moved.shape[:-1]))
+    n_classes = moved.shape[-1]
+    confident = rows[:2]
+    for row, lead in zip(confident, (0.0, -0.0)):
+        moved[row] = -25.0 + 0.5 * rng.standard_normal(n_classes)
+        moved[row + (3,)] = lead
+        target[row] = 3
+    for row, (first, second) in zip(rows[2:4], ((0.0, -0.0), (-0.0, 0.0))):
+        moved[row] = np.minimum(moved[row], -1.0)
+        moved[row + (1,)], moved[row + (4,)] = first, second
+        target[row] = 4
+    moved[rows[4]] = np.where(np.arange(n_classes) % 2, 3e38, -3e38)
+    target[rows[4]] = 1
+    moved[rows[5]] = np.where(np.arange(n_classes) % 2, np.inf, -np.inf)
+    target[rows[5]] = 2
+    loss = nbxent.cross_entropy(logits, target, axis=axis, reduction="none")
+    for row in confident:
+        others = np.delete(moved[row].astype(np.float64), 3)
+        precise = np.log1p(np.exp(others).sum())
+        assert abs(loss[row] - precise) <= 1e-6 * precise, (row, loss[row], precise)
+    check_all_three(_cpu_backend(), logits, target, dict(axis=axis), "none", np.float32)
+
+
 @pytest.mark.parametrize("function", ["loss", "grad"])
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 def test_ignored_rows_with_nan_logits_count_for_nothing(backend, rng, dtype, function):

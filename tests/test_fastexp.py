@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-from nbxent.cpu.fastexp import exp32, exp64, exp_nonpositive32, exp_nonpositive64, tanh_for
+from nbxent.cpu.fastexp import (exp32, exp64, exp_negative32, exp_nonpositive32,
+                                exp_nonpositive64, tanh_for)
 from nbxent.cpu.row_kernel import FASTMATH
 
 
@@ -17,6 +18,8 @@ def _apply(x, which):
             out[i] = exp64(x[i])
         elif which == 2:
             out[i] = exp_nonpositive32(x[i])
+        elif which == 4:
+            out[i] = exp_negative32(x[i])
         else:
             out[i] = exp_nonpositive64(x[i])
     return out
@@ -53,6 +56,17 @@ def test_exp_is_accurate_and_keeps_special_values(apply, rtol32, which, dtype, i
     got = apply(special, which)
     assert got[0] == 0.0 and np.isnan(got[1]) and got[2] == 1.0 and got[3] == 1.0
     assert got[4] == 0.0 and got[5] == 0.0  # below the flush point: exactly 0
+
+
+@pytest.mark.parametrize("apply, rtol32", _APPLY)
+def test_exp_negative_leaves_out_plus_zero_and_nan(apply, rtol32):
+    """``exp_negative32`` is ``exp_nonpositive32`` bit for bit from -0.0 down, and 0 at
+    +0.0, below the floor and for a nan of either sign."""
+    x = np.concatenate([-np.geomspace(1e-38, 100.0, 100001), [-0.0, -88.0, -np.inf]])
+    x = x.astype(np.float32)
+    assert np.array_equal(apply(x, 4), apply(x, 2))
+    special = np.array([0.0, np.nan, -np.nan, -88.0, -1e30, -np.inf, -0.0], np.float32)
+    assert apply(special, 4).tolist() == [0.0] * 6 + [1.0]
 
 
 def _tanh_loop(use64):

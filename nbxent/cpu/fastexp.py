@@ -23,7 +23,8 @@ The per-logit exps of the kernels take x - max, never positive: ``exp_nonpositiv
 and ``exp_nonpositive64`` drop the overflow and nan selects of a general exp (a nan
 passes through the polynomial) and flush to 0 a little lower, where the scale 2**k
 reaches 0 (below -87.7 in float32, -708.7 in float64; tests/test_fastexp.py checks both
-against NumPy).
+against NumPy). ``exp_negative32`` also gives 0 at +0.0, for a sum that leaves out the
+max's own terms.
 """
 
 import numpy as np
@@ -112,6 +113,22 @@ def exp_nonpositive32(x):
     selects, ln2 one constant (``_reduced32``). Below -87.7 (where k reaches -127, a
     scale of 0) it returns 0."""
     return _exp32_scaled(exp_floor(x, False), False)
+
+
+# The bits of float32 -88.0 as a signed integer. In that order the bits of -0.0 to -88.0
+# lie below it, and those of +0.0, of every number below -88 and of the nans above it.
+_FLOOR32_BITS = np.int32(-1028653056)
+
+
+@njit(inline="always")
+def exp_negative32(x):
+    """``exp_nonpositive32`` but 0 for x = +0.0 (and for nan): a row's exp(x - max) with
+    the max's own term left out, for its sum of the rest, in one integer minimum instead
+    of a comparison, a select and ``exp_floor``'s clamp. -0.0 gives 1, as exp does: a
+    caller takes a zero max as -0.0, from which both zeros are +0.0 away, and finds nans
+    apart."""
+    floored = bitcast(min(bitcast(np.float32(x), np.int32), _FLOOR32_BITS), np.float32)
+    return _exp32_scaled(floored, False)
 
 
 _SCALE64 = 1.5 * 2.0**52 + 1023.0

@@ -23,9 +23,9 @@ from numba import njit
 from .access import loader, storer
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
                         WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
-from .bits import (exact_order, from_order_key, larger_of_numbers, order_key, prefetch,
-                   rank_key)
-from .fastexp import exp_nonpositive_for
+from .bits import (bitcast, exact_order, from_order_key, larger_of_numbers, order_key,
+                   prefetch, rank_key)
+from .fastexp import exp_negative32, exp_nonpositive_for
 from .disk_cache import named_for
 from .formulas import capper, difference_plus, entropy_of, entropy_term
 from .launch import blocks_for
@@ -40,6 +40,8 @@ CHUNK = 1024
 BLOCK = 256
 # A chunk's argmax while it waits for the pass that finds it (no class is negative).
 ARGMAX_PENDING = -1
+# float32 -0.0's bits as a signed integer.
+_NEGATIVE_ZERO = np.int32(-2**31)
 
 # Rows of the per-item partial statistics (the last four for metrics only).
 (_MAX, _SUM, _MOMENT, _MASS, _REF, _T_LOGIT, _ENTROPY, _TOP, _ARGMAX, _AHEAD, _NAN,
@@ -72,16 +74,33 @@ def row_start(geom, o, i):
 
 
 def max_passes(load):
-    """``(chunk_max, chunk_order)`` over logits read with ``load`` (``access.loader``)."""
+    """``(chunk_max, holds_nan, chunk_order)`` over logits read with ``load``
+    (``access.loader``)."""
 
     @njit(inline="always")
-    def chunk_max(x, base, stride, c0, c1, ftype):
-        """Max of the raw logits [c0, c1) of a row. A nan may win here or not
-        (``larger_of_numbers``); either way it makes the row's sum of exponentials nan."""
+    def chunk_max(x, base, stride, c0, c1, ftype, sums):
+        """(Max of the raw logits [c0, c1) of a row, and with ``sums`` (a constant where
+        this is called) their plain sum, else 0). A nan may win the max or not
+        (``larger_of_numbers``); either way it makes the row's sum of exponentials nan,
+        or the plain sum, for the sums that drop nans (``exp_negative32``)."""
         top = ftype(-np.inf)
+        total = ftype(0.0)
         for c in range(c0, c1):
-            top = larger_of_numbers(top, load(x, base + c * stride, ftype))
-        return top
+            value = load(x, base + c * stride, ftype)
+            top = larger_of_numbers(top, value)
+            if sums:
+                total += value
+        return top, total
+
+    @njit(inline="always")
+    def holds_nan(x, base, stride, c0, c1, ftype):
+        """Whether a raw logit in [c0, c1) of a row is nan (where a plain sum of them is
+        nan: one of them, or +inf and -inf, or overflows of both signs)."""
+        found = False
+        for c in range(c0, c1):
+            value = load(x, base + c * stride, ftype)
+            found |= value != value
+        return found
 
     @njit(inline="always")
     def chunk_order(x, base, stride, c0, c1, ftype, t_logit, t, counts, bottoms):
@@ -122,7 +141,7 @@ def max_passes(load):
                     ahead += np.int32(load(x, base + c * stride, ftype) == t_logit)
         return top, bottom if bottoms else order_key(ftype(-np.inf)), ahead if counts else 0
 
-    return chunk_max, chunk_order
+    return chunk_max, holds_nan, chunk_order
 
 
 def build_row_kernel(variant, f, sum_at_inf):
@@ -139,7 +158,7 @@ def build_row_kernel(variant, f, sum_at_inf):
         variant.half, variant.softcap, variant.entropy, variant.compute64, variant.metrics)
     ftype = np.float64 if compute64 else np.float32
     load_x, store_out = loader(half), storer(half)
-    chunk_max, chunk_order = max_passes(load_x)
+    chunk_max, holds_nan, chunk_order = max_passes(load_x)
     cap_logit = capper(softcap, compute64)
     exp_nonpositive = exp_nonpositive_for(compute64)
     writes = variant.write != WRITE_NOTHING
@@ -150,6 +169,13 @@ def build_row_kernel(variant, f, sum_at_inf):
     # The logits at the shift counted in a pass of their own (``chunk_sums``); not where a
     # second pass would convert (float16) or cap (softcap) every logit again.
     ties_apart = not half and not softcap
+    # The loss's float32 sums of the rest from ``exp_negative32``: the max's terms left out
+    # by an integer minimum instead of a select per logit (on AVX2, without mask registers,
+    # two operations of about twenty). They are the logits at x - shift = +0.0, those that
+    # equal the shift once a zero shift is -0.0; a nan, which that exp drops, is found by
+    # the max pass's plain sum. Not where the exps are kept or reused.
+    negative_exps = ties_apart and not keep_exps and not metrics and not entropy \
+        and not compute64
     load_logit, element_terms, element_result, target_of = (
         f.load_logit, f.element_terms, f.element_result, f.target_of)
     row_result, grad_output_at, upstream, target_gradient = (
@@ -250,7 +276,10 @@ def build_row_kernel(variant, f, sum_at_inf):
                     store_out(out, out_base + c * o_sc, e)
                 if not ties_apart:
                     total += e
-                rest += ftype(0.0) if at_top else e
+                if negative_exps:
+                    rest += exp_negative32(value - shift)
+                else:
+                    rest += ftype(0.0) if at_top else e
                 chunk_moment += moment_term
                 chunk_mass += mass_term
                 if with_entropy:
@@ -362,9 +391,11 @@ def build_row_kernel(variant, f, sum_at_inf):
                         x, base, s_class, c0, c1, ftype, t_logit, t, False,
                         keep_exps)
                 top = from_order_key(top_key)
+                logit_sum = ftype(0.0)
             else:
                 # tanh is monotonic: the max of the capped logits is the capped max.
-                top = cap_logit(chunk_max(x, base, s_class, c0, c1, ftype), cap)
+                top, logit_sum = chunk_max(x, base, s_class, c0, c1, ftype, negative_exps)
+                top = cap_logit(top, cap)
                 top_key = bottom_key = order_key(top)
                 counted = np.int32(0)
             if metrics and keep_exps:
@@ -386,6 +417,9 @@ def build_row_kernel(variant, f, sum_at_inf):
                 row_max = top
             # While every value seen is -inf, shift by 0: exp(-inf) is 0, not nan.
             shift = row_max if row_max > -np.inf else ftype(0.0)
+            if negative_exps:  # a zero as -0.0, from which +0.0 and -0.0 are both +0.0 away
+                shift = bitcast(_NEGATIVE_ZERO if bitcast(shift, np.int32) == 0
+                                else bitcast(shift, np.int32), ftype)
             if keep_exps:
                 chunk_shifts[item, (c0 - lo) // CHUNK] = shift
             upcoming, n_upcoming = (base + c1 * s_class, min(CHUNK, hi - c1)) if c1 < hi \
@@ -409,6 +443,9 @@ def build_row_kernel(variant, f, sum_at_inf):
                     x, base, s_class, c0, c1, cap, top_key, nan_free, counted, t_logit, t,
                     t_low, t_high, fast_order, wants_rank, wants_argmax, best_key, best)
                 ahead += chunk_ahead
+            if negative_exps and logit_sum != logit_sum and holds_nan(x, base, s_class, c0,
+                                                                      c1, ftype):
+                rest = ftype(np.nan)
             if ties_apart:  # (none where the chunk's max is below the row's)
                 if top != shift:
                     at_shift = np.int32(0)
