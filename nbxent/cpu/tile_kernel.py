@@ -346,9 +346,12 @@ def build_tile_kernel(variant, f, sum_at_inf):
         t_logit, valid = scratch[_T_LOGIT], scratch[_VALID]
         scale, g_scale, log_sums = scratch[_P_SCALE], scratch[_G_CE], scratch[_LOG_SUM]
         t_grads = scratch[_T_GRAD]
+        if writes:  # a loop of their own, at float32's width: the writes' float64 steps
+            for k in range(n):  # below narrow the loop they are in
+                log_sums[k] = log_of_sum(n_top[k], rest[k])
         for k in range(n):
             is_valid = valid[k] != ftype(0.0)
-            log_sum = log_of_sum(n_top[k], rest[k])
+            log_sum = float(log_sums[k]) if writes else log_of_sum(n_top[k], rest[k])
             sum_exp = float(n_top[k]) + float(rest[k])
             value, lse, row_mass = row_result(
                 shift[k], sum_exp, log_sum, float(moment[k]), float(mass[k]), ref[k],
@@ -368,7 +371,6 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 inv_sum = exp64(-log_sum)
                 scale[k] = inv_sum if writes_softmax else p_coef * inv_sum
                 g_scale[k] = g_ce
-                log_sums[k] = log_sum
                 if writes_target_gradient:
                     t_grads[k] = target_gradient(p_coef, g_ce, t_logit[k], shift[k], log_sum,
                                                  t_weight[k], one_minus_eps, eps_over_c, cap)
