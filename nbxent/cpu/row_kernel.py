@@ -103,10 +103,11 @@ def max_passes(load):
         return found
 
     @njit(inline="always")
-    def chunk_order(x, base, stride, c0, c1, ftype, t_logit, t, counts, bottoms):
+    def chunk_order(x, base, stride, c0, c1, ftype, t_logit, t, counts, bottoms, sums):
         """``chunk_max`` for the metrics, over the raw logits [c0, c1) of a row: (max order
         key, min order key (when ``bottoms``, else that of -inf), the number of classes ahead
-        of the target t (when ``counts``, else 0)); both flags constants where this is called.
+        of the target t (when ``counts``, else 0), their plain sum (when ``sums``, else 0));
+        the flags constants where this is called.
 
         A nan's key lies beyond an infinity's (of its sign): the min and the max tell the
         chunks that hold one. A class is ahead of t when its logit is greater than
@@ -121,12 +122,15 @@ def max_passes(load):
         bottom = order_key(ftype(np.inf))
         greater = np.int32(0)
         at_least = np.int32(0)
+        total = ftype(0.0)
         for c in range(c0, c1):
             value = load(x, base + c * stride, ftype)
             key = order_key(value)
             top = max(top, key)
             if bottoms:
                 bottom = min(bottom, key)
+            if sums:
+                total += value
             if counts:
                 greater = np.int32(greater + np.int32(value > t_logit))
                 at_least = np.int32(at_least + np.int32(value >= t_logit))
@@ -139,7 +143,8 @@ def max_passes(load):
             if at_least - greater > 1:  # ties besides t itself: those before it are ahead
                 for c in range(c0, t):
                     ahead += np.int32(load(x, base + c * stride, ftype) == t_logit)
-        return top, bottom if bottoms else order_key(ftype(-np.inf)), ahead if counts else 0
+        return (top, bottom if bottoms else order_key(ftype(-np.inf)), ahead if counts else 0,
+                total)
 
     return chunk_max, holds_nan, chunk_order
 
@@ -173,9 +178,9 @@ def build_row_kernel(variant, f, sum_at_inf):
     # by an integer minimum instead of a select per logit (on AVX2, without mask registers,
     # two operations of about twenty). They are the logits at x - shift = +0.0, those that
     # equal the shift once a zero shift is -0.0; a nan, which that exp drops, is found by
-    # the max pass's plain sum. Not where the exps are kept or reused.
-    negative_exps = ties_apart and not keep_exps and not metrics and not entropy \
-        and not compute64
+    # the max pass's plain sum. Not where the exps are kept, nor for the entropy function,
+    # whose moment takes each exp.
+    negative_exps = ties_apart and not keep_exps and not entropy and not compute64
     load_logit, element_terms, element_result, target_of = (
         f.load_logit, f.element_terms, f.element_result, f.target_of)
     row_result, grad_output_at, upstream, target_gradient = (
@@ -272,14 +277,13 @@ def build_row_kernel(variant, f, sum_at_inf):
                 at_top, e, moment_term, mass_term = element_terms(
                     value, shift, ref, c, target, t_row, t_class_stride, weight,
                     one_minus_eps, eps_over_c)
+                if negative_exps:  # (the max's terms add 0 to the entropy's sum as well)
+                    e = exp_negative32(value - shift)
                 if keep_exps:
                     store_out(out, out_base + c * o_sc, e)
                 if not ties_apart:
                     total += e
-                if negative_exps:
-                    rest += exp_negative32(value - shift)
-                else:
-                    rest += ftype(0.0) if at_top else e
+                rest += e if negative_exps else (ftype(0.0) if at_top else e)
                 chunk_moment += moment_term
                 chunk_mass += mass_term
                 if with_entropy:
@@ -383,15 +387,14 @@ def build_row_kernel(variant, f, sum_at_inf):
             c1 = min(c0 + CHUNK, hi)
             if fast_order:  # the max's pass, with what the metrics need
                 if wants_rank:
-                    top_key, bottom_key, counted = chunk_order(
+                    top_key, bottom_key, counted, logit_sum = chunk_order(
                         x, base, s_class, c0, c1, ftype, t_logit, t, True,
-                        keep_exps)
+                        keep_exps, negative_exps)
                 else:
-                    top_key, bottom_key, counted = chunk_order(
+                    top_key, bottom_key, counted, logit_sum = chunk_order(
                         x, base, s_class, c0, c1, ftype, t_logit, t, False,
-                        keep_exps)
+                        keep_exps, negative_exps)
                 top = from_order_key(top_key)
-                logit_sum = ftype(0.0)
             else:
                 # tanh is monotonic: the max of the capped logits is the capped max.
                 top, logit_sum = chunk_max(x, base, s_class, c0, c1, ftype, negative_exps)
@@ -437,15 +440,15 @@ def build_row_kernel(variant, f, sum_at_inf):
                     source, s_base, s_stride, c0, c1, cap, shift, ref, target, t_row,
                     t_class_stride, weight, one_minus_eps, eps_over_c, out, out_base, o_sc,
                     False, x, upcoming, n_upcoming if s_class == 1 else 0)
+            if negative_exps and logit_sum != logit_sum and holds_nan(x, base, s_class, c0,
+                                                                      c1, ftype):
+                rest = ftype(np.nan)
             if metrics and not keep_exps:  # (a nan makes the rest nan)
                 nan_free = rest == rest and top != np.inf
                 best_key, best, chunk_ahead = chunk_ranks(
                     x, base, s_class, c0, c1, cap, top_key, nan_free, counted, t_logit, t,
                     t_low, t_high, fast_order, wants_rank, wants_argmax, best_key, best)
                 ahead += chunk_ahead
-            if negative_exps and logit_sum != logit_sum and holds_nan(x, base, s_class, c0,
-                                                                      c1, ftype):
-                rest = ftype(np.nan)
             if ties_apart:  # (none where the chunk's max is below the row's)
                 if top != shift:
                     at_shift = np.int32(0)
