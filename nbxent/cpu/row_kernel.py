@@ -175,11 +175,11 @@ def build_row_kernel(variant, f, sum_at_inf):
     # second pass would convert (float16) or cap (softcap) every logit again.
     ties_apart = not half and not softcap
     # The loss's float32 sums of the rest from ``exp_negative32``: the max's terms left out
-    # by an integer minimum instead of a select per logit (on AVX2, without mask registers,
-    # two operations of about twenty). They are the logits at x - shift = +0.0, those that
-    # equal the shift once a zero shift is -0.0; a nan, which that exp drops, is found by
-    # the max pass's plain sum. Not where the exps are kept, nor for the entropy function,
-    # whose moment takes each exp.
+    # by an integer minimum instead of a comparison and a select per logit (AVX2 has no
+    # mask registers to fold them into the sum). They are the logits at x - shift = +0.0,
+    # those that equal the shift once a zero shift is -0.0; a nan, which that exp drops, is
+    # found by the max pass's plain sum. Not where the exps are kept, nor for the entropy
+    # function, whose moment takes each exp.
     negative_exps = ties_apart and not keep_exps and not entropy and not compute64
     load_logit, element_terms, element_result, target_of = (
         f.load_logit, f.element_terms, f.element_result, f.target_of)
