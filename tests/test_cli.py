@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -128,6 +129,23 @@ def test_compile_target_follows_numba_overrides(monkeypatch):
     assert machine.cpu_target() == {"name": "haswell", "vector_isa": "AVX2"}
     monkeypatch.setattr(config, "CPU_FEATURES", "+neon")
     assert machine.cpu_target()["vector_isa"] == "NEON"
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 only")
+def test_x86_targets_with_and_without_fused_multiply_adds(monkeypatch):
+    """exp takes ln2 as one constant only where a multiply-add is fused; the x86-64
+    baseline ("generic", no features listed) has SSE2 and no FMA."""
+    from numba.core import config
+
+    from nbxent.bench import machine
+    from nbxent.cpu import target
+    monkeypatch.setattr(config, "CPU_NAME", "haswell")
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx,+avx2,+fma,-avx512f")
+    assert target.fuses_multiply_add()
+    monkeypatch.setattr(config, "CPU_NAME", "generic")
+    monkeypatch.setattr(config, "CPU_FEATURES", "")
+    assert not target.fuses_multiply_add()
+    assert machine.cpu_target() == {"name": "generic", "vector_isa": "SSE2"}
 
 
 def test_suite_names_a_set_of_cases(capsys):

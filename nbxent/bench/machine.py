@@ -55,18 +55,13 @@ def cpu_target():
     ``haswell``) and the widest vector instruction set among its features.
 
     ``NUMBA_CPU_NAME`` and ``NUMBA_CPU_FEATURES`` override the host's, as they do for
-    Numba (both are needed to build, say, AVX2 code on an AVX-512 machine).
+    Numba (``nbxent.cpu.target``).
     """
-    import llvmlite.binding as llvm
-    from numba.core import config
+    from nbxent.cpu import target
 
-    name = config.CPU_NAME or llvm.get_host_cpu_name()
-    features = config.CPU_FEATURES
-    if features is None:
-        features = llvm.get_host_cpu_features().flatten()
-    enabled = {f[1:] for f in features.split(",") if f.startswith("+")}
+    enabled = target.enabled_features()
     isa = next((label for flag, label in _VECTOR_ISAS if flag in enabled), "no vector ISA")
-    return {"name": name, "vector_isa": isa}
+    return {"name": target.cpu_name(), "vector_isa": isa}
 
 
 def numba_threads():

@@ -31,9 +31,13 @@ import numpy as np
 from numba import njit
 
 from .bits import bitcast
+from .target import fuses_multiply_add
 
 # Inline and without fastmath of their own: the callers' flags apply.
 _F32 = np.float32
+# ln2 as one constant takes k * ln2 unrounded, in a fused multiply-add; where the target
+# has none, the product's rounding (up to 1e-6 of r at x = -20) would be exp's error.
+_ONE_LN2 = fuses_multiply_add()
 
 
 # 1.5 * 2**23 + 127: adding it to a float32 t in [-2**22, 2**22] rounds t to the nearest
@@ -71,8 +75,8 @@ def _reduced32(x, split_ln2):
 def _exp32_scaled(x, general):
     """e**x as polynomial(r) * 2**k, x = k ln2 + r. ``general``: k clamped to [-126, 127]
     and ln2 split (``_reduced32``); else k must lie in [-127, 127] (k = -127 gives 2**k =
-    0, bits all zero) and ln2 is one constant."""
-    k, r, k_bits = _reduced32(x, general)
+    0, bits all zero) and ln2 is one constant where the target fuses multiply-adds."""
+    k, r, k_bits = _reduced32(x, general or not _ONE_LN2)
     # e**r = 1 + r + r**2 q(r) on |r| <= ln2/2, q of degree 4 fitted in float64 for the
     # least largest relative error of e**r (Lawson's iteration of weighted least squares
     # on Chebyshev nodes): 3.3e-9, far below float32's rounding.
@@ -134,11 +138,20 @@ def exp_negative32(x):
 _SCALE64 = 1.5 * 2.0**52 + 1023.0
 
 
+@njit(fastmath={"contract"}, error_model="numpy")
+def _reduced64(x):
+    """(k, r): x = k ln2 + r with k an integer (as a float64), ln2 in two parts whose first
+    times k is exact (Cody-Waite). Without the callers' reassociation, as ``_reduced32``:
+    LLVM may regroup x - k ln2_hi - k ln2_lo as x - k (ln2_hi + ln2_lo), which loses r's
+    digits where the products are not fused into multiply-adds (x86 without FMA)."""
+    k = np.floor(x * 1.4426950408889634 + 0.5)
+    return k, x - k * 0.6931471803691238 - k * 1.9082149292705877e-10
+
+
 @njit(inline="always")
 def _exp64_scaled(x, clamp):
     """float64 ``_exp32_scaled``: k clamped to [-1022, 1023] if ``clamp``."""
-    k = np.floor(x * 1.4426950408889634 + 0.5)
-    r = x - k * 0.6931471803691238 - k * 1.9082149292705877e-10
+    k, r = _reduced64(x)
     p = 1.0 / 479001600.0
     for n in (39916800.0, 3628800.0, 362880.0, 40320.0, 5040.0, 720.0, 120.0, 24.0, 6.0,
               2.0, 1.0, 1.0):
