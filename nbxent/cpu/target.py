@@ -7,7 +7,8 @@ alone builds the baseline of the architecture, x86-64's SSE2).
 
 import platform
 
-_X86 = ("x86_64", "amd64", "i386", "i686", "x86")
+_X86_64 = ("x86_64", "amd64")
+_X86 = _X86_64 + ("i386", "i686", "x86")
 
 
 def cpu_name():
@@ -27,7 +28,7 @@ def enabled_features():
     if features is None:
         features = llvm.get_host_cpu_features().flatten()
     enabled = {f[1:] for f in features.split(",") if f.startswith("+")}
-    if platform.machine().lower() in ("x86_64", "amd64"):
+    if platform.machine().lower() in _X86_64:
         enabled |= {"sse", "sse2"}  # x86-64's baseline, which LLVM does not list for "generic"
     return enabled
 
