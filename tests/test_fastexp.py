@@ -5,7 +5,7 @@ import pytest
 from numba import njit
 
 from nbxent.cpu.fastexp import (exp32, exp64, exp_negative32, exp_nonpositive32,
-                                exp_nonpositive64, tanh_for)
+                                exp_nonpositive64, negative_floor32, tanh_for)
 from nbxent.cpu.row_kernel import FASTMATH
 
 
@@ -20,6 +20,8 @@ def _apply(x, which):
             out[i] = exp_nonpositive32(x[i])
         elif which == 4:
             out[i] = exp_negative32(x[i])
+        elif which == 5:
+            out[i] = negative_floor32(x[i])
         else:
             out[i] = exp_nonpositive64(x[i])
     return out
@@ -67,6 +69,17 @@ def test_exp_negative_leaves_out_plus_zero_and_nan(apply, rtol32):
     assert np.array_equal(apply(x, 4), apply(x, 2))
     special = np.array([0.0, np.nan, -np.nan, -88.0, -1e30, -np.inf, -0.0], np.float32)
     assert apply(special, 4).tolist() == [0.0] * 6 + [1.0]
+
+
+@pytest.mark.parametrize("apply, rtol32", _APPLY)
+def test_negative_floor_keeps_minus_zero_to_minus_88(apply, rtol32):
+    """``negative_floor32`` (what ``exp_negative32`` evaluates, and the entropy moment's
+    factor beside it) keeps [-88, -0.0] bit for bit and gives -88 for anything else."""
+    kept = np.concatenate([-np.geomspace(1e-38, 88.0, 1001), [-0.0]]).astype(np.float32)
+    assert np.array_equal(apply(kept, 5).view(np.int32), kept.view(np.int32))
+    special = np.array([0.0, np.nan, -np.nan, -88.00001, -1e30, -np.inf, np.inf, 1.0],
+                       np.float32)
+    assert apply(special, 5).tolist() == [-88.0] * 8
 
 
 def _tanh_loop(use64):

@@ -125,14 +125,20 @@ _FLOOR32_BITS = np.int32(-1028653056)
 
 
 @njit(inline="always")
+def negative_floor32(x):
+    """A float32 x in [-88, -0.0] as it is, anything else (+0.0, below -88, nan) as -88:
+    one integer minimum of the bits."""
+    return bitcast(min(bitcast(np.float32(x), np.int32), _FLOOR32_BITS), np.float32)
+
+
+@njit(inline="always")
 def exp_negative32(x):
     """``exp_nonpositive32`` but 0 for x = +0.0 (and for nan): a row's exp(x - max) with
-    the max's own term left out, for its sum of the rest, in one integer minimum instead
-    of a comparison, a select and ``exp_floor``'s clamp. -0.0 gives 1, as exp does: a
-    caller takes a zero max as -0.0, from which both zeros are +0.0 away, and finds nans
-    apart."""
-    floored = bitcast(min(bitcast(np.float32(x), np.int32), _FLOOR32_BITS), np.float32)
-    return _exp32_scaled(floored, False)
+    the max's own term left out, for its sum of the rest, in one integer minimum
+    (``negative_floor32``, whose -88 gives 0) instead of a comparison, a select and
+    ``exp_floor``'s clamp. -0.0 gives 1, as exp does: a caller takes a zero max as -0.0,
+    from which both zeros are +0.0 away, and finds nans apart."""
+    return _exp32_scaled(negative_floor32(x), False)
 
 
 _SCALE64 = 1.5 * 2.0**52 + 1023.0

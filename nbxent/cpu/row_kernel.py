@@ -25,7 +25,7 @@ from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, 
                         WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
 from .bits import (bitcast, exact_order, from_order_key, larger_of_numbers, order_key,
                    prefetch, rank_key)
-from .fastexp import exp_negative32, exp_nonpositive_for
+from .fastexp import exp_negative32, exp_nonpositive_for, negative_floor32
 from .disk_cache import named_for
 from .formulas import capper, difference_plus, entropy_of, entropy_term
 from .launch import blocks_for
@@ -277,8 +277,9 @@ def build_row_kernel(variant, f, sum_at_inf):
                 at_top, e, moment_term, mass_term = element_terms(
                     value, shift, ref, c, target, t_row, t_class_stride, weight,
                     one_minus_eps, eps_over_c)
-                if negative_exps:  # (the max's terms add 0 to the entropy's sum as well)
-                    e = exp_negative32(value - shift)
+                if negative_exps:
+                    floored = negative_floor32(value - shift)
+                    e = exp_negative32(floored)  # (the floor of a floor: folded away)
                 if keep_exps:
                     store_out(out, out_base + c * o_sc, e)
                 if not ties_apart:
@@ -286,8 +287,9 @@ def build_row_kernel(variant, f, sum_at_inf):
                 rest += e if negative_exps else (ftype(0.0) if at_top else e)
                 chunk_moment += moment_term
                 chunk_mass += mass_term
-                if with_entropy:
-                    chunk_entropy += entropy_term(value, shift, e, compute64)
+                if with_entropy:  # (the max's terms add 0 either way; a nan too, found apart)
+                    chunk_entropy += e * floored if negative_exps else entropy_term(
+                        value, shift, e, compute64)
         return total, rest, chunk_moment, chunk_mass, chunk_entropy
 
     @njit(inline="always")
