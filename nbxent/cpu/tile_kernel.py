@@ -280,41 +280,6 @@ def build_tile_kernel(variant, f, sum_at_inf):
         return first + (second if paired else type(second)(0.0))
 
     @njit(inline="always")
-    def class_sums(sums, c0, c1, paired):
-        """``tile_sums``'s step over class c0, and class c1 too when ``paired`` (a
-        constant where this is called, so that each loop keeps only its own work)."""
-        (logits, exps, scratch, n, pitch, target, t_base, t_si, t_sc, weight, one_minus_eps,
-         eps_over_c, with_entropy) = sums
-        shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
-        moment, mass, ref = scratch[_MOMENT], scratch[_MASS], scratch[_REF]
-        entropy_moment = scratch[_ENTROPY]
-        for k in range(n):
-            value0 = logits[cell(c0, pitch, k)]
-            value1 = logits[cell(c1, pitch, k)]
-            at_top0, e0, moment0, mass0 = element_terms(
-                value0, shift[k], ref[k], c0, target, t_base + k * t_si, t_sc, weight,
-                one_minus_eps, eps_over_c)
-            at_top1, e1, moment1, mass1 = element_terms(
-                value1, shift[k], ref[k], c1, target, t_base + k * t_si, t_sc, weight,
-                one_minus_eps, eps_over_c)
-            if writes:
-                exps[cell(c0, pitch, k)] = e0
-            n_top[k] += pair_sum(ftype(1.0) if at_top0 else ftype(0.0),
-                                 ftype(1.0) if at_top1 else ftype(0.0), paired)
-            rest[k] += pair_sum(ftype(0.0) if at_top0 else e0,
-                                ftype(0.0) if at_top1 else e1, paired)
-            # (Unused sums are not touched: each stored array adds alias checks
-            # that can keep LLVM from vectorising the loop.)
-            if entropy or smoothing or prob:
-                moment[k] += pair_sum(moment0, moment1, paired)
-            if prob:
-                mass[k] += pair_sum(mass0, mass1, paired)
-            if with_entropy:
-                entropy_moment[k] += pair_sum(
-                    entropy_term(value0, shift[k], e0, compute64),
-                    entropy_term(value1, shift[k], e1, compute64), paired)
-
-    @njit(inline="always")
     def tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base, t_si, t_sc,
                   weight, one_minus_eps, eps_over_c, with_entropy, hints):
         """Each position's sums over its classes (exps kept in ``exps`` for the writes),
@@ -337,19 +302,40 @@ def build_tile_kernel(variant, f, sum_at_inf):
             ref[k] = finite_or_zero(logits[cell(0, pitch, k)]) if smoothing or prob \
                 else ftype(0.0)
         # Without writes, classes in pairs: each position's sums are loaded and stored
-        # once a pair, and two exps are in flight; an odd last class goes alone. (With
-        # writes, the second class's store stream adds alias checks that kept LLVM from
-        # vectorising the loop: benchmarks/RESULTS.md.)
-        sums = (logits, exps, scratch, n, pitch, target, t_base, t_si, t_sc, weight,
-                one_minus_eps, eps_over_c, with_entropy)
-        n_pairs = n_classes // 2 if CLASS_STEP == 2 else 0
-        for c in range(0, 2 * n_pairs, 2):
-            hints_for_class(hints, n_classes, n, c)
-            hints_for_class(hints, n_classes, n, c + 1)
-            class_sums(sums, c, c + 1, True)
-        for c in range(2 * n_pairs, n_classes):
-            hints_for_class(hints, n_classes, n, c)
-            class_sums(sums, c, c, False)
+        # once a pair, and two exps are in flight; an odd last class is paired with
+        # itself and counted once. (With writes, the second class's store stream adds
+        # alias checks that kept LLVM from vectorising the loop: benchmarks/RESULTS.md.)
+        for c0 in range(0, n_classes, CLASS_STEP):
+            c1 = min(c0 + 1, n_classes - 1) if CLASS_STEP == 2 else c0
+            paired = c1 != c0 if CLASS_STEP == 2 else False
+            hints_for_class(hints, n_classes, n, c0)
+            if paired:
+                hints_for_class(hints, n_classes, n, c1)
+            for k in range(n):
+                value0 = logits[cell(c0, pitch, k)]
+                value1 = logits[cell(c1, pitch, k)]
+                at_top0, e0, moment0, mass0 = element_terms(
+                    value0, shift[k], ref[k], c0, target, t_base + k * t_si, t_sc, weight,
+                    one_minus_eps, eps_over_c)
+                at_top1, e1, moment1, mass1 = element_terms(
+                    value1, shift[k], ref[k], c1, target, t_base + k * t_si, t_sc, weight,
+                    one_minus_eps, eps_over_c)
+                if writes:
+                    exps[cell(c0, pitch, k)] = e0
+                n_top[k] += pair_sum(ftype(1.0) if at_top0 else ftype(0.0),
+                                     ftype(1.0) if at_top1 else ftype(0.0), paired)
+                rest[k] += pair_sum(ftype(0.0) if at_top0 else e0,
+                                    ftype(0.0) if at_top1 else e1, paired)
+                # (Unused sums are not touched: each stored array adds alias checks
+                # that can keep LLVM from vectorising the loop.)
+                if entropy or smoothing or prob:
+                    moment[k] += pair_sum(moment0, moment1, paired)
+                if prob:
+                    mass[k] += pair_sum(mass0, mass1, paired)
+                if with_entropy:
+                    entropy_moment[k] += pair_sum(
+                        entropy_term(value0, shift[k], e0, compute64),
+                        entropy_term(value1, shift[k], e1, compute64), paired)
 
     @njit(inline="always")
     def tile_rows(scratch, order, t_weight, g_rows, row_value, row_lse, row_metrics,
