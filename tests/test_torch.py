@@ -12,7 +12,7 @@ from conftest import assert_close
 
 torch = pytest.importorskip("torch")
 
-from test_reference import torch_loss_and_grad  # noqa: E402 (needs torch)
+from _torch_oracle import torch_loss_and_grad  # noqa: E402 (needs torch)
 
 CASES = [
     pytest.param((17, 10), -1, id="rows"),
