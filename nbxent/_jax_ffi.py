@@ -216,16 +216,19 @@ def host_id(host):
         return _HOST_IDS[host]
 
 
-def call(host, result_structs, *args, vmap_method="expand_dims"):
+def call(host, result_structs, *args, vmap_method="expand_dims", input_output_aliases=None):
     """``host(inputs, outputs)`` as an XLA custom call on the CPU; returns the results.
 
     ``inputs`` are read-only NumPy views of ``args``' buffers, ``outputs`` writable
     views of the result buffers (shapes and dtypes of ``result_structs``, every
     element to be written). Call ``why_unavailable()`` first: it registers the target.
     Exceptions raised by ``host`` reach the caller as JAX's runtime error, whose
-    message starts with the exception's type and message.
+    message starts with the exception's type and message. ``input_output_aliases``
+    ({input index: result index}) gives a result an input's buffer, as
+    ``jax.ffi.ffi_call`` does; ``host`` then sees the two views over the same memory.
     """
     import jax
 
-    return jax.ffi.ffi_call(TARGET_NAME, result_structs, vmap_method=vmap_method)(
+    return jax.ffi.ffi_call(TARGET_NAME, result_structs, vmap_method=vmap_method,
+                            input_output_aliases=input_output_aliases)(
         *args, host_id=np.int64(host_id(host)))

@@ -59,6 +59,7 @@ class _Spec:
     metrics: tuple = None           # the names asked for, or None
     top_k: int = 5
     argmax_dtype: np.dtype = np.dtype(np.int64)
+    inplace_backward: bool = False  # the gradient aliases the logits' buffer (FFI route)
 
     def options(self, reduction=None):
         return dict(axis=self.axis, ignore_index=self.ignore_index,
@@ -117,7 +118,8 @@ def _host_dummy(shape, dtype):
 
 
 def _make_spec(logits, labels, weight, sample_weight, denominator, *, axis, ignore_index,
-               reduction, label_smoothing, z_loss, softcap, empty, metrics, top_k):
+               reduction, label_smoothing, z_loss, softcap, empty, metrics, top_k,
+               inplace_backward=False):
     """Check the call as nbxent would (shapes, dtypes, options) before tracing anything."""
     logits_dtype = np.dtype(logits.dtype)
     dummies = [None if x is None else _host_dummy(x.shape, x.dtype)
@@ -141,14 +143,16 @@ def _make_spec(logits, labels, weight, sample_weight, denominator, *, axis, igno
                  has_sample_weight=sample_weight is not None, has_denominator=is_array,
                  denominator=None if is_array or denominator is None else float(denominator),
                  empty=empty, metrics=names, top_k=int(top_k),
-                 argmax_dtype=np.dtype(jax.dtypes.canonicalize_dtype(np.int64)))
+                 argmax_dtype=np.dtype(jax.dtypes.canonicalize_dtype(np.int64)),
+                 inplace_backward=bool(inplace_backward))
 
 
 # --------------------------------------------------------------- the host side
 
 def _host(spec, want_grad, operands, outputs=None):
-    """nbxent on host arrays, with any leading vmap batch dims (``vmap_method='expand_dims'``:
-    every operand has the same number of them, size 1 where unbatched).
+    """nbxent on host arrays, with any leading vmap batch dims (every operand has the same
+    number of them: size 1 where unbatched with ``vmap_method='expand_dims'``, the batch's
+    size with ``'broadcast_all'``).
 
     The results (``spec.results``: loss, gradient, metrics) are written into ``outputs``
     when given (XLA's buffers on the FFI route: the gradient in place), else into new
@@ -277,6 +281,11 @@ def _run(spec, want_grad, operands):
     route, _ = host_route()
 
     def on_cpu(*args):
+        if route == "ffi" and want_grad and spec.inplace_backward:
+            # Results are (loss, gradient, ...): the gradient takes the logits' buffer,
+            # which under vmap must have the batch dims whole ('broadcast_all').
+            return _jax_ffi.call(_ffi_host(spec, want_grad), structs, *args,
+                                 vmap_method="broadcast_all", input_output_aliases={0: 1})
         if route == "ffi":
             return _jax_ffi.call(_ffi_host(spec, want_grad), structs, *args)
         return jax.pure_callback(callback, structs, *args, vmap_method="expand_dims")
@@ -379,7 +388,8 @@ _cross_entropy.defvjp(_forward, _backward, symbolic_zeros=True)
 
 def cross_entropy(logits, labels, *, axis=-1, weight=None, ignore_index=-100,
                   reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
-                  sample_weight=None, denominator=None, empty="nan", metrics=None, top_k=5):
+                  sample_weight=None, denominator=None, empty="nan", metrics=None, top_k=5,
+                  inplace_backward=False):
     """Softmax cross-entropy of JAX ``logits`` against ``labels``, differentiable, on the CPU.
 
     nbxent's ``cross_entropy`` with optax's argument names: integer ``labels`` are class
@@ -428,6 +438,16 @@ def cross_entropy(logits, labels, *, axis=-1, weight=None, ignore_index=-100,
         ``(loss, metrics)`` (``jax.value_and_grad(..., has_aux=True)`` takes it).
     top_k : int >= 1
         The k of the 'top_k' metric.
+    inplace_backward : bool
+        Under differentiation, on the FFI route, write the gradient into the logits'
+        own buffer (an XLA input-output alias) instead of a new one. Always safe: where
+        the logits are still needed, or are an argument of the jitted function that is
+        not donated, XLA copies them first, which costs more than it saves. It pays
+        where the logits are an intermediate of the jitted function (a model's output,
+        the usual training step) or a donated argument (``donate_argnums``): the N×C
+        gradient then needs no memory of its own, which on the CPU XLA takes fresh from
+        the operating system on every call. Under ``vmap`` unbatched logits are first
+        broadcast to the batch. Nothing changes on the callback route.
 
     Returns
     -------
@@ -517,7 +537,8 @@ def cross_entropy(logits, labels, *, axis=-1, weight=None, ignore_index=-100,
                       arrays["sample_weight"], denominator, axis=axis,
                       ignore_index=ignore_index, reduction=reduction,
                       label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-                      empty=empty, metrics=metrics, top_k=top_k)
+                      empty=empty, metrics=metrics, top_k=top_k,
+                      inplace_backward=inplace_backward)
     result = _cross_entropy(spec, *arrays.values())
     if spec.metrics is None:
         return result

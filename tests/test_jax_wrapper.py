@@ -2,6 +2,8 @@
 written with jax.nn.log_softmax (PyTorch's semantics for weights, ignore_index and
 smoothing), under jit, grad and vmap, in float32 and float64. Skipped without JAX."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -207,6 +209,43 @@ def test_bfloat16_logits_are_computed_in_float32(rng):
     assert loss.dtype == jnp.float32 and grad.dtype == jnp.bfloat16
     expected = reference(logits.astype(jnp.float32), labels)
     assert_close(loss, expected, np.float32, "loss")
+
+
+def test_inplace_backward_gives_the_gradient_the_logits_buffer(rng, route):
+    """inplace_backward: the same values wherever the logits come from (XLA copies an
+    argument it must keep); on the FFI route a donated argument's memory comes back as
+    the gradient."""
+    logits = jnp.asarray(make_logits(rng, (7, 5), np.float32))
+    labels = jnp.asarray(make_index_target(rng, (7, 5), -1, ignored=0.3))
+    kept = np.asarray(logits).copy()
+
+    def grad_of(inplace, **options):
+        def loss(x, y):
+            result = cross_entropy(x, y, inplace_backward=inplace, **options)
+            return jnp.sum(result[0] if "metrics" in options else result)
+        return jax.grad(loss)
+
+    for options in ({}, dict(reduction="none"), dict(metrics="correct")):
+        for inputs in (lambda x: x, lambda x: 1.5 * x):   # an argument, an intermediate
+            got, expected = (jax.jit(lambda x, y: grad_of(inplace, **options)(inputs(x), y))(
+                logits, labels) for inplace in (True, False))
+            np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(logits, kept)
+    # vmap over the labels alone: the logits are broadcast to the batch first.
+    batched = jnp.stack([labels, labels[::-1]])
+    got = jax.jit(jax.vmap(grad_of(True), in_axes=(None, 0)))(logits, batched)
+    expected = jax.jit(jax.vmap(grad_of(False), in_axes=(None, 0)))(logits, batched)
+    np.testing.assert_array_equal(got, expected)
+
+    # A donated argument: on the FFI route the gradient is written into its buffer,
+    # with no copy anywhere in the compiled function.
+    donating = jax.jit(grad_of(True), donate_argnums=0)
+    compiled = donating.lower(logits, labels).compile().as_text()
+    assert ("output_to_operand_aliasing" in compiled) == (route == "ffi")
+    if route == "ffi":
+        assert re.search(r"\scopy\(", compiled) is None, compiled
+    got = donating(jnp.array(logits, copy=True), labels)
+    np.testing.assert_array_equal(got, jax.jit(grad_of(False))(logits, labels))
 
 
 # --------------------------------------------------------------- unsupported input
