@@ -231,6 +231,14 @@ def test_inplace_backward_gives_the_gradient_the_logits_buffer(rng, route):
                 logits, labels) for inplace in (True, False))
             np.testing.assert_array_equal(got, expected)
         np.testing.assert_array_equal(logits, kept)
+    # Probability labels differentiated too: their gradient reads the logits after the
+    # call that took their buffer, so XLA keeps a copy.
+    soft = jnp.asarray(make_prob_target(rng, (7, 5), -1).astype(np.float32))
+    got, expected = (jax.jit(jax.grad(lambda x, y, inplace=inplace: cross_entropy(
+        1.5 * x, y, inplace_backward=inplace), argnums=(0, 1)))(logits, soft)
+        for inplace in (True, False))
+    for got_part, expected_part in zip(got, expected):
+        np.testing.assert_array_equal(got_part, expected_part)
     # vmap over the labels alone: the logits are broadcast to the batch first.
     batched = jnp.stack([labels, labels[::-1]])
     got = jax.jit(jax.vmap(grad_of(True), in_axes=(None, 0)))(logits, batched)
