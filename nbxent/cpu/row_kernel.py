@@ -103,14 +103,15 @@ def max_passes(load):
         return found
 
     @njit(inline="always")
-    def chunk_order(x, base, stride, c0, c1, ftype, t_logit, t, counts, bottoms, sums):
-        """``chunk_max`` for the metrics, over the raw logits [c0, c1) of a row: (max order
-        key, min order key (when ``bottoms``, else that of -inf), the number of classes ahead
-        of the target t (when ``counts``, else 0), their plain sum (when ``sums``, else 0));
-        the flags constants where this is called.
+    def chunk_order(x, base, stride, c0, c1, ftype, t_logit, t, counts, sums):
+        """``chunk_max`` for the metrics, over the raw logits [c0, c1) of a row: (their max,
+        as ``chunk_max``'s, the number of classes ahead of the target t (when ``counts``,
+        else 0), their plain sum (when ``sums``, else 0)); the flags constants where this
+        is called.
 
-        A nan's key lies beyond an infinity's (of its sign): the min and the max tell the
-        chunks that hold one. A class is ahead of t when its logit is greater than
+        The sum is nan where the chunk holds a nan (and where it holds both infinities,
+        or overflows both ways): the chunks whose order the float comparisons here and in
+        ``chunk_ranks`` cannot be trusted with. A class is ahead of t when its logit is greater than
         ``t_logit``, or equal at a smaller index (float comparisons, so -0.0 equals 0.0; a
         nan counts nowhere, and a chunk holding one is ranked again in the exact order).
         One branch-free loop counts both the greater and the not smaller, in 32 bits, so
@@ -118,17 +119,13 @@ def max_passes(load):
         which leaves time for them; two loops split at t cost more, in their scalar
         remainders); only a chunk holding t and another class equal to it is read again.
         """
-        top = order_key(ftype(-np.inf))
-        bottom = order_key(ftype(np.inf))
+        top = ftype(-np.inf)
         greater = np.int32(0)
         at_least = np.int32(0)
         total = ftype(0.0)
         for c in range(c0, c1):
             value = load(x, base + c * stride, ftype)
-            key = order_key(value)
-            top = max(top, key)
-            if bottoms:
-                bottom = min(bottom, key)
+            top = larger_of_numbers(top, value)
             if sums:
                 total += value
             if counts:
@@ -143,8 +140,7 @@ def max_passes(load):
             if at_least - greater > 1:  # ties besides t itself: those before it are ahead
                 for c in range(c0, t):
                     ahead += np.int32(load(x, base + c * stride, ftype) == t_logit)
-        return (top, bottom if bottoms else order_key(ftype(-np.inf)), ahead if counts else 0,
-                total)
+        return top, ahead if counts else 0, total
 
     return chunk_max, holds_nan, chunk_order
 
@@ -380,8 +376,8 @@ def build_row_kernel(variant, f, sum_at_inf):
         ahead = 0
         # The metrics' order from float comparisons (``chunk_ranks``), unless the loss's
         # logits are capped (saturation makes ties) or t's logit is nan. Taken after the
-        # exps when none are written; else before, with the min key telling the chunks
-        # that hold a nan (its key beyond an infinity's), at the cost of that min.
+        # exps when none are written; else before, with the logits' plain sum telling the
+        # chunks that may hold a nan, at the cost of that sum.
         fast_order = metrics and not softcap and t_logit == t_logit
         t_low = order_key(ftype(-0.0) if t_logit == 0.0 else t_logit)
         t_high = order_key(ftype(0.0) if t_logit == 0.0 else t_logit)
@@ -389,23 +385,21 @@ def build_row_kernel(variant, f, sum_at_inf):
             c1 = min(c0 + CHUNK, hi)
             if fast_order:  # the max's pass, with what the metrics need
                 if wants_rank:
-                    top_key, bottom_key, counted, logit_sum = chunk_order(
+                    top, counted, logit_sum = chunk_order(
                         x, base, s_class, c0, c1, ftype, t_logit, t, True,
-                        keep_exps, negative_exps)
+                        keep_exps or negative_exps)
                 else:
-                    top_key, bottom_key, counted, logit_sum = chunk_order(
+                    top, counted, logit_sum = chunk_order(
                         x, base, s_class, c0, c1, ftype, t_logit, t, False,
-                        keep_exps, negative_exps)
-                top = from_order_key(top_key)
+                        keep_exps or negative_exps)
             else:
                 # tanh is monotonic: the max of the capped logits is the capped max.
                 top, logit_sum = chunk_max(x, base, s_class, c0, c1, ftype, negative_exps)
                 top = cap_logit(top, cap)
-                top_key = bottom_key = order_key(top)
                 counted = np.int32(0)
+            top_key = order_key(top)
             if metrics and keep_exps:
-                nan_free = top_key <= order_key(ftype(np.inf)) and \
-                    bottom_key >= order_key(ftype(-np.inf))
+                nan_free = logit_sum == logit_sum  # (taken where fast_order makes it count)
                 best_key, best, chunk_ahead = chunk_ranks(
                     x, base, s_class, c0, c1, cap, top_key, nan_free, counted, t_logit, t,
                     t_low, t_high, fast_order, wants_rank, wants_argmax, best_key, best)
