@@ -176,10 +176,12 @@ def build_tile_kernel(variant, f, sum_at_inf):
         target in ``order[_AHEAD]`` (exact when ``wants_rank``, else 1 or 0), after
         ``tile_sums`` (a position's shift is its max, ``_N_TOP`` of its classes equal it).
 
-        Float comparisons in vectorised loops: the classes greater than and equal to the
-        target's logit, the first class at the max (a running minimum: a select stored
-        where it was loaded would become a masked store), or for 'correct' only the max
-        and its count. The positions they cannot settle (a tie with the target's logit,
+        Float comparisons in vectorised loops, two classes a step (an odd last class paired
+        with the tile's -inf row after its classes: greater than nothing, equal only to a
+        -inf target logit or shift, which the exact order settles): the classes greater
+        than and equal to the target's logit, the first class at the max (a running
+        minimum: a select stored where it was loaded would become a masked store), or for
+        'correct' only the max and its count. The positions they cannot settle (a tie with the target's logit,
         a nan or an infinity, which make the sums nan; all -inf, which makes them 0) go
         through ``position_order``.
         """
@@ -190,18 +192,23 @@ def build_tile_kernel(variant, f, sum_at_inf):
             for k in range(n):
                 greater[k] = ftype(0.0)
                 equal[k] = ftype(0.0)
-            for c in range(n_classes):
+            for c in range(0, n_classes, 2):
                 for k in range(n):
-                    value = logits[cell(c, pitch, k)]
-                    greater[k] += ftype(1.0) if value > t_logit[k] else ftype(0.0)
-                    equal[k] += ftype(1.0) if value == t_logit[k] else ftype(0.0)
+                    value0, value1 = logits[cell(c, pitch, k)], logits[cell(c + 1, pitch, k)]
+                    greater[k] += (ftype(1.0) if value0 > t_logit[k] else ftype(0.0)) + (
+                        ftype(1.0) if value1 > t_logit[k] else ftype(0.0))
+                    equal[k] += (ftype(1.0) if value0 == t_logit[k] else ftype(0.0)) + (
+                        ftype(1.0) if value1 == t_logit[k] else ftype(0.0))
         if wants_argmax:
+            none = np.int32(n_classes)
             for k in range(n):
-                argmax[k] = np.int32(n_classes)
-            for c in range(n_classes):
+                argmax[k] = none
+            for c in range(0, n_classes, 2):
                 for k in range(n):
-                    at_max = logits[cell(c, pitch, k)] == shift[k]
-                    argmax[k] = min(argmax[k], np.int32(c) if at_max else np.int32(n_classes))
+                    first = min(np.int32(c) if logits[cell(c, pitch, k)] == shift[k] else none,
+                                np.int32(c + 1) if logits[cell(c + 1, pitch, k)] == shift[k]
+                                else none)
+                    argmax[k] = min(argmax[k], first)
         for k in range(n):
             # (A nan or +inf logit makes the sum nan, all -inf makes it 0, else it is >= 1;
             # t_logit is 0 without index targets.)
@@ -480,7 +487,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
         argmax = np.empty(width if metrics else 0, np.int32)
         target_index = np.empty(width, np.int64)
         target_class = np.empty(width, np.int32)  # in [0, C), or -1
-        logits = np.empty(n_classes * pitch, ftype)
+        logits = np.empty((n_classes + 1) * pitch, ftype)
+        logits[n_classes * pitch:] = -np.inf  # a class after the last, for pairs of classes
         exps = np.empty(n_classes * pitch, ftype)
         for tile_index in range(block * n_tiles // n_blocks, (block + 1) * n_tiles // n_blocks):
             tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom,
