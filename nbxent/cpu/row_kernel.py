@@ -111,9 +111,10 @@ def max_passes(load):
 
         The sum is nan where the chunk holds a nan (and where it holds both infinities,
         or overflows both ways): the chunks whose order the float comparisons here and in
-        ``chunk_ranks`` cannot be trusted with. A class is ahead of t when its logit is greater than
-        ``t_logit``, or equal at a smaller index (float comparisons, so -0.0 equals 0.0; a
-        nan counts nowhere, and a chunk holding one is ranked again in the exact order).
+        ``chunk_ranks`` cannot be trusted with. A class is ahead of t when its logit is
+        greater than ``t_logit``, or equal at a smaller index (float comparisons, so -0.0
+        equals 0.0; a nan counts nowhere, and a chunk holding one is ranked again in the
+        exact order).
         One branch-free loop counts both the greater and the not smaller, in 32 bits, so
         that it vectorises as wide as float32 keys (this pass reads the chunk from memory,
         which leaves time for them; two loops split at t cost more, in their scalar

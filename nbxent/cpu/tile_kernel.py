@@ -181,9 +181,9 @@ def build_tile_kernel(variant, f, sum_at_inf):
         -inf target logit or shift, which the exact order settles): the classes greater
         than and equal to the target's logit, the first class at the max (a running
         minimum: a select stored where it was loaded would become a masked store), or for
-        'correct' only the max and its count. The positions they cannot settle (a tie with the target's logit,
-        a nan or an infinity, which make the sums nan; all -inf, which makes them 0) go
-        through ``position_order``.
+        'correct' only the max and its count. The positions they cannot settle (a tie
+        with the target's logit, a nan or an infinity, which make the sums nan; all -inf,
+        which makes them 0) go through ``position_order``.
         """
         shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
         t_logit = scratch[_T_LOGIT]
