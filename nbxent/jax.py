@@ -281,13 +281,13 @@ def _run(spec, want_grad, operands):
     route, _ = host_route()
 
     def on_cpu(*args):
-        if route == "ffi" and want_grad and spec.inplace_backward:
-            # Results are (loss, gradient, ...): the gradient takes the logits' buffer,
-            # which under vmap must have the batch dims whole ('broadcast_all').
-            return _jax_ffi.call(_ffi_host(spec, want_grad), structs, *args,
-                                 vmap_method="broadcast_all", input_output_aliases={0: 1})
         if route == "ffi":
-            return _jax_ffi.call(_ffi_host(spec, want_grad), structs, *args)
+            # With inplace_backward the results' gradient (loss, gradient, ...) takes the
+            # logits' buffer, which under vmap must then have the batch dims whole.
+            aliased = want_grad and spec.inplace_backward
+            return _jax_ffi.call(_ffi_host(spec, want_grad), structs, *args,
+                                 vmap_method="broadcast_all" if aliased else "expand_dims",
+                                 input_output_aliases={0: 1} if aliased else None)
         return jax.pure_callback(callback, structs, *args, vmap_method="expand_dims")
 
     def elsewhere(*args):

@@ -78,21 +78,6 @@ def max_passes(load):
     (``access.loader``)."""
 
     @njit(inline="always")
-    def chunk_max(x, base, stride, c0, c1, ftype, sums):
-        """(Max of the raw logits [c0, c1) of a row, and with ``sums`` (a constant where
-        this is called) their plain sum, else 0). A nan may win the max or not
-        (``larger_of_numbers``); either way it makes the row's sum of exponentials nan,
-        or the plain sum, for the sums that drop nans (``exp_negative32``)."""
-        top = ftype(-np.inf)
-        total = ftype(0.0)
-        for c in range(c0, c1):
-            value = load(x, base + c * stride, ftype)
-            top = larger_of_numbers(top, value)
-            if sums:
-                total += value
-        return top, total
-
-    @njit(inline="always")
     def holds_nan(x, base, stride, c0, c1, ftype):
         """Whether a raw logit in [c0, c1) of a row is nan (where a plain sum of them is
         nan: one of them, or +inf and -inf, or overflows of both signs)."""
@@ -104,17 +89,18 @@ def max_passes(load):
 
     @njit(inline="always")
     def chunk_order(x, base, stride, c0, c1, ftype, t_logit, t, counts, sums):
-        """``chunk_max`` for the metrics, over the raw logits [c0, c1) of a row: (their max,
-        as ``chunk_max``'s, the number of classes ahead of the target t (when ``counts``,
-        else 0), their plain sum (when ``sums``, else 0)); the flags constants where this
-        is called.
+        """The max's pass over the raw logits [c0, c1) of a row: (their max, the number of
+        classes ahead of the target t (when ``counts``, else 0), their plain sum (when
+        ``sums``, else 0)); the flags constants where this is called.
 
-        The sum is nan where the chunk holds a nan (and where it holds both infinities,
-        or overflows both ways): the chunks whose order the float comparisons here and in
-        ``chunk_ranks`` cannot be trusted with. A class is ahead of t when its logit is
-        greater than ``t_logit``, or equal at a smaller index (float comparisons, so -0.0
-        equals 0.0; a nan counts nowhere, and a chunk holding one is ranked again in the
-        exact order).
+        A nan may win the max or not (``larger_of_numbers``); either way it makes the
+        row's sum of exponentials nan, or the plain sum, for the sums that drop nans
+        (``exp_negative32``). The sum is nan where the chunk holds a nan (and where it
+        holds both infinities, or overflows both ways): the chunks whose order the float
+        comparisons here and in ``chunk_ranks`` cannot be trusted with. A class is ahead
+        of t when its logit is greater than ``t_logit``, or equal at a smaller index
+        (float comparisons, so -0.0 equals 0.0; a nan counts nowhere, and a chunk holding
+        one is ranked again in the exact order).
         One branch-free loop counts both the greater and the not smaller, in 32 bits, so
         that it vectorises as wide as float32 keys (this pass reads the chunk from memory,
         which leaves time for them; two loops split at t cost more, in their scalar
@@ -132,7 +118,9 @@ def max_passes(load):
             if counts:
                 greater = np.int32(greater + np.int32(value > t_logit))
                 at_least = np.int32(at_least + np.int32(value >= t_logit))
-        if t < c0:  # t's ties here come after it
+        if not counts:
+            ahead = greater  # (0)
+        elif t < c0:  # t's ties here come after it
             ahead = greater
         elif t >= c1:  # and here before it
             ahead = at_least
@@ -141,7 +129,14 @@ def max_passes(load):
             if at_least - greater > 1:  # ties besides t itself: those before it are ahead
                 for c in range(c0, t):
                     ahead += np.int32(load(x, base + c * stride, ftype) == t_logit)
-        return top, ahead if counts else 0, total
+        return top, ahead, total
+
+    @njit(inline="always")
+    def chunk_max(x, base, stride, c0, c1, ftype, sums):
+        """``chunk_order`` without the metrics' count: (max, plain sum or 0)."""
+        top, _, total = chunk_order(x, base, stride, c0, c1, ftype, ftype(0.0), 0, False,
+                                    sums)
+        return top, total
 
     return chunk_max, holds_nan, chunk_order
 
