@@ -104,13 +104,20 @@ def build_parser():
                        "(schema: nbxent.bench.report.REPORT_SCHEMA)")
     bench.add_argument("--plot", metavar="FILE.png",
                        help="also draw throughput against C into a PNG (needs matplotlib)")
+    bench.add_argument("--keep-freed-memory", action="store_true",
+                       help="call nbxent.keep_freed_memory() first: the C library keeps large "
+                       "freed blocks for reuse, so that no contender (JAX's outputs, "
+                       "PyTorch's tensors, NumPy's arrays) pays page faults for memory it "
+                       "allocates anew at every call (glibc only; the header says which "
+                       "policy the run had)")
     bench.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     bench.set_defaults(handler=_bench, subparser=bench)
     info = commands.add_parser("info", help="versions, threads, kernel cache and GPU",
                                description="Print versions, Numba threads and threading "
-                               "layer, whether Numba's on-disk cache of nbxent's kernels is "
-                               "warm (a first float32 call shows whether Numba compiles: "
-                               "seconds when it does), and the GPU or why none is usable.")
+                               "layer, how the C allocator treats large freed blocks, whether "
+                               "Numba's on-disk cache of nbxent's kernels is warm (a first "
+                               "float32 call shows whether Numba compiles: seconds when it "
+                               "does), and the GPU or why none is usable.")
     info.set_defaults(handler=_info, subparser=info)
     return parser
 
@@ -150,6 +157,10 @@ def _bench(args):
                                f"{numba.config.NUMBA_NUM_THREADS} (raise NUMBA_NUM_THREADS)")
     if args.framework:
         _check_framework(args)
+    if args.keep_freed_memory:
+        from nbxent import allocator
+        if not allocator.keep_freed_memory():
+            bench_parser.error("--keep-freed-memory needs glibc's allocator (Linux)")
     if args.backend == "dask":
         return _bench_dask(args)
     if args.suite == "linear":
@@ -258,6 +269,7 @@ def _info(args):
           f"(NUMBA_CPU_NAME and NUMBA_CPU_FEATURES choose another)")
     print(f"threads     numba uses {threads['numba']} of {threads['numba_max']}, "
           f"threading layer {threads['threading_layer']}")
+    print(f"allocator   {host['allocator']}")
     seconds, compiled = machine.first_calls()
     if compiled:
         print(f"cache       cold: a first float32 loss and loss+grad call compiled "

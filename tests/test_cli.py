@@ -105,7 +105,8 @@ def test_info_describes_the_setup(tiny_run, capsys):
     # After tiny_run this process has compiled the kernels info calls: no compile here.
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    for label in ("nbxent", "numpy", "numba", "numba-cuda", "cupy", "threads", "cache", "gpu"):
+    for label in ("nbxent", "numpy", "numba", "numba-cuda", "cupy", "threads", "allocator",
+                  "cache", "gpu"):
         assert f"\n{label} " in "\n" + out
     assert "cache       warm" in out
 

@@ -348,7 +348,8 @@ def test_bench_linear_suite_on_a_small_case():
     assert by_impl["torch"]["status"] in ("over budget", "not installed")
     if by_impl["torch chunked"]["status"] != "not installed":
         assert by_impl["torch chunked"]["status"] == "ok", by_impl["torch chunked"]["message"]
-    report = {"machine": {"cpu": "cpu", "cpu_count": 1, "load_average": None},
+    report = {"machine": {"cpu": "cpu", "cpu_count": 1, "load_average": None,
+                          "allocator": "glibc's default"},
               "versions": {"nbxent": "0"}, "threads": {}, "results": rows}
     table = linear.format_table(report)
     assert "| N=96 d=8 C=700" in table

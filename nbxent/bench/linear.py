@@ -405,7 +405,7 @@ def format_table(report):
     host, versions = report["machine"], report["versions"]
     lines = [f"nbxent {versions['nbxent']} linear_cross_entropy_with_grad, float32, on "
              f"{host['cpu']} ({host['cpu_count']} cores, load average {host['load_average']}), "
-             f"threads {report['threads']}",
+             f"threads {report['threads']}; C allocator: {host['allocator']}",
              "x 3 GEMMs: best over the best of the three products alone; peak extra: beyond "
              "inputs and outputs, in a fresh process; max error: against float64", ""]
     cells = [list(COLUMNS)]

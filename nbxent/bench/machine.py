@@ -89,12 +89,14 @@ def load_average():
 
 
 def machine():
-    """The machine: OS, CPU model and compile target, logical cores, load, and the GPU (or why
-    none is usable)."""
+    """The machine: OS, CPU model and compile target, logical cores, load, how the C
+    allocator treats large freed blocks, and the GPU (or why none is usable)."""
+    from nbxent import allocator
+
     gpu, why_no_gpu = probe_gpu()
     return {"platform": platform.platform(), "cpu": cpu_name(), "cpu_target": cpu_target(),
-            "cpu_count": os.cpu_count(), "load_average": load_average(), "gpu": gpu,
-            "why_no_gpu": why_no_gpu}
+            "cpu_count": os.cpu_count(), "load_average": load_average(),
+            "allocator": allocator.policy(), "gpu": gpu, "why_no_gpu": why_no_gpu}
 
 
 def probe_gpu():

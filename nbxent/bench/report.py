@@ -13,7 +13,8 @@ JSON Schema (draft 2020-12). In short::
                      speed-ups are against the wrapper
     machine         {platform, cpu, cpu_target: {name (LLVM's CPU name the kernels are
                      compiled for), vector_isa}, cpu_count, load_average (1-minute, when the
-                     run began; null where unknown), gpu: {name, memory_bytes,
+                     run began; null where unknown), allocator (how the C library treats
+                     large freed blocks: nbxent.allocator.policy()), gpu: {name, memory_bytes,
                      compute_capability} or null, why_no_gpu: str or null}
     versions        {python, nbxent, numpy, numba, numba_cuda, cupy, torch, jax,
                      optax, rich, matplotlib}: version string, or null if absent
@@ -61,7 +62,8 @@ REPORT_SCHEMA = {
         "framework": {"enum": [None, "torch", "jax"]},
         "machine": {
             "type": "object",
-            "required": ["platform", "cpu", "cpu_count", "load_average", "gpu", "why_no_gpu"],
+            "required": ["platform", "cpu", "cpu_count", "load_average", "allocator", "gpu",
+                         "why_no_gpu"],
             "properties": {
                 "platform": {"type": "string"},
                 "cpu": {"type": "string"},
@@ -70,6 +72,7 @@ REPORT_SCHEMA = {
                                               "vector_isa": {"type": "string"}}},
                 "cpu_count": _OPT_INT,
                 "load_average": _OPT_NUMBER,
+                "allocator": {"type": "string"},
                 "gpu": {"oneOf": [{"type": "null"}, {
                     "type": "object", "required": ["name", "memory_bytes", "compute_capability"],
                     "properties": {"name": {"type": "string"}, "memory_bytes": {"type": "integer"},
@@ -161,6 +164,7 @@ def header(report):
         + (f", jax {threads['jax']}" if "jax" in threads else "")
         + f"; numpy {versions['numpy']}, numba {versions['numba']}"
         + (f"; peers: {peers}" if peers else "; peers: none"),
+        f"C allocator: {machine['allocator']}",
     ]
     for backend, bw in report["bandwidth"].items():
         lines.append(f"{backend} memory bandwidth measured in this run: read {bw['read_GBps']:.1f} "
