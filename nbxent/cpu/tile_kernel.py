@@ -65,6 +65,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
     writes_softmax = variant.write == WRITE_SOFTMAX
     writes_target_gradient = variant.write == WRITE_GRAD and indexed
     CLASS_STEP = 1 if writes else 2  # classes per step of the exp pass (``tile_sums``)
+    PAD_PAIRS = not (smoothing or prob)  # its odd last class paired with the -inf row
     LINE = 64 // (4 if variant.widened else np.dtype(ftype).itemsize)  # logits per cache line
     finite_or_zero, element_terms, element_result = (
         f.finite_or_zero, f.element_terms, f.element_result)
@@ -309,14 +310,21 @@ def build_tile_kernel(variant, f, sum_at_inf):
             ref[k] = finite_or_zero(logits[cell(0, pitch, k)]) if smoothing or prob \
                 else ftype(0.0)
         # Without writes, classes in pairs: each position's sums are loaded and stored
-        # once a pair, and two exps are in flight; an odd last class is paired with
-        # itself and counted once. (With writes, the second class's store stream adds
-        # alias checks that kept LLVM from vectorising the loop: benchmarks/RESULTS.md.)
+        # once a pair, and two exps are in flight. An odd last class is paired with the
+        # tile's -inf row after its classes, whose exp is 0 and never the max, where no
+        # class-indexed term is read (a constant pair, no select in the loop); else with
+        # itself, counted once. (With writes, the second class's store stream adds alias
+        # checks that kept LLVM from vectorising the loop: benchmarks/RESULTS.md.)
         for c0 in range(0, n_classes, CLASS_STEP):
-            c1 = min(c0 + 1, n_classes - 1) if CLASS_STEP == 2 else c0
-            paired = c1 != c0 if CLASS_STEP == 2 else False
+            if CLASS_STEP == 1:
+                c1, paired = c0, False
+            elif PAD_PAIRS:
+                c1, paired = c0 + 1, True
+            else:
+                c1 = min(c0 + 1, n_classes - 1)
+                paired = c1 != c0
             hints_for_class(hints, n_classes, n, c0)
-            if paired:
+            if c1 != c0 and c1 < n_classes:
                 hints_for_class(hints, n_classes, n, c1)
             for k in range(n):
                 value0 = logits[cell(c0, pitch, k)]
