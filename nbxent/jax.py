@@ -13,6 +13,9 @@ outside any transformation, runs nbxent directly.
 Install with ``pip install 'nbxent[jax]'``. Only JAX's CPU backend is supported: the
 kernels read host memory. JAX arrays on a GPU or TPU are a ``TypeError`` (see
 ``cross_entropy``).
+
+XLA allocates the gradient anew at every call; on Linux, ``nbxent.keep_freed_memory()``
+lets glibc reuse that memory instead of faulting in fresh pages at every step.
 """
 
 import dataclasses
