@@ -27,7 +27,7 @@ from .bits import (bitcast, exact_order, from_order_key, larger_of_numbers, orde
                    prefetch, rank_key)
 from .fastexp import exp_negative32, exp_nonpositive_for, negative_floor32
 from .disk_cache import named_for
-from .formulas import capper, difference_plus, entropy_of, entropy_term
+from .formulas import capper, difference_plus, entropy_of, entropy_term, log_of_sum
 from .launch import blocks_for
 
 # No nnan/ninf: nan must propagate and -inf logits must stay -inf. The kernels also
@@ -44,8 +44,8 @@ ARGMAX_PENDING = -1
 _NEGATIVE_ZERO = np.int32(-2**31)
 
 # Rows of the per-item partial statistics (the last four for metrics only).
-(_MAX, _SUM, _MOMENT, _MASS, _REF, _T_LOGIT, _ENTROPY, _TOP, _ARGMAX, _AHEAD, _NAN,
- _N_PARTS) = range(12)
+(_MAX, _N_TOP, _REST, _MOMENT, _MASS, _REF, _T_LOGIT, _ENTROPY, _TOP, _ARGMAX, _AHEAD, _NAN,
+ _N_PARTS) = range(13)
 
 
 def compiled_apart(variant):
@@ -351,7 +351,8 @@ def build_row_kernel(variant, f, sum_at_inf):
                       weight, one_minus_eps, eps_over_c, out, out_base, o_sc, chunk_shifts,
                       item, t_logit, t, wants_rank, wants_argmax, wants_entropy, staged,
                       in_place, next_at, next_len):
-        """(row_max, sum_exp, moment, mass, order) over classes [lo, hi) of one row.
+        """(row_max, n_top, rest, moment, mass, order) over classes [lo, hi) of one row:
+        its sum of exps is n_top, the count of logits at the max, plus the rest.
 
         ``order`` holds the metrics' sums, zeros without ``metrics``: (entropy moment,
         largest logit, its first class, classes ahead of the target ``t``, nan if a
@@ -362,7 +363,8 @@ def build_row_kernel(variant, f, sum_at_inf):
         ``next_len`` logits from ``next_at`` (the next work item's first chunk).
         """
         row_max = ftype(-np.inf)
-        sum_exp = 0.0
+        n_top = 0.0  # the logits at the running max: exactly 1 each
+        rest = 0.0  # the others' exps, apart: 1 + a tiny rest would round in float64 too
         rest_sum = 0.0  # only to let a nan logit through when the max is +inf
         moment = 0.0
         mass = 0.0
@@ -401,6 +403,7 @@ def build_row_kernel(variant, f, sum_at_inf):
                     t_low, t_high, fast_order, wants_rank, wants_argmax, best_key, best)
                 ahead += chunk_ahead
             if top > row_max:
+                sum_exp = n_top + rest
                 if sum_exp > 0.0:
                     rescale = math.exp(float(row_max - top))
                     if entropy:
@@ -408,7 +411,7 @@ def build_row_kernel(variant, f, sum_at_inf):
                     if metrics:
                         entropy_moment = rescale * (entropy_moment
                                                     + float(row_max - top) * sum_exp)
-                    sum_exp *= rescale
+                    n_top, rest = 0.0, rescale * sum_exp  # the old max is below the new
                 row_max = top
             # While every value seen is -inf, shift by 0: exp(-inf) is 0, not nan.
             shift = row_max if row_max > -np.inf else ftype(0.0)
@@ -423,20 +426,20 @@ def build_row_kernel(variant, f, sum_at_inf):
                                                   in_place)
             # (Each case its own loop: a run-time flag inside one would cost every call.)
             if metrics and wants_entropy:
-                total, rest, chunk_moment, chunk_mass, chunk_entropy = chunk_sums(
+                total, chunk_rest, chunk_moment, chunk_mass, chunk_entropy = chunk_sums(
                     source, s_base, s_stride, c0, c1, cap, shift, ref, target, t_row,
                     t_class_stride, weight, one_minus_eps, eps_over_c, out, out_base, o_sc,
                     True, x, upcoming, n_upcoming if s_class == 1 else 0)
             else:
-                total, rest, chunk_moment, chunk_mass, chunk_entropy = chunk_sums(
+                total, chunk_rest, chunk_moment, chunk_mass, chunk_entropy = chunk_sums(
                     source, s_base, s_stride, c0, c1, cap, shift, ref, target, t_row,
                     t_class_stride, weight, one_minus_eps, eps_over_c, out, out_base, o_sc,
                     False, x, upcoming, n_upcoming if s_class == 1 else 0)
             if negative_exps and logit_sum != logit_sum and holds_nan(x, base, s_class, c0,
                                                                       c1, ftype):
-                rest = ftype(np.nan)
+                chunk_rest = ftype(np.nan)
             if metrics and not keep_exps:  # (a nan makes the rest nan)
-                nan_free = rest == rest and top != np.inf
+                nan_free = chunk_rest == chunk_rest and top != np.inf
                 best_key, best, chunk_ahead = chunk_ranks(
                     x, base, s_class, c0, c1, cap, top_key, nan_free, counted, t_logit, t,
                     t_low, t_high, fast_order, wants_rank, wants_argmax, best_key, best)
@@ -451,17 +454,18 @@ def build_row_kernel(variant, f, sum_at_inf):
                     at_shift, _ = equal_to(source, s_base, s_stride, c0, c1, cap, shift,
                                            False)
             else:
-                at_shift = math.floor(float(total - rest) + 0.5)
-            sum_exp += at_shift + float(rest)
-            rest_sum += float(rest)
+                at_shift = math.floor(float(total - chunk_rest) + 0.5)
+            n_top += at_shift
+            rest += float(chunk_rest)
+            rest_sum += float(chunk_rest)
             moment += chunk_moment
             mass += chunk_mass
             entropy_moment += chunk_entropy
         if row_max == np.inf:
-            sum_exp = sum_at_inf + 0.0 * rest_sum
+            n_top, rest = sum_at_inf, 0.0 * rest_sum
         order = (entropy_moment, float(from_order_key(best_key)), float(best), float(ahead),
                  0.0 * rest_sum)
-        return row_max, sum_exp, moment, mass, order
+        return row_max, n_top, rest, moment, mass, order
 
     @compiled_apart(variant)
     def item_stats(item, x, x_geom, target, t_geom, weight, g_geom, out, out_geom, shape,
@@ -489,8 +493,8 @@ def build_row_kernel(variant, f, sum_at_inf):
         _, t, t_logit, _ = target_of(x, base, x_geom.s_class, target, t_row, shape.n_classes,
                                      0, weight, cap)
         part[item, _T_LOGIT] = t_logit
-        (part[item, _MAX], part[item, _SUM], part[item, _MOMENT], part[item, _MASS],
-         order) = segment_stats(x, base, x_geom.s_class, lo, hi,
+        (part[item, _MAX], part[item, _N_TOP], part[item, _REST], part[item, _MOMENT],
+         part[item, _MASS], order) = segment_stats(x, base, x_geom.s_class, lo, hi,
                                 cap, ref, target, t_row, t_geom.s_class, weight, one_minus_eps,
                                 eps_over_c, out, row_start(out_geom, o, i), out_geom.s_class,
                                 chunk_shifts, item, t_logit, t, options.wants_rank,
@@ -502,25 +506,30 @@ def build_row_kernel(variant, f, sum_at_inf):
 
     @njit(inline="always")
     def combined_stats(part, first, n_seg):
-        """(row_max, shift, sum_exp, moment, mass) of a row from its items' statistics."""
+        """(row_max, shift, n_top, rest, moment, mass) of a row from its items' statistics:
+        n_top counts the logits at the row's max, the rest sums the other exps."""
         row_max = ftype(part[first, _MAX])
         for k in range(first + 1, first + n_seg):
             row_max = max(row_max, ftype(part[k, _MAX]))
         shift = row_max if row_max > -np.inf else ftype(0.0)
-        sum_exp = 0.0
+        n_top = 0.0
+        rest = 0.0
         moment = 0.0
         mass = 0.0
         for k in range(first, first + n_seg):
-            if part[k, _SUM] != 0.0:  # empty and all -inf segments add nothing (nan does)
+            sum_exp = part[k, _N_TOP] + part[k, _REST]
+            if sum_exp != 0.0:  # empty and all -inf segments add nothing (nan does)
                 # (Equal maxima rescale by 1: a +inf max minus itself would be nan.)
-                rescale = 1.0 if part[k, _MAX] == shift else math.exp(part[k, _MAX] - shift)
-                sum_exp += rescale * part[k, _SUM]
+                at_max = part[k, _MAX] == shift
+                rescale = 1.0 if at_max else math.exp(part[k, _MAX] - shift)
+                n_top += part[k, _N_TOP] if at_max else 0.0
+                rest += part[k, _REST] if at_max else rescale * sum_exp
                 if entropy:
-                    moment += rescale * (part[k, _MOMENT] + (part[k, _MAX] - shift) * part[k, _SUM])
+                    moment += rescale * (part[k, _MOMENT] + (part[k, _MAX] - shift) * sum_exp)
             if not entropy:
                 moment += part[k, _MOMENT]
             mass += part[k, _MASS]
-        return row_max, shift, sum_exp, moment, mass
+        return row_max, shift, n_top, rest, moment, mass
 
     @njit(inline="always")
     def combined_order(part, first, n_seg, shift, wants_entropy):
@@ -532,10 +541,11 @@ def build_row_kernel(variant, f, sum_at_inf):
         ahead = 0.0
         nan = 0.0
         for k in range(first, first + n_seg):
-            if wants_entropy and part[k, _SUM] != 0.0:
+            sum_exp = part[k, _N_TOP] + part[k, _REST]
+            if wants_entropy and sum_exp != 0.0:
                 rescale = 1.0 if part[k, _MAX] == shift else math.exp(part[k, _MAX] - shift)
                 entropy_moment += rescale * (part[k, _ENTROPY]
-                                             + (part[k, _MAX] - shift) * part[k, _SUM])
+                                             + (part[k, _MAX] - shift) * sum_exp)
             key = rank_key(ftype(part[k, _TOP]))
             if key > best_key:  # strictly: the first item's class wins a tie
                 best_key, best = key, part[k, _ARGMAX]
@@ -558,11 +568,12 @@ def build_row_kernel(variant, f, sum_at_inf):
         r, seg, o, i, lo, hi = item_place(item, shape)
         base = row_start(x_geom, o, i)
         t_row = row_start(t_geom, o, i)
-        row_max, shift, sum_exp, moment, mass = combined_stats(part, r * n_seg, n_seg)
+        row_max, shift, n_top, rest, moment, mass = combined_stats(part, r * n_seg, n_seg)
+        sum_exp = n_top + rest
         valid, t, _, t_weight = target_of(x, base, x_geom.s_class, target, t_row,
                                           n_classes, options.ignore_index, weight, cap)
         t_logit = ftype(part[item, _T_LOGIT])
-        log_sum = math.log(sum_exp)
+        log_sum = log_of_sum(n_top, rest)
         value, lse, row_mass = row_result(row_max, sum_exp, log_sum, moment, mass,
                                           ftype(part[item, _REF]), t_logit, t_weight,
                                           options.weight_sum, one_minus_eps, eps_over_c)

@@ -8,8 +8,6 @@ then), its exps are kept for the writes, and the results are staged out. Every
 pass between is a contiguous loop over the tile's positions, the vectorised one.
 """
 
-import math
-
 import numpy as np
 from numba import njit
 
@@ -20,7 +18,7 @@ from .bits import copy_transposed, exact_order, larger_of_numbers, prefetch, pre
 from .fastexp import exp64, log1p32
 from .launch import blocks_for
 from .disk_cache import named_for
-from .formulas import capper, entropy_of, entropy_term
+from .formulas import capper, entropy_of, entropy_term, log_of_sum
 from .row_kernel import FASTMATH, compiled_apart, row_start
 
 # Rows of a tile's per-position scratch.
@@ -73,15 +71,15 @@ def build_tile_kernel(variant, f, sum_at_inf):
         f.row_result, f.grad_output_at, f.upstream, f.target_gradient)
 
     @njit(inline="always")
-    def log_of_sum(n_top, rest):
-        """log(n_top + rest), precise when rest is small (the confident rows).
+    def tile_log_of_sum(n_top, rest):
+        """``log_of_sum`` at the tile's type (float32's in ``log1p32``, which vectorises).
 
         ``n_top``, the count of logits at the shift, is a whole number, so
         ``(n_top - 1) + rest`` is exact where it matters (n_top = 1). It is 0 only
         where no logit equals the shift: a row of -inf (rest 0) or of nan (rest nan).
         """
         if compute64:
-            return math.log(n_top + rest)
+            return log_of_sum(n_top, rest)
         if n_top > ftype(0.0):
             return float(log1p32((n_top - ftype(1.0)) + rest))
         return -np.inf if rest == ftype(0.0) else np.nan
@@ -363,10 +361,10 @@ def build_tile_kernel(variant, f, sum_at_inf):
         t_grads = scratch[_T_GRAD]
         if writes:  # a loop of their own, at float32's width: the writes' float64 steps
             for k in range(n):  # below narrow the loop they are in
-                log_sums[k] = log_of_sum(n_top[k], rest[k])
+                log_sums[k] = tile_log_of_sum(n_top[k], rest[k])
         for k in range(n):
             is_valid = valid[k] != ftype(0.0)
-            log_sum = float(log_sums[k]) if writes else log_of_sum(n_top[k], rest[k])
+            log_sum = float(log_sums[k]) if writes else tile_log_of_sum(n_top[k], rest[k])
             sum_exp = float(n_top[k]) + float(rest[k])
             value, lse, row_mass = row_result(
                 shift[k], sum_exp, log_sum, float(moment[k]), float(mass[k]), ref[k],
