@@ -348,6 +348,29 @@ def test_confident_float16_gradient_keeps_precision():
     np.testing.assert_allclose(grad[0, 0], expected[0, 0], rtol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_a_confident_row_keeps_the_digits_of_its_loss(layout, dtype):
+    """Where the target's logit leads the others by 25 or 60, the loss is the tiny sum of
+    their exps, which 1 + sum rounds away (float32's below 6e-8, float64's below 1e-16):
+    the sum's excess over one keeps its digits through the threads', warps' and chunks'
+    merges. (Tolerances: the device's own exp and log1p, not ours.)"""
+    rng = np.random.default_rng(13)
+    x = (rng.standard_normal((4, 100)) * 3).astype(dtype)
+    t = rng.integers(0, 100, 4)
+    for row, lead, others in ((0, 0.0, -25.0), (1, -0.0, -60.0)):
+        x[row] = others + 0.5 * rng.standard_normal(100)
+        x[row, 57] = lead
+        t[row] = 57
+    loss, grad, _ = run_loss(x, t, layout=layout, reduction="none")
+    for row in (0, 1):
+        precise = np.log1p(np.exp(np.delete(x[row].astype(np.float64), 57)).sum())
+        tolerance = 1e-6 if dtype == np.float32 else 1e-13
+        assert abs(loss[row] - precise) <= tolerance * precise, (row, loss[row], precise)
+    expected_loss, expected_grad = reference_pair(x, t, reduction="none")
+    _check(loss, expected_loss, dtype, "loss")
+    _check(grad, expected_grad, dtype, "grad")
+
+
 def test_copy_contiguous_of_exotic_view():
     base = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
     view = cuda.to_device(base)[::2, :, ::3]

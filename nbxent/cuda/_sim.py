@@ -130,15 +130,15 @@ else:
 
 
 if SIMULATED:
-    def log(x):
-        """Natural log with IEEE results (log 0 = -inf), as on the GPU; Python's raises."""
+    def log1p(x):
+        """log(1 + x) with IEEE results (log1p(-1) = -inf), as on the GPU; Python's raises."""
         with np.errstate(divide="ignore", invalid="ignore"):
-            return type(x)(np.log(x)) if isinstance(x, np.generic) else np.log(x)
+            return type(x)(np.log1p(x)) if isinstance(x, np.generic) else np.log1p(x)
 else:
     @cuda.jit(device=True, inline="always")
-    def log(x):
-        """Natural log (libdevice)."""
-        return math.log(x)
+    def log1p(x):
+        """log(1 + x) (libdevice)."""
+        return math.log1p(x)
 
 
 def is_sim_array(x):

@@ -21,7 +21,10 @@ are: each thread's pass over its classes (``thread_stats``: the running max,
 the rescaled sum of exponentials and the sums the loss needs), the merge over
 the row's threads (``group_reduce``) and, split, over its chunks
 (``merge_chunks``), the row's loss and gradient coefficients (``ce_terms``),
-then the gradient or normalised row (``write_row``). Each thread keeps its
+then the gradient or normalised row (``write_row``). The sum of exponentials
+travels as its excess over one, s - 1 (-1 for no classes): a confident row's loss
+is log1p of that excess, which s itself, 1 + a tiny rest, would round away. Each
+thread keeps its
 logits of the row in registers (``Variant.cache`` per thread), so when a row
 fits, the gradient pass reads no logits from memory again.
 
@@ -53,7 +56,7 @@ from numba import cuda, float32, float64, int64
 from .._block_labels import restart_block_labels
 from .._kinds import TargetKind
 from .._metrics import METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK
-from ._sim import log, shfl_xor4
+from ._sim import log1p, shfl_xor4
 
 
 class Geometry(NamedTuple):
@@ -336,10 +339,11 @@ def precedes(x, c, y, d):
 
 @lru_cache(maxsize=None)
 def _online_softmax(acc64, entropy, block_group, metrics=False):
-    """(raise_max, group_reduce, merge_chunks) for partials (row_max, sum_exp, moment,
-    mass, order).
+    """(raise_max, group_reduce, merge_chunks) for partials (row_max, excess, moment,
+    mass, order), ``excess`` the sum of exponentials less one.
 
-    ``raise_max`` moves a partial onto a larger max; ``group_reduce`` merges the
+    ``raise_max`` moves a thread's running partial, its count of logits at the max apart
+    from the rest of its sum, onto a larger max; ``group_reduce`` merges the
     partials of a row's threads, ``merge_chunks`` those of a split row's chunks.
     For entropy the moment is taken about the max, so it moves with it. ``order`` is
     (top, first, ahead, shannon), the metrics' partial with ``metrics`` (else passed
@@ -372,24 +376,37 @@ def _online_softmax(acc64, entropy, block_group, metrics=False):
         return shift_moment(moment, sum_exp, m_old, m_new) * scale
 
     @cuda.jit(device=True, inline="always")
-    def raise_max(row_max, sum_exp, moment, shannon, new_max):
-        """(row_max, sum_exp, moment, shannon) about max(row_max, new_max)."""
+    def raise_max(row_max, n_top, rest, moment, shannon, new_max):
+        """(row_max, n_top, rest, moment, shannon) about max(row_max, new_max): n_top
+        counts the logits at the max (1 each), the rest sums the other exponentials."""
         new_max = new_max if new_max > row_max else row_max
         scale = rescale(row_max, new_max)
         if entropy:
-            moment = moment_about(moment, sum_exp, row_max, new_max, scale)
+            moment = moment_about(moment, n_top + rest, row_max, new_max, scale)
         if metrics:
-            shannon = moment_about(shannon, sum_exp, row_max, new_max, scale)
-        return new_max, sum_exp * scale, moment, shannon
+            shannon = moment_about(shannon, n_top + rest, row_max, new_max, scale)
+        if new_max != row_max:  # the old max is below the new one
+            n_top, rest = zero, (n_top + rest) * scale
+        return new_max, n_top, rest, moment, shannon
 
     @cuda.jit(device=True, inline="always")
-    def merge(m, s, moment, mass, order, m2, s2, moment2, mass2, order2):
+    def merged_excess(m, excess, m2, excess2, row_max, scale, scale2):
+        """The excess over one of the union's sum: a partial at the row's max keeps its
+        own excess, exactly; one below it adds its whole sum, rescaled."""
+        if m2 != row_max:  # (m is at the max, or a nan, which the scales carry)
+            return excess + (excess2 + one) * scale2
+        if m != row_max:
+            return excess2 + (excess + one) * scale
+        return (excess + excess2) + one
+
+    @cuda.jit(device=True, inline="always")
+    def merge(m, excess, moment, mass, order, m2, excess2, moment2, mass2, order2):
         """The partial of the union of two sets of classes."""
         row_max = m2 if m2 > m else m
         scale, scale2 = rescale(m, row_max), rescale(m2, row_max)
         if entropy:
-            moment = (moment_about(moment, s, m, row_max, scale)
-                      + moment_about(moment2, s2, m2, row_max, scale2))
+            moment = (moment_about(moment, excess + one, m, row_max, scale)
+                      + moment_about(moment2, excess2 + one, m2, row_max, scale2))
         else:
             moment = moment + moment2
         if metrics:
@@ -397,9 +414,10 @@ def _online_softmax(acc64, entropy, block_group, metrics=False):
             if precedes(order2[0], order2[1], top, first):
                 top, first = order2[0], order2[1]
             order = (top, first, ahead + order2[2],
-                     moment_about(shannon, s, m, row_max, scale)
-                     + moment_about(order2[3], s2, m2, row_max, scale2))
-        return row_max, s * scale + s2 * scale2, moment, mass + mass2, order
+                     moment_about(shannon, excess + one, m, row_max, scale)
+                     + moment_about(order2[3], excess2 + one, m2, row_max, scale2))
+        return (row_max, merged_excess(m, excess, m2, excess2, row_max, scale, scale2), moment,
+                mass + mass2, order)
 
     @cuda.jit(device=True, inline="always")
     def store_order(floats, f_at, ints, i_at, order):
@@ -419,7 +437,7 @@ def _online_softmax(acc64, entropy, block_group, metrics=False):
         return order
 
     @cuda.jit(device=True, inline="always")
-    def group_reduce(m, s, moment, mass, order, group, lane32, warp_id):
+    def group_reduce(m, excess, moment, mass, order, group, lane32, warp_id):
         """Merge the partials of a row's threads; every thread gets the same result.
 
         A butterfly over ``min(group, 32)`` lanes (commutative, so bitwise
@@ -429,12 +447,12 @@ def _online_softmax(acc64, entropy, block_group, metrics=False):
         """
         offset = (group if group < 32 else 32) // 2
         while offset > 0:
-            m2, s2, moment2, mass2 = shfl_xor4(m, s, moment, mass, offset)
+            m2, excess2, moment2, mass2 = shfl_xor4(m, excess, moment, mass, offset)
             order2 = order
             if metrics:
                 order2 = shfl_xor4(order[0], order[1], order[2], order[3], offset)
-            m, s, moment, mass, order = merge(m, s, moment, mass, order, m2, s2, moment2, mass2,
-                                              order2)
+            m, excess, moment, mass, order = merge(m, excess, moment, mass, order, m2, excess2,
+                                                   moment2, mass2, order2)
             offset //= 2
         if block_group:
             warp_stats = cuda.shared.array(128, acc)
@@ -442,23 +460,23 @@ def _online_softmax(acc64, entropy, block_group, metrics=False):
             warp_ints = cuda.shared.array(64, int64)
             if lane32 == 0:
                 warp_stats[4 * warp_id] = m
-                warp_stats[4 * warp_id + 1] = s
+                warp_stats[4 * warp_id + 1] = excess
                 warp_stats[4 * warp_id + 2] = moment
                 warp_stats[4 * warp_id + 3] = mass
                 store_order(warp_floats, 2 * warp_id, warp_ints, 2 * warp_id, order)
             cuda.syncthreads()
-            m, s, moment, mass = warp_stats[0], warp_stats[1], warp_stats[2], warp_stats[3]
+            m, excess, moment, mass = warp_stats[0], warp_stats[1], warp_stats[2], warp_stats[3]
             order = load_order(warp_floats, 0, warp_ints, 0, order)
             for other in range(1, cuda.blockDim.x // 32):
-                m, s, moment, mass, order = merge(
-                    m, s, moment, mass, order, warp_stats[4 * other], warp_stats[4 * other + 1],
-                    warp_stats[4 * other + 2], warp_stats[4 * other + 3],
+                m, excess, moment, mass, order = merge(
+                    m, excess, moment, mass, order, warp_stats[4 * other],
+                    warp_stats[4 * other + 1], warp_stats[4 * other + 2], warp_stats[4 * other + 3],
                     load_order(warp_floats, 2 * other, warp_ints, 2 * other, order))
             cuda.syncthreads()
-        return m, s, moment, mass, order
+        return m, excess, moment, mass, order
 
     @cuda.jit(device=True, inline="always")
-    def merge_chunks(acc_ws, int_ws, dims, row, chunk, active, m, s, moment, mass, order):
+    def merge_chunks(acc_ws, int_ws, dims, row, chunk, active, m, excess, moment, mass, order):
         """Publish this block's partial of ``row``; the block of the row's last chunk
         to finish merges them all in chunk order.
 
@@ -470,7 +488,7 @@ def _online_softmax(acc64, entropy, block_group, metrics=False):
         part = dims.chunk_base + parts * (row * dims.n_chunks + chunk)
         if cuda.threadIdx.x == 0 and active:
             acc_ws[part] = m
-            acc_ws[part + 1] = s
+            acc_ws[part + 1] = excess
             acc_ws[part + 2] = moment
             acc_ws[part + 3] = mass
             store_order(acc_ws, part + CHUNK_PARTIALS, int_ws,
@@ -483,18 +501,19 @@ def _online_softmax(acc64, entropy, block_group, metrics=False):
         if row_done:
             cuda.threadfence()
             part = dims.chunk_base + parts * row * dims.n_chunks
-            m, s, moment, mass = acc_ws[part], acc_ws[part + 1], acc_ws[part + 2], acc_ws[part + 3]
+            m, excess = acc_ws[part], acc_ws[part + 1]
+            moment, mass = acc_ws[part + 2], acc_ws[part + 3]
             order = load_order(acc_ws, part + CHUNK_PARTIALS, int_ws,
                                ints + ORDER_PARTIALS * row * dims.n_chunks, order)
             for other in range(1, dims.n_chunks):
                 part = dims.chunk_base + parts * (row * dims.n_chunks + other)
-                m, s, moment, mass, order = merge(
-                    m, s, moment, mass, order, acc_ws[part], acc_ws[part + 1], acc_ws[part + 2],
-                    acc_ws[part + 3],
+                m, excess, moment, mass, order = merge(
+                    m, excess, moment, mass, order, acc_ws[part], acc_ws[part + 1],
+                    acc_ws[part + 2], acc_ws[part + 3],
                     load_order(acc_ws, part + CHUNK_PARTIALS, int_ws,
                                ints + ORDER_PARTIALS * (row * dims.n_chunks + other), order))
         cuda.syncthreads()
-        return row_done, m, s, moment, mass, order
+        return row_done, m, excess, moment, mass, order
 
     return raise_max, group_reduce, merge_chunks
 
@@ -558,16 +577,16 @@ def _stats_pass(variant):
     @cuda.jit(device=True, inline="always")
     def thread_stats(logits, x_row, x_geom, target, t_row, t_geom, weight, w_geom, c_first,
                      c_end, step, ref, t_logit, t, scalars, cache):
-        """This thread's partial (row_max, sum_exp, moment, mass, order) over the classes
+        """This thread's partial (row_max, excess, moment, mass, order) over the classes
         c_first, c_first + step, ... < c_end of a row (see the notation, and
-        ``_online_softmax`` for ``order``, which counts the classes ahead of class t
-        of logit t_logit).
+        ``_online_softmax`` for the excess and for ``order``, which counts the classes
+        ahead of class t of logit t_logit).
 
         Loads K logits before using them (bytes in flight), leaving them in ``cache``.
         """
         has_spread = prob_target or (index_target and scalars.eps > zero)
         row_max = neg_inf
-        sum_exp = moment = mass = shannon = zero
+        n_top = rest = moment = mass = shannon = zero
         top, first, ahead = neg_inf, int64(_INT64_MAX), int64(0)
         for base in range(c_first, c_end, step * K):
             chunk_max = neg_inf
@@ -584,22 +603,23 @@ def _stats_pass(variant):
                 cache[k] = x
                 if x > chunk_max:
                     chunk_max = x
-            row_max, sum_exp, moment, shannon = raise_max(row_max, sum_exp, moment, shannon,
-                                                          chunk_max)
+            row_max, n_top, rest, moment, shannon = raise_max(row_max, n_top, rest, moment,
+                                                              shannon, chunk_max)
             for k in range(K):
                 c = base + k * step
                 if c < c_end:
                     x = cache[k]
-                    # exp(-inf - -inf) is nan: a -inf logit adds exactly nothing. The
-                    # logsumexp op counts a +inf max as e = 1 (torch: logsumexp = +inf);
-                    # cross-entropy keeps exp(inf - inf) = nan, as torch's loss does.
-                    if x == neg_inf:
-                        e = zero
-                    elif logsumexp and x == row_max:
+                    # exp(-inf - -inf) is nan: a -inf logit adds exactly nothing. A logit
+                    # at the max adds 1 to the count; the logsumexp op counts a +inf max
+                    # so too (torch: logsumexp = +inf), while cross-entropy keeps
+                    # exp(inf - inf) = nan, as torch's loss does.
+                    e = zero
+                    if x == row_max and x != neg_inf and (logsumexp or x != -neg_inf):
                         e = one
-                    else:
+                        n_top += one
+                    elif x != neg_inf:
                         e = math.exp(x - row_max)
-                    sum_exp += e
+                        rest += e
                     if (entropy or metrics) and e != zero:
                         if entropy:
                             moment += e * (x - row_max)
@@ -610,7 +630,8 @@ def _stats_pass(variant):
                                     w_geom.offset + c * w_geom.s_class, scalars)
                         moment += q * (x - ref)
                         mass += q
-        return row_max, sum_exp, moment, mass, (top, first, ahead, shannon)
+        # (n_top - 1) is exact: the excess keeps the rest's digits.
+        return row_max, (n_top - one) + rest, moment, mass, (top, first, ahead, shannon)
 
     return thread_stats
 
@@ -842,21 +863,22 @@ def kernel_for(variant):
                                                          active, dims, scalars)
             row_max = log_sum = p_coef = g_ce = t_coef = zero
             if do_stats:
-                row_max, sum_exp, moment, mass = neg_inf, zero, zero, zero
+                row_max, excess, moment, mass = neg_inf, -one, zero, zero
                 order = (neg_inf, int64(_INT64_MAX), int64(0), zero)
                 if active:
-                    row_max, sum_exp, moment, mass, order = thread_stats(
+                    row_max, excess, moment, mass, order = thread_stats(
                         logits, x_row, x_geom, target, t_row, t_geom, weight, w_geom,
                         c_begin + lane, c_end, dims.group, ref, t_logit, t, scalars, cache)
-                row_max, sum_exp, moment, mass, order = group_reduce(
-                    row_max, sum_exp, moment, mass, order, dims.group, lane32, warp_id)
+                row_max, excess, moment, mass, order = group_reduce(
+                    row_max, excess, moment, mass, order, dims.group, lane32, warp_id)
                 row_done = active
                 if split:
-                    row_done, row_max, sum_exp, moment, mass, order = merge_chunks(
-                        acc_ws, int_ws, dims, row, chunk, active, row_max, sum_exp, moment, mass,
+                    row_done, row_max, excess, moment, mass, order = merge_chunks(
+                        acc_ws, int_ws, dims, row, chunk, active, row_max, excess, moment, mass,
                         order)
                 if row_done:
-                    log_sum = log(sum_exp)
+                    sum_exp = excess + one
+                    log_sum = log1p(excess)
                     lse = row_max + log_sum
                     value = lse  # the logsumexp op's result
                     z_value = zero
