@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from nbxent import allocator
+from nbxent.bench import machine, run
 from nbxent.cli import main
 
 from test_cli import TINY
@@ -65,12 +66,16 @@ def _kept_in_name_only(monkeypatch):
     monkeypatch.setattr(allocator, "keep_freed_memory", keep)
 
 
-def test_the_bench_applies_it_and_says_so(monkeypatch, capsys):
+def test_the_bench_applies_it_before_it_runs(monkeypatch):
     _kept_in_name_only(monkeypatch)
-    assert main([*TINY, "--op", "loss", "--peers", "none", "--repeat", "1",
-                 "--keep-freed-memory"]) == 0
-    out = capsys.readouterr().out
-    assert "C allocator: large freed blocks kept for reuse (nbxent.keep_freed_memory)" in out
+    seen = {}
+
+    def run_that_stops(settings, progress):
+        seen["allocator"] = machine.machine()["allocator"]  # what the report records
+        raise SystemExit(0)
+    monkeypatch.setattr(run, "run", run_that_stops)
+    assert main([*TINY, "--keep-freed-memory"]) == 0
+    assert seen["allocator"] == "large freed blocks kept for reuse (nbxent.keep_freed_memory)"
 
 
 def test_the_bench_refuses_it_where_it_cannot_apply(monkeypatch, capsys):

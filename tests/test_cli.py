@@ -36,6 +36,7 @@ def test_bench_runs_end_to_end(tiny_run):
     assert code == 0
     assert "bytes per call: loss N*C*s" in stdout
     assert "memory bandwidth measured in this run" in stdout
+    assert f"C allocator: {document['machine']['allocator']}" in stdout
     impls = [(row["op"], row["impl"], row["status"]) for row in document["results"]]
     assert impls == [("loss", "nbxent", "ok"), ("loss", "numpy", "ok"),
                      ("loss+grad", "nbxent", "ok"), ("loss+grad", "nbxent out=", "ok"),

@@ -24,9 +24,8 @@ the row's threads (``group_reduce``) and, split, over its chunks
 then the gradient or normalised row (``write_row``). The sum of exponentials
 travels as its excess over one, s - 1 (-1 for no classes): a confident row's loss
 is log1p of that excess, which s itself, 1 + a tiny rest, would round away. Each
-thread keeps its
-logits of the row in registers (``Variant.cache`` per thread), so when a row
-fits, the gradient pass reads no logits from memory again.
+thread keeps its logits of the row in registers (``Variant.cache`` per thread), so
+when a row fits, the gradient pass reads no logits from memory again.
 
 With ``Variant.metrics`` (cross-entropy) the same pass takes the rows of
 ``nbxent._metrics``: each thread keeps the first largest logit of its classes in
