@@ -322,7 +322,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 c1 = min(c0 + 1, n_classes - 1)
                 paired = c1 != c0
             hints_for_class(hints, n_classes, n, c0)
-            if c1 != c0 and c1 < n_classes:
+            if paired and c1 < n_classes:  # (not the -inf row)
                 hints_for_class(hints, n_classes, n, c1)
             for k in range(n):
                 value0 = logits[cell(c0, pitch, k)]
