@@ -69,13 +69,25 @@ def _capped(logits, softcap):
     return logits if softcap is None else softcap * np.tanh(logits / softcap)
 
 
+def _log_sum(shifted):
+    """log s = log sum_c exp(shifted_c) over the last axis (keepdims), shifted = x - m.
+
+    The classes at the max give exactly 1 each: they are counted apart from the rest, so
+    that a confident row's log(1 + rest) keeps its digits (log1p) where rest is tiny.
+    """
+    at_max = shifted == 0
+    n_top = np.sum(at_max, axis=-1, keepdims=True)
+    rest = np.sum(np.where(at_max, 0.0, np.exp(shifted)), axis=-1, keepdims=True)
+    return np.log1p((n_top - 1) + rest)
+
+
 def _shifted_logsumexp(x):
     """logsumexp over the last axis of float64 ``x``; nan for a row holding +inf."""
     row_max = np.max(x, axis=-1, keepdims=True)
     # A row of all -inf has max -inf: shift by 0 there so exp gives 0, log gives -inf.
     shift = np.where(np.isneginf(row_max), 0.0, row_max)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return (shift + np.log(np.sum(np.exp(x - shift), axis=-1, keepdims=True)))[..., 0]
+        return (shift + _log_sum(x - shift))[..., 0]
 
 
 def logsumexp(x, axis=-1):
@@ -95,8 +107,7 @@ def log_softmax(x, axis=-1):
     with np.errstate(invalid="ignore", divide="ignore"):
         # x - max first: subtracting a whole lse from logits near 1e4 loses digits.
         shifted = x64 - np.where(np.isneginf(row_max), 0.0, row_max)
-        log_sum = np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
-        return np.moveaxis(shifted - log_sum, -1, axis)
+        return np.moveaxis(shifted - _log_sum(shifted), -1, axis)
 
 
 def softmax(x, axis=-1):

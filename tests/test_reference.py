@@ -280,3 +280,27 @@ def test_normalizers_match_torch(rng, shape, axis, nonfinite):
         assert_close(R.entropy(x, axis, reduction="sum"), ent.sum(), F64, "loss", atol=1e-14)
         assert_close(R.entropy(x, axis, reduction="mean"),
                      ent.mean() if ent.size else np.nan, F64, "loss", atol=1e-14)
+
+
+# ------------------------------------------------------------------ confident rows
+
+@pytest.mark.parametrize("n_top", [1, 2])
+def test_a_confident_row_keeps_its_digits(n_top):
+    """A row whose ``n_top`` leaders stand L above C - n_top zeros has the closed forms
+    s = n_top + k with k = (C - n_top) e^-L: its loss is log1p(n_top - 1 + k) and its
+    entropy log s + L k / s. 1 + k would round k away (below 1e-16); the oracle, like the
+    kernels, counts the classes at the max apart, so each keeps its relative digits."""
+    n_classes = 100
+    leads = np.array([5.0, 20.0, 30.0, 40.0, 80.0, 700.0])
+    logits = np.zeros((leads.size, n_classes))
+    logits[:, :n_top] = leads[:, None]
+    target = np.zeros(leads.size, np.int64)
+    k = (n_classes - n_top) * np.exp(-leads)
+    s = n_top + k
+    rows = dict(reduction="none")
+    np.testing.assert_allclose(R.cross_entropy(logits, target, **rows), np.log1p(n_top - 1 + k),
+                               rtol=1e-14, atol=0)
+    np.testing.assert_allclose(R.logsumexp(logits), leads + np.log1p(n_top - 1 + k),
+                               rtol=1e-15, atol=0)
+    np.testing.assert_allclose(R.entropy(logits), np.log1p(n_top - 1 + k) + leads * k / s,
+                               rtol=1e-14, atol=0)
