@@ -24,10 +24,9 @@ q_c            q            target distribution: ((1 - eps)[c == t] + eps/C) w_c
                             index t, ((1 - eps) y_c + eps/C) w_c for probabilities y
                t_mass       (1 - eps) w_t, the index target's own term of q (0 for y)
 q~_c           class_q      q_c - t_mass [c == t]: the part of q summed class by class
-r              ref          reference logit: the row's first logit if finite, else 0
                mass         sum_c q~_c
-               moment       sum_c q~_c (x_c - r); for the entropy, sum_c e_c (x_c - m)
-               spread       sum_c q~_c (lse - x_c) = mass (lse - r) - moment
+               moment       sum_c q~_c (x_c - m); for the entropy, sum_c e_c (x_c - m)
+               spread       sum_c q~_c (lse - x_c) = mass log s - moment
 Q              row_mass     sum_c q_c = t_mass + mass
 D, N                        'mean' denominators: the summed w_t of the counted rows (the
                             row count for probabilities), and the number of counted rows
@@ -41,8 +40,9 @@ A counted row has a target that is not ``ignore_index`` and lies in [0, C); othe
 rows give 0. Soft cap a: the raw logits z become x_c = a tanh(z_c / a) first.
 
 - loss: log p_c = x_c - lse, so ce = -sum_c q_c log p_c = sum_c q_c (lse - x_c)
-  = t_mass ((m - x_t) + log s) + spread; spread is taken as mass (lse - r) - moment,
-  whose two terms do not cancel when the logits are large.
+  = t_mass ((m - x_t) + log s) + spread; spread is taken as mass log s - moment, two
+  terms of one sign (moment <= 0): neither large logits nor a confident row's tiny loss
+  lose digits to a cancellation.
 - gradient: d lse / dx_j = p_j, so d ce / dx_j = Q p_j - q_j.
 - z-loss: z_loss lse**2, so its gradient is 2 z_loss lse p_j.
 - the gradient the kernels write: (p_coef p_j - g_ce q~_j - t_coef [j == t]) cap'_j, where
@@ -52,8 +52,8 @@ rows give 0. Soft cap a: the raw logits z become x_c = a tanh(z_c / a) first.
 - KL divergence of a target distribution y from the softmax: sum_c w_c y_c (log y_c - log p_c)
   = ce (probability target y, no smoothing) + sum_c w_c y_c log y_c; the gradient is ce's.
 - online softmax: for a larger max m', s becomes s exp(m - m') and the entropy's moment
-  (moment + (m - m') s) exp(m - m'); partials over two sets of classes merge so, while
-  mass and the cross-entropy's moment (taken from a fixed r) add.
+  (moment + (m - m') s) exp(m - m'), the cross-entropy's moment + mass (m - m'), a
+  term of its terms' sign; partials over two sets of classes merge so, and their masses add.
 - 'sum' adds the rows; 'mean' divides the cross-entropy sum by D and the z-loss sum by N.
 """
 

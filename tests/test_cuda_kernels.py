@@ -371,6 +371,28 @@ def test_a_confident_row_keeps_the_digits_of_its_loss(layout, dtype):
     _check(grad, expected_grad, dtype, "grad")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_a_confident_row_keeps_the_digits_of_its_spread(layout, dtype):
+    """A probability target on the max of a confident row (lead 20 or 30): the loss
+    sum_c q_c (lse - x_c) is log1p of the tiny rest. The spread's moment is taken about the
+    running max and moved with it through the threads', warps' and chunks' merges (the
+    max comes last, the first logit lies far below: terms about it would cancel)."""
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((4, 100)) - np.array([[20.0], [30.0], [20.0], [30.0]])
+    x[:, 0] -= 10.0
+    x[:, 99] = 0.0
+    x = x.astype(dtype)
+    q = np.zeros((4, 100), dtype)
+    q[:, 99] = 1.0
+    loss, grad, _ = run_loss(x, q, layout=layout, reduction="none")
+    precise = np.log1p(np.exp(x[:, :99].astype(np.float64)).sum(axis=1))
+    tolerance = 1e-6 if dtype == np.float32 else 1e-13
+    assert np.all(np.abs(loss - precise) <= tolerance * precise), (loss, precise)
+    expected_loss, expected_grad = reference_pair(x, q, reduction="none")
+    _check(loss, expected_loss, dtype, "loss")
+    _check(grad, expected_grad, dtype, "grad")
+
+
 def test_copy_contiguous_of_exotic_view():
     base = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
     view = cuda.to_device(base)[::2, :, ::3]

@@ -180,6 +180,26 @@ def test_large_logits_split_classes(client, rng, dtype):
     assert_close(entropy, R.entropy(logits), dtype, "loss", atol=1e-5 if dtype == F32 else None)
 
 
+@pytest.mark.parametrize("dtype", [pytest.param(F32, id="float32"),
+                                   pytest.param(F64, id="float64")])
+def test_a_confident_row_keeps_its_digits_split_classes(client, rng, dtype):
+    """A row whose last class leads the others by 20 or 30 has the tiny loss log1p(rest):
+    merged across class chunks (the chunk at the max adding its sum's excess over one),
+    with a class index or a probability target, it keeps its relative digits."""
+    logits = rng.standard_normal((6, 40)) - np.where(np.arange(6) % 2, 30.0, 20.0)[:, None]
+    logits[:, 0] -= 10.0
+    logits[:, -1] = 0.0
+    logits = logits.astype(dtype)
+    precise = np.log1p(np.exp(logits[:, :-1].astype(np.float64)).sum(axis=1))
+    dx = da.from_array(logits, chunks=(3, 11))
+    for target in (np.full(6, 39), np.eye(40, dtype=dtype)[np.full(6, 39)]):
+        loss = compute(nbxent.cross_entropy(
+            dx, target if target.ndim == 1 else da.from_array(target, chunks=(3, 11)),
+            reduction="none"))
+        error = np.abs(loss - precise) / precise
+        assert error.max() <= (4e-7 if dtype == F32 else 1e-13), error
+
+
 @pytest.mark.parametrize("dtype, offset, option_id", [
     pytest.param(F32, 1e8, "weight-smooth-ignore", id="float32-1e8"),
     pytest.param(F32, 1e30, "prob-weight-smooth", id="float32-1e30"),

@@ -49,6 +49,21 @@ def capper(softcap, use64):
     return capped
 
 
+@njit(inline="always")
+def shift_of(row_max):
+    """The shift of a row's exponentials and moments: its max, or 0 while that is -inf
+    (exp(-inf - 0) is 0, where exp(-inf - -inf) would be nan)."""
+    return row_max if row_max > -np.inf else type(row_max)(0.0)
+
+
+@njit(inline="always")
+def moment_onto(moment, mass, old_shift, new_shift):
+    """A linear moment sum_c m_c (x_c - old_shift), its weights m_c summing to ``mass``,
+    taken about ``new_shift`` instead. Where the shift rises, both terms are at most 0: no
+    digit cancels. (0 added for no mass: 0 * inf would be nan.)"""
+    return moment + (mass * (old_shift - new_shift) if mass != 0.0 else 0.0)
+
+
 @njit(fastmath=False, error_model="numpy")
 def difference_plus(a, b, c):
     """``(a - b) + c``, in that order, where a and b are logits (or a row's max).
@@ -97,7 +112,6 @@ class Formulas(NamedTuple):
     """One variant's formulas (Numba functions, inlined where they are called)."""
 
     load_logit: object
-    finite_or_zero: object
     element_terms: object
     element_result: object
     target_of: object
@@ -130,11 +144,6 @@ def formulas(variant):
         return cap_logit(load_x(x, idx, ftype), cap)
 
     @njit(inline="always")
-    def finite_or_zero(value):
-        """The reference logit of the non-exp sums: a row's first logit if finite, else 0."""
-        return value if abs(value) < np.inf else ftype(0.0)
-
-    @njit(inline="always")
     def class_q(c, t_row, t_class_stride, target, weight, one_minus_eps, eps_over_c):
         """q_c * w_c: the weighted target mass of class c (probability targets)."""
         mass = (one_minus_eps * load_target(target, t_row + c * t_class_stride, ftype)
@@ -142,13 +151,15 @@ def formulas(variant):
         return mass * ftype(weight[c])
 
     @njit(inline="always")
-    def element_terms(value, shift, ref, c, target, t_row, t_class_stride, weight,
+    def element_terms(value, shift, c, target, t_row, t_class_stride, weight,
                       one_minus_eps, eps_over_c):
         """One logit's share of the row sums: (is the max, exp(x - max), moment, mass).
 
-        moment: entropy's e*(x - max) (0 * -inf taken as 0), or w*(x - ref) under
-        smoothing (the moment without its factor eps/C), or q*w*(x - ref) for
-        probability targets; mass: q*w.
+        moment: entropy's e*(x - max) (0 * -inf taken as 0), or w*(x - shift) under
+        smoothing (the moment without its factor eps/C), or q*w*(x - shift) for
+        probability targets; mass: w under smoothing, q*w for probability targets. About
+        the shift, every term of the moment is at most 0 (``row_result``); a caller whose
+        shift rises moves the moment with ``moment_onto``, by the mass seen so far.
         """
         e = exp_nonpositive(value - shift)
         moment = ftype(0.0)
@@ -156,11 +167,12 @@ def formulas(variant):
         if entropy:
             moment = entropy_term(value, shift, e, compute64)
         elif indexed and smoothing:
-            moment = ftype(weight[c]) * (value - ref)
+            mass = ftype(weight[c])
+            moment = mass * (value - shift)
         elif prob:
             mass = class_q(c, t_row, t_class_stride, target, weight, one_minus_eps,
                            eps_over_c)
-            moment = mass * (value - ref)
+            moment = mass * (value - shift)
         return value == shift, e, moment, mass
 
     @njit(inline="always")
@@ -209,26 +221,28 @@ def formulas(variant):
                 class_weight if in_range else np.nan)
 
     @njit(inline="always")
-    def row_result(row_max, sum_exp, log_sum, moment, mass, ref, t_logit, t_weight,
+    def row_result(row_max, sum_exp, log_sum, moment, mass, t_logit, t_weight,
                    weight_sum, one_minus_eps, eps_over_c):
         """(per-row value, lse, Q) from the row statistics.
 
         The value is the cross-entropy (or the entropy); Q = sum_c q_c (``row_mass``),
-        the coefficient of softmax in the cross-entropy gradient.
+        the coefficient of softmax in the cross-entropy gradient. The spread
+        sum_c q~_c (lse - x_c) is mass log s - moment, the moment about the shift:
+        two terms of one sign, which keep a confident row's digits where terms about any
+        other reference would cancel.
         """
         lse = float(row_max) + log_sum
         if entropy:
             return entropy_of(log_sum, moment, sum_exp), lse, 0.0
-        lse_from_ref = difference_plus(row_max, ref, log_sum)  # lse - ref without cancellation
         if prob:
-            return mass * lse_from_ref - moment, lse, mass
+            return mass * log_sum - moment, lse, mass
         value = 0.0
         row_mass = 0.0
         if indexed:
             value = one_minus_eps * t_weight * difference_plus(row_max, t_logit, log_sum)
             row_mass = one_minus_eps * t_weight
             if smoothing:
-                value += eps_over_c * (weight_sum * lse_from_ref - moment)
+                value += eps_over_c * (weight_sum * log_sum - moment)
                 row_mass += eps_over_c * weight_sum
         return value, lse, row_mass
 
@@ -262,5 +276,5 @@ def formulas(variant):
             grad_t *= 1.0 - (t_logit / cap) ** 2
         return ftype(grad_t)
 
-    return Formulas(load_logit, finite_or_zero, element_terms, element_result, target_of,
+    return Formulas(load_logit, element_terms, element_result, target_of,
                     row_result, grad_output_at, upstream, target_gradient)

@@ -8,8 +8,9 @@ tile kernel (nbxent/cpu/tile_kernel.py) across neighbouring rows. Both are
 loops around the variant's formulas (nbxent/cpu/formulas.py), so a variant pays
 only for what it uses, in blocks that nbxent/cpu/launch.py runs over the threads. ``scan_targets`` checks class indices before a kernel runs.
 
-Sums that do not involve exp (smoothing, probability targets) are taken relative
-to a per-row reference logit, so large equal logits do not cancel.
+Sums that do not involve exp (smoothing, probability targets) are taken about the
+row's running max, so that their terms share one sign and nothing cancels, neither
+large equal logits nor a confident row's tiny loss.
 """
 
 import numpy as np

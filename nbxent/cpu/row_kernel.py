@@ -27,7 +27,8 @@ from .bits import (bitcast, exact_order, from_order_key, larger_of_numbers, orde
                    prefetch, rank_key)
 from .fastexp import exp_negative32, exp_nonpositive_for, negative_floor32
 from .disk_cache import named_for
-from .formulas import capper, difference_plus, entropy_of, entropy_term, log_of_sum
+from .formulas import (capper, difference_plus, entropy_of, entropy_term, log_of_sum,
+                       moment_onto, shift_of)
 from .launch import blocks_for
 
 # No nnan/ninf: nan must propagate and -inf logits must stay -inf. The kernels also
@@ -44,8 +45,8 @@ ARGMAX_PENDING = -1
 _NEGATIVE_ZERO = np.int32(-2**31)
 
 # Rows of the per-item partial statistics (the last four for metrics only).
-(_MAX, _N_TOP, _REST, _MOMENT, _MASS, _REF, _T_LOGIT, _ENTROPY, _TOP, _ARGMAX, _AHEAD, _NAN,
- _N_PARTS) = range(13)
+(_MAX, _N_TOP, _REST, _MOMENT, _MASS, _T_LOGIT, _ENTROPY, _TOP, _ARGMAX, _AHEAD, _NAN,
+ _N_PARTS) = range(12)
 
 
 def compiled_apart(variant):
@@ -173,11 +174,12 @@ def build_row_kernel(variant, f, sum_at_inf):
     # found by the max pass's plain sum. Not where the exps are kept, nor for the entropy
     # function, whose moment takes each exp.
     negative_exps = ties_apart and not keep_exps and not entropy and not compute64
+    # The spread's moment (smoothing, probability targets), taken about the running shift.
+    linear_moment = not entropy and (variant.smoothing or variant.target == TargetKind.PROB)
     load_logit, element_terms, element_result, target_of = (
         f.load_logit, f.element_terms, f.element_result, f.target_of)
     row_result, grad_output_at, upstream, target_gradient = (
         f.row_result, f.grad_output_at, f.upstream, f.target_gradient)
-    finite_or_zero = f.finite_or_zero
 
     ordered_chunk = exact_order(load_logit)
     # Logits per cache line.
@@ -237,7 +239,7 @@ def build_row_kernel(variant, f, sum_at_inf):
         return x, base, s_class
 
     @njit(inline="always")
-    def chunk_sums(x, base, s_class, c0, c1, cap, shift, ref, target, t_row, t_class_stride,
+    def chunk_sums(x, base, s_class, c0, c1, cap, shift, target, t_row, t_class_stride,
                    weight, one_minus_eps, eps_over_c, out, out_base, o_sc, with_entropy,
                    logits, upcoming, n_upcoming):
         """The exp pass over classes [c0, c1) of a row, whose logits are
@@ -267,7 +269,7 @@ def build_row_kernel(variant, f, sum_at_inf):
             for c in range(b0, min(b0 + BLOCK, c1)):
                 value = load_logit(x, base + c * s_class, cap)
                 at_top, e, moment_term, mass_term = element_terms(
-                    value, shift, ref, c, target, t_row, t_class_stride, weight,
+                    value, shift, c, target, t_row, t_class_stride, weight,
                     one_minus_eps, eps_over_c)
                 if negative_exps:
                     floored = negative_floor32(value - shift)
@@ -347,7 +349,7 @@ def build_row_kernel(variant, f, sum_at_inf):
         return best_key, best, chunk_ahead
 
     @compiled_apart(variant)
-    def segment_stats(x, base, s_class, lo, hi, cap, ref, target, t_row, t_class_stride,
+    def segment_stats(x, base, s_class, lo, hi, cap, target, t_row, t_class_stride,
                       weight, one_minus_eps, eps_over_c, out, out_base, o_sc, chunk_shifts,
                       item, t_logit, t, wants_rank, wants_argmax, wants_entropy, staged,
                       in_place, next_at, next_len):
@@ -403,6 +405,8 @@ def build_row_kernel(variant, f, sum_at_inf):
                     t_low, t_high, fast_order, wants_rank, wants_argmax, best_key, best)
                 ahead += chunk_ahead
             if top > row_max:
+                if linear_moment:  # (its terms about the old shift)
+                    moment = moment_onto(moment, mass, shift_of(row_max), shift_of(top))
                 sum_exp = n_top + rest
                 if sum_exp > 0.0:
                     rescale = math.exp(float(row_max - top))
@@ -413,8 +417,7 @@ def build_row_kernel(variant, f, sum_at_inf):
                                                     + float(row_max - top) * sum_exp)
                     n_top, rest = 0.0, rescale * sum_exp  # the old max is below the new
                 row_max = top
-            # While every value seen is -inf, shift by 0: exp(-inf) is 0, not nan.
-            shift = row_max if row_max > -np.inf else ftype(0.0)
+            shift = shift_of(row_max)
             if negative_exps:  # a zero as -0.0, from which +0.0 and -0.0 are both +0.0 away
                 shift = bitcast(_NEGATIVE_ZERO if bitcast(shift, np.int32) == 0
                                 else bitcast(shift, np.int32), ftype)
@@ -427,12 +430,12 @@ def build_row_kernel(variant, f, sum_at_inf):
             # (Each case its own loop: a run-time flag inside one would cost every call.)
             if metrics and wants_entropy:
                 total, chunk_rest, chunk_moment, chunk_mass, chunk_entropy = chunk_sums(
-                    source, s_base, s_stride, c0, c1, cap, shift, ref, target, t_row,
+                    source, s_base, s_stride, c0, c1, cap, shift, target, t_row,
                     t_class_stride, weight, one_minus_eps, eps_over_c, out, out_base, o_sc,
                     True, x, upcoming, n_upcoming if s_class == 1 else 0)
             else:
                 total, chunk_rest, chunk_moment, chunk_mass, chunk_entropy = chunk_sums(
-                    source, s_base, s_stride, c0, c1, cap, shift, ref, target, t_row,
+                    source, s_base, s_stride, c0, c1, cap, shift, target, t_row,
                     t_class_stride, weight, one_minus_eps, eps_over_c, out, out_base, o_sc,
                     False, x, upcoming, n_upcoming if s_class == 1 else 0)
             if negative_exps and logit_sum != logit_sum and holds_nan(x, base, s_class, c0,
@@ -472,8 +475,8 @@ def build_row_kernel(variant, f, sum_at_inf):
                    options, part, chunk_shifts, staged):
         """Statistics of one work item (a row, or one of its ``row_split`` segments).
 
-        Also keeps the row's reference and target logits: with several items per
-        row and an in-place gradient, another item may overwrite them later.
+        Also keeps the row's target logit: with several items per row and an in-place
+        gradient, another item may overwrite it later.
         """
         x_geom, t_geom, _, out_geom, shape, options = named(
             x_geom, t_geom, g_geom, out_geom, shape, options)
@@ -488,14 +491,12 @@ def build_row_kernel(variant, f, sum_at_inf):
             min(item + 1, part.shape[0] - 1), shape)
         next_at = row_start(x_geom, next_o, next_i) + next_lo * x_geom.s_class
         next_len = min(CHUNK, next_hi - next_lo) if item + 1 < part.shape[0] else 0
-        ref = finite_or_zero(load_logit(x, base, cap))
-        part[item, _REF] = ref
         _, t, t_logit, _ = target_of(x, base, x_geom.s_class, target, t_row, shape.n_classes,
                                      0, weight, cap)
         part[item, _T_LOGIT] = t_logit
         (part[item, _MAX], part[item, _N_TOP], part[item, _REST], part[item, _MOMENT],
          part[item, _MASS], order) = segment_stats(x, base, x_geom.s_class, lo, hi,
-                                cap, ref, target, t_row, t_geom.s_class, weight, one_minus_eps,
+                                cap, target, t_row, t_geom.s_class, weight, one_minus_eps,
                                 eps_over_c, out, row_start(out_geom, o, i), out_geom.s_class,
                                 chunk_shifts, item, t_logit, t, options.wants_rank,
                                 options.wants_argmax, options.wants_entropy, staged,
@@ -511,7 +512,7 @@ def build_row_kernel(variant, f, sum_at_inf):
         row_max = ftype(part[first, _MAX])
         for k in range(first + 1, first + n_seg):
             row_max = max(row_max, ftype(part[k, _MAX]))
-        shift = row_max if row_max > -np.inf else ftype(0.0)
+        shift = shift_of(row_max)
         n_top = 0.0
         rest = 0.0
         moment = 0.0
@@ -527,7 +528,8 @@ def build_row_kernel(variant, f, sum_at_inf):
                 if entropy:
                     moment += rescale * (part[k, _MOMENT] + (part[k, _MAX] - shift) * sum_exp)
             if not entropy:
-                moment += part[k, _MOMENT]
+                moment += moment_onto(part[k, _MOMENT], part[k, _MASS],
+                                      shift_of(ftype(part[k, _MAX])), shift)
             mass += part[k, _MASS]
         return row_max, shift, n_top, rest, moment, mass
 
@@ -574,9 +576,9 @@ def build_row_kernel(variant, f, sum_at_inf):
                                           n_classes, options.ignore_index, weight, cap)
         t_logit = ftype(part[item, _T_LOGIT])
         log_sum = log_of_sum(n_top, rest)
-        value, lse, row_mass = row_result(row_max, sum_exp, log_sum, moment, mass,
-                                          ftype(part[item, _REF]), t_logit, t_weight,
-                                          options.weight_sum, one_minus_eps, eps_over_c)
+        value, lse, row_mass = row_result(row_max, sum_exp, log_sum, moment, mass, t_logit,
+                                          t_weight, options.weight_sum, one_minus_eps,
+                                          eps_over_c)
         if seg == 0:
             row_value[r] = value if valid else 0.0
             row_lse[r] = lse if valid else 0.0

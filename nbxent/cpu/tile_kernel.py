@@ -18,12 +18,12 @@ from .bits import copy_transposed, exact_order, larger_of_numbers, prefetch, pre
 from .fastexp import exp64, log1p32
 from .launch import blocks_for
 from .disk_cache import named_for
-from .formulas import capper, entropy_of, entropy_term, log_of_sum
+from .formulas import capper, entropy_of, entropy_term, log_of_sum, shift_of
 from .row_kernel import FASTMATH, compiled_apart, row_start
 
 # Rows of a tile's per-position scratch.
-(_TOP, _SHIFT, _N_TOP, _REST, _MOMENT, _MASS, _REF, _T_LOGIT, _P_SCALE, _G_CE, _LOG_SUM, _VALID,
- _T_GRAD, _ENTROPY, _N_SCRATCH) = range(15)
+(_TOP, _SHIFT, _N_TOP, _REST, _MOMENT, _MASS, _T_LOGIT, _P_SCALE, _G_CE, _LOG_SUM, _VALID,
+ _T_GRAD, _ENTROPY, _N_SCRATCH) = range(14)
 # Rows of a tile's scratch for the metrics' order: per position, the classes greater
 # than the target's logit, those equal to it, and the classes ahead of the target.
 _GREATER, _EQUAL, _AHEAD, _N_ORDER = range(4)
@@ -65,8 +65,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
     CLASS_STEP = 1 if writes else 2  # classes per step of the exp pass (``tile_sums``)
     PAD_PAIRS = not (smoothing or prob)  # its odd last class paired with the -inf row
     LINE = 64 // (4 if variant.widened else np.dtype(ftype).itemsize)  # logits per cache line
-    finite_or_zero, element_terms, element_result = (
-        f.finite_or_zero, f.element_terms, f.element_result)
+    element_terms, element_result = f.element_terms, f.element_result
     row_result, grad_output_at, upstream, target_gradient = (
         f.row_result, f.grad_output_at, f.upstream, f.target_gradient)
 
@@ -294,19 +293,17 @@ def build_tile_kernel(variant, f, sum_at_inf):
         masked store); the entropy's sum too when ``with_entropy`` (a constant where this
         is called)."""
         shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
-        moment, mass, ref = scratch[_MOMENT], scratch[_MASS], scratch[_REF]
+        moment, mass = scratch[_MOMENT], scratch[_MASS]
         entropy_moment = scratch[_ENTROPY]
         for k in range(n):
             top = scratch[_TOP, k]
-            shift[k] = top if top > -np.inf else ftype(0.0)
+            shift[k] = shift_of(top)
             n_top[k] = ftype(sum_at_inf) if top == np.inf else ftype(0.0)
             rest[k] = ftype(0.0)
             moment[k] = ftype(0.0)
             mass[k] = ftype(0.0)
             if with_entropy:
                 entropy_moment[k] = ftype(0.0)
-            ref[k] = finite_or_zero(logits[cell(0, pitch, k)]) if smoothing or prob \
-                else ftype(0.0)
         # Without writes, classes in pairs: each position's sums are loaded and stored
         # once a pair, and two exps are in flight. An odd last class is paired with the
         # tile's -inf row after its classes, whose exp is 0 and never the max, where no
@@ -328,10 +325,10 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 value0 = logits[cell(c0, pitch, k)]
                 value1 = logits[cell(c1, pitch, k)]
                 at_top0, e0, moment0, mass0 = element_terms(
-                    value0, shift[k], ref[k], c0, target, t_base + k * t_si, t_sc, weight,
+                    value0, shift[k], c0, target, t_base + k * t_si, t_sc, weight,
                     one_minus_eps, eps_over_c)
                 at_top1, e1, moment1, mass1 = element_terms(
-                    value1, shift[k], ref[k], c1, target, t_base + k * t_si, t_sc, weight,
+                    value1, shift[k], c1, target, t_base + k * t_si, t_sc, weight,
                     one_minus_eps, eps_over_c)
                 if writes:
                     exps[cell(c0, pitch, k)] = e0
@@ -355,7 +352,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
                   first_row, n, options, one_minus_eps, eps_over_c, cap):
         """Each position's value and lse (and metrics), and the scales its writes use."""
         shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
-        moment, mass, ref = scratch[_MOMENT], scratch[_MASS], scratch[_REF]
+        moment, mass = scratch[_MOMENT], scratch[_MASS]
         t_logit, valid = scratch[_T_LOGIT], scratch[_VALID]
         scale, g_scale, log_sums = scratch[_P_SCALE], scratch[_G_CE], scratch[_LOG_SUM]
         t_grads = scratch[_T_GRAD]
@@ -367,8 +364,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
             log_sum = float(log_sums[k]) if writes else tile_log_of_sum(n_top[k], rest[k])
             sum_exp = float(n_top[k]) + float(rest[k])
             value, lse, row_mass = row_result(
-                shift[k], sum_exp, log_sum, float(moment[k]), float(mass[k]), ref[k],
-                t_logit[k], t_weight[k], options.weight_sum, one_minus_eps, eps_over_c)
+                shift[k], sum_exp, log_sum, float(moment[k]), float(mass[k]), t_logit[k],
+                t_weight[k], options.weight_sum, one_minus_eps, eps_over_c)
             r = np.uint64(first_row + k)
             row_value[r] = value if is_valid else 0.0
             row_lse[r] = lse if is_valid else 0.0

@@ -344,13 +344,16 @@ def _online_softmax(acc64, entropy, block_group, metrics=False):
     ``raise_max`` moves a thread's running partial, its count of logits at the max apart
     from the rest of its sum, onto a larger max; ``group_reduce`` merges the
     partials of a row's threads, ``merge_chunks`` those of a split row's chunks.
-    For entropy the moment is taken about the max, so it moves with it. ``order`` is
+    The moment is taken about the max (0 while that is -inf), and moves with it: the
+    entropy's sum_c e_c (x_c - m) rescaled with the sum, the spread's linear sum_c q~_c
+    (x_c - m) by mass times the step, a step that, like its terms, is at most 0 (terms
+    about a fixed logit would cancel in a confident row's loss). ``order`` is
     (top, first, ahead, shannon), the metrics' partial with ``metrics`` (else passed
     through untouched): the first largest logit in ``precedes``' order and its class,
     the classes ahead of the target, and the entropy's moment sum_c e_c (x_c - m).
     """
     acc = float64 if acc64 else float32
-    zero, one = acc(0.0), acc(1.0)
+    zero, one, neg_inf = acc(0.0), acc(1.0), acc(-math.inf)
     # Partials per (row, chunk) of the split layout: floats in acc_ws, the metrics'
     # class and count in int_ws (exact beyond float32's 2**24).
     parts = CHUNK_PARTIALS + ORDER_PARTIALS * metrics
@@ -375,13 +378,24 @@ def _online_softmax(acc64, entropy, block_group, metrics=False):
         return shift_moment(moment, sum_exp, m_old, m_new) * scale
 
     @cuda.jit(device=True, inline="always")
-    def raise_max(row_max, n_top, rest, moment, shannon, new_max):
+    def linear_onto(moment, mass, m_old, m_new):
+        """The spread's moment sum_c q~_c (x_c - m_old) about m_new instead (a -inf max
+        taken as 0, as where the moment is summed)."""
+        if mass == zero or m_old == m_new:
+            return moment
+        return moment + mass * ((m_old if m_old > neg_inf else zero)
+                                - (m_new if m_new > neg_inf else zero))
+
+    @cuda.jit(device=True, inline="always")
+    def raise_max(row_max, n_top, rest, moment, mass, shannon, new_max):
         """(row_max, n_top, rest, moment, shannon) about max(row_max, new_max): n_top
         counts the logits at the max (1 each), the rest sums the other exponentials."""
         new_max = new_max if new_max > row_max else row_max
         scale = rescale(row_max, new_max)
         if entropy:
             moment = moment_about(moment, n_top + rest, row_max, new_max, scale)
+        else:
+            moment = linear_onto(moment, mass, row_max, new_max)
         if metrics:
             shannon = moment_about(shannon, n_top + rest, row_max, new_max, scale)
         if new_max != row_max:  # the old max is below the new one
@@ -407,7 +421,8 @@ def _online_softmax(acc64, entropy, block_group, metrics=False):
             moment = (moment_about(moment, excess + one, m, row_max, scale)
                       + moment_about(moment2, excess2 + one, m2, row_max, scale2))
         else:
-            moment = moment + moment2
+            moment = linear_onto(moment, mass, m, row_max) + linear_onto(moment2, mass2, m2,
+                                                                          row_max)
         if metrics:
             top, first, ahead, shannon = order
             if precedes(order2[0], order2[1], top, first):
@@ -575,7 +590,7 @@ def _stats_pass(variant):
 
     @cuda.jit(device=True, inline="always")
     def thread_stats(logits, x_row, x_geom, target, t_row, t_geom, weight, w_geom, c_first,
-                     c_end, step, ref, t_logit, t, scalars, cache):
+                     c_end, step, t_logit, t, scalars, cache):
         """This thread's partial (row_max, excess, moment, mass, order) over the classes
         c_first, c_first + step, ... < c_end of a row (see the notation, and
         ``_online_softmax`` for the excess and for ``order``, which counts the classes
@@ -603,7 +618,7 @@ def _stats_pass(variant):
                 if x > chunk_max:
                     chunk_max = x
             row_max, n_top, rest, moment, shannon = raise_max(row_max, n_top, rest, moment,
-                                                              shannon, chunk_max)
+                                                              mass, shannon, chunk_max)
             for k in range(K):
                 c = base + k * step
                 if c < c_end:
@@ -627,7 +642,7 @@ def _stats_pass(variant):
                     if has_spread:
                         q = class_q(target, t_row + c * t_geom.s_class, weight,
                                     w_geom.offset + c * w_geom.s_class, scalars)
-                        moment += q * (x - ref)
+                        moment += q * (x - (row_max if row_max > neg_inf else zero))
                         mass += q
         # (n_top - 1) is exact: the excess keeps the rest's digits.
         return row_max, (n_top - one) + rest, moment, mass, (top, first, ahead, shannon)
@@ -650,7 +665,7 @@ def _ce_terms(variant):
     weighted = v.has_weight
 
     @cuda.jit(device=True, inline="always")
-    def ce_terms(row_max, log_sum, lse, ref, moment, mass, t_logit, t, valid, counted, weight,
+    def ce_terms(row_max, log_sum, lse, moment, mass, t_logit, t, valid, counted, weight,
                  w_geom, g_ce, g_z, scalars, int_ws, flag):
         """(ce, lse**2 or 0, the row's shares of D and N, p_coef, t_coef) of one row.
 
@@ -659,12 +674,12 @@ def _ce_terms(variant):
         a nonzero ``flag`` (n_rows - row, so the first bad row wins) goes to the
         error flag.
         """
-        lse_from_ref = (row_max - ref) + log_sum
         row_d = row_n = one
         t_coef = zero
         if not index_target:
-            # ce = spread = sum_c q_c (lse - x_c), its two terms from r (no cancellation)
-            ce = mass * lse_from_ref - moment
+            # ce = spread = sum_c q_c (lse - x_c) = mass log s - moment: the moment about
+            # the max, so two terms of one sign (no cancellation)
+            ce = mass * log_sum - moment
             p_coef = g_ce * mass                   # d ce / dx_j = Q p_j - q_j, Q = mass
         elif counted:
             t_weight = acc(weight[w_geom.offset + t * w_geom.s_class]) if weighted else one
@@ -672,7 +687,7 @@ def _ce_terms(variant):
             ce = t_mass * ((row_max - t_logit) + log_sum)   # the target's term: t_mass (lse - x_t)
             row_mass = t_mass
             if scalars.eps > zero:  # mass and moment already carry the eps / C factor
-                ce += mass * lse_from_ref - moment          # + spread
+                ce += mass * log_sum - moment               # + spread
                 row_mass += mass
             row_d = t_weight
             t_coef = g_ce * t_mass                  # d ce / dx_j = Q p_j - q~_j - t_mass [j == t]
@@ -793,9 +808,9 @@ def kernel_for(variant):
 
     @cuda.jit(device=True, inline="always")
     def row_target(logits, x_row, x_geom, target, t_row, active, dims, scalars):
-        """(t, valid, counted, ref, t_logit) of a row: its class index (0 without one),
-        whether it is not ignore_index, whether it also lies in [0, C); the reference
-        logit r and the target's logit x_t, read before any lane writes the row."""
+        """(t, valid, counted, t_logit) of a row: its class index (0 without one),
+        whether it is not ignore_index, whether it also lies in [0, C); the target's
+        logit x_t, read before any lane writes the row."""
         t = int64(0)
         valid = True
         if index_target and active:
@@ -803,14 +818,10 @@ def kernel_for(variant):
             valid = t != dims.ignore_index
         in_range = t >= 0 and t < dims.n_classes
         counted = valid and in_range
-        ref = t_logit = zero
-        if do_stats and active:
-            ref = load_x(logits, x_row, scalars)
-            if not (ref > neg_inf and ref < -neg_inf):
-                ref = zero
-            if index_target and counted:
-                t_logit = load_x(logits, x_row + t * x_geom.s_class, scalars)
-        return t, valid, counted, ref, t_logit
+        t_logit = zero
+        if do_stats and active and index_target and counted:
+            t_logit = load_x(logits, x_row + t * x_geom.s_class, scalars)
+        return t, valid, counted, t_logit
 
     @cuda.jit(device=True, inline="always")
     def store_metrics(row_metrics, n_rows, row, row_max, lse, log_sum, sum_exp, order, counted):
@@ -858,8 +869,8 @@ def kernel_for(variant):
             o = row // dims.inner
             i = row - o * dims.inner
             x_row, t_row = row_start(x_geom, o, i), row_start(t_geom, o, i)
-            t, valid, counted, ref, t_logit = row_target(logits, x_row, x_geom, target, t_row,
-                                                         active, dims, scalars)
+            t, valid, counted, t_logit = row_target(logits, x_row, x_geom, target, t_row,
+                                                    active, dims, scalars)
             row_max = log_sum = p_coef = g_ce = t_coef = zero
             if do_stats:
                 row_max, excess, moment, mass = neg_inf, -one, zero, zero
@@ -867,7 +878,7 @@ def kernel_for(variant):
                 if active:
                     row_max, excess, moment, mass, order = thread_stats(
                         logits, x_row, x_geom, target, t_row, t_geom, weight, w_geom,
-                        c_begin + lane, c_end, dims.group, ref, t_logit, t, scalars, cache)
+                        c_begin + lane, c_end, dims.group, t_logit, t, scalars, cache)
                 row_max, excess, moment, mass, order = group_reduce(
                     row_max, excess, moment, mass, order, dims.group, lane32, warp_id)
                 row_done = active
@@ -890,7 +901,7 @@ def kernel_for(variant):
                             g *= acc(grad_output[row_start(g_geom, o, i)])
                         g_ce = g * inv_d
                         value, z_value, row_d, row_n, p_coef, t_coef = ce_terms(
-                            row_max, log_sum, lse, ref, moment, mass, t_logit, t, valid, counted,
+                            row_max, log_sum, lse, moment, mass, t_logit, t, valid, counted,
                             weight, w_geom, g_ce, g * inv_n, scalars, int_ws,
                             dims.n_rows - row if lane == 0 else 0)
                     if lane == 0:

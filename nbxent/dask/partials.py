@@ -221,12 +221,18 @@ def _merge_lse(xp, shift, log_sum, axis):
     """(SHIFT, LOG_SUM) of the union of chunks along ``axis`` (kept).
 
     The merged shift is the largest finite chunk max; a chunk of all -inf
-    (LOG_SUM -inf) adds nothing, +inf and nan propagate through LOG_SUM.
+    (LOG_SUM -inf) adds nothing, +inf and nan propagate through LOG_SUM. The merged sum
+    is taken as its excess over one, each chunk at the shift adding expm1 of its LOG_SUM:
+    a confident row's log s, log1p of a tiny excess, keeps its digits.
     """
     top = xp.max(xp.where(log_sum == -np.inf, -np.inf, shift), axis=axis, keepdims=True)
     top = xp.where(xp.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return top, xp.log(xp.sum(xp.exp(shift - top + log_sum), axis=axis, keepdims=True))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        at_top = (shift == top) & (log_sum != -np.inf)
+        terms = xp.where(at_top, xp.expm1(log_sum), xp.exp(shift - top + log_sum))
+        excess = xp.sum(terms, axis=axis, keepdims=True) + (
+            xp.sum(at_top, axis=axis, keepdims=True) - 1)
+        return top, xp.log1p(excess)
 
 
 def _target_terms(xp, x, target, weight, first_class, *, axis, n_classes, ignore_index,
@@ -293,8 +299,8 @@ def loss_partials(x, target, weight, class_slice, where, *, axis, n_classes, ign
     if q is not None:
         with np.errstate(invalid="ignore"):
             mass = zeros + xp.sum(q, axis=axis, keepdims=True)
-            # spread = mass (lse - r) - moment with r = SHIFT: sum_c q~_c (x_c - SHIFT)
-            # <= 0 and LOG_SUM >= 0, two non-negative parts that cannot cancel.
+            # spread = mass log s - moment, the moment sum_c q~_c (x_c - SHIFT) <= 0 and
+            # LOG_SUM >= 0: two non-negative parts that cannot cancel.
             spread = log_sum * mass - xp.sum(q * shifted, axis=axis, keepdims=True)
     fields = [shift, log_sum, t_logit, t_weight, mass, spread]
     if metrics:
