@@ -10,7 +10,9 @@ A tree may carry environment variables: ``"/path/to/tree|NBXENT_CPU_TILE_ELEMENT
 A case is ``SHAPE[:AXIS][@DTYPE]/OP``: SHAPE like 65536x100 or 4x19x512x1024 (class axis
 AXIS, default the last), DTYPE float32 (default), float16 or float64, OP ``loss``,
 ``grad`` (cross_entropy_with_grad with ``out=``) or ``m-loss-acc`` / ``m-loss-topk`` /
-``m-loss-all`` (the loss with metrics lse + correct, those and top_k, or all five). The
+``m-loss-all`` (the loss with metrics lse + correct, those and top_k, or all five); OP
+``smooth-loss`` / ``smooth-grad`` adds label smoothing 0.1, ``prob-loss`` / ``prob-grad``
+takes a probability target (a softmax of random values) in place of the class indices. The
 kernel is timed as
 ``benchmarks/kernel_time.py`` does (the target scan and the reduction are not counted);
 with ``TIME=call`` the whole call is timed instead (what small calls pay around the kernel).
@@ -46,15 +48,21 @@ def worker():
             rng = np.random.default_rng(0)
             x = rng.standard_normal(shape, dtype=np.float32).astype(dtype or np.float32)
             target = rng.integers(0, shape[axis], shape[:axis] + shape[axis + 1:])
-            arrays[case] = (x, target, axis, np.empty_like(x))
-        x, target, axis, grad = arrays[case]
+            probs = nbxent.softmax(rng.standard_normal(shape, dtype=np.float32), axis=axis)
+            arrays[case] = (x, target, probs.astype(x.dtype), axis, np.empty_like(x))
+        x, target, probs, axis, grad = arrays[case]
         metrics = METRICS[op.split("-")[2]] if op.startswith("m-") else None
+        options = dict(axis=axis)
+        if op.startswith("smooth-"):
+            options["label_smoothing"] = 0.1
+        if op.startswith("prob-"):
+            target = probs
         kernel_times.clear()
         start = time.perf_counter()
-        if op == "grad":
-            nbxent.cross_entropy_with_grad(x, target, axis=axis, out=grad)
+        if op.endswith("grad"):
+            nbxent.cross_entropy_with_grad(x, target, out=grad, **options)
         else:
-            nbxent.cross_entropy(x, target, axis=axis, metrics=metrics)
+            nbxent.cross_entropy(x, target, metrics=metrics, **options)
         print(time.perf_counter() - start, sum(kernel_times), flush=True)
 
 
