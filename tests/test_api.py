@@ -640,7 +640,8 @@ def test_a_confident_row_keeps_the_digits_of_its_loss(rng, shape, axis, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, pytest.param(np.float64, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("shape,axis", [*VECTOR_LAYOUTS,
-                                        pytest.param((6, 40000), -1, id="split-rows")])
+                                        pytest.param((6, 40000), -1, id="split-rows",
+                                                     marks=pytest.mark.slow)])
 def test_a_confident_row_keeps_the_digits_of_its_spread(rng, shape, axis, dtype):
     """A probability target on the max of a confident row: the loss, sum_c q_c (lse - x_c),
     is the tiny log(1 + rest). Its terms about any logit but the max would cancel (a
