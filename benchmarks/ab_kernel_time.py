@@ -11,8 +11,8 @@ A case is ``SHAPE[:AXIS][@DTYPE]/OP``: SHAPE like 65536x100 or 4x19x512x1024 (cl
 AXIS, default the last), DTYPE float32 (default), float16 or float64, OP ``loss``,
 ``grad`` (cross_entropy_with_grad with ``out=``) or ``m-loss-acc`` / ``m-loss-topk`` /
 ``m-loss-all`` (the loss with metrics lse + correct, those and top_k, or all five); OP
-``smooth-loss`` / ``smooth-grad`` adds label smoothing 0.1, ``prob-loss`` / ``prob-grad``
-takes a probability target (a softmax of random values) in place of the class indices. The
+``smooth-loss`` / ``smooth-grad`` adds label smoothing 0.1, ``cap-loss`` / ``cap-grad`` a
+soft cap of 5, ``prob-loss`` / ``prob-grad`` takes a probability target (a softmax of random values) in place of the class indices. The
 kernel is timed as
 ``benchmarks/kernel_time.py`` does (the target scan and the reduction are not counted);
 with ``TIME=call`` the whole call is timed instead (what small calls pay around the kernel).
@@ -55,6 +55,8 @@ def worker():
         options = dict(axis=axis)
         if op.startswith("smooth-"):
             options["label_smoothing"] = 0.1
+        if op.startswith("cap-"):
+            options["softcap"] = 5.0
         if op.startswith("prob-"):
             target = probs
         kernel_times.clear()

@@ -29,10 +29,15 @@ def capper(softcap, use64):
     that the loops around it vectorise (libm's is a scalar call). Chosen in Python, so
     that an uncapped kernel does not inline tanh's code (``access.loader`` says why).
 
-    The division is a multiplication by a reciprocal rounded from float64:
-    under fastmath a plain ``value / cap`` became a reciprocal multiply in
-    some loops and stayed a division elsewhere, so a row's max and its target
-    logit, the same value, could differ by an ulp (a 1e-5 relative loss error).
+    The same logit must cap to the same bits wherever it is capped (a row's max, its
+    target's logit, a chunk's loop): else the target loses its place at the max (a 1e-5
+    relative loss error; the 'correct' metric false for a row whose target was the max).
+    Under the kernels' fastmath LLVM chose per loop how to regroup tanh's arithmetic and
+    whether to divide or multiply by a reciprocal, so the function has flags of its own
+    (as ``difference_plus``): no reassociation, no reciprocals; contraction into fused
+    multiply-adds is kept (without it softcap calls ran 17-25 % slower: benchmarks/
+    RESULTS.md). The division by the cap is a multiplication by a reciprocal rounded from
+    float64.
     """
     if not softcap:
         @njit(inline="always")
@@ -42,7 +47,7 @@ def capper(softcap, use64):
         return uncapped
     tanh = tanh_for(use64)
 
-    @njit(inline="always")
+    @njit(fastmath={"nsz", "afn", "contract"}, error_model="numpy")
     def capped(value, cap):
         return cap * tanh(value * type(cap)(1.0 / float(cap)))
 
