@@ -669,6 +669,21 @@ def test_a_confident_row_keeps_the_digits_of_its_spread(rng, shape, axis, dtype)
     check_all_three(_cpu_backend(), logits, target, dict(axis=axis), "none", dtype)
 
 
+@pytest.mark.parametrize("shape", [(3000, 8), (64, 1000), (16, 5000)],
+                         ids=["tile", "row", "row-chunks"])
+def test_label_smoothing_beside_a_masked_class_keeps_its_digits(rng, shape):
+    """Label smoothing with the first class masked at -1e9 (a padding token): the
+    smoothing's sum over the classes, taken about the max, keeps float32's digits (about
+    the first logit it lost 1e-3 relative)."""
+    logits = rng.standard_normal(shape)
+    logits[:, 0] = -1e9
+    logits = logits.astype(np.float32)
+    target = rng.integers(1, shape[1], shape[0])
+    loss = nbxent.cross_entropy(logits, target, reduction="none", label_smoothing=0.1)
+    expected = R.cross_entropy(logits, target, reduction="none", label_smoothing=0.1)
+    assert np.max(np.abs(loss - expected) / expected) <= 4e-7
+
+
 @pytest.mark.parametrize("function", ["loss", "grad"])
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 def test_ignored_rows_with_nan_logits_count_for_nothing(backend, rng, dtype, function):
