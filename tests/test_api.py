@@ -660,7 +660,9 @@ def test_a_confident_row_keeps_the_digits_of_its_spread(rng, shape, axis, dtype)
         np.full(moved_shape[:-1], shape[axis] - 1)], -1, axis)
     others = np.moveaxis(logits.astype(np.float64), axis, -1)[..., :-1]
     precise = np.log1p(np.exp(others).sum(axis=-1))
-    tolerance = 4e-7 if dtype == np.float32 else 1e-13
+    # (float32: 4e-7 on the native and AVX2 builds; x86-64's baseline build, whose exp has
+    # no fused multiply-adds, reached 7.5e-7 here. The cancellation gave 1e-5 to 1.)
+    tolerance = 1e-6 if dtype == np.float32 else 1e-13
     for loss in (nbxent.cross_entropy(logits, target, axis=axis, reduction="none"),
                  nbxent.cross_entropy_with_grad(logits, target, axis=axis, reduction="none")[0]):
         error = np.abs(loss - precise) / precise
@@ -674,14 +676,15 @@ def test_a_confident_row_keeps_the_digits_of_its_spread(rng, shape, axis, dtype)
 def test_label_smoothing_beside_a_masked_class_keeps_its_digits(rng, shape):
     """Label smoothing with the first class masked at -1e9 (a padding token): the
     smoothing's sum over the classes, taken about the max, keeps float32's digits (about
-    the first logit it lost 1e-3 relative)."""
+    the first logit it lost 1e-3 relative; 4e-7 on the native build, 5.5e-7 on x86-64's
+    baseline build)."""
     logits = rng.standard_normal(shape)
     logits[:, 0] = -1e9
     logits = logits.astype(np.float32)
     target = rng.integers(1, shape[1], shape[0])
     loss = nbxent.cross_entropy(logits, target, reduction="none", label_smoothing=0.1)
     expected = R.cross_entropy(logits, target, reduction="none", label_smoothing=0.1)
-    assert np.max(np.abs(loss - expected) / expected) <= 4e-7
+    assert np.max(np.abs(loss - expected) / expected) <= 1e-6
 
 
 @pytest.mark.parametrize("function", ["loss", "grad"])
