@@ -376,3 +376,31 @@ def test_tile_kernel_geometry(rng, shape, axis, option):
         assert_close(nbxent.softmax(x, axis=axis), R.softmax(x, axis=axis), np.float32, "grad")
         assert_close(nbxent.log_softmax(x, axis=axis), R.log_softmax(x, axis=axis), np.float32,
                      "grad", rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_map_tiles_start_on_a_cache_line_and_results_do_not_move(rng, dtype):
+    """The tiles of an NCHW map start where a cache line of its logits does, whatever the
+    array's address (a vector load across two lines costs time), and every result bit
+    is the same at every address: the first tile of each image is cut short instead."""
+    shape, width = (2, 5, 61), 16
+    source = rng.standard_normal(shape).astype(dtype)
+    t = rng.integers(0, shape[1], (shape[0], shape[2]))
+    buffer = np.empty(source.size + 64, dtype)
+    expected = None
+    with CPU.override(tile_elements=width, tile_min_run=width):
+        for shift in range(64 // source.itemsize):
+            start = -buffer.ctypes.data % 64 // source.itemsize + shift
+            x = buffer[start:start + source.size].reshape(shape)
+            x[...] = source
+            offset = backend._tile_offset(x.reshape(-1), backend.Geometry(0, 0, 0, 0), width)
+            assert (x.ctypes.data + (width - offset) % width * x.itemsize) % 64 == 0
+            results = [*nbxent.cross_entropy_with_grad(x, t, axis=1, reduction="none"),
+                       nbxent.cross_entropy(x, t, axis=1)]
+            if expected is None:
+                expected = results
+                assert_close(results[0], R.cross_entropy(source, t, axis=1, reduction="none"),
+                             dtype, "loss")
+            for got, want in zip(results, expected):
+                np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(x, source)

@@ -58,6 +58,8 @@ class Shape(NamedTuple):
     n_classes: int
     row_split: int      # row kernel: work items per row (> 1 when rows are few)
     tile_width: int     # tile kernel: positions per tile
+    tile_offset: int    # tile kernel: tiles start this many positions before multiples of
+                        # tile_width, each outer slice's first one cut short (``tile_span``)
 
 
 class Options(NamedTuple):

@@ -658,7 +658,7 @@ def build_row_kernel(variant, f, sum_at_inf):
         together (as rows of n_items, the rows of a large power-of-two n_items fell into
         one set of the L1 cache), and its chunks' shifts where exps are kept; a block of
         consecutive items per thread (``nbxent.cpu.launch.blocks_for``)."""
-        outer, inner, n_classes, split, _ = shape
+        outer, inner, n_classes, split, _, _ = shape
         n_items = outer * inner * split
         seg_len = (n_classes + split - 1) // split
         part = np.empty((n_items, _N_PARTS if metrics else _ENTROPY))

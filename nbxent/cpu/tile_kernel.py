@@ -40,6 +40,25 @@ def tile_logit(tile, idx, cap):
 position_order = exact_order(tile_logit)
 
 
+@njit(inline="always")
+def tiles_per_outer(inner, width, offset):
+    """Tiles of each outer slice (see ``tile_span``)."""
+    return (inner + offset + width - 1) // width
+
+
+@njit(inline="always")
+def tile_span(tile_index, inner, width, offset):
+    """(outer index, first position, positions) of tile ``tile_index``: each outer slice's
+    tiles start ``offset`` positions before multiples of ``width``, its first one cut
+    short (``Shape.tile_offset``: the backend picks it so that tiles start on a cache
+    line of the logits)."""
+    per_outer = tiles_per_outer(inner, width, offset)
+    o = tile_index // per_outer
+    j = tile_index - o * per_outer
+    start = max(0, j * width - offset)
+    return o, start, min(inner, (j + 1) * width - offset) - start
+
+
 def build_tile_kernel(variant, f, sum_at_inf):
     """The tile kernel of ``variant``, from its ``Formulas`` ``f``: its block function
     and plan (``nbxent.cpu.launch.BlockKernel``).
@@ -416,10 +435,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
         one_minus_eps = 1.0 - options.label_smoothing
         eps_over_c = options.label_smoothing / n_classes
         cap = ftype(options.softcap)
-        tiles_per_outer = (inner + width - 1) // width
-        o = tile_index // tiles_per_outer
-        i0 = (tile_index - o * tiles_per_outer) * width
-        n = min(width, inner - i0)
+        o, i0, n = tile_span(tile_index, inner, width, shape.tile_offset)
         x_base = row_start(x_geom, o, i0)
         t_base = row_start(t_geom, o, i0)
         x_sc, x_si = x_geom.s_class, x_geom.s_inner
@@ -438,9 +454,9 @@ def build_tile_kernel(variant, f, sum_at_inf):
         # and for short rows longer than two cache lines (measured: benchmarks/RESULTS.md)
         # this tile's output rows; not for float16 tiles, whose conversions leave the
         # memory time.
-        n_next = 0 if half else max(0, min(width, inner - i0 - width))
+        n_next = 0 if half else min(width, inner - i0 - n)
         write_hints = writes and not half and out_geom.s_class == 1 and n_classes > 2 * LINE
-        hints = (x, x_base + width * x_si, x_sc, x_si, n_next, out, row_start(out_geom, o, i0),
+        hints = (x, x_base + n * x_si, x_sc, x_si, n_next, out, row_start(out_geom, o, i0),
                  out_geom.s_inner, write_hints)
         if metrics and options.wants_entropy:
             tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base,
@@ -479,11 +495,11 @@ def build_tile_kernel(variant, f, sum_at_inf):
                    part, chunk_shifts):
         """The tiles of block ``block`` of ``n_blocks`` (consecutive tiles, with scratch of
         their own), for ``nbxent.cpu.launch.run_blocks``; one phase, no ``part``."""
-        outer, inner, n_classes, _, width = shape
+        outer, inner, n_classes, _, width, offset = shape
         # Rows of a tile padded off powers of two: at a pitch of 1 KiB the classes of a
         # tile fell into a few L1 sets (C = 64 ran at half the speed of C = 100).
         pitch = (width + 15) // 16 * 16 + 16
-        n_tiles = outer * ((inner + width - 1) // width)
+        n_tiles = outer * tiles_per_outer(inner, width, offset)
         scratch = np.empty((_N_SCRATCH, width), ftype)
         wide_scratch = np.empty((2, width))  # float64 target weights and grad_output
         order = np.empty((_N_ORDER if metrics else 0, width), ftype)
@@ -508,5 +524,5 @@ _NO_PART = np.empty((0, 0))
 def tile_plan(shape):
     """(n_blocks, n_phases, part, chunk_shifts) of a tile kernel's call: a block of
     consecutive tiles per thread (``nbxent.cpu.launch.blocks_for``)."""
-    outer, inner, _, _, width = shape
-    return blocks_for(outer * ((inner + width - 1) // width)), 1, _NO_PART, _NO_PART
+    outer, inner, _, _, width, offset = shape
+    return blocks_for(outer * tiles_per_outer(inner, width, offset)), 1, _NO_PART, _NO_PART
