@@ -247,9 +247,11 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=No
                  else _scratch("row_value", logits.n_rows, logits.loss_dtype))
     row_lse = _scratch("row_lse", logits.n_rows, np.float64)
     outer, inner = logits.outer, logits.inner
+    # (Not for maps whose images fit one tile: there a second, short tile would cost more.)
+    aligned_tiles = tiled and not swap and inner > split
     shape = Shape(outer, inner, logits.n_classes, row_split=1 if tiled else split,
                   tile_width=split if tiled else 1,
-                  tile_offset=_tile_offset(x, x_geom, split) if tiled and not swap else 0)
+                  tile_offset=_tile_offset(x, x_geom, split) if aligned_tiles else 0)
     if swap:
         shape = shape._replace(outer=1, inner=outer)
         x_geom, t_geom, g_geom, out_geom = map(_rows_as_positions,
