@@ -3,9 +3,9 @@ line, in one process: what a vector load that straddles two lines costs each ker
 
 NumPy's large arrays start 16 bytes past a page (glibc serves them by mmap, after its
 chunk header); arrays from the heap start wherever the heap has room, so without
-this script a process draws its offset by chance. Best ms of 7 calls after a warm-up,
-loss / loss+grad with ``out=``, for each offset in turn (repeated offsets show the
-noise):
+this script a process draws its offset by chance. Best ms of 7 samples after a warm-up
+(``nbxent.bench.timing.steady_state``: a sample averages calls under 2 ms), loss /
+loss+grad with ``out=``, for each offset in turn (repeated offsets show the noise):
 
     python benchmarks/alignment.py 8x21x512x512:1,65536x100 [--offsets 0,16,32,48,0,16]
 
@@ -14,21 +14,15 @@ from outside this checkout.
 """
 
 import argparse
-import time
 
 import numpy as np
 
 import nbxent
+from nbxent.bench.timing import steady_state
 
 
-def best_ms(call, repeat=7):
-    call()
-    best = np.inf
-    for _ in range(repeat):
-        start = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
+def best_ms(call):
+    return steady_state(call, samples=7).best_s * 1e3
 
 
 def placed(buffer, n, offset):

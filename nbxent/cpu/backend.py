@@ -332,8 +332,8 @@ def _contiguous_view(shape, dtype, array_shape=None):
 def _tile_offset(x, x_geom, width):
     """``Shape.tile_offset`` for a tile kernel whose positions are contiguous along each
     class (NCHW): tiles then start on a cache line of the logits, and so do the runs
-    they read, one per class. (AVX-512 loads that straddle two lines ran the maps up to
-    1.7x slower on a Zen 4: benchmarks/RESULTS.md.) From the first run's address: the
+    they read, one per class (vector loads that straddle two lines ran the maps much
+    slower: benchmarks/RESULTS.md). From the first run's address: the
     other classes' and images' runs share its alignment where the map's H*W is a whole
     number of lines (a multiple of 16 float32 positions, as the usual crops are). The
     tiles' bounds do not change a position's result, only where its work starts."""
