@@ -21,24 +21,25 @@ from numba._dispatcher import compute_fingerprint
 from numba.core.types.function_type import CompileResultWAP
 
 # What every kernel is given, in order (nbxent/cpu/arguments.py names them), after
-# (b, n_blocks, phase): the row kernel's per-item statistics and chunk shifts last.
+# (b, n_blocks, phase): the row kernel's per-item statistics, chunk shifts and per-block
+# staging chunks last (``plan``'s; empty for the tile kernel).
 ARGUMENTS = ("x", "x_geom", "target", "t_geom", "weight", "grad_output", "g_geom", "out",
              "out_geom", "row_value", "row_lse", "row_metrics", "shape", "options", "part",
-             "chunk_shifts")
+             "chunk_shifts", "staged")
 SHAPE = ARGUMENTS.index("shape")
 
 
 @njit(parallel=True, cache=True)
 def run_blocks(block, n_blocks, n_phases, x, x_geom, target, t_geom, weight, grad_output,
                g_geom, out, out_geom, row_value, row_lse, row_metrics, shape, options, part,
-               chunk_shifts):
+               chunk_shifts, staged):
     """``block(b, n_blocks, phase, ...)`` for every b in [0, n_blocks), over the threads,
     for each phase in turn."""
     for phase in range(n_phases):
         for b in prange(n_blocks):
             block(np.int64(b), n_blocks, np.int64(phase), x, x_geom, target, t_geom, weight,
                   grad_output, g_geom, out, out_geom, row_value, row_lse, row_metrics, shape,
-                  options, part, chunk_shifts)
+                  options, part, chunk_shifts, staged)
 
 
 def blocks_for(n_items):
@@ -54,7 +55,7 @@ def blocks_for(n_items):
 
 class BlockKernel:
     """A variant's kernel: ``blocks``, its block function (a dispatcher), run for the
-    blocks that ``plan(shape)`` gives: ``(n_blocks, n_phases, part, chunk_shifts)``.
+    blocks that ``plan(shape)`` gives: ``(n_blocks, n_phases, part, chunk_shifts, staged)``.
 
     Called with the kernels' arguments up to ``options``. ``overloads`` and the disk
     cache are those of ``blocks``, the only function the variant compiles.
@@ -70,8 +71,8 @@ class BlockKernel:
         return self.blocks.overloads
 
     def __call__(self, *arguments):
-        n_blocks, n_phases, part, chunk_shifts = self.plan(arguments[SHAPE])
-        arguments += (part, chunk_shifts)
+        n_blocks, n_phases, part, chunk_shifts, staged = self.plan(arguments[SHAPE])
+        arguments += (part, chunk_shifts, staged)
         key = tuple(map(compute_fingerprint, arguments))
         run = self._runs.get(key)
         if run is None:

@@ -470,13 +470,17 @@ def build_row_kernel(variant, f, sum_at_inf):
                  0.0 * rest_sum)
         return row_max, n_top, rest, moment, mass, order
 
-    @compiled_apart(variant)
+    @njit(inline="always")
     def item_stats(item, x, x_geom, target, t_geom, weight, g_geom, out, out_geom, shape,
                    options, part, chunk_shifts, staged):
         """Statistics of one work item (a row, or one of its ``row_split`` segments).
 
         Also keeps the row's target logit: with several items per row and an in-place
-        gradient, another item may overwrite it later.
+        gradient, another item may overwrite it later. Inlined into ``row_block``, as is
+        ``finish_item``: a call apart passes every field of every array it is given
+        through the stack, and two such calls a row cost a short row's call more than
+        its metrics did (benchmarks/RESULTS.md); ``segment_stats``, the long one, stays
+        apart.
         """
         x_geom, t_geom, _, out_geom, shape, options = named(
             x_geom, t_geom, g_geom, out_geom, shape, options)
@@ -555,7 +559,7 @@ def build_row_kernel(variant, f, sum_at_inf):
             nan += part[k, _NAN]
         return entropy_moment, best, ahead, nan
 
-    @compiled_apart(variant)
+    @njit(inline="always")
     def finish_item(item, x, x_geom, target, t_geom, weight, grad_output, g_geom, out,
                     out_geom, row_value, row_lse, row_metrics, shape, options, part,
                     chunk_shifts):
@@ -631,18 +635,22 @@ def build_row_kernel(variant, f, sum_at_inf):
                       target_gradient(p_coef, g_ce, t_logit, shift, log_sum, t_weight,
                                       one_minus_eps, eps_over_c, cap))
 
-    @njit(fastmath=FASTMATH, error_model="numpy")
+    @njit(fastmath=FASTMATH, error_model="numpy", _nrt=False)
     @named_for(variant)
     def row_block(block, n_blocks, phase, x, x_geom, target, t_geom, weight, grad_output,
                   g_geom, out, out_geom, row_value, row_lse, row_metrics, shape, options,
-                  part, chunk_shifts):
+                  part, chunk_shifts, staged_rows):
         """The work items of block ``block`` of ``n_blocks`` (consecutive items, with a
-        staging chunk of their own), for ``nbxent.cpu.launch.run_blocks``. split == 1: one
-        phase, each row's statistics then its writes while the row is still in cache.
-        split > 1: all statistics (phase 0), then each item combines and writes (phase 1)."""
+        staging chunk of their own: ``staged_rows[block]``), for
+        ``nbxent.cpu.launch.run_blocks``. split == 1: one phase, each row's statistics then
+        its writes while the row is still in cache. split > 1: all statistics (phase 0),
+        then each item combines and writes (phase 1).
+
+        Without Numba's reference counts (``_nrt=False``; the plan allocates): with the
+        per-item functions inlined, they were counted for every array at every row."""
         split = shape[3]
         n_items = part.shape[0]
-        staged = np.empty(CHUNK if keep_exps else 0, ftype)
+        staged = staged_rows[block]
         for item in range(block * n_items // n_blocks, (block + 1) * n_items // n_blocks):
             if phase == 0:
                 item_stats(item, x, x_geom, target, t_geom, weight, g_geom, out, out_geom,
@@ -653,16 +661,19 @@ def build_row_kernel(variant, f, sum_at_inf):
                             chunk_shifts)
 
     def row_plan(shape):
-        """(n_blocks, n_phases, part, chunk_shifts) of a call: per work item, its partial
-        statistics in float64 (row maxima of float32 logits are exact in it), an item's
-        together (as rows of n_items, the rows of a large power-of-two n_items fell into
-        one set of the L1 cache), and its chunks' shifts where exps are kept; a block of
-        consecutive items per thread (``nbxent.cpu.launch.blocks_for``)."""
+        """(n_blocks, n_phases, part, chunk_shifts, staged) of a call: per work item, its
+        partial statistics in float64 (row maxima of float32 logits are exact in it), an
+        item's together (as rows of n_items, the rows of a large power-of-two n_items fell
+        into one set of the L1 cache), and its chunks' shifts where exps are kept; a block
+        of consecutive items per thread (``nbxent.cpu.launch.blocks_for``), each with a
+        chunk of logits to stage where exps are kept (``exp_source``)."""
         outer, inner, n_classes, split, _, _ = shape
         n_items = outer * inner * split
         seg_len = (n_classes + split - 1) // split
         part = np.empty((n_items, _N_PARTS if metrics else _ENTROPY))
         chunk_shifts = np.empty((n_items, (seg_len + CHUNK - 1) // CHUNK if keep_exps else 0))
-        return blocks_for(n_items), 1 if split == 1 else 2, part, chunk_shifts
+        n_blocks = blocks_for(n_items)
+        staged = np.empty((n_blocks, CHUNK if keep_exps else 0), ftype)
+        return n_blocks, 1 if split == 1 else 2, part, chunk_shifts, staged
 
     return row_block, row_plan

@@ -492,9 +492,10 @@ def build_tile_kernel(variant, f, sum_at_inf):
     @named_for(variant)
     def tile_block(block, n_blocks, phase, x, x_geom, target, t_geom, weight, grad_output,
                    g_geom, out, out_geom, row_value, row_lse, row_metrics, shape, options,
-                   part, chunk_shifts):
+                   part, chunk_shifts, staged):
         """The tiles of block ``block`` of ``n_blocks`` (consecutive tiles, with scratch of
-        their own), for ``nbxent.cpu.launch.run_blocks``; one phase, no ``part``."""
+        their own), for ``nbxent.cpu.launch.run_blocks``; one phase, no ``part``,
+        ``chunk_shifts`` nor ``staged``."""
         outer, inner, n_classes, _, width, offset = shape
         # Rows of a tile padded off powers of two: at a pitch of 1 KiB the classes of a
         # tile fell into a few L1 sets (C = 64 ran at half the speed of C = 100).
@@ -522,7 +523,8 @@ _NO_PART = np.empty((0, 0))
 
 
 def tile_plan(shape):
-    """(n_blocks, n_phases, part, chunk_shifts) of a tile kernel's call: a block of
+    """(n_blocks, n_phases, part, chunk_shifts, staged) of a tile kernel's call: a block of
     consecutive tiles per thread (``nbxent.cpu.launch.blocks_for``)."""
     outer, inner, _, _, width, offset = shape
-    return blocks_for(outer * tiles_per_outer(inner, width, offset)), 1, _NO_PART, _NO_PART
+    n_blocks = blocks_for(outer * tiles_per_outer(inner, width, offset))
+    return n_blocks, 1, _NO_PART, _NO_PART, _NO_PART
