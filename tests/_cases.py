@@ -157,6 +157,16 @@ def option_params(ids):
 OPTION_PARAMS = [o.param(*([pytest.mark.slow] if o.id in SLOW_OPTION_IDS else []))
                  for o in OPTIONS]
 OPTIONS_BY_ID = {o.id: o for o in OPTIONS}
+# The option sets every layout (the tile kernel's among them) is checked with.
+LAYOUT_OPTION_IDS = ("plain", "everything", "prob-weight-smooth")
+
+
+def kernel_choices(option_ids):
+    """The compile-time choices of the cross-entropy kernels that ``option_ids`` reach,
+    as (probability targets, label smoothing, soft cap); the other options (class
+    weights, ignore_index, z-loss, the reduction) are values a compiled kernel takes."""
+    return sorted({(OPTIONS_BY_ID[i].target != "index", OPTIONS_BY_ID[i].label_smoothing > 0,
+                    OPTIONS_BY_ID[i].softcap is not None) for i in option_ids})
 
 
 def loss_shape(shape, axis):

@@ -12,7 +12,7 @@ import pytest
 import nbxent
 from nbxent import reference as R
 
-from _cases import (DTYPE_PARAMS, LAYOUT_PARAMS, OPTION_PARAMS, OPTIONS_BY_ID, REDUCTIONS,
+from _cases import (DTYPE_PARAMS, LAYOUT_OPTION_IDS, LAYOUT_PARAMS, OPTION_PARAMS, OPTIONS_BY_ID, REDUCTIONS,
                     SHAPES, TARGET_DTYPE_PARAMS, is_small, loss_shape, make_index_target,
                     make_inputs, make_logits, make_prob_target, option_params)
 from conftest import assert_close, loss_dtype
@@ -136,7 +136,7 @@ def test_cross_entropy_options(backend, rng, options, shape, dtype, reduction):
 # ------------------------------------------------------------------ cross-entropy: layouts
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("option_id", ["plain", "everything", "prob-weight-smooth"])
+@pytest.mark.parametrize("option_id", LAYOUT_OPTION_IDS)
 @pytest.mark.parametrize("dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("layout", LAYOUT_PARAMS)
 def test_cross_entropy_layouts(backend, rng, layout, dtype, option_id, reduction):

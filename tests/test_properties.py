@@ -5,6 +5,12 @@ weight and smoothing, as long as there is no z-loss and no soft cap); loss >= 0;
 out-of-place one; the gradient matches finite differences of the loss; softmax
 rows sum to 1 and 0 <= entropy <= log C. Example counts are kept modest for CI.
 (Shifted logits: tests/test_offsets.py.)
+
+The searches draw shapes, axes and every option's value at random, but the kernels'
+compile-time choices (probability targets, smoothing, soft cap: ``kernel_choices``) only
+among those the parametrised tests check (tests/test_api.py: every option set on rows,
+``LAYOUT_OPTION_IDS`` on the other layouts): each new choice would compile kernels of
+its own, seconds each, and a different handful every run.
 """
 
 import numpy as np
@@ -15,6 +21,7 @@ from hypothesis import strategies as st
 import nbxent
 from nbxent import reference as R
 
+from _cases import LAYOUT_OPTION_IDS, OPTIONS, kernel_choices
 from conftest import assert_close, tolerance
 
 # Long single items (searches): left out of the quick subset.
@@ -22,6 +29,10 @@ pytestmark = pytest.mark.slow
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow],
                 derandomize=False)
+
+
+_ROW_CHOICES = kernel_choices([o.id for o in OPTIONS])
+_LAYOUT_CHOICES = kernel_choices(LAYOUT_OPTION_IDS)
 
 
 @st.composite
@@ -42,7 +53,10 @@ def problems(draw, dtypes=(np.float32, np.float64), allow_z=True, allow_softcap=
     scale = draw(st.sampled_from([0.1, 1.0, 5.0, 30.0]))
     logits = (rng.standard_normal(shape) * scale).astype(dtype)
     loss_shape = tuple(s for i, s in enumerate(shape) if i != axis % ndim)
-    prob = allow_prob and draw(st.booleans())
+    classes_last = np.prod(shape[axis % ndim + 1:], dtype=np.int64) <= 1
+    choices = [(p, s, c) for p, s, c in (_ROW_CHOICES if classes_last else _LAYOUT_CHOICES)
+               if (allow_prob or not p) and (allow_softcap or not c)]
+    prob, smoothing, softcap = draw(st.sampled_from(choices))
     keywords = dict(axis=axis)
     if prob:
         raw = rng.uniform(0.0, 1.0, shape)
@@ -60,10 +74,10 @@ def problems(draw, dtypes=(np.float32, np.float64), allow_z=True, allow_softcap=
         keywords["ignore_index"] = ignore_index
     if draw(st.booleans()):
         keywords["weight"] = rng.uniform(0.0, 3.0, n_classes).astype(dtype)
-    keywords["label_smoothing"] = draw(st.sampled_from([0.0, 0.0, 0.05, 0.5, 1.0]))
+    keywords["label_smoothing"] = draw(st.sampled_from([0.05, 0.5, 1.0])) if smoothing else 0.0
     if allow_z and draw(st.booleans()):
         keywords["z_loss"] = draw(st.sampled_from([1e-4, 1e-2, 0.5]))
-    if allow_softcap and draw(st.booleans()):
+    if softcap:
         keywords["softcap"] = draw(st.sampled_from([1.0, 5.0, 30.0]))
     reduction = draw(st.sampled_from(["none", "mean", "sum"]))
     return logits, target, keywords, reduction
