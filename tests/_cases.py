@@ -140,12 +140,13 @@ OPTIONS = [
     Options("onehot", target="onehot"),
     Options("prob-weight-smooth", target="prob", weight=True, label_smoothing=0.15),
     Options("prob-zloss-softcap", target="prob", z_loss=1e-2, softcap=4.0),
+    Options("prob-smooth-softcap", target="prob", label_smoothing=0.1, softcap=4.0),
     Options("unnormalized-weight", target="unnormalized", weight=True),
 ]
 # Option sets the quick subset leaves out: the soft cap without smoothing, and under
 # probability targets, compile kernel variants of their own; "softcap-smooth" and
 # "everything" take the cap through the quick subset.
-SLOW_OPTION_IDS = {"softcap", "prob-zloss-softcap"}
+SLOW_OPTION_IDS = {"softcap", "prob-zloss-softcap", "prob-smooth-softcap"}
 
 
 def option_params(ids):

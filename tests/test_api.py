@@ -12,9 +12,10 @@ import pytest
 import nbxent
 from nbxent import reference as R
 
-from _cases import (DTYPE_PARAMS, LAYOUT_OPTION_IDS, LAYOUT_PARAMS, OPTION_PARAMS, OPTIONS_BY_ID, REDUCTIONS,
-                    SHAPES, TARGET_DTYPE_PARAMS, is_small, loss_shape, make_index_target,
-                    make_inputs, make_logits, make_prob_target, option_params)
+from _cases import (DTYPE_PARAMS, LAYOUT_OPTION_IDS, LAYOUT_PARAMS, OPTION_PARAMS,
+                    OPTIONS_BY_ID, REDUCTIONS, SHAPES, TARGET_DTYPE_PARAMS, is_small,
+                    loss_shape, make_index_target, make_inputs, make_logits,
+                    make_prob_target, option_params)
 from conftest import assert_close, loss_dtype
 
 F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
