@@ -49,14 +49,19 @@ _NEGATIVE_ZERO = np.int32(-2**31)
  _N_PARTS) = range(12)
 
 
+# Where writes follow, the statistics of rows of this many logits' bytes are taken
+# together, then their writes: the rows' logits and exps (twice this) stay in the L2 cache
+# of the CPUs we meet. (Measured: groups of 16 KiB to 1 MiB, benchmarks/RESULTS.md.)
+GROUP_BYTES = 1 << 18
+
+
 def compiled_apart(variant):
-    """``@njit`` for a function of ``variant``'s kernel that the kernel calls once per work
-    item (a row, a row's segment, a tile) and Numba compiles apart: named for the
-    variant (``disk_cache.named_for``), and without Numba's reference counts.
+    """``@njit`` for a function of ``variant``'s kernel that Numba compiles apart: named
+    for the variant (``disk_cache.named_for``), and without Numba's reference counts.
 
     Numba counts a reference to every array a function is given, entering and leaving
     it: an atomic add and subtract per array, unless an LLVM pass proves them paired
-    and drops them. It did in the loss's ``segment_stats`` but not in the larger one with
+    and drops them. It did in the loss's statistics function but not in the larger one with
     metrics, where the counts cost more than the metrics themselves (benchmarks/RESULTS.md).
     The arrays belong to the kernel, which outlives the call, and these functions allocate
     nothing, so they need no counts: Numba's ``_nrt=False`` leaves them out (and refuses to
@@ -349,165 +354,163 @@ def build_row_kernel(variant, f, sum_at_inf):
         return best_key, best, chunk_ahead
 
     @compiled_apart(variant)
-    def segment_stats(x, base, s_class, lo, hi, cap, target, t_row, t_class_stride,
-                      weight, one_minus_eps, eps_over_c, out, out_base, o_sc, chunk_shifts,
-                      item, t_logit, t, wants_rank, wants_argmax, wants_entropy, staged,
-                      in_place, next_at, next_len):
-        """(row_max, n_top, rest, moment, mass, order) over classes [lo, hi) of one row:
-        its sum of exps is n_top, the count of logits at the max, plus the rest.
+    def items_stats(first, last, x, x_geom, target, t_geom, weight, g_geom, out, out_geom,
+                    shape, options, part, chunk_shifts, staged):
+        """The statistics of the work items [first, last) (rows, or their ``row_split``
+        segments [lo, hi)), into ``part``: row_max, n_top, rest, moment, mass (a row's sum
+        of exps is n_top, the count of logits at the max, plus the rest), its target's
+        logit (with several items per row and an in-place gradient, another item may
+        overwrite it later) and, with ``metrics``, the metrics' sums: entropy moment,
+        largest logit, its first class, classes ahead of the target ``t``, nan if a logit
+        is nan else 0; each only when wanted (else 0, lo, and for the classes ahead 1 or
+        0: some or none).
 
-        ``order`` holds the metrics' sums, zeros without ``metrics``: (entropy moment,
-        largest logit, its first class, classes ahead of the target ``t``, nan if a
-        logit is nan else 0); each only when wanted (else 0, lo, and for the classes
-        ahead 1 or 0: some or none).
-        With ``keep_exps``, each exp(x - shift) goes to ``out`` and each chunk's
-        shift to ``chunk_shifts[item]``. The last chunk's exp pass prefetches the
-        ``next_len`` logits from ``next_at`` (the next work item's first chunk).
-        """
-        row_max = ftype(-np.inf)
-        n_top = 0.0  # the logits at the running max: exactly 1 each
-        rest = 0.0  # the others' exps, apart: 1 + a tiny rest would round in float64 too
-        rest_sum = 0.0  # only to let a nan logit through when the max is +inf
-        moment = 0.0
-        mass = 0.0
-        entropy_moment = 0.0
-        best_key = rank_key(ftype(-np.inf))
-        best = lo
-        ahead = 0
-        # The metrics' order from float comparisons (``chunk_ranks``), unless the loss's
-        # logits are capped (saturation makes ties) or t's logit is nan. Taken after the
-        # exps when none are written; else before, with the logits' plain sum telling the
-        # chunks that may hold a nan, at the cost of that sum.
-        fast_order = metrics and not softcap and t_logit == t_logit
-        t_low = order_key(ftype(-0.0) if t_logit == 0.0 else t_logit)
-        t_high = order_key(ftype(0.0) if t_logit == 0.0 else t_logit)
-        for c0 in range(lo, hi, CHUNK):
-            c1 = min(c0 + CHUNK, hi)
-            if fast_order:  # the max's pass, with what the metrics need
-                if wants_rank:
-                    top, counted, logit_sum = chunk_order(
-                        x, base, s_class, c0, c1, ftype, t_logit, t, True,
-                        keep_exps or negative_exps)
-                else:
-                    top, counted, logit_sum = chunk_order(
-                        x, base, s_class, c0, c1, ftype, t_logit, t, False,
-                        keep_exps or negative_exps)
-            else:
-                # tanh is monotonic: the max of the capped logits is the capped max.
-                top, logit_sum = chunk_max(x, base, s_class, c0, c1, ftype, negative_exps)
-                top = cap_logit(top, cap)
-                counted = np.int32(0)
-            top_key = order_key(top)
-            if metrics and keep_exps:
-                nan_free = logit_sum == logit_sum  # (taken where fast_order makes it count)
-                best_key, best, chunk_ahead = chunk_ranks(
-                    x, base, s_class, c0, c1, cap, top_key, nan_free, counted, t_logit, t,
-                    t_low, t_high, fast_order, wants_rank, wants_argmax, best_key, best)
-                ahead += chunk_ahead
-            if top > row_max:
-                if linear_moment:  # (its terms about the old shift)
-                    moment = moment_onto(moment, mass, shift_of(row_max), shift_of(top))
-                sum_exp = n_top + rest
-                if sum_exp > 0.0:
-                    rescale = math.exp(float(row_max - top))
-                    if entropy:
-                        moment = rescale * (moment + float(row_max - top) * sum_exp)
-                    if metrics:
-                        entropy_moment = rescale * (entropy_moment
-                                                    + float(row_max - top) * sum_exp)
-                    n_top, rest = 0.0, rescale * sum_exp  # the old max is below the new
-                row_max = top
-            shift = shift_of(row_max)
-            if negative_exps:  # a zero as -0.0, from which +0.0 and -0.0 are both +0.0 away
-                shift = bitcast(_NEGATIVE_ZERO if bitcast(shift, np.int32) == 0
-                                else bitcast(shift, np.int32), ftype)
-            if keep_exps:
-                chunk_shifts[item, (c0 - lo) // CHUNK] = shift
-            upcoming, n_upcoming = (base + c1 * s_class, min(CHUNK, hi - c1)) if c1 < hi \
-                else (next_at, next_len)
-            source, s_base, s_stride = exp_source(x, base, s_class, c0, c1, cap, staged,
-                                                  in_place)
-            # (Each case its own loop: a run-time flag inside one would cost every call.)
-            if metrics and wants_entropy:
-                total, chunk_rest, chunk_moment, chunk_mass, chunk_entropy = chunk_sums(
-                    source, s_base, s_stride, c0, c1, cap, shift, target, t_row,
-                    t_class_stride, weight, one_minus_eps, eps_over_c, out, out_base, o_sc,
-                    True, x, upcoming, n_upcoming if s_class == 1 else 0)
-            else:
-                total, chunk_rest, chunk_moment, chunk_mass, chunk_entropy = chunk_sums(
-                    source, s_base, s_stride, c0, c1, cap, shift, target, t_row,
-                    t_class_stride, weight, one_minus_eps, eps_over_c, out, out_base, o_sc,
-                    False, x, upcoming, n_upcoming if s_class == 1 else 0)
-            if negative_exps and logit_sum != logit_sum and holds_nan(x, base, s_class, c0,
-                                                                      c1, ftype):
-                chunk_rest = ftype(np.nan)
-            if metrics and not keep_exps:  # (a nan makes the rest nan)
-                nan_free = chunk_rest == chunk_rest and top != np.inf
-                best_key, best, chunk_ahead = chunk_ranks(
-                    x, base, s_class, c0, c1, cap, top_key, nan_free, counted, t_logit, t,
-                    t_low, t_high, fast_order, wants_rank, wants_argmax, best_key, best)
-                ahead += chunk_ahead
-            if ties_apart:  # (none where the chunk's max is below the row's)
-                if top != shift:
-                    at_shift = np.int32(0)
-                elif metrics and best == ARGMAX_PENDING:
-                    at_shift, best = equal_to(source, s_base, s_stride, c0, c1, cap, shift,
-                                              True)
-                else:
-                    at_shift, _ = equal_to(source, s_base, s_stride, c0, c1, cap, shift,
-                                           False)
-            else:
-                at_shift = math.floor(float(total - chunk_rest) + 0.5)
-            n_top += at_shift
-            rest += float(chunk_rest)
-            rest_sum += float(chunk_rest)
-            moment += chunk_moment
-            mass += chunk_mass
-            entropy_moment += chunk_entropy
-        if row_max == np.inf:
-            n_top, rest = sum_at_inf, 0.0 * rest_sum
-        order = (entropy_moment, float(from_order_key(best_key)), float(best), float(ahead),
-                 0.0 * rest_sum)
-        return row_max, n_top, rest, moment, mass, order
+        With ``keep_exps``, each exp(x - shift) goes to ``out`` and each chunk's shift to
+        ``chunk_shifts[item]``. Each item's last chunk's exp pass prefetches the next
+        item's first chunk.
 
-    @njit(inline="always")
-    def item_stats(item, x, x_geom, target, t_geom, weight, g_geom, out, out_geom, shape,
-                   options, part, chunk_shifts, staged):
-        """Statistics of one work item (a row, or one of its ``row_split`` segments).
-
-        Also keeps the row's target logit: with several items per row and an in-place
-        gradient, another item may overwrite it later. Inlined into ``row_block``, as is
-        ``finish_item``: a call apart passes every field of every array it is given
-        through the stack, and two such calls a row cost a short row's call more than
-        its metrics did (benchmarks/RESULTS.md); ``segment_stats``, the long one, stays
-        apart.
+        One call for many rows: the chunk loops' constants (the exp's coefficients, the
+        masks) are set up once, not at every row. A function called per row set them up,
+        and spilled most of them to the stack, at each call: at C = 1000 that cost a
+        loss, with metrics or not, 14-19 % of its time (benchmarks/RESULTS.md). (The
+        rows' loop is written here, not around an inlined function: Numba types an
+        inlined function again in its caller, which for this one took twice the compile
+        time.)
         """
         x_geom, t_geom, _, out_geom, shape, options = named(
             x_geom, t_geom, g_geom, out_geom, shape, options)
         one_minus_eps = 1.0 - options.label_smoothing
         eps_over_c = options.label_smoothing / shape.n_classes
         cap = ftype(options.softcap)
-        _, _, o, i, lo, hi = item_place(item, shape)
-        base = row_start(x_geom, o, i)
-        t_row = row_start(t_geom, o, i)
-        # The next item's first chunk, for the prefetch hints (the last item's: none).
-        _, _, next_o, next_i, next_lo, next_hi = item_place(
-            min(item + 1, part.shape[0] - 1), shape)
-        next_at = row_start(x_geom, next_o, next_i) + next_lo * x_geom.s_class
-        next_len = min(CHUNK, next_hi - next_lo) if item + 1 < part.shape[0] else 0
-        _, t, t_logit, _ = target_of(x, base, x_geom.s_class, target, t_row, shape.n_classes,
-                                     0, weight, cap)
-        part[item, _T_LOGIT] = t_logit
-        (part[item, _MAX], part[item, _N_TOP], part[item, _REST], part[item, _MOMENT],
-         part[item, _MASS], order) = segment_stats(x, base, x_geom.s_class, lo, hi,
-                                cap, target, t_row, t_geom.s_class, weight, one_minus_eps,
-                                eps_over_c, out, row_start(out_geom, o, i), out_geom.s_class,
-                                chunk_shifts, item, t_logit, t, options.wants_rank,
-                                options.wants_argmax, options.wants_entropy, staged,
-                                options.in_place, next_at, next_len)
-        if metrics:
-            (part[item, _ENTROPY], part[item, _TOP], part[item, _ARGMAX], part[item, _AHEAD],
-             part[item, _NAN]) = order
+        s_class, t_class_stride, o_sc = x_geom.s_class, t_geom.s_class, out_geom.s_class
+        wants_rank, wants_argmax = options.wants_rank, options.wants_argmax
+        wants_entropy, in_place = options.wants_entropy, options.in_place
+        for item in range(first, last):
+            _, _, o, i, lo, hi = item_place(item, shape)
+            base = row_start(x_geom, o, i)
+            t_row = row_start(t_geom, o, i)
+            out_base = row_start(out_geom, o, i)
+            # The next item's first chunk, for the prefetch hints (the last item's: none).
+            _, _, next_o, next_i, next_lo, next_hi = item_place(
+                min(item + 1, part.shape[0] - 1), shape)
+            next_at = row_start(x_geom, next_o, next_i) + next_lo * s_class
+            next_len = min(CHUNK, next_hi - next_lo) if item + 1 < part.shape[0] else 0
+            _, t, t_logit, _ = target_of(x, base, s_class, target, t_row, shape.n_classes,
+                                         0, weight, cap)
+            row_max = ftype(-np.inf)
+            n_top = 0.0  # the logits at the running max: exactly 1 each
+            rest = 0.0  # the others' exps, apart: 1 + a tiny rest would round in float64 too
+            rest_sum = 0.0  # only to let a nan logit through when the max is +inf
+            moment = 0.0
+            mass = 0.0
+            entropy_moment = 0.0
+            best_key = rank_key(ftype(-np.inf))
+            best = lo
+            ahead = 0
+            # The metrics' order from float comparisons (``chunk_ranks``), unless the loss's
+            # logits are capped (saturation makes ties) or t's logit is nan. Taken after the
+            # exps when none are written; else before, with the logits' plain sum telling the
+            # chunks that may hold a nan, at the cost of that sum.
+            fast_order = metrics and not softcap and t_logit == t_logit
+            t_low = order_key(ftype(-0.0) if t_logit == 0.0 else t_logit)
+            t_high = order_key(ftype(0.0) if t_logit == 0.0 else t_logit)
+            for c0 in range(lo, hi, CHUNK):
+                c1 = min(c0 + CHUNK, hi)
+                if fast_order:  # the max's pass, with what the metrics need
+                    if wants_rank:
+                        top, counted, logit_sum = chunk_order(
+                            x, base, s_class, c0, c1, ftype, t_logit, t, True,
+                            keep_exps or negative_exps)
+                    else:
+                        top, counted, logit_sum = chunk_order(
+                            x, base, s_class, c0, c1, ftype, t_logit, t, False,
+                            keep_exps or negative_exps)
+                else:
+                    # tanh is monotonic: the max of the capped logits is the capped max.
+                    top, logit_sum = chunk_max(x, base, s_class, c0, c1, ftype, negative_exps)
+                    top = cap_logit(top, cap)
+                    counted = np.int32(0)
+                top_key = order_key(top)
+                if metrics and keep_exps:
+                    nan_free = logit_sum == logit_sum  # (taken where fast_order makes it count)
+                    best_key, best, chunk_ahead = chunk_ranks(
+                        x, base, s_class, c0, c1, cap, top_key, nan_free, counted, t_logit, t,
+                        t_low, t_high, fast_order, wants_rank, wants_argmax, best_key, best)
+                    ahead += chunk_ahead
+                if top > row_max:
+                    if linear_moment:  # (its terms about the old shift)
+                        moment = moment_onto(moment, mass, shift_of(row_max), shift_of(top))
+                    sum_exp = n_top + rest
+                    if sum_exp > 0.0:
+                        rescale = math.exp(float(row_max - top))
+                        if entropy:
+                            moment = rescale * (moment + float(row_max - top) * sum_exp)
+                        if metrics:
+                            entropy_moment = rescale * (entropy_moment
+                                                        + float(row_max - top) * sum_exp)
+                        n_top, rest = 0.0, rescale * sum_exp  # the old max is below the new
+                    row_max = top
+                shift = shift_of(row_max)
+                if negative_exps:  # a zero as -0.0, from which +0.0 and -0.0 are both +0.0 away
+                    shift = bitcast(_NEGATIVE_ZERO if bitcast(shift, np.int32) == 0
+                                    else bitcast(shift, np.int32), ftype)
+                if keep_exps:
+                    chunk_shifts[item, (c0 - lo) // CHUNK] = shift
+                upcoming, n_upcoming = (base + c1 * s_class, min(CHUNK, hi - c1)) if c1 < hi \
+                    else (next_at, next_len)
+                source, s_base, s_stride = exp_source(x, base, s_class, c0, c1, cap, staged,
+                                                      in_place)
+                # (Each case its own loop: a run-time flag inside one would cost every call.)
+                if metrics and wants_entropy:
+                    total, chunk_rest, chunk_moment, chunk_mass, chunk_entropy = chunk_sums(
+                        source, s_base, s_stride, c0, c1, cap, shift, target, t_row,
+                        t_class_stride, weight, one_minus_eps, eps_over_c, out, out_base, o_sc,
+                        True, x, upcoming, n_upcoming if s_class == 1 else 0)
+                else:
+                    total, chunk_rest, chunk_moment, chunk_mass, chunk_entropy = chunk_sums(
+                        source, s_base, s_stride, c0, c1, cap, shift, target, t_row,
+                        t_class_stride, weight, one_minus_eps, eps_over_c, out, out_base, o_sc,
+                        False, x, upcoming, n_upcoming if s_class == 1 else 0)
+                if negative_exps and logit_sum != logit_sum and holds_nan(x, base, s_class, c0,
+                                                                          c1, ftype):
+                    chunk_rest = ftype(np.nan)
+                if metrics and not keep_exps:  # (a nan makes the rest nan)
+                    nan_free = chunk_rest == chunk_rest and top != np.inf
+                    best_key, best, chunk_ahead = chunk_ranks(
+                        x, base, s_class, c0, c1, cap, top_key, nan_free, counted, t_logit, t,
+                        t_low, t_high, fast_order, wants_rank, wants_argmax, best_key, best)
+                    ahead += chunk_ahead
+                if ties_apart:  # (none where the chunk's max is below the row's)
+                    if top != shift:
+                        at_shift = np.int32(0)
+                    elif metrics and best == ARGMAX_PENDING:
+                        at_shift, best = equal_to(source, s_base, s_stride, c0, c1, cap, shift,
+                                                  True)
+                    else:
+                        at_shift, _ = equal_to(source, s_base, s_stride, c0, c1, cap, shift,
+                                               False)
+                else:
+                    at_shift = math.floor(float(total - chunk_rest) + 0.5)
+                n_top += at_shift
+                rest += float(chunk_rest)
+                rest_sum += float(chunk_rest)
+                moment += chunk_moment
+                mass += chunk_mass
+                entropy_moment += chunk_entropy
+            if row_max == np.inf:
+                n_top, rest = sum_at_inf, 0.0 * rest_sum
+            part[item, _T_LOGIT] = t_logit
+            part[item, _MAX] = row_max
+            part[item, _N_TOP] = n_top
+            part[item, _REST] = rest
+            part[item, _MOMENT] = moment
+            part[item, _MASS] = mass
+            if metrics:
+                part[item, _ENTROPY] = entropy_moment
+                part[item, _TOP] = from_order_key(best_key)
+                part[item, _ARGMAX] = best
+                part[item, _AHEAD] = ahead
+                part[item, _NAN] = 0.0 * rest_sum
 
     @njit(inline="always")
     def combined_stats(part, first, n_seg):
@@ -642,23 +645,30 @@ def build_row_kernel(variant, f, sum_at_inf):
                   part, chunk_shifts, staged_rows):
         """The work items of block ``block`` of ``n_blocks`` (consecutive items, with a
         staging chunk of their own: ``staged_rows[block]``), for
-        ``nbxent.cpu.launch.run_blocks``. split == 1: one phase, each row's statistics then
-        its writes while the row is still in cache. split > 1: all statistics (phase 0),
-        then each item combines and writes (phase 1).
+        ``nbxent.cpu.launch.run_blocks``. split == 1: one phase, the statistics of a group
+        of rows (``GROUP_BYTES`` of logits where writes follow, else all the block's) then
+        their results and writes, the rows still in cache. split > 1: all statistics
+        (phase 0), then each item combines and writes (phase 1).
 
         Without Numba's reference counts (``_nrt=False``; the plan allocates): with the
         per-item functions inlined, they were counted for every array at every row."""
         split = shape[3]
         n_items = part.shape[0]
         staged = staged_rows[block]
-        for item in range(block * n_items // n_blocks, (block + 1) * n_items // n_blocks):
+        first, last = block * n_items // n_blocks, (block + 1) * n_items // n_blocks
+        group = last - first
+        if writes and split == 1:
+            group = max(1, GROUP_BYTES // (shape[2] * x.itemsize))
+        for g0 in range(first, last, group):
+            g1 = min(g0 + group, last)
             if phase == 0:
-                item_stats(item, x, x_geom, target, t_geom, weight, g_geom, out, out_geom,
-                           shape, options, part, chunk_shifts, staged)
+                items_stats(g0, g1, x, x_geom, target, t_geom, weight, g_geom, out, out_geom,
+                            shape, options, part, chunk_shifts, staged)
             if phase == 1 or split == 1:
-                finish_item(item, x, x_geom, target, t_geom, weight, grad_output, g_geom, out,
-                            out_geom, row_value, row_lse, row_metrics, shape, options, part,
-                            chunk_shifts)
+                for item in range(g0, g1):
+                    finish_item(item, x, x_geom, target, t_geom, weight, grad_output, g_geom,
+                                out, out_geom, row_value, row_lse, row_metrics, shape,
+                                options, part, chunk_shifts)
 
     def row_plan(shape):
         """(n_blocks, n_phases, part, chunk_shifts, staged) of a call: per work item, its
