@@ -86,29 +86,59 @@ def _run_first_rank(item):
 
 # --------------------------------------------------------------- the simulator's share
 # Under the CUDA simulator (a Python thread per CUDA thread) an item costs about as much
-# as compiling a CPU kernel. Of the items that take the three reductions as a parameter,
-# the simulator runs one in three: the reduction whose index equals the sum of the
-# indices of the item's other parameters, modulo 3. Wherever another parameter has at
-# least three values (the dtypes do), every reduction still meets every value of each
-# parameter (a Latin square); the CPU and a real GPU run every item.
-_REDUCTIONS = 3
+# as compiling a CPU kernel. Of the items that take all three reductions as a parameter,
+# the simulator runs one in three: the reduction whose position equals the sum of the
+# positions of the item's other parameters' values, modulo 3 (a Latin square: each
+# reduction meets every value of a parameter wherever another parameter has at least
+# three values, as the dtypes and the CUDA layouts do). The CPU and a real GPU run every
+# item.
+_REDUCTIONS = ("none", "mean", "sum")
 
 
-def _simulator_skips(item):
+def _on_simulator(item):
     callspec = getattr(item, "callspec", None)
-    if callspec is None or callspec.params.get("backend") != "cudasim":
-        return False
-    indices = dict(callspec.indices)
-    if "reduction" not in indices:
-        return False
-    reduction = indices.pop("reduction")
-    indices.pop("backend")
-    return reduction != sum(indices.values()) % _REDUCTIONS
+    return callspec is not None and (callspec.params.get("backend") == "cudasim" or (
+        SIMULATOR and item.path.name == "test_cuda_kernels.py"))
+
+
+def _takes_every_reduction(item):
+    for mark in item.iter_markers("parametrize"):
+        names = mark.args[0]
+        names = [n.strip() for n in names.split(",")] if isinstance(names, str) else names
+        if "reduction" in names:
+            return names == ["reduction"] and list(mark.args[1]) == list(_REDUCTIONS)
+    return False
+
+
+def _simulator_skips(items):
+    """Whether each item is one the simulator leaves to the CPU and GPU runs."""
+    # A value's position among its parameter's values, in collection order (pytest's own
+    # indices count the combinations of stacked parametrizations, not the values).
+    seen = {}
+
+    def position(item, name):
+        values = seen.setdefault((item.path, item.originalname, name), [])
+        value = item.callspec.params[name]
+        for k, known in enumerate(values):
+            if known is value:
+                return k
+        values.append(value)
+        return len(values) - 1
+
+    def skips(item):
+        if not (_on_simulator(item) and _takes_every_reduction(item)):
+            return False
+        params = item.callspec.params
+        others = sum(position(item, name) for name in params
+                     if name not in ("backend", "reduction"))
+        return _REDUCTIONS.index(params["reduction"]) != others % len(_REDUCTIONS)
+
+    return [skips(item) for item in items]
 
 
 def pytest_collection_modifyitems(config, items):
     items.sort(key=_run_first_rank)  # stable: the order within each module is kept
-    skips = [_simulator_skips(item) for item in items]
+    skips = _simulator_skips(items)
     if any(skips):
         config.hook.pytest_deselected(items=[item for item, skip in zip(items, skips) if skip])
         items[:] = [item for item, skip in zip(items, skips) if not skip]
