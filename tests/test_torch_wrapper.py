@@ -319,7 +319,8 @@ def test_eager_calls_skip_the_operator_and_match_it(rng, reduction):
     """A differentiated eager call takes an autograd Function of its own, not the custom
     operator (whose dispatch costs a step more than the fused kernel's 5 %); its loss,
     gradient and metrics are the operator's, bit for bit."""
-    logits = torch.tensor(rng.normal(size=(7, 5)), requires_grad=True)
+    # (float32: the kernel variant other tests compile, none of its own)
+    logits = torch.tensor(rng.normal(size=(7, 5)), dtype=torch.float32, requires_grad=True)
     target = torch.tensor(rng.integers(0, 5, 7))
     loss, found = nbxent_torch.cross_entropy(logits, target, reduction=reduction,
                                              metrics=("correct", "lse"))
@@ -328,7 +329,7 @@ def test_eager_calls_skip_the_operator_and_match_it(rng, reduction):
         logits, target, None, 1, -100, reduction, 0.0, 0.0, None, None, None, "nan",
         "correct,lse", 5)
     assert "EagerCrossEntropy" not in type(op_loss.grad_fn).__name__
-    upstream = torch.tensor(rng.normal(size=tuple(loss.shape)))
+    upstream = torch.tensor(rng.normal(size=tuple(loss.shape)), dtype=torch.float32)
     (grad,) = torch.autograd.grad(loss, logits, upstream)
     (op_grad,) = torch.autograd.grad(op_loss, logits, upstream)
     torch.testing.assert_close(loss, op_loss, rtol=0, atol=0)
