@@ -86,13 +86,13 @@ def _run_first_rank(item):
 
 # --------------------------------------------------------------- the simulator's share
 # Under the CUDA simulator (a Python thread per CUDA thread) an item costs about as much
-# as compiling a CPU kernel. Of the items that take all three reductions as a parameter,
-# the simulator runs one in three: the reduction whose position equals the sum of the
-# positions of the item's other parameters' values, modulo 3 (a Latin square: each
-# reduction meets every value of a parameter wherever another parameter has at least
-# three values, as the dtypes and the CUDA layouts do). The CPU and a real GPU run every
-# item.
-_REDUCTIONS = ("none", "mean", "sum")
+# as compiling a CPU kernel. Of the items that take all three reductions as a parameter
+# (or both gradient functions, which run one kernel), the simulator runs one in three
+# (one in two): the value whose position equals the sum of the positions of the item's
+# other parameters' values, modulo their count (a Latin square: each reduction meets every
+# value of a parameter wherever another parameter has at least three values, as the dtypes
+# and the CUDA layouts do). The CPU and a real GPU run every item.
+_THINNED = {"reduction": ("none", "mean", "sum"), "function": ("grad", "with_grad")}
 
 
 def _on_simulator(item):
@@ -101,13 +101,14 @@ def _on_simulator(item):
         SIMULATOR and item.path.name == "test_cuda_kernels.py"))
 
 
-def _takes_every_reduction(item):
+def _thinned_parameter(item):
+    """The name of the item's parameter that the simulator thins, or None."""
     for mark in item.iter_markers("parametrize"):
         names = mark.args[0]
         names = [n.strip() for n in names.split(",")] if isinstance(names, str) else names
-        if "reduction" in names:
-            return names == ["reduction"] and list(mark.args[1]) == list(_REDUCTIONS)
-    return False
+        if len(names) == 1 and list(mark.args[1]) == list(_THINNED.get(names[0], ())):
+            return names[0]
+    return None
 
 
 def _simulator_skips(items):
@@ -126,12 +127,13 @@ def _simulator_skips(items):
         return len(values) - 1
 
     def skips(item):
-        if not (_on_simulator(item) and _takes_every_reduction(item)):
+        thinned = _thinned_parameter(item) if _on_simulator(item) else None
+        if thinned is None:
             return False
         params = item.callspec.params
-        others = sum(position(item, name) for name in params
-                     if name not in ("backend", "reduction"))
-        return _REDUCTIONS.index(params["reduction"]) != others % len(_REDUCTIONS)
+        others = sum(position(item, name) for name in params if name not in ("backend", thinned))
+        values = _THINNED[thinned]
+        return values.index(params[thinned]) != others % len(values)
 
     return [skips(item) for item in items]
 
