@@ -80,6 +80,8 @@ def test_no_spills_and_registers_within_budget(report):
 
 def test_no_float64_arithmetic_in_float16_or_float32_kernels(report):
     rows, _ = report
+    scanned = {(r["kernel"], r["dtype"]) for r in rows if "f64_ops" in r}
+    assert scanned == {(r["kernel"], r["dtype"]) for r in rows if r["dtype"] != "float64"}
     leaks = [(r["kernel"], r["dtype"], r["cc"], r["f64_ops"]) for r in rows
              if r["dtype"] != "float64" and r.get("f64_ops")]
     assert not leaks, leaks
