@@ -73,6 +73,7 @@ class Options(NamedTuple):
     inv_ce: float           # 1/D for 'mean' (D: the summed weight of counted rows), else 1
     inv_z: float            # 1/(counted rows) for 'mean', else 1
     weight_sum: float       # sum of the class weights
+    weighted: bool          # class weights given (else they are ones, not read)
     has_grad_output: bool   # grad_output is an array (else a scalar 1)
     wants_rank: bool        # metrics: the target's rank (else only whether it is 0)
     wants_argmax: bool      # metrics: the argmax

@@ -267,7 +267,8 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=No
         ignore_index=loss.ignore_index, label_smoothing=float(loss.label_smoothing),
         z_loss=float(loss.z_loss), softcap=float(loss.softcap),
         grad_scale=float(plan.grad_scale), inv_ce=float(inv_ce), inv_z=float(inv_z),
-        weight_sum=weight_sum, has_grad_output=plan.grad_output is not None,
+        weight_sum=weight_sum, weighted=loss.weight is not None,
+        has_grad_output=plan.grad_output is not None,
         wants_rank="top_k" in metric_names, wants_argmax="argmax" in metric_names,
         wants_entropy="entropy" in metric_names,
         in_place=out is not None and np.may_share_memory(out_buffer, x))

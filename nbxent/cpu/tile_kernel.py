@@ -119,16 +119,26 @@ def build_tile_kernel(variant, f, sum_at_inf):
         return n_classes, n, s_class, 1, pitch, 1
 
     @njit(inline="always")
-    def read_targets(target, t_base, t_si, n, n_classes, ignore_index, weight, valid,
-                     target_index, target_class, t_weight):
+    def read_targets(target, t_base, t_si, n, n_next, n_classes, ignore_index, weight,
+                     weighted, valid, target_index, target_class, t_weight):
         """Each position's target (a contiguous loop): whether it counts, its index, its
-        class (-1 when out of range) and its class weight (nan when out of range)."""
+        class (-1 when out of range) and its class weight (nan when out of range; read
+        only when ``weighted``: a gather, which does not vectorise). The next tile's
+        ``n_next`` targets are hinted to the cache on the way (the logits' own hints
+        wait for the exp pass: benchmarks/RESULTS.md)."""
+        line = 64 // target.itemsize
+        for b in range(0, n_next * t_si, line):
+            prefetch(target, np.int64(t_base + n * t_si + b))
         for k in range(n):
             t = np.int64(target[np.uint64(t_base + k * t_si)])
             in_range = 0 <= t < n_classes
             valid[k] = ftype(1.0) if t != ignore_index else ftype(0.0)
             target_index[k] = t
             target_class[k] = np.int32(t) if in_range else np.int32(-1)
+        if not weighted:
+            for k in range(n):
+                t_weight[k] = 1.0 if target_class[k] >= 0 else np.nan
+            return
         for k in range(n):
             t = target_index[k]
             in_range = 0 <= t < n_classes
@@ -440,21 +450,22 @@ def build_tile_kernel(variant, f, sum_at_inf):
         t_base = row_start(t_geom, o, i0)
         x_sc, x_si = x_geom.s_class, x_geom.s_inner
         t_weight, g_rows = wide_scratch[0], wide_scratch[1]
+        # The next tile's positions (of this block of tiles), whose memory is asked for
+        # on the way; not for float16 tiles, whose conversions leave the memory time.
+        n_next = 0 if half else min(width, inner - i0 - n)
         # The targets first, so that the staging picks each position's target logit
         # from the tile: no gather from memory per position.
         if indexed:
-            read_targets(target, t_base, t_geom.s_inner, n, n_classes, options.ignore_index,
-                         weight, scratch[_VALID], target_index, target_class, t_weight)
+            read_targets(target, t_base, t_geom.s_inner, n, n_next, n_classes,
+                         options.ignore_index, weight, options.weighted, scratch[_VALID],
+                         target_index, target_class, t_weight)
         else:
             for k in range(n):
                 scratch[_VALID, k] = ftype(1.0)
         stage(x, x_base, x_sc, x_si, logits, n_classes, n, pitch, cap, scratch[_TOP],
               target_class, scratch[_T_LOGIT])
-        # The next tile's logits (of this block of tiles) asked for during the exp pass,
-        # and for short rows longer than two cache lines (measured: benchmarks/RESULTS.md)
-        # this tile's output rows; not for float16 tiles, whose conversions leave the
-        # memory time.
-        n_next = 0 if half else min(width, inner - i0 - n)
+        # The next tile's logits asked for during the exp pass, and for short rows longer
+        # than two cache lines (measured: benchmarks/RESULTS.md) this tile's output rows.
         write_hints = writes and not half and out_geom.s_class == 1 and n_classes > 2 * LINE
         hints = (x, x_base + n * x_si, x_sc, x_si, n_next, out, row_start(out_geom, o, i0),
                  out_geom.s_inner, write_hints)
