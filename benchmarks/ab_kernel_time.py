@@ -16,6 +16,11 @@ soft cap of 5, ``prob-loss`` / ``prob-grad`` takes a probability target (a softm
 kernel is timed as
 ``benchmarks/kernel_time.py`` does (the target scan and the reduction are not counted);
 with ``TIME=call`` the whole call is timed instead (what small calls pay around the kernel).
+
+A process keeps its speed for its life, and processes differ by up to 1.8x on this
+VM (benchmarks/RESULTS.md: "a per-process lottery"), so ``P=3`` runs three worker
+processes per tree (default one), asked in turn; a tree's time is then the median of its
+processes' medians, and each process's median is printed beside it.
 """
 
 import hashlib
@@ -70,8 +75,9 @@ def worker():
 
 def main():
     rounds, trees, cases = int(sys.argv[1]), sys.argv[2:4], sys.argv[4:]
-    workers = []
-    for spec in trees:
+    workers = [[], []]
+    n_processes = int(os.environ.get("P", "1"))
+    for i, spec in enumerate(trees):
         tree, _, extra = spec.partition("|")
         # Variables are separated by commas before a NAME=; a value may hold commas
         # (NUMBA_CPU_FEATURES). Each spec gets its own cache directory.
@@ -80,9 +86,9 @@ def main():
         cache_key = hashlib.sha1(spec.encode()).hexdigest()[:12]
         env.update(PYTHONPATH=tree, NUMBA_CACHE_DIR="/tmp/nc-" + cache_key)
         env.setdefault("NUMBA_NUM_THREADS", os.environ.get("T", "1"))
-        workers.append(subprocess.Popen([sys.executable, __file__, "--worker"], env=env,
+        workers[i] += [subprocess.Popen([sys.executable, __file__, "--worker"], env=env,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True))
+                                        text=True) for _ in range(n_processes)]
 
     column = 0 if os.environ.get("TIME") == "call" else 1  # the worker's call or kernel time
 
@@ -93,21 +99,31 @@ def main():
         return float(process.stdout.readline().split()[column]) * 1e3
 
     for case in cases:  # compile or load, then one warm call
-        for process in workers:
+        for process in workers[0] + workers[1]:
             kernel_time(process, case)
             kernel_time(process, case)
-    times = {(i, case): [] for i in range(2) for case in cases}
+    # times[i, p, case]: tree i's process p
+    times = {(i, p, case): [] for i in range(2) for p in range(n_processes) for case in cases}
     for r in range(rounds):
         for case in cases:
-            for i in ((0, 1) if r % 2 == 0 else (1, 0)):
-                times[i, case].append(kernel_time(workers[i], case))
+            for p in range(n_processes):
+                for i in ((0, 1) if (r + p) % 2 == 0 else (1, 0)):
+                    times[i, p, case].append(kernel_time(workers[i][p], case))
     for case in cases:
-        a, b = np.array(times[0, case]), np.array(times[1, case])
-        print(f"{case:28s} A min {a.min():8.3f} med {np.median(a):8.3f} | "
-              f"B min {b.min():8.3f} med {np.median(b):8.3f} | "
-              f"B/A min-ratio {b.min() / a.min():.3f} median of pair ratios "
-              f"{np.median(b / a):.3f}")
-    for process in workers:
+        a, b = (np.array([times[i, p, case] for p in range(n_processes)]) for i in range(2))
+        if n_processes == 1:
+            a, b = a[0], b[0]
+            print(f"{case:28s} A min {a.min():8.3f} med {np.median(a):8.3f} | "
+                  f"B min {b.min():8.3f} med {np.median(b):8.3f} | "
+                  f"B/A min-ratio {b.min() / a.min():.3f} median of pair ratios "
+                  f"{np.median(b / a):.3f}")
+            continue
+        a_each, b_each = np.median(a, axis=1), np.median(b, axis=1)
+        each = lambda values: " ".join(f"{v:.3f}" for v in values)  # noqa: E731
+        print(f"{case:28s} A med {np.median(a_each):8.3f} ({each(a_each)}) | "
+              f"B med {np.median(b_each):8.3f} ({each(b_each)}) | "
+              f"B/A {np.median(b_each) / np.median(a_each):.3f}")
+    for process in workers[0] + workers[1]:
         process.stdin.close()
 
 
