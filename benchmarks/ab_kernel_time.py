@@ -109,6 +109,9 @@ def main():
             for p in range(n_processes):
                 for i in ((0, 1) if (r + p) % 2 == 0 else (1, 0)):
                     times[i, p, case].append(kernel_time(workers[i][p], case))
+    def listed(values):
+        return " ".join(f"{v:.3f}" for v in values)
+
     for case in cases:
         a, b = (np.array([times[i, p, case] for p in range(n_processes)]) for i in range(2))
         if n_processes == 1:
@@ -119,9 +122,8 @@ def main():
                   f"{np.median(b / a):.3f}")
             continue
         a_each, b_each = np.median(a, axis=1), np.median(b, axis=1)
-        each = lambda values: " ".join(f"{v:.3f}" for v in values)  # noqa: E731
-        print(f"{case:28s} A med {np.median(a_each):8.3f} ({each(a_each)}) | "
-              f"B med {np.median(b_each):8.3f} ({each(b_each)}) | "
+        print(f"{case:28s} A med {np.median(a_each):8.3f} ({listed(a_each)}) | "
+              f"B med {np.median(b_each):8.3f} ({listed(b_each)}) | "
               f"B/A {np.median(b_each) / np.median(a_each):.3f}")
     for process in workers[0] + workers[1]:
         process.stdin.close()
