@@ -1,7 +1,7 @@
 """Every CUDA kernel variant x dtype compiles for sm_80 and sm_90, without spills or f64 leaks.
 
-Runs ``python benchmarks/ptx_report.py`` (a development tool, not installed with the
-package) in a subprocess with ``NUMBA_ENABLE_CUDASIM`` removed (the simulator cannot
+Runs ``python benchmarks/ptx_report.py --skip-inlining-copies`` (a development tool, not
+installed with the package; the test suite's inlining, ``numba_inlining.py``) in a subprocess with ``NUMBA_ENABLE_CUDASIM`` removed (the simulator cannot
 compile, and the variable is read when numba is imported), so it works under a
 simulator CI run.
 Needs numba-cuda with its NVVM / nvJitLink wheels and cuda.core; no GPU.
@@ -44,7 +44,7 @@ def report(tmp_path_factory):
     package_root = str(pathlib.Path(nbxent.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     done = subprocess.run(
-        [sys.executable, str(PTX_REPORT), "--json", str(out),
+        [sys.executable, str(PTX_REPORT), "--json", str(out), "--skip-inlining-copies",
          "--jobs", str(max(1, min(4, os.cpu_count() or 1)))],
         env=env, capture_output=True, text=True, timeout=1200)
     if not out.exists():
