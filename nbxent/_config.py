@@ -51,6 +51,13 @@ class CpuSettings:
     #: positions, and short loops pay their setup and remainder once per class
     #: (rows of more than ``tile_elements // tile_min_width`` classes get larger tiles).
     tile_min_width: int = 96
+    #: Fewest classes for which short rows are tiled as they lie (where the variant
+    #: allows: ``tile_kernel.takes_rows``) rather than transposed: from there a row
+    #: fills enough vectors that reading along it costs less than the transpositions.
+    tile_rows_min_classes: int = 24
+    #: Logits per tile of rows tiled as they lie, whose exps are kept in L2 for the
+    #: writes: larger tiles ran faster, to a few hundred KiB (see RESULTS.md).
+    tile_row_elements: int = 32768
     #: Fewest positions per tile where the classes are not the last axis (NCHW): there
     #: a tile reads one run of positions per class, each from its own place in memory,
     #: and short runs left the kernel waiting on memory (C = 150: see RESULTS.md).

@@ -583,6 +583,7 @@ def test_nonfinite_logits(backend, rng, dtype, reduction, option_id):
 # (tile kernel, transposed) and NCHW (tile kernel, along positions).
 VECTOR_LAYOUTS = [pytest.param((6, 1000), -1, id="long-rows"),
                   pytest.param((1000, 10), -1, id="short-rows"),
+                  pytest.param((400, 100), -1, id="short-rows-as-they-lie"),
                   pytest.param((2, 5, 300), 1, id="nchw")]
 
 
@@ -600,6 +601,56 @@ def test_nan_and_inf_inside_vector_lanes(rng, shape, axis):
     moved[rows[1] + (middle,)] = np.inf
     moved[(-1,) * (moved.ndim - 1) + (middle,)] = np.nan
     check_all_three(_cpu_backend(), logits, target, dict(axis=axis), "none", np.float32)
+
+
+def _tile_shapes(monkeypatch):
+    """The ``Shape`` of every CPU kernel call from here on, appended to the list returned."""
+    import nbxent.cpu.backend as backend
+    from nbxent.cpu.arguments import Shape
+    shapes, kernel_for = [], backend.kernel_for
+
+    class Recorded:
+        """The kernel, its calls' shapes recorded; its other attributes the kernel's."""
+
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getattr__(self, name):
+            return getattr(self.kernel, name)
+
+        def __call__(self, *arguments):
+            shapes.append(Shape(*arguments[12]))
+            return self.kernel(*arguments)
+
+    monkeypatch.setattr(backend, "kernel_for", lambda variant: Recorded(kernel_for(variant)))
+    return shapes
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("functions", ["cross_entropy", "normalizers"])
+def test_short_rows_as_they_lie_and_transposed_agree(rng, monkeypatch, functions, dtype):
+    """Short rows whose results are written are tiled as they lie (``Shape.row_major``,
+    the exps in one loop over the tile), or transposed below
+    ``tile_rows_min_classes``: both within the oracle's tolerance, with nan, +inf and
+    all -inf rows, ignored rows, class weights, smoothing and z-loss."""
+    from nbxent._config import CPU
+    from conftest import _cpu_backend
+    shape = (700, 37)  # rows of 37: the exps' vectors run across rows' ends
+    logits = make_logits(rng, shape, dtype)
+    _poison_rows(logits, -1)
+    target = make_index_target(rng, shape, -1, ignored=0.2)
+    keywords = dict(weight=rng.uniform(0.5, 2.0, shape[1]), label_smoothing=0.1,
+                    z_loss=1e-3)
+    shapes = _tile_shapes(monkeypatch)
+    for min_classes, row_major in ((24, True), (38, False)):
+        shapes.clear()
+        with CPU.override(tile_rows_min_classes=min_classes):
+            if functions == "cross_entropy":
+                check_all_three(_cpu_backend(), logits, target, keywords, "none", dtype)
+            else:
+                check_normalizers(_cpu_backend(), logits, logits, -1, dtype)
+        assert all(s.tile_width > 1 for s in shapes)
+        assert any(s.row_major for s in shapes) == row_major
 
 
 @pytest.mark.parametrize("dtype", [np.float32, pytest.param(np.float64, marks=pytest.mark.slow)])
@@ -630,12 +681,14 @@ def test_a_confident_row_keeps_the_digits_of_its_loss(rng, shape, axis, dtype):
     target[rows[4]] = 1
     moved[rows[5]] = np.where(np.arange(n_classes) % 2, np.inf, -np.inf)
     target[rows[5]] = 2
-    loss = nbxent.cross_entropy(logits, target, axis=axis, reduction="none")
-    for row in confident:
-        others = np.delete(moved[row].astype(np.float64), 3)
-        precise = np.log1p(np.exp(others).sum())
-        tolerance = 4e-7 if dtype == np.float32 else 1e-13
-        assert abs(loss[row] - precise) <= tolerance * precise, (row, loss[row], precise)
+    # (The loss alone and beside its gradient: short rows tile apart for the two.)
+    for loss in (nbxent.cross_entropy(logits, target, axis=axis, reduction="none"),
+                 nbxent.cross_entropy_with_grad(logits, target, axis=axis, reduction="none")[0]):
+        for row in confident:
+            others = np.delete(moved[row].astype(np.float64), 3)
+            precise = np.log1p(np.exp(others).sum())
+            tolerance = 4e-7 if dtype == np.float32 else 1e-13
+            assert abs(loss[row] - precise) <= tolerance * precise, (row, loss[row], precise)
     check_all_three(_cpu_backend(), logits, target, dict(axis=axis), "none", dtype)
 
 

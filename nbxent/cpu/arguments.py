@@ -60,6 +60,8 @@ class Shape(NamedTuple):
     tile_width: int     # tile kernel: positions per tile
     tile_offset: int    # tile kernel: tiles start this many positions before multiples of
                         # tile_width, each outer slice's first one cut short (``tile_span``)
+    row_major: int      # tile kernel: 1 where short rows are tiled as they lie, not
+                        # transposed (an int: a tuple of one type types faster)
 
 
 class Options(NamedTuple):

@@ -21,6 +21,7 @@ from .arguments import (N_METRICS, WRITE_GRAD, WRITE_LOG_SOFTMAX, WRITE_NOTHING,
                         Geometry, Options, Shape, TargetKind, Variant)
 from .disk_cache import first_call
 from .kernels import kernel_for, scan_targets, total_of
+from .tile_kernel import takes_rows
 from . import recycling
 
 _WRITES = {"log_softmax": WRITE_LOG_SOFTMAX, "softmax": WRITE_SOFTMAX}
@@ -212,7 +213,8 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=No
     """
     logits, loss = plan.logits, plan.loss
     compute = _compute_dtype(logits, loss)
-    tiled, split, swap = _shape(CPU.current(), logits)
+    settings = CPU.current()
+    tiled, split, swap = _shape(settings, logits)
     x_view = logits.view
     if tiled and not _unit_stride(x_view, swap):
         x_view = _contiguous_view(x_view.shape, logits.dtype)
@@ -251,7 +253,8 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=No
     aligned_tiles = tiled and not swap and inner > split
     shape = Shape(outer, inner, logits.n_classes, row_split=1 if tiled else split,
                   tile_width=split if tiled else 1,
-                  tile_offset=_tile_offset(x, x_geom, split) if aligned_tiles else 0)
+                  tile_offset=_tile_offset(x, x_geom, split) if aligned_tiles else 0,
+                  row_major=0)
     if swap:
         shape = shape._replace(outer=1, inner=outer)
         x_geom, t_geom, g_geom, out_geom = map(_rows_as_positions,
@@ -263,6 +266,9 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=No
         target_half=target_kind == TargetKind.PROB and target.dtype == np.uint16,
         smoothing=loss.label_smoothing > 0.0, softcap=loss.softcap > 0.0, entropy=entropy,
         write=write, metrics=row_metrics is not None)
+    if swap and logits.n_classes >= settings.tile_rows_min_classes and takes_rows(variant):
+        shape = shape._replace(row_major=1, tile_width=max(
+            1, settings.tile_row_elements // logits.n_classes))
     options = Options(
         ignore_index=loss.ignore_index, label_smoothing=float(loss.label_smoothing),
         z_loss=float(loss.z_loss), softcap=float(loss.softcap),

@@ -1,7 +1,8 @@
 """The formulas of one kernel variant: a logit's terms, a row's results, a logit's output.
 
 Both kernels (``row_kernel``, ``tile_kernel``) are loops around these: per logit
-``element_terms`` (its exp and its share of the row's sums), per row
+``element_terms`` (its exp and its share of the row's sums; ``linear_terms`` the share
+that does not take the exp), per row
 ``row_result`` (the loss, the logsumexp and the target mass Q)
 and ``upstream`` (the upstream gradient's scales), then per logit
 ``element_result`` (what is written), with the target class's own gradient from
@@ -117,6 +118,7 @@ class Formulas(NamedTuple):
     """One variant's formulas (Numba functions, inlined where they are called)."""
 
     load_logit: object
+    linear_terms: object
     element_terms: object
     element_result: object
     target_of: object
@@ -156,6 +158,20 @@ def formulas(variant):
         return mass * ftype(weight[c])
 
     @njit(inline="always")
+    def linear_terms(value, shift, c, target, t_row, t_class_stride, weight,
+                     one_minus_eps, eps_over_c):
+        """(moment, mass) of ``element_terms`` where they do not take the exp (all but
+        the entropy): 0 and 0 but under smoothing or probability targets."""
+        mass = ftype(0.0)
+        if indexed and smoothing:
+            mass = ftype(weight[c])
+        elif prob:
+            mass = class_q(c, t_row, t_class_stride, target, weight, one_minus_eps,
+                           eps_over_c)
+        linear = (indexed and smoothing) or prob
+        return mass * (value - shift) if linear else ftype(0.0), mass
+
+    @njit(inline="always")
     def element_terms(value, shift, c, target, t_row, t_class_stride, weight,
                       one_minus_eps, eps_over_c):
         """One logit's share of the row sums: (is the max, exp(x - max), moment, mass).
@@ -167,17 +183,10 @@ def formulas(variant):
         shift rises moves the moment with ``moment_onto``, by the mass seen so far.
         """
         e = exp_nonpositive(value - shift)
-        moment = ftype(0.0)
-        mass = ftype(0.0)
         if entropy:
-            moment = entropy_term(value, shift, e, compute64)
-        elif indexed and smoothing:
-            mass = ftype(weight[c])
-            moment = mass * (value - shift)
-        elif prob:
-            mass = class_q(c, t_row, t_class_stride, target, weight, one_minus_eps,
-                           eps_over_c)
-            moment = mass * (value - shift)
+            return value == shift, e, entropy_term(value, shift, e, compute64), ftype(0.0)
+        moment, mass = linear_terms(value, shift, c, target, t_row, t_class_stride, weight,
+                                    one_minus_eps, eps_over_c)
         return value == shift, e, moment, mass
 
     @njit(inline="always")
@@ -281,5 +290,5 @@ def formulas(variant):
             grad_t *= 1.0 - (t_logit / cap) ** 2
         return ftype(grad_t)
 
-    return Formulas(load_logit, element_terms, element_result, target_of,
+    return Formulas(load_logit, linear_terms, element_terms, element_result, target_of,
                     row_result, grad_output_at, upstream, target_gradient)

@@ -677,7 +677,7 @@ def build_row_kernel(variant, f, sum_at_inf):
         into one set of the L1 cache), and its chunks' shifts where exps are kept; a block
         of consecutive items per thread (``nbxent.cpu.launch.blocks_for``), each with a
         chunk of logits to stage where exps are kept (``exp_source``)."""
-        outer, inner, n_classes, split, _, _ = shape
+        outer, inner, n_classes, split, _, _, _ = shape
         n_items = outer * inner * split
         seg_len = (n_classes + split - 1) // split
         part = np.empty((n_items, _N_PARTS if metrics else _ENTROPY))

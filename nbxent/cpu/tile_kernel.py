@@ -6,6 +6,13 @@ short or too strided to fill vectors along its classes. Each tile of
 rows are transposed on the way, and each position's max and target logit taken
 then), its exps are kept for the writes, and the results are staged out. Every
 pass between is a contiguous loop over the tile's positions, the vectorised one.
+
+Short rows of a few dozen classes and more whose results are written
+(``Shape.row_major``, ``takes_rows``) are tiled as they lie instead: no transpositions;
+the max, the sums and the writes run along each row, and the exps in one loop over the
+whole tile, whose vectors do not stop at a row's end (a row's own loop would take a
+100-class row's last classes one at a time, each a whole exp); the per-position steps
+between are the same.
 """
 
 import numpy as np
@@ -13,9 +20,9 @@ from numba import njit
 
 from .access import cell, loader, storer
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
-                        WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
+                        WRITE_LOG_SOFTMAX, WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
 from .bits import copy_transposed, exact_order, larger_of_numbers, prefetch, prefetch_for_write
-from .fastexp import exp64, log1p32
+from .fastexp import exp64, exp_nonpositive_for, log1p32
 from .launch import blocks_for
 from .disk_cache import named_for
 from .formulas import capper, entropy_of, entropy_term, log_of_sum, shift_of
@@ -59,6 +66,18 @@ def tile_span(tile_index, inner, width, offset):
     return o, start, min(inner, (j + 1) * width - offset) - start
 
 
+def takes_rows(variant):
+    """Whether the tile kernel of ``variant`` tiles short rows as they lie
+    (``Shape.row_major``): where results are written (the loss alone ran faster
+    transposed, its exp pass two classes a step: benchmarks/RESULTS.md), but not where a
+    logit is converted (float16, float32 widened) or capped on its way into the tile,
+    nor for the metrics, the entropy or probability targets, whose steps read
+    class-major tiles."""
+    return variant.write != WRITE_NOTHING and not (
+        variant.half or variant.widened or variant.softcap or variant.metrics
+        or variant.entropy or variant.target == TargetKind.PROB)
+
+
 def build_tile_kernel(variant, f, sum_at_inf):
     """The tile kernel of ``variant``, from its ``Formulas`` ``f``: its block function
     and plan (``nbxent.cpu.launch.BlockKernel``).
@@ -81,10 +100,14 @@ def build_tile_kernel(variant, f, sum_at_inf):
     writes = variant.write != WRITE_NOTHING
     writes_softmax = variant.write == WRITE_SOFTMAX
     writes_target_gradient = variant.write == WRITE_GRAD and indexed
+    writes_log_softmax = variant.write == WRITE_LOG_SOFTMAX
+    ROWS = takes_rows(variant)  # (else Shape.row_major is never set)
+    exp_nonpositive = exp_nonpositive_for(compute64)
     CLASS_STEP = 1 if writes else 2  # classes per step of the exp pass (``tile_sums``)
     PAD_PAIRS = not (smoothing or prob)  # its odd last class paired with the -inf row
     LINE = 64 // (4 if variant.widened else np.dtype(ftype).itemsize)  # logits per cache line
-    element_terms, element_result = f.element_terms, f.element_result
+    linear_terms, element_terms, element_result = (
+        f.linear_terms, f.element_terms, f.element_result)
     row_result, grad_output_at, upstream, target_gradient = (
         f.row_result, f.grad_output_at, f.upstream, f.target_gradient)
 
@@ -435,6 +458,81 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 if valid[k] != ftype(0.0) and 0 <= t < n_classes:
                     exps[cell(t, pitch, k)] = t_grads[k]
 
+    # With reassociation, unlike the rest of the kernel: its sums run along the rows,
+    # which LLVM vectorises only where it may regroup them.
+    @njit(fastmath=FASTMATH, error_model="numpy", _nrt=False)
+    @named_for(variant)
+    def row_sums(x, base, s_pos, target, t_base, t_si, t_sc, weight, scratch, target_class,
+                 exps, n_classes, n, one_minus_eps, eps_over_c):
+        """``stage`` and ``tile_sums`` for rows tiled as they lie (``Shape.row_major``):
+        each row's max, target logit and sums, its exps kept in ``exps`` (row k's classes
+        from k * n_classes), taken in place of its logits shifted by its max."""
+        shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
+        moment, mass, t_logit = scratch[_MOMENT], scratch[_MASS], scratch[_T_LOGIT]
+        for k in range(n):
+            row = base + k * s_pos
+            row_top = ftype(-np.inf)
+            for c in range(n_classes):
+                row_top = larger_of_numbers(row_top, load_x(x, row + c, ftype))
+            shift[k] = shift_of(row_top)
+            n_top[k] = ftype(sum_at_inf) if row_top == np.inf else ftype(0.0)
+            t = max(target_class[k], np.int32(0)) if indexed else 0
+            t_logit[k] = load_x(x, row + t, ftype) if indexed and target_class[k] >= 0 \
+                else ftype(0.0)
+        for k in range(n):
+            row = base + k * s_pos
+            for c in range(n_classes):
+                exps[cell(k, n_classes, c)] = load_x(x, row + c, ftype) - shift[k]
+        for i in range(n * n_classes):
+            exps[np.uint64(i)] = exp_nonpositive(exps[np.uint64(i)])
+        for k in range(n):
+            row = base + k * s_pos
+            row_n_top = ftype(0.0)
+            row_rest = ftype(0.0)
+            row_moment = ftype(0.0)
+            row_mass = ftype(0.0)
+            for c in range(n_classes):
+                value = load_x(x, row + c, ftype)
+                at_top = value == shift[k]
+                moment_term, mass_term = linear_terms(
+                    value, shift[k], c, target, t_base + k * t_si, t_sc, weight,
+                    one_minus_eps, eps_over_c)
+                row_n_top += ftype(1.0) if at_top else ftype(0.0)
+                row_rest += ftype(0.0) if at_top else exps[cell(k, n_classes, c)]
+                row_moment += moment_term
+                row_mass += mass_term
+            n_top[k] += row_n_top
+            rest[k] = row_rest
+            moment[k] = row_moment
+            mass[k] = row_mass
+
+    @compiled_apart(variant)
+    def row_results(out, base, s_pos, x, x_base, x_si, exps, scratch, target_index, n_classes,
+                    n, target, t_base, t_si, t_sc, weight, one_minus_eps, eps_over_c, cap):
+        """``tile_results`` and ``unstage`` for rows tiled as they lie: each logit's output,
+        written along its row of ``out`` (from ``base``, rows ``s_pos`` apart)."""
+        shift, valid = scratch[_SHIFT], scratch[_VALID]
+        scale, g_scale, log_sums = scratch[_P_SCALE], scratch[_G_CE], scratch[_LOG_SUM]
+        for k in range(n):
+            row = base + k * s_pos
+            counts = valid[k] != ftype(0.0)
+            for c in range(n_classes):
+                # (The logit itself only for log_softmax: a load from the logits, which
+                # may be ``out``, would make LLVM check that they do not overlap.)
+                value = load_x(x, x_base + k * x_si + c, ftype) if writes_log_softmax \
+                    else ftype(0.0)
+                result = element_result(
+                    value, exps[cell(k, n_classes, c)], shift[k], float(log_sums[k]),
+                    scale[k], scale[k], g_scale[k], c, target, t_base + k * t_si, t_sc, weight,
+                    ftype(one_minus_eps), ftype(eps_over_c), cap)
+                store_out(out, row + c, result if counts else ftype(0.0))
+        if writes_target_gradient:
+            t_grads = scratch[_T_GRAD]
+            for k in range(n):
+                t = target_index[k]
+                if valid[k] != ftype(0.0) and 0 <= t < n_classes:
+                    store_out(out, base + k * s_pos + t, t_grads[k])
+
     @compiled_apart(variant)
     def tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom, out,
                   out_geom, row_value, row_lse, row_metrics, shape, options, pitch, scratch,
@@ -462,21 +560,27 @@ def build_tile_kernel(variant, f, sum_at_inf):
         else:
             for k in range(n):
                 scratch[_VALID, k] = ftype(1.0)
-        stage(x, x_base, x_sc, x_si, logits, n_classes, n, pitch, cap, scratch[_TOP],
-              target_class, scratch[_T_LOGIT])
-        # The next tile's logits asked for during the exp pass, and for short rows longer
-        # than two cache lines (measured: benchmarks/RESULTS.md) this tile's output rows.
-        write_hints = writes and not half and out_geom.s_class == 1 and n_classes > 2 * LINE
-        hints = (x, x_base + n * x_si, x_sc, x_si, n_next, out, row_start(out_geom, o, i0),
-                 out_geom.s_inner, write_hints)
-        if metrics and options.wants_entropy:
-            tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base,
-                      t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c, True,
-                      hints)
+        if ROWS and shape.row_major:
+            row_sums(x, x_base, x_si, target, t_base, t_geom.s_inner, t_geom.s_class, weight,
+                     scratch, target_class, exps, n_classes, n, one_minus_eps, eps_over_c)
         else:
-            tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base,
-                      t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c, False,
-                      hints)
+            stage(x, x_base, x_sc, x_si, logits, n_classes, n, pitch, cap, scratch[_TOP],
+                  target_class, scratch[_T_LOGIT])
+            # The next tile's logits asked for during the exp pass, and for short rows
+            # longer than two cache lines (measured: benchmarks/RESULTS.md) this tile's
+            # output rows.
+            write_hints = (writes and not half and out_geom.s_class == 1
+                           and n_classes > 2 * LINE)
+            hints = (x, x_base + n * x_si, x_sc, x_si, n_next, out, row_start(out_geom, o, i0),
+                     out_geom.s_inner, write_hints)
+            if metrics and options.wants_entropy:
+                tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base,
+                          t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c,
+                          True, hints)
+            else:
+                tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base,
+                          t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c,
+                          False, hints)
         if metrics:
             tile_order(logits, scratch, order, argmax, target_index, n_classes, n, pitch,
                        options.wants_rank, options.wants_argmax)
@@ -490,6 +594,11 @@ def build_tile_kernel(variant, f, sum_at_inf):
             for k in range(n):
                 row_metrics[METRIC_ARGMAX, np.uint64(o * inner + i0 + k)] = argmax[k]
         if not writes:
+            return
+        if ROWS and shape.row_major:
+            row_results(out, row_start(out_geom, o, i0), out_geom.s_inner, x, x_base, x_si, exps,
+                        scratch, target_index, n_classes, n, target, t_base, t_geom.s_inner,
+                        t_geom.s_class, weight, one_minus_eps, eps_over_c, cap)
             return
         tile_results(logits, exps, scratch, target_index, n_classes, n, pitch, target, t_base,
                      t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c, cap)
@@ -507,7 +616,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
         """The tiles of block ``block`` of ``n_blocks`` (consecutive tiles, with scratch of
         their own), for ``nbxent.cpu.launch.run_blocks``; one phase, no ``part``,
         ``chunk_shifts`` nor ``staged``."""
-        outer, inner, n_classes, _, width, offset = shape
+        outer, inner, n_classes, _, width, offset, _ = shape
         # Rows of a tile padded off powers of two: at a pitch of 1 KiB the classes of a
         # tile fell into a few L1 sets (C = 64 ran at half the speed of C = 100).
         pitch = (width + 15) // 16 * 16 + 16
@@ -536,6 +645,6 @@ _NO_PART = np.empty((0, 0))
 def tile_plan(shape):
     """(n_blocks, n_phases, part, chunk_shifts, staged) of a tile kernel's call: a block of
     consecutive tiles per thread (``nbxent.cpu.launch.blocks_for``)."""
-    outer, inner, _, _, width, offset = shape
+    outer, inner, _, _, width, offset, _ = shape
     n_blocks = blocks_for(outer * tiles_per_outer(inner, width, offset))
     return n_blocks, 1, _NO_PART, _NO_PART, _NO_PART
