@@ -34,6 +34,8 @@ from .row_kernel import FASTMATH, compiled_apart, row_start
 # Rows of a tile's scratch for the metrics' order: per position, the classes greater
 # than the target's logit, those equal to it, and the classes ahead of the target.
 _GREATER, _EQUAL, _AHEAD, _N_ORDER = range(4)
+# Exps of a tile of rows as they lie between two shares of the next tile's cache hints.
+ROW_HINT_SPAN = 256
 
 
 @njit(inline="always")
@@ -463,7 +465,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
     @njit(fastmath=FASTMATH, error_model="numpy", _nrt=False)
     @named_for(variant)
     def row_sums(x, base, s_pos, target, t_base, t_si, t_sc, weight, scratch, target_class,
-                 exps, n_classes, n, one_minus_eps, eps_over_c):
+                 exps, n_classes, n, n_next, one_minus_eps, eps_over_c):
         """``stage`` and ``tile_sums`` for rows tiled as they lie (``Shape.row_major``):
         each row's max, target logit and sums, its exps kept in ``exps`` (row k's classes
         from k * n_classes), taken in place of its logits shifted by its max."""
@@ -483,8 +485,13 @@ def build_tile_kernel(variant, f, sum_at_inf):
             row = base + k * s_pos
             for c in range(n_classes):
                 exps[cell(k, n_classes, c)] = load_x(x, row + c, ftype) - shift[k]
-        for i in range(n * n_classes):
-            exps[np.uint64(i)] = exp_nonpositive(exps[np.uint64(i)])
+        # The next tile's logits asked for on the way, a cache line per LINE exps.
+        n_exps, span = n * n_classes, n_next * s_pos
+        for i0 in range(0, n_exps, ROW_HINT_SPAN):
+            for b in range(i0, min(i0 + ROW_HINT_SPAN, span), LINE):
+                prefetch(x, np.int64(base + n * s_pos + b))
+            for i in range(i0, min(i0 + ROW_HINT_SPAN, n_exps)):
+                exps[np.uint64(i)] = exp_nonpositive(exps[np.uint64(i)])
         for k in range(n):
             row = base + k * s_pos
             row_n_top = ftype(0.0)
@@ -562,7 +569,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 scratch[_VALID, k] = ftype(1.0)
         if ROWS and shape.row_major:
             row_sums(x, x_base, x_si, target, t_base, t_geom.s_inner, t_geom.s_class, weight,
-                     scratch, target_class, exps, n_classes, n, one_minus_eps, eps_over_c)
+                     scratch, target_class, exps, n_classes, n, n_next, one_minus_eps,
+                     eps_over_c)
         else:
             stage(x, x_base, x_sc, x_si, logits, n_classes, n, pitch, cap, scratch[_TOP],
                   target_class, scratch[_T_LOGIT])
