@@ -54,7 +54,7 @@ class CpuSettings:
     #: Fewest classes for which short rows are tiled as they lie (where the variant
     #: allows: ``tile_kernel.takes_rows``) rather than transposed: from there a row
     #: fills enough vectors that reading along it costs less than the transpositions.
-    tile_rows_min_classes: int = 24
+    tile_rows_min_classes: int = 32
     #: Logits per tile of rows tiled as they lie, whose exps are kept in L2 for the
     #: writes: larger tiles ran faster, to a few hundred KiB (see RESULTS.md).
     tile_row_elements: int = 32768

@@ -629,10 +629,10 @@ def _tile_shapes(monkeypatch):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("functions", ["cross_entropy", "normalizers"])
 def test_short_rows_as_they_lie_and_transposed_agree(rng, monkeypatch, functions, dtype):
-    """Short rows whose results are written are tiled as they lie (``Shape.row_major``,
-    the exps in one loop over the tile), or transposed below
-    ``tile_rows_min_classes``: both within the oracle's tolerance, with nan, +inf and
-    all -inf rows, ignored rows, class weights, smoothing and z-loss."""
+    """Short rows are tiled as they lie (``Shape.row_major``, the exps in one loop over
+    the tile), or transposed below ``tile_rows_min_classes``: both within the oracle's
+    tolerance, with nan, +inf and all -inf rows, ignored rows, class weights, smoothing
+    and z-loss (the entropy, in ``check_normalizers``, is always transposed)."""
     from nbxent._config import CPU
     from conftest import _cpu_backend
     shape = (700, 37)  # rows of 37: the exps' vectors run across rows' ends
@@ -681,7 +681,7 @@ def test_a_confident_row_keeps_the_digits_of_its_loss(rng, shape, axis, dtype):
     target[rows[4]] = 1
     moved[rows[5]] = np.where(np.arange(n_classes) % 2, np.inf, -np.inf)
     target[rows[5]] = 2
-    # (The loss alone and beside its gradient: short rows tile apart for the two.)
+    # (The loss alone and beside its gradient: two kernel variants.)
     for loss in (nbxent.cross_entropy(logits, target, axis=axis, reduction="none"),
                  nbxent.cross_entropy_with_grad(logits, target, axis=axis, reduction="none")[0]):
         for row in confident:

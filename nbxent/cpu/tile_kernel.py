@@ -7,8 +7,8 @@ rows are transposed on the way, and each position's max and target logit taken
 then), its exps are kept for the writes, and the results are staged out. Every
 pass between is a contiguous loop over the tile's positions, the vectorised one.
 
-Short rows of a few dozen classes and more whose results are written
-(``Shape.row_major``, ``takes_rows``) are tiled as they lie instead: no transpositions;
+Short rows of a few dozen classes and more (``Shape.row_major``, where the variant
+allows: ``takes_rows``) are tiled as they lie instead: no transpositions;
 the max, the sums and the writes run along each row, and the exps in one loop over the
 whole tile, whose vectors do not stop at a row's end (a row's own loop would take a
 100-class row's last classes one at a time, each a whole exp); the per-position steps
@@ -70,14 +70,11 @@ def tile_span(tile_index, inner, width, offset):
 
 def takes_rows(variant):
     """Whether the tile kernel of ``variant`` tiles short rows as they lie
-    (``Shape.row_major``): where results are written (the loss alone ran faster
-    transposed, its exp pass two classes a step: benchmarks/RESULTS.md), but not where a
-    logit is converted (float16, float32 widened) or capped on its way into the tile,
-    nor for the metrics, the entropy or probability targets, whose steps read
-    class-major tiles."""
-    return variant.write != WRITE_NOTHING and not (
-        variant.half or variant.widened or variant.softcap or variant.metrics
-        or variant.entropy or variant.target == TargetKind.PROB)
+    (``Shape.row_major``): not where a logit is converted (float16, float32 widened) or
+    capped on its way into the tile, nor for the metrics, the entropy or probability
+    targets, whose steps read class-major tiles."""
+    return not (variant.half or variant.widened or variant.softcap or variant.metrics
+                or variant.entropy or variant.target == TargetKind.PROB)
 
 
 def build_tile_kernel(variant, f, sum_at_inf):
