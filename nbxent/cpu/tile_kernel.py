@@ -465,7 +465,9 @@ def build_tile_kernel(variant, f, sum_at_inf):
                  exps, n_classes, n, n_next, one_minus_eps, eps_over_c):
         """``stage`` and ``tile_sums`` for rows tiled as they lie (``Shape.row_major``):
         each row's max, target logit and sums, its exps kept in ``exps`` (row k's classes
-        from k * n_classes), taken in place of its logits shifted by its max."""
+        from k * n_classes), taken in place of its logits shifted by its max. The next
+        ``n_next`` rows' logits are hinted to the cache during the exps' loop (without the
+        hints the max's pass waited on memory: benchmarks/RESULTS.md)."""
         shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
         moment, mass, t_logit = scratch[_MOMENT], scratch[_MASS], scratch[_T_LOGIT]
         for k in range(n):
