@@ -626,17 +626,26 @@ def _tile_shapes(monkeypatch):
     return shapes
 
 
+# Rows of 37 classes (the exps' vectors run across rows' ends), contiguous or with rows
+# further apart than their classes.
+SHORT_ROW_VIEWS = [pytest.param((700, 37), lambda x: x, id="contiguous"),
+                   pytest.param((1400, 37), lambda x: x[::2], id="rows-step2"),
+                   pytest.param((700, 45), lambda x: x[:, :37], id="classes-trimmed")]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("functions", ["cross_entropy", "normalizers"])
-def test_short_rows_as_they_lie_and_transposed_agree(rng, monkeypatch, functions, dtype):
+@pytest.mark.parametrize("base_shape,view", SHORT_ROW_VIEWS)
+def test_short_rows_as_they_lie_and_transposed_agree(rng, monkeypatch, base_shape, view,
+                                                     functions, dtype):
     """Short rows are tiled as they lie (``Shape.row_major``, the exps in one loop over
     the tile), or transposed below ``tile_rows_min_classes``: both within the oracle's
     tolerance, with nan, +inf and all -inf rows, ignored rows, class weights, smoothing
     and z-loss (the entropy, in ``check_normalizers``, is always transposed)."""
     from nbxent._config import CPU
     from conftest import _cpu_backend
-    shape = (700, 37)  # rows of 37: the exps' vectors run across rows' ends
-    logits = make_logits(rng, shape, dtype)
+    logits = view(make_logits(rng, base_shape, dtype))
+    shape = logits.shape
     _poison_rows(logits, -1)
     target = make_index_target(rng, shape, -1, ignored=0.2)
     keywords = dict(weight=rng.uniform(0.5, 2.0, shape[1]), label_smoothing=0.1,
