@@ -3,10 +3,10 @@
 The kernels that take a row's max and log-sum-exp for the loss also keep, when
 asked, four numbers per row (``N_METRICS`` rows of float64, one column per row of
 the logits, in the order below): its logsumexp, its argmax, the target's rank (the
-classes ahead of the target: exact when 'top_k' is asked for, else 0 or 1; +inf for
-a target that does not count) and its softmax's entropy. The logits are read once.
-The CPU kernels fill only the rows a call asks for (each costs time); the CUDA
-kernels fill all four, the rank exact.
+classes ahead of the target: when 'top_k' is asked for exact below top_k, else top_k
+or more; without it 0 or 1; +inf for a target that does not count) and its softmax's
+entropy. The logits are read once. The CPU kernels fill only the rows a call asks for
+(each costs time); the CUDA kernels fill all four, the rank exact.
 This module checks what a call asks for and turns those rows into the caller's
 arrays, with the backend's array module (NumPy, CuPy, Dask).
 

@@ -288,6 +288,30 @@ def test_top_k_is_correct_for_k_1_and_all_for_k_c(rng):
     np.testing.assert_array_equal(every["top_k"], counted)
 
 
+@pytest.mark.parametrize("n_rows, n_classes", [(16, 1100), (4, 5000)], ids=["rows", "split-rows"])
+def test_top_k_counts_the_classes_ahead_wherever_they_lie(rng, n_rows, n_classes):
+    """The count of the classes ahead of the target, which the CPU kernels stop at k: on
+    each side of k, with the classes ahead spread over the row (its first and last class,
+    both sides of the target, ties with the target's logit before it, which come first,
+    and after it, which do not), in one segment of a row or in several."""
+    k = 3
+    x = rng.uniform(-3.0, -1.0, (n_rows, n_classes)).astype(F32)
+    t = rng.integers(n_classes // 4, 3 * n_classes // 4, n_rows)
+    n_ahead = np.arange(n_rows) % (k + 3)  # 0 to k + 2
+    for row in range(n_rows):
+        x[row, t[row]] = 0.0
+        x[row, t[row] + 1] = 0.0  # a tie after the target: not ahead
+        places = [0, n_classes - 1, t[row] - 1, t[row] + 2, 127, 129, n_classes - 130]
+        for j, place in enumerate(places[:n_ahead[row]]):
+            tied = place < t[row] and j % 2 == 0
+            x[row, place] = 0.0 if tied else 0.5 + j
+    for top_k in (k, 1):
+        _, found = nbxent.cross_entropy(x, t, metrics=("correct", "top_k"), top_k=top_k)
+        np.testing.assert_array_equal(found["top_k"], n_ahead < top_k)
+        np.testing.assert_array_equal(found["correct"], n_ahead == 0)
+        assert_metrics(found, R.metrics(x, t, top_k=top_k), ("correct", "top_k"), F32)
+
+
 def test_docstring_accuracy_recipe(rng):
     """README's recipe: accuracy = correct.sum() / counted targets."""
     x = (rng.standard_normal((64, 10)) * 3).astype(F32)

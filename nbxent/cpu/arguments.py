@@ -77,7 +77,8 @@ class Options(NamedTuple):
     weight_sum: float       # sum of the class weights
     weighted: bool          # class weights given (else they are ones, not read)
     has_grad_output: bool   # grad_output is an array (else a scalar 1)
-    wants_rank: bool        # metrics: the target's rank (else only whether it is 0)
+    rank_limit: int         # metrics: the target's rank, exact below this (top_k; at
+                            # least this above it), 0: only whether it is 0
     wants_argmax: bool      # metrics: the argmax
     wants_entropy: bool     # metrics: the entropy (its sum is taken in the exp pass)
     in_place: bool          # out may overlap the logits (the row kernel then stages them)

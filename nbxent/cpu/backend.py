@@ -201,11 +201,12 @@ def _compute_dtype(logits, loss):
 
 
 def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=None,
-            metric_names=()):
+            metric_names=(), top_k=1):
     """Run the kernel for ``plan``, filling ``row_metrics`` (``N_METRICS`` x rows, the
     rows ``nbxent.cpu.arguments.METRIC_*``) when given, with what ``metric_names`` asks
     for (each costs time in the kernel): the argmax, the entropy, the target's rank for
-    'top_k' (else only whether it is 0, for 'correct').
+    'top_k' (exact below ``top_k``, else ``top_k`` or more; without 'top_k' only whether
+    it is 0, for 'correct').
 
     Returns (row values, row lse, D, n_valid): the per-row cross-entropy (or
     entropy), the per-row logsumexp (0 for ignored rows), and the 'mean'
@@ -275,7 +276,8 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=No
         grad_scale=float(plan.grad_scale), inv_ce=float(inv_ce), inv_z=float(inv_z),
         weight_sum=weight_sum, weighted=loss.weight is not None,
         has_grad_output=plan.grad_output is not None,
-        wants_rank="top_k" in metric_names, wants_argmax="argmax" in metric_names,
+        rank_limit=top_k if "top_k" in metric_names else 0,
+        wants_argmax="argmax" in metric_names,
         wants_entropy="entropy" in metric_names,
         in_place=out is not None and np.may_share_memory(out_buffer, x))
     x, target, weight, grad_output = map(_read_only, (x, target, weight, grad_output))
@@ -421,8 +423,8 @@ def cross_entropy(plan, metrics=(), top_k=1):
     """(loss or None, gradient or None) for a cross-entropy plan; with ``metrics`` (the
     names asked for, ``nbxent._metrics``), (loss or None, gradient or None, the
     ``N_METRICS`` x rows float64 metrics, the rows not asked for undefined; a reused
-    array, valid until the thread's next call). ``top_k`` is unused: the kernels count
-    every class ahead of the target."""
+    array, valid until the thread's next call). The target's rank is exact below
+    ``top_k``: the kernels stop counting the classes ahead of it there."""
     target_kind = TargetKind.INDEX if plan.loss.target_is_index else TargetKind.PROB
     out = None
     if plan.want_grad:
@@ -431,7 +433,7 @@ def cross_entropy(plan, metrics=(), top_k=1):
         N_METRICS, plan.logits.n_rows) if metrics else None
     results = _launch(plan, target_kind=target_kind,
                       write=WRITE_GRAD if plan.want_grad else WRITE_NOTHING, out=out,
-                      row_metrics=row_metrics, metric_names=metrics)
+                      row_metrics=row_metrics, metric_names=metrics, top_k=top_k)
     loss = _reduce(plan, *results) if plan.want_loss else None
     grad = out.array if out is not None else None
     return (loss, grad, row_metrics) if metrics else (loss, grad)

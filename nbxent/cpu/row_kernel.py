@@ -39,6 +39,8 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 CHUNK = 1024
 # Classes of the exp pass between two shares of the next chunk's prefetch hints.
 BLOCK = 256
+# Classes the count of those ahead of the target takes between two looks at its limit.
+RANK_BLOCK = 128
 # A chunk's argmax while it waits for the pass that finds it (no class is negative).
 ARGMAX_PENDING = -1
 # float32 -0.0's bits as a signed integer.
@@ -80,8 +82,7 @@ def row_start(geom, o, i):
 
 
 def max_passes(load):
-    """``(chunk_max, holds_nan, chunk_order)`` over logits read with ``load``
-    (``access.loader``)."""
+    """``(chunk_max, holds_nan)`` over logits read with ``load`` (``access.loader``)."""
 
     @njit(inline="always")
     def holds_nan(x, base, stride, c0, c1, ftype):
@@ -94,57 +95,26 @@ def max_passes(load):
         return found
 
     @njit(inline="always")
-    def chunk_order(x, base, stride, c0, c1, ftype, t_logit, t, counts, sums):
-        """The max's pass over the raw logits [c0, c1) of a row: (their max, the number of
-        classes ahead of the target t (when ``counts``, else 0), their plain sum (when
-        ``sums``, else 0)); the flags constants where this is called.
+    def chunk_max(x, base, stride, c0, c1, ftype, sums):
+        """The max's pass over the raw logits [c0, c1) of a row: (their max, their plain
+        sum when ``sums`` (a constant where this is called), else 0).
 
         A nan may win the max or not (``larger_of_numbers``); either way it makes the
         row's sum of exponentials nan, or the plain sum, for the sums that drop nans
         (``exp_negative32``). The sum is nan where the chunk holds a nan (and where it
         holds both infinities, or overflows both ways): the chunks whose order the float
-        comparisons here and in ``chunk_ranks`` cannot be trusted with. A class is ahead
-        of t when its logit is greater than ``t_logit``, or equal at a smaller index
-        (float comparisons, so -0.0 equals 0.0; a nan counts nowhere, and a chunk holding
-        one is ranked again in the exact order).
-        One branch-free loop counts both the greater and the not smaller, in 32 bits, so
-        that it vectorises as wide as float32 keys (this pass reads the chunk from memory,
-        which leaves time for them; two loops split at t cost more, in their scalar
-        remainders); only a chunk holding t and another class equal to it is read again.
+        comparisons of ``chunk_ranks`` cannot be trusted with.
         """
         top = ftype(-np.inf)
-        greater = np.int32(0)
-        at_least = np.int32(0)
         total = ftype(0.0)
         for c in range(c0, c1):
             value = load(x, base + c * stride, ftype)
             top = larger_of_numbers(top, value)
             if sums:
                 total += value
-            if counts:
-                greater = np.int32(greater + np.int32(value > t_logit))
-                at_least = np.int32(at_least + np.int32(value >= t_logit))
-        if not counts:
-            ahead = greater  # (0)
-        elif t < c0:  # t's ties here come after it
-            ahead = greater
-        elif t >= c1:  # and here before it
-            ahead = at_least
-        else:
-            ahead = greater
-            if at_least - greater > 1:  # ties besides t itself: those before it are ahead
-                for c in range(c0, t):
-                    ahead += np.int32(load(x, base + c * stride, ftype) == t_logit)
-        return top, ahead, total
-
-    @njit(inline="always")
-    def chunk_max(x, base, stride, c0, c1, ftype, sums):
-        """``chunk_order`` without the metrics' count: (max, plain sum or 0)."""
-        top, _, total = chunk_order(x, base, stride, c0, c1, ftype, ftype(0.0), 0, False,
-                                    sums)
         return top, total
 
-    return chunk_max, holds_nan, chunk_order
+    return chunk_max, holds_nan
 
 
 def build_row_kernel(variant, f, sum_at_inf):
@@ -161,7 +131,7 @@ def build_row_kernel(variant, f, sum_at_inf):
         variant.half, variant.softcap, variant.entropy, variant.compute64, variant.metrics)
     ftype = np.float64 if compute64 else np.float32
     load_x, store_out = loader(half), storer(half)
-    chunk_max, holds_nan, chunk_order = max_passes(load_x)
+    chunk_max, holds_nan = max_passes(load_x)
     cap_logit = capper(softcap, compute64)
     exp_nonpositive = exp_nonpositive_for(compute64)
     writes = variant.write != WRITE_NOTHING
@@ -308,41 +278,68 @@ def build_row_kernel(variant, f, sum_at_inf):
         return count, c0 + first
 
     @njit(inline="always")
-    def chunk_ranks(x, base, s_class, c0, c1, cap, top_key, nan_free, counted, t_logit, t,
-                    t_low, t_high, fast_order, wants_rank, wants_argmax, best_key, best):
+    def classes_ahead(x, base, s_class, c0, c1, cap, t_logit, t, limit):
+        """How many classes of [c0, c1) of a row come before the target t (a logit greater
+        than t's, or equal at a smaller index; float comparisons, so -0.0 equals 0.0):
+        exact below ``limit``, else ``limit`` or more.
+
+        In blocks of ``RANK_BLOCK`` classes, stopping at the first block that reaches
+        ``limit``: top-k's question is only whether fewer than k come first, and a target
+        far from the top (most rows' of an untrained model, the wrong ones of a trained
+        one) answers it in a block or two. Each block splits at t into a loop of >= and
+        one of >, 32-bit counts that vectorise as wide as float32 keys.
+        """
+        count = np.int32(0)
+        for b0 in range(c0, c1, RANK_BLOCK):
+            b1 = min(b0 + RANK_BLOCK, c1)
+            split = min(max(t, b0), b1)
+            for c in range(b0, split):
+                count = np.int32(count + np.int32(
+                    load_logit(x, base + c * s_class, cap) >= t_logit))
+            for c in range(split, b1):
+                count = np.int32(count + np.int32(
+                    load_logit(x, base + c * s_class, cap) > t_logit))
+            if count >= limit:
+                break
+        return count
+
+    @njit(inline="always")
+    def chunk_ranks(x, base, s_class, c0, c1, cap, top_key, nan_free, t_logit, t, t_low,
+                    t_high, fast_order, rank_limit, wants_argmax, best_key, best):
         """The metrics' step for the chunk [c0, c1) of a row, while it holds the logits
         (before its exps are written where they may overwrite them): (the row's best key
-        and argmax so far, the classes of the chunk ahead of the target t: exact when
-        ``wants_rank``, else 1 or 0 for some or none).
+        and argmax so far, the classes of the chunk ahead of the target t: exact below
+        ``rank_limit`` when that is > 0 (``classes_ahead``), else 1 or 0 for some or
+        none).
 
         Float comparisons with the chunk's max (``top_key``), unless ``fast_order`` is off
         (capped logits, a nan target logit) or the chunk is not ``nan_free``: then the
-        integer keys of ``ordered_chunk``. Without the count, a
-        class before t is ahead when it is >= t's logit, one after t when greater; in t's
-        chunk, t is first at the max or not. The argmax is searched only when the max
-        grows (strictly: the first chunk wins a tie), seldom after the first chunk; with
-        ``ties_apart`` it is left ``ARGMAX_PENDING`` for the pass that counts the chunk's
-        logits at the shift, then the chunk's max, to find in the same loop.
+        integer keys of ``ordered_chunk``. A class before t is ahead when it is >= t's
+        logit, one after t when greater; in t's chunk, t is first at the max or not. The
+        argmax is searched only when the max grows (strictly: the first chunk wins a tie),
+        seldom after the first chunk; with ``ties_apart`` it is left ``ARGMAX_PENDING``
+        for the pass that counts the chunk's logits at the shift, then the chunk's max, to
+        find in the same loop.
         """
         if not (fast_order and nan_free):
             chunk_key, chunk_first, chunk_ahead = ordered_chunk(x, base, s_class, c0, c1, cap,
                                                                 t_logit, t)
             if chunk_key > best_key:
                 best_key, best = chunk_key, chunk_first
-            return best_key, best, chunk_ahead if wants_rank else min(chunk_ahead, 1)
+            return best_key, best, chunk_ahead if rank_limit > 0 else min(chunk_ahead, 1)
         top = from_order_key(top_key)
         t_first = False  # t is the chunk's first class at its max
-        if wants_rank:
-            chunk_ahead = counted
-            t_first = c0 <= t < c1 and counted == 0
-        elif t < c0:
-            chunk_ahead = 1 if top_key > t_high else 0
+        if t < c0:
+            some_ahead = top_key > t_high
         elif t >= c1:
-            chunk_ahead = 1 if top_key >= t_low else 0
+            some_ahead = top_key >= t_low
         else:
             t_first = top == t_logit and equal_to(x, base, s_class, c0, t + 1, cap, top,
                                                      True)[1] == t
-            chunk_ahead = 0 if t_first else 1
+            some_ahead = not t_first
+        chunk_ahead = np.int32(1 if some_ahead else 0)
+        if some_ahead and rank_limit > 0:
+            chunk_ahead = classes_ahead(x, base, s_class, c0, c1, cap, t_logit, t, rank_limit)
         if wants_argmax and rank_key(top) > best_key:
             best_key = rank_key(top)
             if t_first:
@@ -361,9 +358,9 @@ def build_row_kernel(variant, f, sum_at_inf):
         of exps is n_top, the count of logits at the max, plus the rest), its target's
         logit (with several items per row and an in-place gradient, another item may
         overwrite it later) and, with ``metrics``, the metrics' sums: entropy moment,
-        largest logit, its first class, classes ahead of the target ``t``, nan if a logit
-        is nan else 0; each only when wanted (else 0, lo, and for the classes ahead 1 or
-        0: some or none).
+        largest logit, its first class, classes ahead of the target ``t`` (exact below
+        ``options.rank_limit``), nan if a logit is nan else 0; each only when wanted (else
+        0, lo, and for the classes ahead 1 or 0: some or none).
 
         With ``keep_exps``, each exp(x - shift) goes to ``out`` and each chunk's shift to
         ``chunk_shifts[item]``. Each item's last chunk's exp pass prefetches the next
@@ -383,7 +380,7 @@ def build_row_kernel(variant, f, sum_at_inf):
         eps_over_c = options.label_smoothing / shape.n_classes
         cap = ftype(options.softcap)
         s_class, t_class_stride, o_sc = x_geom.s_class, t_geom.s_class, out_geom.s_class
-        wants_rank, wants_argmax = options.wants_rank, options.wants_argmax
+        rank_limit, wants_argmax = options.rank_limit, options.wants_argmax
         wants_entropy, in_place = options.wants_entropy, options.in_place
         for item in range(first, last):
             _, _, o, i, lo, hi = item_place(item, shape)
@@ -416,26 +413,20 @@ def build_row_kernel(variant, f, sum_at_inf):
             t_high = order_key(ftype(0.0) if t_logit == 0.0 else t_logit)
             for c0 in range(lo, hi, CHUNK):
                 c1 = min(c0 + CHUNK, hi)
-                if fast_order:  # the max's pass, with what the metrics need
-                    if wants_rank:
-                        top, counted, logit_sum = chunk_order(
-                            x, base, s_class, c0, c1, ftype, t_logit, t, True,
-                            keep_exps or negative_exps)
-                    else:
-                        top, counted, logit_sum = chunk_order(
-                            x, base, s_class, c0, c1, ftype, t_logit, t, False,
-                            keep_exps or negative_exps)
+                if fast_order:  # with the plain sum the metrics need
+                    top, logit_sum = chunk_max(x, base, s_class, c0, c1, ftype,
+                                               keep_exps or negative_exps)
                 else:
                     # tanh is monotonic: the max of the capped logits is the capped max.
                     top, logit_sum = chunk_max(x, base, s_class, c0, c1, ftype, negative_exps)
                     top = cap_logit(top, cap)
-                    counted = np.int32(0)
                 top_key = order_key(top)
                 if metrics and keep_exps:
                     nan_free = logit_sum == logit_sum  # (taken where fast_order makes it count)
                     best_key, best, chunk_ahead = chunk_ranks(
-                        x, base, s_class, c0, c1, cap, top_key, nan_free, counted, t_logit, t,
-                        t_low, t_high, fast_order, wants_rank, wants_argmax, best_key, best)
+                        x, base, s_class, c0, c1, cap, top_key, nan_free, t_logit, t, t_low,
+                        t_high, fast_order, max(rank_limit - ahead, 1) if rank_limit else 0,
+                        wants_argmax, best_key, best)
                     ahead += chunk_ahead
                 if top > row_max:
                     if linear_moment:  # (its terms about the old shift)
@@ -477,8 +468,9 @@ def build_row_kernel(variant, f, sum_at_inf):
                 if metrics and not keep_exps:  # (a nan makes the rest nan)
                     nan_free = chunk_rest == chunk_rest and top != np.inf
                     best_key, best, chunk_ahead = chunk_ranks(
-                        x, base, s_class, c0, c1, cap, top_key, nan_free, counted, t_logit, t,
-                        t_low, t_high, fast_order, wants_rank, wants_argmax, best_key, best)
+                        x, base, s_class, c0, c1, cap, top_key, nan_free, t_logit, t, t_low,
+                        t_high, fast_order, max(rank_limit - ahead, 1) if rank_limit else 0,
+                        wants_argmax, best_key, best)
                     ahead += chunk_ahead
                 if ties_apart:  # (none where the chunk's max is below the row's)
                     if top != shift:

@@ -590,7 +590,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
                           False, hints)
         if metrics:
             tile_order(logits, scratch, order, argmax, target_index, n_classes, n, pitch,
-                       options.wants_rank, options.wants_argmax)
+                       options.rank_limit > 0, options.wants_argmax)
         if writes:
             for k in range(n):
                 g_rows[k] = grad_output_at(options, grad_output,
