@@ -413,13 +413,12 @@ def build_row_kernel(variant, f, sum_at_inf):
             t_high = order_key(ftype(0.0) if t_logit == 0.0 else t_logit)
             for c0 in range(lo, hi, CHUNK):
                 c1 = min(c0 + CHUNK, hi)
-                if fast_order:  # with the plain sum the metrics need
-                    top, logit_sum = chunk_max(x, base, s_class, c0, c1, ftype,
-                                               keep_exps or negative_exps)
-                else:
-                    # tanh is monotonic: the max of the capped logits is the capped max.
-                    top, logit_sum = chunk_max(x, base, s_class, c0, c1, ftype, negative_exps)
-                    top = cap_logit(top, cap)
+                # (The plain sum where the exps drop nans, and where the metrics' order,
+                # taken before the exps, needs it.) tanh is monotonic: the max of the capped
+                # logits is the capped max.
+                top, logit_sum = chunk_max(x, base, s_class, c0, c1, ftype,
+                                           negative_exps or (metrics and keep_exps))
+                top = cap_logit(top, cap)
                 top_key = order_key(top)
                 if metrics and keep_exps:
                     nan_free = logit_sum == logit_sum  # (taken where fast_order makes it count)
