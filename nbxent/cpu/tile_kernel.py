@@ -623,7 +623,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
         """The tiles of block ``block`` of ``n_blocks`` (consecutive tiles, with scratch of
         their own), for ``nbxent.cpu.launch.run_blocks``; one phase, no ``part``,
         ``chunk_shifts`` nor ``staged``."""
-        outer, inner, n_classes, _, width, offset, _ = shape
+        outer, inner, n_classes, _, width, offset, row_major = shape
         # Rows of a tile padded off powers of two: at a pitch of 1 KiB the classes of a
         # tile fell into a few L1 sets (C = 64 ran at half the speed of C = 100).
         pitch = (width + 15) // 16 * 16 + 16
@@ -634,7 +634,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
         argmax = np.empty(width if metrics else 0, np.int32)
         target_index = np.empty(width, np.int64)
         target_class = np.empty(width, np.int32)  # in [0, C), or -1
-        logits = np.empty((n_classes + 1) * pitch, ftype)
+        # (Rows tiled as they lie stay in ``exps``: no transposed tile.)
+        logits = np.empty(0 if ROWS and row_major else (n_classes + 1) * pitch, ftype)
         logits[n_classes * pitch:] = -np.inf  # a class after the last, for pairs of classes
         exps = np.empty(n_classes * pitch, ftype)
         for tile_index in range(block * n_tiles // n_blocks, (block + 1) * n_tiles // n_blocks):
