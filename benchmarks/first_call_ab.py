@@ -4,7 +4,8 @@ call in a fresh process with a fresh ``NUMBA_CACHE_DIR``; prints each case's sec
     python benchmarks/first_call_ab.py ROUNDS TREE_A TREE_B CASE ...
 
 A case is ``KIND/OP``: KIND ``row`` (64 x 1000 float32, the row kernel), ``tile``
-(4 x 7 x 5 x 6 float32, axis 1, the tile kernel) or ``tile16`` (the same in float16); OP
+(4 x 7 x 5 x 6 float32, axis 1, the tile kernel), ``tile16`` (the same in float16) or
+``short`` (1024 x 100 float32: the tile kernel's rows as they lie); OP
 ``loss``, ``grad`` (cross_entropy_with_grad), ``smooth-grad`` (with label_smoothing=0.1),
 ``metrics`` or ``metrics-grad`` (with all five metrics).
 """
@@ -28,6 +29,8 @@ def first_call(case):
     rng = np.random.default_rng(0)
     if kind == "row":
         x, t, keywords = rng.standard_normal((64, 1000)), rng.integers(0, 1000, 64), {}
+    elif kind == "short":
+        x, t, keywords = rng.standard_normal((1024, 100)), rng.integers(0, 100, 1024), {}
     else:
         x, t, keywords = (rng.standard_normal((4, 7, 5, 6)), rng.integers(0, 7, (4, 5, 6)),
                           {"axis": 1})

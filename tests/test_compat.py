@@ -158,8 +158,8 @@ _CACHE_SCRIPT = """
     warnings.simplefilter("error", CompatibilityWarning)
     loss = nbxent.cross_entropy(np.linspace(-2, 2, 20, dtype=np.float32).reshape(4, 5),
                                 np.array([0, 1, 4, 2]))
-    stats = {repr(v): [sum(k.blocks.stats.cache_hits.values()),
-                       sum(k.blocks.stats.cache_misses.values())]
+    stats = {repr(v): [sum(sum(b.stats.cache_hits.values()) for b in k.blocks),
+                       sum(sum(b.stats.cache_misses.values()) for b in k.blocks)]
              for v, k in kernels._kernels.items()}
     print(json.dumps({"loss": float(loss), "stats": stats}))
 """
@@ -230,9 +230,12 @@ def test_kernel_variants_never_share_a_function_name(tiled):
         variant = Variant(tiled=tiled, half=False, compute64=False, widened=False,
                           target=TargetKind.INDEX, target_half=False, smoothing=False,
                           softcap=False, entropy=False, write=write, metrics=False)
-        blocks = kernel_for(variant).blocks
-        functions = [blocks] + _compiled_apart(blocks.py_func, {id(blocks)})
+        functions = []
+        for blocks in kernel_for(variant).blocks:
+            functions += [blocks] + _compiled_apart(blocks.py_func, {id(blocks)})
         names[write] = {f.py_func.__qualname__: f for f in functions}
+        # (and no two of one variant's block functions share one either)
+        assert len(names[write]) == len({id(f) for f in functions})
     assert len(names[WRITE_NOTHING]) >= 2
     for name in names[WRITE_NOTHING].keys() & names[WRITE_GRAD].keys():
         # Only a function both variants share (one object, one code) may keep its name.

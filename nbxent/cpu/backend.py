@@ -282,10 +282,11 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=No
         in_place=out is not None and np.may_share_memory(out_buffer, x))
     x, target, weight, grad_output = map(_read_only, (x, target, weight, grad_output))
     kernel = kernel_for(variant)
+    blocks = kernel.blocks_for(tuple(shape))
     # (``overloads``, not ``signatures``: that property lists them anew, tens of us a call.)
-    if not kernel.overloads:  # it compiles or loads: see nbxent/_block_labels.py
+    if not blocks.overloads:  # it compiles or loads: see nbxent/_block_labels.py
         restart_block_labels()
-    with _launch_guard(), first_call(kernel.blocks):
+    with _launch_guard(), first_call(blocks):
         # Named tuples travel as plain ones (Numba types a named tuple argument several
         # times slower at every call); the kernels name their fields again.
         kernel(x, tuple(x_geom), target, tuple(t_geom), weight, grad_output, tuple(g_geom),

@@ -100,8 +100,8 @@ _kernels = {}
 
 
 def kernel_for(variant):
-    """The kernel for one ``Variant`` (memoised): a ``BlockKernel`` whose block function
-    compiles on its first call (cached on disk).
+    """The kernel for one ``Variant`` (memoised): a ``BlockKernel`` whose block functions
+    each compile on their first call (cached on disk).
 
     Both kernels take ``(x, x_geom, target, t_geom, weight, grad_output, g_geom,
     out, out_geom, row_value, row_lse, shape, options)`` (see
@@ -117,6 +117,9 @@ def kernel_for(variant):
                     and variant.write == WRITE_NOTHING)
         sum_at_inf = np.inf if only_lse else np.nan
         build = build_tile_kernel if variant.tiled else build_row_kernel
-        blocks, plan = build(variant, formulas(variant), sum_at_inf)
-        kernel = _kernels[variant] = BlockKernel(cached(variant, blocks), plan)
+        blocks, plan, pick = build(variant, formulas(variant), sum_at_inf)
+        # (The first block function keyed on the variant, the others on it and their place.)
+        kernel = _kernels[variant] = BlockKernel(
+            tuple(cached(tuple(variant) + ((way,) if way else ()), function)
+                  for way, function in enumerate(blocks)), plan, pick)
     return kernel

@@ -1,11 +1,12 @@
 """How a CPU kernel runs on Numba's threads: one ``prange`` loop for every kernel variant.
 
-A variant's kernel is a *block function* ``block(b, n_blocks, phase, *ARGUMENTS)`` that
+A variant's kernel runs a *block function* ``block(b, n_blocks, phase, *ARGUMENTS)`` that
 does the work of block ``b`` of ``n_blocks`` (in ``phase``, for kernels that need two
 passes over all blocks). ``run_blocks`` calls it for every block in a ``prange`` loop,
 through a function pointer (Numba's first-class functions), so the loop is compiled once
 per argument types, shared by every variant and kept in Numba's disk cache; each variant
-compiles only its block function.
+compiles only its block functions (the tile kernel has two, for two ways of cutting the
+work, each compiled on its first call).
 
 A ``prange`` loop of a variant's own cost its first call 2-4 seconds of the 6-14 it took
 (benchmarks/RESULTS.md): Numba compiles the loop's body as a function apart, then optimises
@@ -54,39 +55,42 @@ def blocks_for(n_items):
 
 
 class BlockKernel:
-    """A variant's kernel: ``blocks``, its block function (a dispatcher), run for the
-    blocks that ``plan(shape)`` gives: ``(n_blocks, n_phases, part, chunk_shifts, staged)``.
+    """A variant's kernel: its block functions ``blocks`` (dispatchers, each compiled on its
+    first call), of which ``pick(shape)`` chooses the one a call runs, for the blocks that
+    ``plan(shape)`` gives: ``(n_blocks, n_phases, part, chunk_shifts, staged)``.
 
-    Called with the kernels' arguments up to ``options``. ``overloads`` and the disk
-    cache are those of ``blocks``, the only function the variant compiles.
+    Called with the kernels' arguments up to ``options``.
     """
 
-    def __init__(self, blocks, plan):
+    def __init__(self, blocks, plan, pick):
         self.blocks = blocks
         self.plan = plan
-        self._runs = {}  # argument types -> (the block function's pointer, the loop's entry)
+        self.pick = pick
+        self._runs = {}  # (block function, argument types) -> (its pointer, the loop's entry)
 
-    @property
-    def overloads(self):
-        return self.blocks.overloads
+    def blocks_for(self, shape):
+        """The block function that runs ``shape`` (its ``overloads`` and disk cache)."""
+        return self.blocks[self.pick(shape)]
 
     def __call__(self, *arguments):
+        way = self.pick(arguments[SHAPE])
         n_blocks, n_phases, part, chunk_shifts, staged = self.plan(arguments[SHAPE])
         arguments += (part, chunk_shifts, staged)
-        key = tuple(map(compute_fingerprint, arguments))
+        key = (way,) + tuple(map(compute_fingerprint, arguments))
         run = self._runs.get(key)
         if run is None:
-            run = self._runs[key] = self._compile(arguments)
+            run = self._runs[key] = self._compile(self.blocks[way], arguments)
         function, loop = run
         loop(function, n_blocks, n_phases, *arguments)
 
-    def _compile(self, arguments):
-        """The block function for these arguments, as a function pointer, and the compiled
-        loop's entry point (called directly: dispatching on a function pointer's type
-        costs tens of microseconds a call)."""
+    @staticmethod
+    def _compile(blocks, arguments):
+        """The block function ``blocks`` for these arguments, as a function pointer, and the
+        compiled loop's entry point (called directly: dispatching on a function pointer's
+        type costs tens of microseconds a call)."""
         block_types = (numba.int64,) * 3 + tuple(map(numba.typeof, arguments))
-        self.blocks.compile(block_types)
-        function = CompileResultWAP(self.blocks.overloads[block_types])
+        blocks.compile(block_types)
+        function = CompileResultWAP(blocks.overloads[block_types])
         loop_types = (numba.typeof(function),) + block_types[1:]
         run_blocks.compile(loop_types)
         return function, run_blocks.overloads[loop_types].entry_point

@@ -117,9 +117,14 @@ def max_passes(load):
     return chunk_max, holds_nan
 
 
+def first_way(shape):
+    """The row kernel's one block function, whatever the shape."""
+    return 0
+
+
 def build_row_kernel(variant, f, sum_at_inf):
-    """The row kernel of ``variant``, from its ``Formulas`` ``f``: its block function and
-    plan (``nbxent.cpu.launch.BlockKernel``).
+    """The row kernel of ``variant``, from its ``Formulas`` ``f``: its block function (one),
+    plan and choice of block function (``nbxent.cpu.launch.BlockKernel``).
 
     ``sum_at_inf`` is the sum of exponentials a row holding +inf reports.
 
@@ -677,4 +682,4 @@ def build_row_kernel(variant, f, sum_at_inf):
         staged = np.empty((n_blocks, CHUNK if keep_exps else 0), ftype)
         return n_blocks, 1 if split == 1 else 2, part, chunk_shifts, staged
 
-    return row_block, row_plan
+    return (row_block,), row_plan, first_way

@@ -78,8 +78,8 @@ def takes_rows(variant):
 
 
 def build_tile_kernel(variant, f, sum_at_inf):
-    """The tile kernel of ``variant``, from its ``Formulas`` ``f``: its block function
-    and plan (``nbxent.cpu.launch.BlockKernel``).
+    """The tile kernel of ``variant``, from its ``Formulas`` ``f``: its block functions,
+    plan and choice of block function (``nbxent.cpu.launch.BlockKernel``).
 
     ``sum_at_inf`` is the sum of exponentials a row holding +inf reports.
 
@@ -100,7 +100,6 @@ def build_tile_kernel(variant, f, sum_at_inf):
     writes_softmax = variant.write == WRITE_SOFTMAX
     writes_target_gradient = variant.write == WRITE_GRAD and indexed
     writes_log_softmax = variant.write == WRITE_LOG_SOFTMAX
-    ROWS = takes_rows(variant)  # (else Shape.row_major is never set)
     exp_nonpositive = exp_nonpositive_for(compute64)
     CLASS_STEP = 1 if writes else 2  # classes per step of the exp pass (``tile_sums``)
     PAD_PAIRS = not (smoothing or prob)  # its odd last class paired with the -inf row
@@ -539,115 +538,133 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 if valid[k] != ftype(0.0) and 0 <= t < n_classes:
                     store_out(out, base + k * s_pos + t, t_grads[k])
 
-    @compiled_apart(variant)
-    def tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom, out,
-                  out_geom, row_value, row_lse, row_metrics, shape, options, pitch, scratch,
-                  wide_scratch, order, argmax, target_index, target_class, logits, exps):
-        x_geom, t_geom, g_geom, out_geom, shape, options = named(
-            x_geom, t_geom, g_geom, out_geom, shape, options)
-        width, inner, n_classes = shape.tile_width, shape.inner, shape.n_classes
-        one_minus_eps = 1.0 - options.label_smoothing
-        eps_over_c = options.label_smoothing / n_classes
-        cap = ftype(options.softcap)
-        o, i0, n = tile_span(tile_index, inner, width, shape.tile_offset)
-        x_base = row_start(x_geom, o, i0)
-        t_base = row_start(t_geom, o, i0)
-        x_sc, x_si = x_geom.s_class, x_geom.s_inner
-        t_weight, g_rows = wide_scratch[0], wide_scratch[1]
-        # The next tile's positions (of this block of tiles), whose memory is asked for
-        # on the way; not for float16 tiles, whose conversions leave the memory time.
-        n_next = 0 if half else min(width, inner - i0 - n)
-        # The targets first, so that the staging picks each position's target logit
-        # from the tile: no gather from memory per position.
-        if indexed:
-            read_targets(target, t_base, t_geom.s_inner, n, n_next, n_classes,
-                         options.ignore_index, weight, options.weighted, scratch[_VALID],
-                         target_index, target_class, t_weight)
-        else:
-            for k in range(n):
-                scratch[_VALID, k] = ftype(1.0)
-        if ROWS and shape.row_major:
-            row_sums(x, x_base, x_si, target, t_base, t_geom.s_inner, t_geom.s_class, weight,
-                     scratch, target_class, exps, n_classes, n, n_next, one_minus_eps,
-                     eps_over_c)
-        else:
-            stage(x, x_base, x_sc, x_si, logits, n_classes, n, pitch, cap, scratch[_TOP],
-                  target_class, scratch[_T_LOGIT])
-            # The next tile's logits asked for during the exp pass, and for short rows
-            # longer than two cache lines (measured: benchmarks/RESULTS.md) this tile's
-            # output rows.
-            write_hints = (writes and not half and out_geom.s_class == 1
-                           and n_classes > 2 * LINE)
-            hints = (x, x_base + n * x_si, x_sc, x_si, n_next, out, row_start(out_geom, o, i0),
-                     out_geom.s_inner, write_hints)
-            if metrics and options.wants_entropy:
-                tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base,
-                          t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c,
-                          True, hints)
+    def block_function(rows):
+        """The block function that tiles short rows as they lie (``rows``: ``row_sums``,
+        ``row_results``) or transposes them (``stage``, ``tile_sums``, ``tile_results``,
+        ``unstage``), around the steps both share. Two functions, each compiled on its
+        first call: a map's kernel compiles none of the row steps, a short row's none of
+        the transposition."""
+        key = tuple(variant) + (("rows",) if rows else ())
+
+        @compiled_apart(key)
+        def tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom, out,
+                      out_geom, row_value, row_lse, row_metrics, shape, options, pitch, scratch,
+                      wide_scratch, order, argmax, target_index, target_class, logits, exps):
+            x_geom, t_geom, g_geom, out_geom, shape, options = named(
+                x_geom, t_geom, g_geom, out_geom, shape, options)
+            width, inner, n_classes = shape.tile_width, shape.inner, shape.n_classes
+            one_minus_eps = 1.0 - options.label_smoothing
+            eps_over_c = options.label_smoothing / n_classes
+            cap = ftype(options.softcap)
+            o, i0, n = tile_span(tile_index, inner, width, shape.tile_offset)
+            x_base = row_start(x_geom, o, i0)
+            t_base = row_start(t_geom, o, i0)
+            x_sc, x_si = x_geom.s_class, x_geom.s_inner
+            t_weight, g_rows = wide_scratch[0], wide_scratch[1]
+            # The next tile's positions (of this block of tiles), whose memory is asked for
+            # on the way; not for float16 tiles, whose conversions leave the memory time.
+            n_next = 0 if half else min(width, inner - i0 - n)
+            # The targets first, so that the staging picks each position's target logit
+            # from the tile: no gather from memory per position.
+            if indexed:
+                read_targets(target, t_base, t_geom.s_inner, n, n_next, n_classes,
+                             options.ignore_index, weight, options.weighted, scratch[_VALID],
+                             target_index, target_class, t_weight)
             else:
-                tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base,
-                          t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c,
-                          False, hints)
-        if metrics:
-            tile_order(logits, scratch, order, argmax, target_index, n_classes, n, pitch,
-                       options.rank_limit > 0, options.wants_argmax)
-        if writes:
-            for k in range(n):
-                g_rows[k] = grad_output_at(options, grad_output,
-                                           row_start(g_geom, o, i0 + k))
-        tile_rows(scratch, order, t_weight, g_rows, row_value, row_lse, row_metrics,
-                  o * inner + i0, n, options, one_minus_eps, eps_over_c, cap)
-        if metrics and options.wants_argmax:
-            for k in range(n):
-                row_metrics[METRIC_ARGMAX, np.uint64(o * inner + i0 + k)] = argmax[k]
-        if not writes:
-            return
-        if ROWS and shape.row_major:
-            row_results(out, row_start(out_geom, o, i0), out_geom.s_inner, x, x_base, x_si, exps,
-                        scratch, target_index, n_classes, n, target, t_base, t_geom.s_inner,
-                        t_geom.s_class, weight, one_minus_eps, eps_over_c, cap)
-            return
-        tile_results(logits, exps, scratch, target_index, n_classes, n, pitch, target, t_base,
-                     t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c, cap)
-        unstage(out, row_start(out_geom, o, i0), out_geom.s_class, out_geom.s_inner, exps,
-                n_classes, n, pitch)
+                for k in range(n):
+                    scratch[_VALID, k] = ftype(1.0)
+            if rows:
+                row_sums(x, x_base, x_si, target, t_base, t_geom.s_inner, t_geom.s_class, weight,
+                         scratch, target_class, exps, n_classes, n, n_next, one_minus_eps,
+                         eps_over_c)
+            else:
+                stage(x, x_base, x_sc, x_si, logits, n_classes, n, pitch, cap, scratch[_TOP],
+                      target_class, scratch[_T_LOGIT])
+                # The next tile's logits asked for during the exp pass, and for short rows
+                # longer than two cache lines (measured: benchmarks/RESULTS.md) this tile's
+                # output rows.
+                write_hints = (writes and not half and out_geom.s_class == 1
+                               and n_classes > 2 * LINE)
+                hints = (x, x_base + n * x_si, x_sc, x_si, n_next, out, row_start(out_geom, o, i0),
+                         out_geom.s_inner, write_hints)
+                if metrics and options.wants_entropy:
+                    tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base,
+                              t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c,
+                              True, hints)
+                else:
+                    tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base,
+                              t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c,
+                              False, hints)
+            if metrics:
+                tile_order(logits, scratch, order, argmax, target_index, n_classes, n, pitch,
+                           options.rank_limit > 0, options.wants_argmax)
+            if writes:
+                for k in range(n):
+                    g_rows[k] = grad_output_at(options, grad_output,
+                                               row_start(g_geom, o, i0 + k))
+            tile_rows(scratch, order, t_weight, g_rows, row_value, row_lse, row_metrics,
+                      o * inner + i0, n, options, one_minus_eps, eps_over_c, cap)
+            if metrics and options.wants_argmax:
+                for k in range(n):
+                    row_metrics[METRIC_ARGMAX, np.uint64(o * inner + i0 + k)] = argmax[k]
+            if not writes:
+                return
+            if rows:
+                row_results(out, row_start(out_geom, o, i0), out_geom.s_inner, x, x_base, x_si, exps,
+                            scratch, target_index, n_classes, n, target, t_base, t_geom.s_inner,
+                            t_geom.s_class, weight, one_minus_eps, eps_over_c, cap)
+                return
+            tile_results(logits, exps, scratch, target_index, n_classes, n, pitch, target, t_base,
+                         t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c, cap)
+            unstage(out, row_start(out_geom, o, i0), out_geom.s_class, out_geom.s_inner, exps,
+                    n_classes, n, pitch)
 
-    # No reassociation here: the tile loops vectorise across positions without it, and
-    # with it LLVM regrouped (max - target) + log_sum through a float32 lse (measured:
-    # 1e-5 relative error on a 0.02 loss).
-    @njit(fastmath=FASTMATH - {"reassoc"}, error_model="numpy")
-    @named_for(variant)
-    def tile_block(block, n_blocks, phase, x, x_geom, target, t_geom, weight, grad_output,
-                   g_geom, out, out_geom, row_value, row_lse, row_metrics, shape, options,
-                   part, chunk_shifts, staged):
-        """The tiles of block ``block`` of ``n_blocks`` (consecutive tiles, with scratch of
-        their own), for ``nbxent.cpu.launch.run_blocks``; one phase, no ``part``,
-        ``chunk_shifts`` nor ``staged``."""
-        outer, inner, n_classes, _, width, offset, row_major = shape
-        # Rows of a tile padded off powers of two: at a pitch of 1 KiB the classes of a
-        # tile fell into a few L1 sets (C = 64 ran at half the speed of C = 100).
-        pitch = (width + 15) // 16 * 16 + 16
-        n_tiles = outer * tiles_per_outer(inner, width, offset)
-        scratch = np.empty((_N_SCRATCH, width), ftype)
-        wide_scratch = np.empty((2, width))  # float64 target weights and grad_output
-        order = np.empty((_N_ORDER if metrics else 0, width), ftype)
-        argmax = np.empty(width if metrics else 0, np.int32)
-        target_index = np.empty(width, np.int64)
-        target_class = np.empty(width, np.int32)  # in [0, C), or -1
-        # (Rows tiled as they lie stay in ``exps``: no transposed tile.)
-        logits = np.empty(0 if ROWS and row_major else (n_classes + 1) * pitch, ftype)
-        logits[n_classes * pitch:] = -np.inf  # a class after the last, for pairs of classes
-        exps = np.empty(n_classes * pitch, ftype)
-        for tile_index in range(block * n_tiles // n_blocks, (block + 1) * n_tiles // n_blocks):
-            tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom,
-                      out, out_geom, row_value, row_lse, row_metrics, shape, options, pitch,
-                      scratch, wide_scratch, order, argmax, target_index, target_class,
-                      logits, exps)
+        # No reassociation here: the tile loops vectorise across positions without it, and
+        # with it LLVM regrouped (max - target) + log_sum through a float32 lse (measured:
+        # 1e-5 relative error on a 0.02 loss).
+        @njit(fastmath=FASTMATH - {"reassoc"}, error_model="numpy")
+        @named_for(key)
+        def tile_block(block, n_blocks, phase, x, x_geom, target, t_geom, weight, grad_output,
+                       g_geom, out, out_geom, row_value, row_lse, row_metrics, shape, options,
+                       part, chunk_shifts, staged):
+            """The tiles of block ``block`` of ``n_blocks`` (consecutive tiles, with scratch of
+            their own), for ``nbxent.cpu.launch.run_blocks``; one phase, no ``part``,
+            ``chunk_shifts`` nor ``staged``."""
+            outer, inner, n_classes, _, width, offset, _ = shape
+            # Rows of a tile padded off powers of two: at a pitch of 1 KiB the classes of a
+            # tile fell into a few L1 sets (C = 64 ran at half the speed of C = 100).
+            pitch = (width + 15) // 16 * 16 + 16
+            n_tiles = outer * tiles_per_outer(inner, width, offset)
+            scratch = np.empty((_N_SCRATCH, width), ftype)
+            wide_scratch = np.empty((2, width))  # float64 target weights and grad_output
+            order = np.empty((_N_ORDER if metrics else 0, width), ftype)
+            argmax = np.empty(width if metrics else 0, np.int32)
+            target_index = np.empty(width, np.int64)
+            target_class = np.empty(width, np.int32)  # in [0, C), or -1
+            # (Rows tiled as they lie stay in ``exps``: no transposed tile.)
+            logits = np.empty(0 if rows else (n_classes + 1) * pitch, ftype)
+            logits[n_classes * pitch:] = -np.inf  # a class after the last, for pairs of classes
+            exps = np.empty(n_classes * pitch, ftype)
+            for tile_index in range(block * n_tiles // n_blocks, (block + 1) * n_tiles // n_blocks):
+                tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom,
+                          out, out_geom, row_value, row_lse, row_metrics, shape, options, pitch,
+                          scratch, wide_scratch, order, argmax, target_index, target_class,
+                          logits, exps)
 
-    return tile_block, tile_plan
+        return tile_block
+
+    # (Without ``takes_rows`` the backend never sets Shape.row_major.)
+    blocks = (block_function(False),) + ((block_function(True),) if takes_rows(variant) else ())
+    return blocks, tile_plan, way_of_tiling
 
 
 _NO_PART = np.empty((0, 0))
+
+
+def way_of_tiling(shape):
+    """Which of a tile kernel's block functions runs ``shape``: 1 (rows as they lie) where
+    the backend set ``Shape.row_major``, else 0."""
+    return shape[6]
 
 
 def tile_plan(shape):
