@@ -1,11 +1,11 @@
 """Metrics from the loss's own pass: what a training loop prints beside the loss.
 
 The kernels that take a row's max and log-sum-exp for the loss also keep, when
-asked, four numbers per row (``N_METRICS`` rows of float64, one column per row of
-the logits, in the order below): its logsumexp, its argmax, the target's rank (the
-classes ahead of the target: when 'top_k' is asked for exact below top_k, else top_k
-or more; without it 0 or 1; +inf for a target that does not count) and its softmax's
-entropy. The logits are read once. The CPU kernels fill only the rows a call asks for
+asked, four numbers per row (``N_METRICS`` rows, one column per row of the logits, in
+the order below; float64, or float32 where the CPU kernel computes in float32): its
+logsumexp, its argmax, the target's rank (the classes ahead of the target: when
+'top_k' is asked for exact below top_k, else top_k or more; without it 0 or 1; +inf
+for a target that does not count) and its softmax's entropy. The logits are read once. The CPU kernels fill only the rows a call asks for
 (each costs time); the CUDA kernels fill all four, the rank exact.
 This module checks what a call asks for and turns those rows into the caller's
 arrays, with the backend's array module (NumPy, CuPy, Dask).
@@ -52,7 +52,7 @@ def check_metrics(metrics, top_k, target_is_index):
 
 
 def metric_arrays(xp, rows, names, *, top_k, result_shape, loss_dtype):
-    """``{name: array of result_shape}`` from the kernels' ``rows`` (float64,
+    """``{name: array of result_shape}`` from the kernels' ``rows`` (float32 or float64,
     ``N_METRICS`` x rows) in the array module ``xp``.
 
     lse and entropy (nats) in the loss's dtype; argmax int64; correct and top_k bool,

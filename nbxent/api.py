@@ -107,7 +107,7 @@ def _loss_call(logits, target, options, *, want_loss, want_grad, grad_output=1.0
             return loss, grad
         if raw_metrics:  # (a copy: the CPU backend's rows are reused by its next call)
             rows = metric_rows[0].reshape((_metrics.N_METRICS,) + plan.logits.result_shape)
-            return loss, grad, rows.copy()
+            return loss, grad, rows.astype(np.float64)
         arrays = _metrics.metric_arrays(
             module.namespace_of(logits), metric_rows[0], names, top_k=top_k,
             result_shape=plan.logits.result_shape, loss_dtype=plan.logits.loss_dtype)

@@ -312,6 +312,19 @@ def test_top_k_counts_the_classes_ahead_wherever_they_lie(rng, n_rows, n_classes
         assert_metrics(found, R.metrics(x, t, top_k=top_k), ("correct", "top_k"), F32)
 
 
+@pytest.mark.slow
+def test_argmax_is_exact_beyond_float32_integers():
+    """The CPU kernels keep float32 metric rows where they compute in float32, but not
+    for rows of more than 2**24 classes, whose indices float32 would round: the last
+    class of 2**24 + 2 is found as itself. (Its float64 rows compile a kernel of their
+    own: seconds.)"""
+    x = np.zeros((1, 2**24 + 2), F32)
+    x[0, -1] = 1.0
+    _, found = nbxent.cross_entropy(x, np.array([2**24 + 1]), metrics=("argmax", "correct"))
+    assert found["argmax"].tolist() == [2**24 + 1]
+    assert found["correct"].tolist() == [True]
+
+
 def test_docstring_accuracy_recipe(rng):
     """README's recipe: accuracy = correct.sum() / counted targets."""
     x = (rng.standard_normal((64, 10)) * 3).astype(F32)

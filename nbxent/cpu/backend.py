@@ -420,17 +420,28 @@ def _fresh_out(logits):
                             logits.shape)
 
 
+def _metrics_dtype(plan):
+    """The metric rows' dtype: float32 where the kernel computes in float32 and every
+    class index is a float32 integer (C <= 2**24), else float64. The rows then cost half
+    the writes: at a million rows of 10 classes a float64 row was 8 MB written beside 40
+    MB of logits read (benchmarks/RESULTS.md)."""
+    narrow = (_compute_dtype(plan.logits, plan.loss) is np.float32
+              and plan.logits.n_classes <= 2**24)
+    return np.float32 if narrow else np.float64
+
+
 def cross_entropy(plan, metrics=(), top_k=1):
     """(loss or None, gradient or None) for a cross-entropy plan; with ``metrics`` (the
     names asked for, ``nbxent._metrics``), (loss or None, gradient or None, the
-    ``N_METRICS`` x rows float64 metrics, the rows not asked for undefined; a reused
-    array, valid until the thread's next call). The target's rank is exact below
+    ``N_METRICS`` x rows metrics (``_metrics_dtype``), the rows not asked for undefined; a
+    reused array, valid until the thread's next call). The target's rank is exact below
     ``top_k``: the kernels stop counting the classes ahead of it there."""
     target_kind = TargetKind.INDEX if plan.loss.target_is_index else TargetKind.PROB
     out = None
     if plan.want_grad:
         out = plan.out or _fresh_out(plan.logits)
-    row_metrics = _scratch("row_metrics", N_METRICS * plan.logits.n_rows, np.float64).reshape(
+    row_metrics = _scratch("row_metrics", N_METRICS * plan.logits.n_rows,
+                           _metrics_dtype(plan)).reshape(
         N_METRICS, plan.logits.n_rows) if metrics else None
     results = _launch(plan, target_kind=target_kind,
                       write=WRITE_GRAD if plan.want_grad else WRITE_NOTHING, out=out,
