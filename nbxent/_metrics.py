@@ -5,8 +5,9 @@ asked, four numbers per row (``N_METRICS`` rows, one column per row of the logit
 the order below; float64, or float32 where the CPU kernel computes in float32): its
 logsumexp, its argmax, the target's rank (the classes ahead of the target: when
 'top_k' is asked for exact below top_k, else top_k or more; without it 0 or 1; +inf
-for a target that does not count) and its softmax's entropy. The logits are read once. The CPU kernels fill only the rows a call asks for
-(each costs time); the CUDA kernels fill all four, the rank exact.
+for a target that does not count) and its softmax's entropy. The logits are read
+once. The CPU kernels fill only the rows a call asks for (each costs time); the CUDA
+kernels fill all four, the rank exact.
 This module checks what a call asks for and turns those rows into the caller's
 arrays, with the backend's array module (NumPy, CuPy, Dask).
 

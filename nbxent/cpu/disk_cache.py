@@ -194,6 +194,13 @@ def first_call(kernel):
         yield
 
 
+def way_key(variant, way):
+    """The key, for ``named_for`` and ``cached``, of a variant's block function number
+    ``way`` (``nbxent.cpu.launch.BlockKernel``): the variant itself for the first (the
+    only one most kernels have), else the variant and ``way``."""
+    return tuple(variant) + ((way,) if way else ())
+
+
 def named_for(variant):
     """A decorator, under ``@njit``, that gives a kernel function of ``variant`` a name of
     the variant's own: its ``__qualname__`` plus a digest of the variant.

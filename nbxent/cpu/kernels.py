@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from .arguments import WRITE_NOTHING, TargetKind
-from .disk_cache import cached
+from .disk_cache import cached, way_key
 from .formulas import formulas
 from .launch import BlockKernel
 from .row_kernel import build_row_kernel
@@ -118,8 +118,7 @@ def kernel_for(variant):
         sum_at_inf = np.inf if only_lse else np.nan
         build = build_tile_kernel if variant.tiled else build_row_kernel
         blocks, plan, pick = build(variant, formulas(variant), sum_at_inf)
-        # (The first block function keyed on the variant, the others on it and their place.)
         kernel = _kernels[variant] = BlockKernel(
-            tuple(cached(tuple(variant) + ((way,) if way else ()), function)
+            tuple(cached(way_key(variant, way), function)
                   for way, function in enumerate(blocks)), plan, pick)
     return kernel

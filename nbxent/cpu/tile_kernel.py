@@ -24,7 +24,7 @@ from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, 
 from .bits import copy_transposed, exact_order, larger_of_numbers, prefetch, prefetch_for_write
 from .fastexp import exp64, exp_nonpositive_for, log1p32
 from .launch import blocks_for
-from .disk_cache import named_for
+from .disk_cache import named_for, way_key
 from .formulas import capper, entropy_of, entropy_term, log_of_sum, shift_of
 from .row_kernel import FASTMATH, compiled_apart, row_start
 
@@ -544,12 +544,13 @@ def build_tile_kernel(variant, f, sum_at_inf):
         ``unstage``), around the steps both share. Two functions, each compiled on its
         first call: a map's kernel compiles none of the row steps, a short row's none of
         the transposition."""
-        key = tuple(variant) + (("rows",) if rows else ())
+        key = way_key(variant, int(rows))  # (as ``kernels.kernel_for`` caches it)
 
         @compiled_apart(key)
-        def tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom, out,
-                      out_geom, row_value, row_lse, row_metrics, shape, options, pitch, scratch,
-                      wide_scratch, order, argmax, target_index, target_class, logits, exps):
+        def tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom,
+                      out, out_geom, row_value, row_lse, row_metrics, shape, options, pitch,
+                      scratch, wide_scratch, order, argmax, target_index, target_class,
+                      logits, exps):
             x_geom, t_geom, g_geom, out_geom, shape, options = named(
                 x_geom, t_geom, g_geom, out_geom, shape, options)
             width, inner, n_classes = shape.tile_width, shape.inner, shape.n_classes
@@ -574,9 +575,9 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 for k in range(n):
                     scratch[_VALID, k] = ftype(1.0)
             if rows:
-                row_sums(x, x_base, x_si, target, t_base, t_geom.s_inner, t_geom.s_class, weight,
-                         scratch, target_class, exps, n_classes, n, n_next, one_minus_eps,
-                         eps_over_c)
+                row_sums(x, x_base, x_si, target, t_base, t_geom.s_inner, t_geom.s_class,
+                         weight, scratch, target_class, exps, n_classes, n, n_next,
+                         one_minus_eps, eps_over_c)
             else:
                 stage(x, x_base, x_sc, x_si, logits, n_classes, n, pitch, cap, scratch[_TOP],
                       target_class, scratch[_T_LOGIT])
@@ -585,16 +586,16 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 # output rows.
                 write_hints = (writes and not half and out_geom.s_class == 1
                                and n_classes > 2 * LINE)
-                hints = (x, x_base + n * x_si, x_sc, x_si, n_next, out, row_start(out_geom, o, i0),
-                         out_geom.s_inner, write_hints)
+                hints = (x, x_base + n * x_si, x_sc, x_si, n_next, out,
+                         row_start(out_geom, o, i0), out_geom.s_inner, write_hints)
                 if metrics and options.wants_entropy:
                     tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base,
-                              t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c,
-                              True, hints)
+                              t_geom.s_inner, t_geom.s_class, weight, one_minus_eps,
+                              eps_over_c, True, hints)
                 else:
                     tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base,
-                              t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c,
-                              False, hints)
+                              t_geom.s_inner, t_geom.s_class, weight, one_minus_eps,
+                              eps_over_c, False, hints)
             if metrics:
                 tile_order(logits, scratch, order, argmax, target_index, n_classes, n, pitch,
                            options.rank_limit > 0, options.wants_argmax)
@@ -610,12 +611,14 @@ def build_tile_kernel(variant, f, sum_at_inf):
             if not writes:
                 return
             if rows:
-                row_results(out, row_start(out_geom, o, i0), out_geom.s_inner, x, x_base, x_si, exps,
-                            scratch, target_index, n_classes, n, target, t_base, t_geom.s_inner,
-                            t_geom.s_class, weight, one_minus_eps, eps_over_c, cap)
+                row_results(out, row_start(out_geom, o, i0), out_geom.s_inner, x, x_base, x_si,
+                            exps, scratch, target_index, n_classes, n, target, t_base,
+                            t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c,
+                            cap)
                 return
-            tile_results(logits, exps, scratch, target_index, n_classes, n, pitch, target, t_base,
-                         t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c, cap)
+            tile_results(logits, exps, scratch, target_index, n_classes, n, pitch, target,
+                         t_base, t_geom.s_inner, t_geom.s_class, weight, one_minus_eps,
+                         eps_over_c, cap)
             unstage(out, row_start(out_geom, o, i0), out_geom.s_class, out_geom.s_inner, exps,
                     n_classes, n, pitch)
 
@@ -643,19 +646,20 @@ def build_tile_kernel(variant, f, sum_at_inf):
             target_class = np.empty(width, np.int32)  # in [0, C), or -1
             # (Rows tiled as they lie stay in ``exps``: no transposed tile.)
             logits = np.empty(0 if rows else (n_classes + 1) * pitch, ftype)
-            logits[n_classes * pitch:] = -np.inf  # a class after the last, for pairs of classes
+            logits[n_classes * pitch:] = -np.inf  # a class after the last, for pairs
             exps = np.empty(n_classes * pitch, ftype)
-            for tile_index in range(block * n_tiles // n_blocks, (block + 1) * n_tiles // n_blocks):
+            first, last = block * n_tiles // n_blocks, (block + 1) * n_tiles // n_blocks
+            for tile_index in range(first, last):
                 tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom,
-                          out, out_geom, row_value, row_lse, row_metrics, shape, options, pitch,
-                          scratch, wide_scratch, order, argmax, target_index, target_class,
-                          logits, exps)
+                          out, out_geom, row_value, row_lse, row_metrics, shape, options,
+                          pitch, scratch, wide_scratch, order, argmax, target_index,
+                          target_class, logits, exps)
 
         return tile_block
 
     # (Without ``takes_rows`` the backend never sets Shape.row_major.)
-    blocks = (block_function(False),) + ((block_function(True),) if takes_rows(variant) else ())
-    return blocks, tile_plan, way_of_tiling
+    ways = (False, True) if takes_rows(variant) else (False,)
+    return tuple(block_function(rows) for rows in ways), tile_plan, way_of_tiling
 
 
 _NO_PART = np.empty((0, 0))
