@@ -52,7 +52,8 @@ class CpuSettings:
     #: (rows of more than ``tile_elements // tile_min_width`` classes get larger tiles).
     tile_min_width: int = 96
     #: Fewest classes for which short rows are tiled as they lie (where the variant
-    #: allows: ``tile_kernel.takes_rows``) rather than transposed: from there a row
+    #: allows: ``tile_kernel.takes_rows``, and the classes are contiguous in the logits
+    #: and in the result) rather than transposed: from there a row
     #: fills enough vectors that reading along it costs less than the transpositions.
     tile_rows_min_classes: int = 32
     #: Logits per tile of rows tiled as they lie, whose exps are kept in L2 for the

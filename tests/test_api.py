@@ -627,12 +627,14 @@ def _tile_shapes(monkeypatch):
 
 
 # Rows of 37 classes (the exps' vectors run across rows' ends), contiguous or with rows
-# further apart than their classes (float32 only: the same loops).
+# further apart than their classes (float32 only: the same loops), or class-major (a
+# transpose's view: the classes apart, never tiled as they lie).
 SHORT_ROW_VIEWS = [
     pytest.param((700, 37), lambda x: x, np.float32, id="contiguous-float32"),
     pytest.param((700, 37), lambda x: x, np.float64, id="contiguous-float64"),
     pytest.param((1400, 37), lambda x: x[::2], np.float32, id="rows-step2-float32"),
-    pytest.param((700, 45), lambda x: x[:, :37], np.float32, id="classes-trimmed-float32")]
+    pytest.param((700, 45), lambda x: x[:, :37], np.float32, id="classes-trimmed-float32"),
+    pytest.param((37, 700), lambda x: x.T, np.float32, id="class-major-float32")]
 
 
 @pytest.mark.parametrize("functions", ["cross_entropy", "normalizers"])
@@ -640,9 +642,12 @@ SHORT_ROW_VIEWS = [
 def test_short_rows_as_they_lie_and_transposed_agree(rng, monkeypatch, base_shape, view,
                                                      dtype, functions):
     """Short rows are tiled as they lie (``Shape.row_major``, the exps in one loop over
-    the tile), or transposed below ``tile_rows_min_classes``: both within the oracle's
-    tolerance, with nan, +inf and all -inf rows, ignored rows, class weights, smoothing
-    and z-loss (the entropy, in ``check_normalizers``, is always transposed)."""
+    the tile) where their classes are contiguous, in the logits and in the result, or
+    transposed (below ``tile_rows_min_classes``, or classes apart): both within the
+    oracle's tolerance, with nan, +inf and all -inf rows, ignored rows, class weights,
+    smoothing and z-loss (the entropy, in ``check_normalizers``, is always transposed).
+    A result class-major beside contiguous logits (``out=`` a transpose's view) is
+    written through its strides."""
     from nbxent._config import CPU
     from conftest import _cpu_backend
     logits = view(make_logits(rng, base_shape, dtype))
@@ -651,16 +656,30 @@ def test_short_rows_as_they_lie_and_transposed_agree(rng, monkeypatch, base_shap
     target = make_index_target(rng, shape, -1, ignored=0.2)
     keywords = dict(weight=rng.uniform(0.5, 2.0, shape[1]), label_smoothing=0.1,
                     z_loss=1e-3)
+    classes_contiguous = logits.strides[1] == logits.itemsize
     shapes = _tile_shapes(monkeypatch)
-    for min_classes, row_major in ((24, True), (38, False)):
+    for min_classes, row_major in ((24, classes_contiguous), (38, False)):
         shapes.clear()
         with CPU.override(tile_rows_min_classes=min_classes):
             if functions == "cross_entropy":
-                check_all_three(_cpu_backend(), logits, target, keywords, "none", dtype)
+                check_all_three(_cpu_backend(), logits, target, keywords, "none", dtype,
+                                logits_dev=logits)  # (the view itself, not a copy)
             else:
                 check_normalizers(_cpu_backend(), logits, logits, -1, dtype)
         assert all(s.tile_width > 1 for s in shapes)
         assert any(s.row_major for s in shapes) == row_major
+        shapes.clear()
+        with CPU.override(tile_rows_min_classes=min_classes):
+            out = np.full(shape[::-1], np.nan, dtype).T
+            if functions == "cross_entropy":
+                nbxent.cross_entropy_with_grad(logits, target, reduction="none", out=out,
+                                               **keywords)
+                expected = R.cross_entropy_grad(logits, target, reduction="none", **keywords)
+            else:
+                nbxent.softmax(logits, out=out)
+                expected = R.softmax(logits, -1)
+        assert_close(out, expected, dtype, "grad", err_msg="class-major out=:")
+        assert not any(s.row_major for s in shapes)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, pytest.param(np.float64, marks=pytest.mark.slow)])

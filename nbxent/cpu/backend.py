@@ -267,7 +267,12 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=No
         target_half=target_kind == TargetKind.PROB and target.dtype == np.uint16,
         smoothing=loss.label_smoothing > 0.0, softcap=loss.softcap > 0.0, entropy=entropy,
         write=write, metrics=row_metrics is not None)
-    if swap and logits.n_classes >= settings.tile_rows_min_classes and takes_rows(variant):
+    # Rows tiled as they lie are read and written along their classes: only where those
+    # lie at a unit stride in the logits and in the result (class-major short rows, as
+    # from a transpose, are already laid out as the transposing path's tiles).
+    classes_contiguous = x_geom.s_class == 1 and (out is None or out_geom.s_class == 1)
+    if (swap and classes_contiguous and logits.n_classes >= settings.tile_rows_min_classes
+            and takes_rows(variant)):
         shape = shape._replace(row_major=1, tile_width=max(
             1, settings.tile_row_elements // logits.n_classes))
     options = Options(
