@@ -7,6 +7,7 @@ the range over the runs). Prints Markdown.
 """
 
 import json
+import pathlib
 import statistics
 import sys
 
@@ -14,7 +15,7 @@ PEERS = ("torch", "jax")
 
 
 def main(paths):
-    runs = [json.load(open(path)) for path in paths]
+    runs = [json.loads(pathlib.Path(path).read_text()) for path in paths]
     rows = {}
     for run in runs:
         for r in run["results"]:
