@@ -21,11 +21,11 @@ the count of cases.
 """
 
 import sys
-import time
 
 import numpy as np
 
 import nbxent
+from fuzzing import search
 from nbxent import reference as R
 
 TOLERANCE = {np.float16: 2e-2, np.float32: 2e-4, np.float64: 1e-9}
@@ -146,27 +146,13 @@ def check(rng, name, x, target, options):
     return problem and f"({how}) {problem}"
 
 
-def main(seed, seconds):
-    rng = np.random.default_rng(seed)
-    deadline = time.time() + seconds
-    n_cases = n_failed = 0
-    while time.time() < deadline:
-        case = draw_case(rng)
-        if case is None:
-            continue
-        n_cases += 1
-        name, x, target, options = case
-        with np.errstate(all="ignore"):
-            problem = check(rng, name, x, target, options)
-        if problem:
-            n_failed += 1
-            print("FAILED", name, x.shape, x.dtype, x.strides,
-                  None if target is None else target.dtype,
-                  {k: v if np.isscalar(v) else "array" for k, v in options.items()}, problem,
-                  flush=True)
-    print(f"{n_cases} cases, {n_failed} failed")
-    return 1 if n_failed else 0
+def describe(case):
+    name, x, target, options = case
+    return (f"{name} {x.shape} {x.dtype} strides {x.strides} "
+            f"{None if target is None else target.dtype} "
+            f"{ {k: v if np.isscalar(v) else 'array' for k, v in options.items()} }")
 
 
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1]), float(sys.argv[2])))
+    sys.exit(search(int(sys.argv[1]), float(sys.argv[2]), draw_case,
+                    lambda rng, case: check(rng, *case), describe))

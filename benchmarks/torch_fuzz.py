@@ -15,11 +15,11 @@ float64. Prints each failing case and the count of cases. Needs torch.
 
 import pathlib
 import sys
-import time
 
 import numpy as np
 
 import nbxent
+from fuzzing import search
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 from _torch_oracle import torch_loss_and_grad  # noqa: E402
@@ -83,24 +83,12 @@ def check(x, target, axis, options):
     return None
 
 
-def main(seed, seconds):
-    rng = np.random.default_rng(seed)
-    deadline = time.time() + seconds
-    n_cases = n_failed = 0
-    while time.time() < deadline:
-        case = draw_case(rng)
-        if case is None:
-            continue
-        n_cases += 1
-        x, target, axis, options = case
-        problem = check(x, target, axis, options)
-        if problem:
-            n_failed += 1
-            print("FAILED", x.shape, x.dtype, "axis", axis, target.dtype,
-                  {k: v if np.isscalar(v) else "array" for k, v in options.items()}, problem)
-    print(f"{n_cases} cases, {n_failed} failed")
-    return 1 if n_failed else 0
+def describe(case):
+    x, target, axis, options = case
+    return (f"{x.shape} {x.dtype} axis {axis} {target.dtype} "
+            f"{ {k: v if np.isscalar(v) else 'array' for k, v in options.items()} }")
 
 
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1]), float(sys.argv[2])))
+    sys.exit(search(int(sys.argv[1]), float(sys.argv[2]), draw_case,
+                    lambda rng, case: check(*case), describe))
