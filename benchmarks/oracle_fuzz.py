@@ -13,7 +13,8 @@ positions, or probability targets, and options (class weights, label smoothing, 
 soft cap, per-row sample weights, a denominator, the three reductions). It then checks
 one of: ``cross_entropy`` (with metrics for index targets), ``cross_entropy_with_grad``
 (the gradient into a fresh array, into ``out=`` of another layout, or in place),
-``softmax`` and ``log_softmax`` (fresh or ``out=``), ``logsumexp`` and ``entropy``.
+``softmax`` and ``log_softmax`` (fresh or ``out=``), ``logsumexp``, ``entropy`` and
+``kl_divergence_with_grad`` (probability or log-probability targets in any layout).
 Tolerances (absolute and relative, times 1 + max|logit| / 1000): 2e-2 for float16,
 2e-4 for float32, 1e-9 for float64; the metrics' argmax, correct and top_k exactly (ties
 included: ``nbxent.reference.metrics`` defines one order). Prints each failing case and
@@ -70,7 +71,7 @@ def draw_case(rng):
     x = laid_out(rng, np.clip(x, -6e4, 6e4).astype(dtype), axis,
                  str(rng.choice(LAYOUTS)))
     name = str(rng.choice(["cross_entropy", "cross_entropy_with_grad", "softmax",
-                           "log_softmax", "logsumexp", "entropy"]))
+                           "log_softmax", "logsumexp", "entropy", "kl_divergence_with_grad"]))
     if name in ("softmax", "log_softmax", "logsumexp"):
         return name, x, None, dict(axis=axis)
     rows_shape = tuple(shape[:axis] + shape[axis + 1:])
@@ -79,6 +80,16 @@ def draw_case(rng):
         options["sample_weight"] = rng.uniform(0.0, 2.0, rows_shape)
     if name == "entropy":
         return name, x, None, options
+    if name == "kl_divergence_with_grad":
+        options["log_target"] = bool(rng.random() < 0.5)
+        target = rng.standard_normal(shape)  # log-probabilities up to a constant
+        if not options["log_target"]:
+            target = np.exp(target - target.max(axis=axis, keepdims=True))
+            target /= target.sum(axis=axis, keepdims=True)
+        if rng.random() < 0.3:
+            options["weight"] = rng.random(n_classes) + 0.1
+        target = laid_out(rng, target.astype(dtype), axis, str(rng.choice(LAYOUTS)))
+        return name, x, target, options
     if rng.random() < 0.3:
         options["weight"] = rng.random(n_classes) + 0.1
     if rng.random() < 0.3:
@@ -123,6 +134,11 @@ def check(rng, name, x, target, options):
         return differs(nbxent.logsumexp(x, axis=axis), R.logsumexp(wide, axis), tol)
     if name == "entropy":
         return differs(nbxent.entropy(x, **options), R.entropy(wide, **options), tol)
+    if name == "kl_divergence_with_grad":
+        loss, grad = nbxent.kl_divergence_with_grad(x, target, **options)
+        wide_target = target.astype(np.float64)
+        return (differs(loss, R.kl_divergence(wide, wide_target, **options), tol)
+                or differs(grad, R.kl_divergence_grad(wide, wide_target, **options), tol))
     want = R.cross_entropy(wide, target, **options)
     if name == "cross_entropy":
         if target.dtype.kind != "i" or "softcap" in options:
