@@ -11,7 +11,8 @@ import time
 
 import numpy as np
 from numba import njit
-from nbxent.cpu.fastexp import exp_negative32, negative_floor32, _F32, _reduced32
+from nbxent.cpu.fastexp import (exp_negative32, exp_polynomial32, negative_floor32, _F32,
+                                 _reduced32)
 from nbxent.cpu.bits import bitcast
 from nbxent.cpu.row_kernel import FASTMATH
 
@@ -22,12 +23,7 @@ _FLOOR = np.array([-89.0], np.float32).view(np.int32)[0]
 def exp_neg_int(x):
     x = bitcast(min(bitcast(np.float32(x), np.int32), _FLOOR), np.float32)
     k, r, kb = _reduced32(x, False)
-    q = _F32(1.3813142e-3)
-    q = q * r + _F32(8.3694188e-3)
-    q = q * r + _F32(4.1668456e-2)
-    q = q * r + _F32(1.6666515e-1)
-    q = q * r + _F32(4.9999994e-1)
-    p = q * (r * r) + r + _F32(1.0)
+    p = exp_polynomial32(r)
     return bitcast(max(np.int32(bitcast(p, np.int32) + np.int32(np.int32(kb << 23) - np.int32(127 << 23))), np.int32(0)), np.float32)
 
 def make(f, ent):

@@ -72,20 +72,25 @@ def _reduced32(x, split_ln2):
 
 
 @njit(inline="always")
-def _exp32_scaled(x, general):
-    """e**x as polynomial(r) * 2**k, x = k ln2 + r. ``general``: k clamped to [-126, 127]
-    and ln2 split (``_reduced32``); else k must lie in [-127, 127] (k = -127 gives 2**k =
-    0, bits all zero) and ln2 is one constant where the target fuses multiply-adds."""
-    k, r, k_bits = _reduced32(x, general or not _ONE_LN2)
-    # e**r = 1 + r + r**2 q(r) on |r| <= ln2/2, q of degree 4 fitted in float64 for the
-    # least largest relative error of e**r (Lawson's iteration of weighted least squares
-    # on Chebyshev nodes): 3.3e-9, far below float32's rounding.
+def exp_polynomial32(r):
+    """e**r for a float32 |r| <= ln2/2: 1 + r + r**2 q(r), q of degree 4 fitted in float64
+    for the least largest relative error of e**r (Lawson's iteration of weighted least
+    squares on Chebyshev nodes): 3.3e-9, far below float32's rounding."""
     q = _F32(1.3813142e-3)
     q = q * r + _F32(8.3694188e-3)
     q = q * r + _F32(4.1668456e-2)
     q = q * r + _F32(1.6666515e-1)
     q = q * r + _F32(4.9999994e-1)
-    p = q * (r * r) + r + _F32(1.0)
+    return q * (r * r) + r + _F32(1.0)
+
+
+@njit(inline="always")
+def _exp32_scaled(x, general):
+    """e**x as polynomial(r) * 2**k, x = k ln2 + r. ``general``: k clamped to [-126, 127]
+    and ln2 split (``_reduced32``); else k must lie in [-127, 127] (k = -127 gives 2**k =
+    0, bits all zero) and ln2 is one constant where the target fuses multiply-adds."""
+    k, r, k_bits = _reduced32(x, general or not _ONE_LN2)
+    p = exp_polynomial32(r)
     if general:
         k = min(max(k, _F32(-126.0)), _F32(127.0))
         return p * bitcast(np.int32((np.int32(k) + 127) << 23), np.float32)
