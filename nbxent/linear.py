@@ -7,8 +7,9 @@ by the tile's width:
 - whole rows (a tile holds every class of its rows; the default whenever
   ``_MIN_ROWS`` such rows fit the budget): per block of rows, one GEMM forms the
   logits, nbxent's fused kernel turns them into the gradient in place
-  (``cross_entropy_with_grad(out=logits)``: one read, one write), and two GEMMs
-  carry it to d_features and d_weight. Three GEMMs in all, as without fusion.
+  (``cross_entropy_with_grad(out=logits)``, half the rows on each of two threads:
+  one read, one write), and two GEMMs carry it to d_features and d_weight. Three
+  GEMMs in all, as without fusion.
 - split classes (a row of C classes over the budget, or ``chunk=(rows,
   classes)``): per block of rows, a first pass forms each class chunk's logits
   and its exact per-row partials (``nbxent.dask.partials``: the log-sum-exp kept
@@ -152,7 +153,8 @@ def _share(n, k, n_shares):
 
 def _in_shares(xp, work):
     """``work(k, n_shares)`` for each share k: two at once on the CPU, each GEMM on one
-    BLAS thread (NumPy with threadpoolctl installed), else one share on the BLAS's threads.
+    BLAS thread and each kernel on one Numba thread (NumPy with threadpoolctl installed),
+    else one share on the BLAS's and Numba's threads.
 
     A tile's d_features product contracts its few rows over all C classes: a
     multithreaded BLAS meets at a barrier every few hundred classes, and on a
@@ -169,13 +171,31 @@ def _in_shares(xp, work):
         return
     limit = _blas_controller().limit(limits=1, user_api="blas")
     try:
-        second = _worker().submit(work, 1, 2)
+        second = _worker().submit(_on_one_kernel_thread, work, 1, 2)
         try:
-            work(0, 2)
+            _on_one_kernel_thread(work, 0, 2)
         finally:
             second.result()
     finally:
         limit.restore_original_limits()
+
+
+def _on_one_kernel_thread(work, k, n_shares):
+    """``work(k, n_shares)`` with nbxent's CPU kernels on the calling thread alone.
+
+    The shares are the parallelism. A kernel on Numba's threads would leave its
+    OpenMP worker spinning for milliseconds after it returns (libgomp's default wait
+    policy), on a core the other share's GEMM needs (measured: 4-6 % of a fused call,
+    benchmarks/RESULTS.md). Numba's thread count is the calling thread's own.
+    """
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        work(k, n_shares)
+    finally:
+        numba.set_num_threads(previous)
 
 
 _shared = {}
@@ -225,16 +245,25 @@ def _whole_rows(xp, plan, rows, tile, denominators, grads, first_rows):
     options = dict(ignore_index=plan.ignore_index, label_smoothing=plan.label_smoothing,
                    z_loss=plan.z_loss, softcap=plan.softcap or None, validate=False,
                    stream=None)
-    loss, grad, _ = partials.row_cross_entropy(
-        logits, plan.target[rows], None, plan.class_weight, _rows_of(plan.grad_output, rows),
-        denominators, axis=1, options=options, reduction=plan.reduction, want_loss=True,
-        want_grad=plan.want_grad, out=logits)
-    if grad is not None:
-        _accumulate(xp, grads, grad, features, plan.weight, rows, slice(None), scratch,
+    target, grad_output = plan.target[rows], _rows_of(plan.grad_output, rows)
+    losses = {}
+
+    def loss_and_gradient(k, n_shares):
+        """The loss of the share's rows; their gradient in place of their logits."""
+        own = _share(len(logits), k, n_shares)
+        losses[k] = partials.row_cross_entropy(
+            logits[own], target[own], None, plan.class_weight, _rows_of(grad_output, own),
+            denominators, axis=1, options=options, reduction=plan.reduction, want_loss=True,
+            want_grad=plan.want_grad, out=logits[own])[0]
+
+    _in_shares(xp, loss_and_gradient)
+    if plan.want_grad:
+        _accumulate(xp, grads, logits, features, plan.weight, rows, slice(None), scratch,
                     first_rows=first_rows, first_classes=True)
+    parts = [losses[k] for k in sorted(losses)]
     if plan.reduction == "none":
-        return loss
-    return xp.stack([loss.reshape(()), xp.zeros((), np.float64)])
+        return xp.concatenate(parts)
+    return xp.stack([sum(parts[1:], parts[0]).reshape(()), xp.zeros((), np.float64)])
 
 
 def _split_classes(xp, plan, rows, tile, denominators, grads, first_rows):

@@ -157,6 +157,40 @@ def test_products_in_turn_without_threadpoolctl(rng, monkeypatch):
                np.float64, str(tiles))
 
 
+def test_kernels_run_on_one_thread_in_each_share(rng, monkeypatch):
+    """A tile's loss and gradient go in two shares of its rows, each share's kernel on one
+    Numba thread (no OpenMP team left spinning beside the other share's GEMM); the
+    caller's thread count is as it was after the call, and after a failed one."""
+    import numba
+
+    import nbxent.linear
+
+    row_cross_entropy = nbxent.linear.partials.row_cross_entropy
+    seen = []
+
+    def spy(logits, *args, **kwargs):
+        seen.append((len(logits), numba.get_num_threads()))
+        return row_cross_entropy(logits, *args, **kwargs)
+
+    monkeypatch.setattr(nbxent.linear.partials, "row_cross_entropy", spy)
+    features, weight, bias, target, keywords = _inputs(rng, np.float64, {"z_loss": 0.01})
+    before = numba.get_num_threads()
+    got = nbxent.linear_cross_entropy_with_grad(features, weight, target, bias=bias,
+                                                chunk=5, **keywords)
+    _check(got, _expected(features, weight, bias, target, keywords, "mean", 1.0), np.float64)
+    assert numba.get_num_threads() == before
+    assert sorted(rows for rows, _ in seen) == sorted([2, 3] * 4 + [1, 2])  # 23 rows
+    assert {threads for _, threads in seen} == {1}
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("a kernel failed")
+
+    monkeypatch.setattr(nbxent.linear.partials, "row_cross_entropy", failing)
+    with pytest.raises(RuntimeError, match="a kernel failed"):
+        nbxent.linear_cross_entropy_with_grad(features, weight, target, bias=bias, chunk=5)
+    assert numba.get_num_threads() == before
+
+
 def test_large_logits_are_exact_across_class_chunks(rng):
     """Logits near 1e4 (float64): the split tiles' shift + log-sum loses no digits."""
     features, weight, bias, target, _ = _inputs(rng, np.float64, {})
