@@ -24,3 +24,8 @@ def search(seed, seconds, draw_case, check, describe):
             print("FAILED", describe(case), problem, flush=True)
     print(f"{n_cases} cases, {n_failed} failed")
     return 1 if n_failed else 0
+
+
+def options_text(options):
+    """A call's keyword arguments for a failing case's line: arrays named, not printed."""
+    return str({k: "array" if isinstance(v, np.ndarray) else v for k, v in options.items()})

@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 import nbxent
-from fuzzing import search
+from fuzzing import options_text, search
 from nbxent import reference as R
 
 TOLERANCE = {np.float32: (2e-4, 2e-5), np.float64: (1e-9, 1e-9)}
@@ -123,7 +123,7 @@ def describe(case):
     features, weight, target, options = case
     return (f"features {features.shape} {features.dtype} weight {weight.shape} target "
             f"{np.shape(target)} {np.asarray(target).dtype} "
-            f"{ {k: v if np.isscalar(v) or isinstance(v, tuple) else 'array' for k, v in options.items()} }")
+            f"{options_text(options)}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import sys
 import numpy as np
 
 import nbxent
-from fuzzing import search
+from fuzzing import options_text, search
 from nbxent import reference as R
 
 TOLERANCE = {np.float16: 2e-2, np.float32: 2e-4, np.float64: 1e-9}
@@ -166,7 +166,7 @@ def describe(case):
     name, x, target, options = case
     return (f"{name} {x.shape} {x.dtype} strides {x.strides} "
             f"{None if target is None else target.dtype} "
-            f"{ {k: v if np.isscalar(v) else 'array' for k, v in options.items()} }")
+            f"{options_text(options)}")
 
 
 if __name__ == "__main__":

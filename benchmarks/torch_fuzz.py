@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 import nbxent
-from fuzzing import search
+from fuzzing import options_text, search
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 from _torch_oracle import torch_loss_and_grad  # noqa: E402
@@ -86,7 +86,7 @@ def check(x, target, axis, options):
 def describe(case):
     x, target, axis, options = case
     return (f"{x.shape} {x.dtype} axis {axis} {target.dtype} "
-            f"{ {k: v if np.isscalar(v) else 'array' for k, v in options.items()} }")
+            f"{options_text(options)}")
 
 
 if __name__ == "__main__":
