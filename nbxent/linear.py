@@ -7,9 +7,9 @@ by the tile's width:
 - whole rows (a tile holds every class of its rows; the default whenever
   ``_MIN_ROWS`` such rows fit the budget): per block of rows, one GEMM forms the
   logits, nbxent's fused kernel turns them into the gradient in place
-  (``cross_entropy_with_grad(out=logits)``, half the rows on each of two threads:
-  one read, one write), and two GEMMs carry it to d_features and d_weight. Three
-  GEMMs in all, as without fusion.
+  (``cross_entropy_with_grad(out=logits)``: one read, one write; on the CPU half the
+  rows in each of ``_in_shares``'s two shares), and two GEMMs carry it to d_features
+  and d_weight. Three GEMMs in all, as without fusion.
 - split classes (a row of C classes over the budget, or ``chunk=(rows,
   classes)``): per block of rows, a first pass forms each class chunk's logits
   and its exact per-row partials (``nbxent.dask.partials``: the log-sum-exp kept
@@ -185,8 +185,9 @@ def _on_one_kernel_thread(work, k, n_shares):
 
     The shares are the parallelism. A kernel on Numba's threads would leave its
     OpenMP worker spinning for milliseconds after it returns (libgomp's default wait
-    policy), on a core the other share's GEMM needs (measured: 4-6 % of a fused call,
-    benchmarks/RESULTS.md). Numba's thread count is the calling thread's own.
+    policy), on a core the other share's GEMM needs (benchmarks/RESULTS.md, "The linear
+    head's kernel on one thread a share"). Numba's thread count is the calling thread's
+    own.
     """
     import numba
 
