@@ -12,10 +12,11 @@ for 'none'); and the tiles: the default budget, whole rows a few at a time
 (``chunk=rows``: tiles of one row to all of them, so that a tile's two shares of rows
 may hold none), split classes (``chunk=(rows, classes)``), or a small ``memory_budget``.
 It checks ``linear_cross_entropy_with_grad``'s loss and three gradients, and
-``linear_cross_entropy``'s loss, and that the inputs are unchanged. Tolerances (absolute
-and relative, times the largest expected magnitude): 1e-9 for float64; for float32, 2e-4
-relative and 2e-5 absolute (the GEMMs round each product at about d * 2**-24). Prints each
-failing case and the count of cases.
+``linear_cross_entropy``'s loss, and that no input array (bias, class weights and
+``grad_output`` too) was modified. Tolerances (absolute and relative, times the largest
+expected magnitude): 1e-9 for float64; for float32, 2e-4 relative and 2e-5 absolute (the
+GEMMs round each product at about d * 2**-24). Prints each failing case and the count of
+cases.
 """
 
 import sys
@@ -94,7 +95,9 @@ def expected(features, weight, target, options):
 
 def check(features, weight, target, options):
     """A disagreement's text, else None."""
-    inputs = [a.copy() for a in (features, weight, target) if isinstance(a, np.ndarray)]
+    arrays = [a for a in (features, weight, target, *options.values())
+              if isinstance(a, np.ndarray)]
+    inputs = [a.copy() for a in arrays]
     want = expected(features, weight, target, options)
     got = nbxent.linear_cross_entropy_with_grad(features, weight, target, **options)
     loss_only = nbxent.linear_cross_entropy(
@@ -113,8 +116,7 @@ def check(features, weight, target, options):
         bad = ~np.isclose(a, e, rtol=rtol, atol=atol * scale, equal_nan=True)
         if bad.any():
             return f"{name}: {a[bad][:3]} against the oracle's {e[bad][:3]}"
-    after = [a for a in (features, weight, target) if isinstance(a, np.ndarray)]
-    if any(not np.array_equal(a, b, equal_nan=True) for a, b in zip(after, inputs)):
+    if any(not np.array_equal(a, b, equal_nan=True) for a, b in zip(arrays, inputs)):
         return "an input was modified"
     return None
 
