@@ -5,7 +5,8 @@ short or too strided to fill vectors along its classes. Each tile of
 ``shape.tile_width`` positions is staged once into class-major scratch (short
 rows are transposed on the way, and each position's max and target logit taken
 then), its exps are kept for the writes, and the results are staged out. Every
-pass between is a contiguous loop over the tile's positions, the vectorised one.
+pass between is a contiguous loop over the tile's positions, the vectorised one, but
+the loss's exps: blocks of 16 positions, whose sums stay in registers over the classes.
 
 Short rows of a few dozen classes and more (``Shape.row_major``, where the variant
 allows: ``takes_rows``) are tiled as they lie instead: no transpositions;
@@ -21,7 +22,8 @@ from numba import njit
 from .access import cell, loader, storer
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
                         WRITE_LOG_SOFTMAX, WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
-from .bits import copy_transposed, exact_order, larger_of_numbers, prefetch, prefetch_for_write
+from .bits import (copy_transposed, exact_order, larger_of_numbers, prefetch, prefetch_for_write,
+                   register_array)
 from .fastexp import exp64, exp_nonpositive_for, log1p32
 from .launch import blocks_for
 from .disk_cache import named_for, way_key
@@ -36,6 +38,13 @@ from .row_kernel import FASTMATH, compiled_apart, row_start
 _GREATER, _EQUAL, _AHEAD, _N_ORDER = range(4)
 # Exps of a tile of rows as they lie between two shares of the next tile's cache hints.
 ROW_HINT_SPAN = 256
+# Positions of a block of the exp pass (``tile_sums``), whose sums stay in registers
+# across the tile's classes; a divisor of 16, on which a tile's rows are padded.
+LANES = 16
+# How many tiles ahead the loss of an NCHW tile hints its logits and targets to the cache
+# (while it stages its own): the next tile's, hinted during the short exp pass of a loss,
+# arrived late (benchmarks/RESULTS.md).
+MAP_HINT_TILES = 2
 
 
 @njit(inline="always")
@@ -101,8 +110,6 @@ def build_tile_kernel(variant, f, sum_at_inf):
     writes_target_gradient = variant.write == WRITE_GRAD and indexed
     writes_log_softmax = variant.write == WRITE_LOG_SOFTMAX
     exp_nonpositive = exp_nonpositive_for(compute64)
-    CLASS_STEP = 1 if writes else 2  # classes per step of the exp pass (``tile_sums``)
-    PAD_PAIRS = not (smoothing or prob)  # its odd last class paired with the -inf row
     LINE = 64 // (4 if variant.widened else np.dtype(ftype).itemsize)  # logits per cache line
     linear_terms, element_terms, element_result = (
         f.linear_terms, f.element_terms, f.element_result)
@@ -140,16 +147,17 @@ def build_tile_kernel(variant, f, sum_at_inf):
         return n_classes, n, s_class, 1, pitch, 1
 
     @njit(inline="always")
-    def read_targets(target, t_base, t_si, n, n_next, n_classes, ignore_index, weight,
-                     weighted, valid, target_index, target_class, t_weight):
+    def read_targets(target, t_base, t_si, n, ahead, n_ahead, n_classes, ignore_index,
+                     weight, weighted, valid, target_index, target_class, t_weight):
         """Each position's target (a contiguous loop): whether it counts, its index, its
         class (-1 when out of range) and its class weight (nan when out of range; read
-        only when ``weighted``: a gather, which does not vectorise). The next tile's
-        ``n_next`` targets are hinted to the cache on the way (the logits' own hints
-        wait for the exp pass: benchmarks/RESULTS.md)."""
+        only when ``weighted``: a gather, which does not vectorise). The ``n_ahead``
+        targets from ``ahead`` positions on are hinted to the cache on the way, a later
+        tile's (the logits' own hints wait for the exp pass or the staging:
+        benchmarks/RESULTS.md)."""
         line = 64 // target.itemsize
-        for b in range(0, n_next * t_si, line):
-            prefetch(target, np.int64(t_base + n * t_si + b))
+        for b in range(0, n_ahead * t_si, line):
+            prefetch(target, np.int64(t_base + ahead * t_si + b))
         for k in range(n):
             t = np.int64(target[np.uint64(t_base + k * t_si)])
             in_range = 0 <= t < n_classes
@@ -173,7 +181,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
 
     @njit(inline="always")
     def scan_classes(source, base, s_class, from_logits, tile, n_classes, n, pitch, cap, top,
-                     target_class, t_logit):
+                     target_class, t_logit, ahead):
         """Copy class-major logits (positions at a unit stride) into the tile, capped and
         in the compute type, and take on the way each position's max (``top``) and, for
         index targets, its target logit: one vectorised loop per class. ``source`` may
@@ -183,6 +191,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
             top[k] = cap_logit(load_source(source, base + k, from_logits), cap)
             t_logit[k] = ftype(0.0)
         for c in range(n_classes):
+            for b in range(0, n if ahead else 0, LINE):
+                prefetch(source, np.int64(base + c * s_class + ahead + b))
             for k in range(n):
                 value = cap_logit(load_source(source, base + c * s_class + k, from_logits), cap)
                 if from_logits or softcap:
@@ -195,7 +205,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
 
     @njit(inline="always")
     def stage(x, base, s_class, s_pos, tile, n_classes, n, pitch, cap, top, target_class,
-              t_logit):
+              t_logit, ahead):
         """Load a tile of logits, class-major, capped and in the compute type, and take
         each position's max (``top``) and, for index targets, its target logit.
 
@@ -206,7 +216,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
         """
         if s_class != 1:
             scan_classes(x, base, s_class, True, tile, n_classes, n, pitch, cap, top,
-                         target_class, t_logit)
+                         target_class, t_logit, ahead)
             return
         if converts:
             for k in range(n):
@@ -215,7 +225,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
         else:
             copy_transposed(x, base, s_pos, tile, 0, pitch, n, n_classes)
         scan_classes(tile, 0, pitch, False, tile, n_classes, n, pitch, cap, top, target_class,
-                     t_logit)
+                     t_logit, 0)
 
     @njit(inline="always")
     def tile_order(logits, scratch, order, argmax, target_index, n_classes, n, pitch,
@@ -286,32 +296,36 @@ def build_tile_kernel(variant, f, sum_at_inf):
             ahead[k] = ahead[k] if counted else ftype(np.inf)
 
     @njit(inline="always")
-    def line_share(span, n_classes, c):
-        """Class c's share [start, end) of ``span`` logits of memory, in whole cache lines."""
-        share = (span + n_classes * LINE - 1) // (n_classes * LINE) * LINE
-        return c * share, min((c + 1) * share, span)
+    def hint_shares(hints, n, n_shares):
+        """The sizes of each of ``n_shares`` shares of the memory ``hints_for_share``
+        hints, in whole cache lines: (of the next tile's logits, of this tile's output)."""
+        _, _, _, s_pos, n_next, _, _, o_si, _ = hints
+        unit = n_shares * LINE
+        return ((n_next * s_pos + unit - 1) // unit * LINE, (n * o_si + unit - 1) // unit * LINE)
 
     @njit(inline="always")
-    def hints_for_class(hints, n_classes, n, c):
-        """Cache hints for class c's share of the memory the next steps touch, sent for
-        each class of this tile's exp pass, so that they go out a few at a time while it
-        computes (all at once, they measured no faster than none: benchmarks/RESULTS.md).
-        ``hints``: (logits, the next tile's first logit, class and position strides, its
-        positions (0: none), output, this tile's first output, output position stride,
-        whether to hint the output). The next tile's logits: for short rows a share of
-        their span of memory, for NCHW class c's run; the output, this tile's rows, to be
-        written (a short row's few lines the hardware handles better alone)."""
+    def hints_for_share(hints, n, sizes, share):
+        """Cache hints for share ``share`` (of sizes ``sizes``: ``hint_shares``) of the
+        memory the next steps touch, sent a share at a time during this tile's exp pass,
+        so that they go out a few at a time while it computes (all at once, they measured
+        no faster than none: benchmarks/RESULTS.md). ``hints``: (logits, the next tile's
+        first logit, class and position strides, its positions (0: none), output, this
+        tile's first output, output position stride, whether to hint the output). The
+        next tile's logits: for short rows a share of their span of memory, for NCHW
+        with writes the run of class ``share`` (the loss hints NCHW tiles while it stages
+        them: ``MAP_HINT_TILES``); the output, this tile's rows, to be written (a short
+        row's few lines the hardware handles better alone)."""
         x, next_base, s_class, s_pos, n_next, out, out_base, o_si, write_hints = hints
         if s_class == 1:
-            start, end = line_share(n_next * s_pos, n_classes, c)
-            for b in range(start, end, LINE):
+            start = share * sizes[0]
+            for b in range(start, min(start + sizes[0], n_next * s_pos), LINE):
                 prefetch(x, np.int64(next_base + b))
-        else:
+        elif writes:
             for b in range(0, n_next, LINE):
-                prefetch(x, np.int64(next_base + c * s_class + b))
+                prefetch(x, np.int64(next_base + share * s_class + b))
         if writes and write_hints:  # (a constant False without writes)
-            start, end = line_share(n * o_si, n_classes, c)
-            for b in range(start, end, LINE):
+            start = share * sizes[1]
+            for b in range(start, min(start + sizes[1], n * o_si), LINE):
                 prefetch_for_write(out, np.int64(out_base + b))
 
     @njit(inline="always")
@@ -329,10 +343,67 @@ def build_tile_kernel(variant, f, sum_at_inf):
                           tile[cell(a, t_outer, b * t_inner)])
 
     @njit(inline="always")
-    def pair_sum(first, second, paired):
-        """first + second, or first alone where the pair is one class twice (a select:
-        0 * an infinite term would be nan)."""
-        return first + (second if paired else type(second)(0.0))
+    def block_sums(logits, exps, sums, k0, width, n, n_classes, pitch, target, t_base, t_si,
+                   t_sc, weight, one_minus_eps, eps_over_c, with_entropy, clamped, hints,
+                   sizes):
+        """``tile_sums`` for the tile's positions [k0, k0 + width): ``sums``, (shift, count
+        at the shift, rest, moment, mass, entropy's moment), hold position k0 + j at j.
+        Positions past the tile's ``n`` are the scratch's padding, computed and never
+        read; with ``clamped`` (a constant) they read position n - 1's targets, for a
+        block whose positions past ``n`` may lie past the target array's end. With
+        ``hints`` (not None) a share of the cache hints goes out for each class."""
+        shift, n_top, rest, moment, mass, entropy_moment = sums
+        for c in range(n_classes):
+            if hints is not None:
+                hints_for_share(hints, n, sizes, c)
+            for j in range(width):
+                k = k0 + j
+                t_row = t_base + (min(k, n - 1) if clamped else k) * t_si
+                value = logits[cell(c, pitch, k)]
+                at_top, e, moment_term, mass_term = element_terms(
+                    value, shift[j], c, target, t_row, t_sc, weight, one_minus_eps,
+                    eps_over_c)
+                if writes:
+                    exps[cell(c, pitch, k)] = e
+                n_top[j] += ftype(1.0) if at_top else ftype(0.0)
+                rest[j] += ftype(0.0) if at_top else e
+                # (Unused sums are not touched: each stored array adds alias checks
+                # that can keep LLVM from vectorising the loop.)
+                if entropy or smoothing or prob:
+                    moment[j] += moment_term
+                if prob:
+                    mass[j] += mass_term
+                if with_entropy:
+                    entropy_moment[j] += entropy_term(value, shift[j], e, compute64)
+
+    @njit(inline="always")
+    def lanes_sums(logits, scratch, k0, n, n_classes, pitch, target, t_base, t_si, t_sc,
+                   weight, one_minus_eps, eps_over_c, with_entropy, clamped):
+        """``block_sums`` for the ``LANES`` positions from ``k0``, without writes: their
+        sums held in registers over the tile's classes (``register_array``), read from and
+        stored to the scratch once."""
+        shift, n_top = register_array(LANES, ftype), register_array(LANES, ftype)
+        rest, moment = register_array(LANES, ftype), register_array(LANES, ftype)
+        mass, entropy_moment = register_array(LANES, ftype), register_array(LANES, ftype)
+        for j in range(LANES):
+            shift[j] = scratch[_SHIFT, np.uint64(k0 + j)]
+            n_top[j] = scratch[_N_TOP, np.uint64(k0 + j)]
+            rest[j] = ftype(0.0)
+            moment[j] = ftype(0.0)
+            mass[j] = ftype(0.0)
+            entropy_moment[j] = ftype(0.0)
+        sums = (shift, n_top, rest, moment, mass, entropy_moment)
+        block_sums(logits, logits, sums, k0, LANES, n, n_classes, pitch, target, t_base, t_si,
+                   t_sc, weight, one_minus_eps, eps_over_c, with_entropy, clamped, None,
+                   (0, 0))
+        for j in range(LANES):
+            k = np.uint64(k0 + j)
+            scratch[_N_TOP, k] = n_top[j]
+            scratch[_REST, k] = rest[j]
+            scratch[_MOMENT, k] = moment[j]
+            scratch[_MASS, k] = mass[j]
+            if with_entropy:
+                scratch[_ENTROPY, k] = entropy_moment[j]
 
     @njit(inline="always")
     def tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base, t_si, t_sc,
@@ -341,61 +412,45 @@ def build_tile_kernel(variant, f, sum_at_inf):
         from its max in ``scratch[_TOP]`` (the shift, ``scratch[_SHIFT]``, is the max or 0
         if that is -inf: a row apart, for a select stored where it was loaded becomes a
         masked store); the entropy's sum too when ``with_entropy`` (a constant where this
-        is called)."""
-        shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
-        moment, mass = scratch[_MOMENT], scratch[_MASS]
-        entropy_moment = scratch[_ENTROPY]
+        is called).
+
+        Without writes, in blocks of ``LANES`` positions whose sums stay in registers
+        (``lanes_sums``; a share of the cache hints for each block), the tile's last
+        positions in a block past ``n``, or of their own for probability targets. With
+        writes, one block of the whole tile, its sums in the scratch: each class's exps
+        are stored on the way, and in blocks of a few positions a class LLVM checks for
+        each that they do not overlap the logits (measured slower: benchmarks/RESULTS.md).
+        """
+        shift, n_top = scratch[_SHIFT], scratch[_N_TOP]
         for k in range(n):
             top = scratch[_TOP, k]
             shift[k] = shift_of(top)
             n_top[k] = ftype(sum_at_inf) if top == np.inf else ftype(0.0)
-            rest[k] = ftype(0.0)
-            moment[k] = ftype(0.0)
-            mass[k] = ftype(0.0)
+            scratch[_REST, k] = ftype(0.0)
+            scratch[_MOMENT, k] = ftype(0.0)
+            scratch[_MASS, k] = ftype(0.0)
             if with_entropy:
-                entropy_moment[k] = ftype(0.0)
-        # Without writes, classes in pairs: each position's sums are loaded and stored
-        # once a pair, and two exps are in flight. An odd last class is paired with the
-        # tile's -inf row after its classes, whose exp is 0 and never the max, where no
-        # class-indexed term is read (a constant pair, no select in the loop); else with
-        # itself, counted once. (With writes, the second class's store stream adds alias
-        # checks that kept LLVM from vectorising the loop: benchmarks/RESULTS.md.)
-        for c0 in range(0, n_classes, CLASS_STEP):
-            if CLASS_STEP == 1:
-                c1, paired = c0, False
-            elif PAD_PAIRS:
-                c1, paired = c0 + 1, True
-            else:
-                c1 = min(c0 + 1, n_classes - 1)
-                paired = c1 != c0
-            hints_for_class(hints, n_classes, n, c0)
-            if paired and c1 < n_classes:  # (not the -inf row)
-                hints_for_class(hints, n_classes, n, c1)
-            for k in range(n):
-                value0 = logits[cell(c0, pitch, k)]
-                value1 = logits[cell(c1, pitch, k)]
-                at_top0, e0, moment0, mass0 = element_terms(
-                    value0, shift[k], c0, target, t_base + k * t_si, t_sc, weight,
-                    one_minus_eps, eps_over_c)
-                at_top1, e1, moment1, mass1 = element_terms(
-                    value1, shift[k], c1, target, t_base + k * t_si, t_sc, weight,
-                    one_minus_eps, eps_over_c)
-                if writes:
-                    exps[cell(c0, pitch, k)] = e0
-                n_top[k] += pair_sum(ftype(1.0) if at_top0 else ftype(0.0),
-                                     ftype(1.0) if at_top1 else ftype(0.0), paired)
-                rest[k] += pair_sum(ftype(0.0) if at_top0 else e0,
-                                    ftype(0.0) if at_top1 else e1, paired)
-                # (Unused sums are not touched: each stored array adds alias checks
-                # that can keep LLVM from vectorising the loop.)
-                if entropy or smoothing or prob:
-                    moment[k] += pair_sum(moment0, moment1, paired)
-                if prob:
-                    mass[k] += pair_sum(mass0, mass1, paired)
-                if with_entropy:
-                    entropy_moment[k] += pair_sum(
-                        entropy_term(value0, shift[k], e0, compute64),
-                        entropy_term(value1, shift[k], e1, compute64), paired)
+                scratch[_ENTROPY, k] = ftype(0.0)
+        if writes:
+            sums = (shift, n_top, scratch[_REST], scratch[_MOMENT], scratch[_MASS],
+                    scratch[_ENTROPY])
+            block_sums(logits, exps, sums, 0, n, n, n_classes, pitch, target, t_base, t_si,
+                       t_sc, weight, one_minus_eps, eps_over_c, with_entropy, False, hints,
+                       hint_shares(hints, n, n_classes))
+            return
+        n_blocks = (n + LANES - 1) // LANES
+        n_whole = n // LANES if prob else n_blocks
+        sizes = hint_shares(hints, n, n_blocks)
+        for b in range(n_whole):
+            hints_for_share(hints, n, sizes, b)
+            lanes_sums(logits, scratch, b * LANES, n, n_classes, pitch, target, t_base, t_si,
+                       t_sc, weight, one_minus_eps, eps_over_c, with_entropy, False)
+        if prob:
+            if n_whole < n_blocks:
+                hints_for_share(hints, n, sizes, n_whole)
+                lanes_sums(logits, scratch, n_whole * LANES, n, n_classes, pitch, target,
+                           t_base, t_si, t_sc, weight, one_minus_eps, eps_over_c,
+                           with_entropy, True)
 
     @njit(inline="always")
     def tile_rows(scratch, order, t_weight, g_rows, row_value, row_lse, row_metrics,
@@ -565,10 +620,15 @@ def build_tile_kernel(variant, f, sum_at_inf):
             # The next tile's positions (of this block of tiles), whose memory is asked for
             # on the way; not for float16 tiles, whose conversions leave the memory time.
             n_next = 0 if half else min(width, inner - i0 - n)
+            # The loss of an NCHW tile hints the tile MAP_HINT_TILES ahead, its logits while
+            # they are staged; with writes, and for short rows, the next tile is hinted,
+            # its logits during the exp pass.
+            hint_staged = not (writes or half or x_sc == 1)
+            ahead, n_ahead = (MAP_HINT_TILES * width, n) if hint_staged else (n, n_next)
             # The targets first, so that the staging picks each position's target logit
             # from the tile: no gather from memory per position.
             if indexed:
-                read_targets(target, t_base, t_geom.s_inner, n, n_next, n_classes,
+                read_targets(target, t_base, t_geom.s_inner, n, ahead, n_ahead, n_classes,
                              options.ignore_index, weight, options.weighted, scratch[_VALID],
                              target_index, target_class, t_weight)
             else:
@@ -580,7 +640,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
                          one_minus_eps, eps_over_c)
             else:
                 stage(x, x_base, x_sc, x_si, logits, n_classes, n, pitch, cap, scratch[_TOP],
-                      target_class, scratch[_T_LOGIT])
+                      target_class, scratch[_T_LOGIT], ahead if hint_staged else 0)
                 # The next tile's logits asked for during the exp pass, and for short rows
                 # longer than two cache lines (measured: benchmarks/RESULTS.md) this tile's
                 # output rows.
@@ -638,16 +698,18 @@ def build_tile_kernel(variant, f, sum_at_inf):
             # tile fell into a few L1 sets (C = 64 ran at half the speed of C = 100).
             pitch = (width + 15) // 16 * 16 + 16
             n_tiles = outer * tiles_per_outer(inner, width, offset)
-            scratch = np.empty((_N_SCRATCH, width), ftype)
+            # (Zeros: a block of the exp pass computes past the tile's positions, on the
+            # padding.)
+            scratch = np.zeros((_N_SCRATCH, pitch), ftype)
             wide_scratch = np.empty((2, width))  # float64 target weights and grad_output
             order = np.empty((_N_ORDER if metrics else 0, width), ftype)
             argmax = np.empty(width if metrics else 0, np.int32)
             target_index = np.empty(width, np.int64)
             target_class = np.empty(width, np.int32)  # in [0, C), or -1
             # (Rows tiled as they lie stay in ``exps``: no transposed tile.)
-            logits = np.empty(0 if rows else (n_classes + 1) * pitch, ftype)
+            logits = np.zeros(0 if rows else (n_classes + 1) * pitch, ftype)
             logits[n_classes * pitch:] = -np.inf  # a class after the last, for pairs
-            exps = np.empty(n_classes * pitch, ftype)
+            exps = np.zeros(n_classes * pitch, ftype)
             first, last = block * n_tiles // n_blocks, (block + 1) * n_tiles // n_blocks
             for tile_index in range(first, last):
                 tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom,
