@@ -1,12 +1,11 @@
-"""The CPU kernels' vector helpers: transposed copies in blocks of shuffles, the
-maximum of numbers as a running maximum kept in memory and as a reduction, and arrays
-on the stack."""
+"""The CPU kernels' vector helpers: transposed copies in blocks of shuffles, and the
+maximum of numbers as a running maximum kept in memory and as a reduction."""
 
 import numpy as np
 import pytest
 from numba import njit
 
-from nbxent.cpu.bits import copy_transposed, larger_of_numbers, register_array
+from nbxent.cpu.bits import copy_transposed, larger_of_numbers
 
 
 @njit
@@ -29,23 +28,6 @@ def _reduced_max(row):
     for value in row:
         top = larger_of_numbers(top, value)
     return top
-
-
-@njit
-def _column_sums_in_blocks(tile, n_rows, n_cols, kind):
-    """Column sums, 16 columns at a time, each block's sums in a ``register_array`` of
-    ``kind``."""
-    sums = np.empty(n_cols, tile.dtype)
-    for k0 in range(0, n_cols, 16):
-        block = register_array(16, kind)
-        for j in range(16):
-            block[j] = 0
-        for r in range(n_rows):
-            for j in range(min(16, n_cols - k0)):
-                block[j] += tile[r * n_cols + k0 + j]
-        for j in range(min(16, n_cols - k0)):
-            sums[k0 + j] = block[j]
-    return sums
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -89,11 +71,3 @@ def test_larger_of_numbers_leaves_other_lanes_exact_beside_a_nan(rng):
     others = np.arange(64) != 17
     np.testing.assert_array_equal(top[others], tile[:, others].max(axis=0))
     assert np.isnan(top[17]) or top[17] in tile[:, 17]
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
-def test_register_array_holds_each_blocks_sums(dtype):
-    """Whole blocks of 16 columns and a last block of 4; every block starts from zeros."""
-    tile = np.arange(7 * 52, dtype=dtype).reshape(7, 52) % 11
-    np.testing.assert_array_equal(_column_sums_in_blocks(tile.ravel(), 7, 52, tile.dtype.type),
-                                  tile.sum(axis=0))

@@ -1,9 +1,10 @@
 """The CPU kernels read and write nothing past their arrays' ends.
 
-The tile kernel computes its sums in blocks of positions, the last block running past
-the tile's last position on scratch padding; those positions must not reach past the
-caller's arrays. Each array here ends where an inaccessible page begins (Linux), so
-a read or write past its end stops the process (a segmentation fault names the test).
+The tile kernel copies each tile's logits, and probability targets, into scratch laid out
+for its vector loops, and copies the results out: every copy must stop at the caller's
+arrays' ends, whatever the tile's last positions. Each array here ends where an
+inaccessible page begins (Linux), so a read or write past its end stops the process (a
+segmentation fault names the test).
 """
 
 import ctypes
@@ -43,8 +44,8 @@ def _before_guard_page(values):
     return guarded
 
 
-# (shape, class axis): NCHW maps whose last tile is shorter than a block of positions, or
-# ends a few positions past whole blocks; short rows whose last tile does.
+# (shape, class axis): NCHW maps whose last tile is shorter than a vector of positions, or
+# ends a few positions past whole vectors; short rows whose last tile does.
 LAYOUTS = [((1, 5, 7), 1), ((2, 5, 37), 1), ((1000, 10), -1)]
 
 

@@ -1,7 +1,6 @@
 """Bit- and vector-level helpers for the CPU kernels, what Numba cannot say itself:
 float <-> integer casts, order keys, float16, a float max that stays a vector max,
-block transposes in vector shuffles, cache prefetch hints, and arrays on the stack
-that LLVM keeps in registers.
+block transposes in vector shuffles, and cache prefetch hints.
 
 Numba's CPU target has no float16 type, so float16 arrays reach the kernels as
 uint16 and are converted here with integer arithmetic that LLVM can vectorise
@@ -11,9 +10,7 @@ uint16 and are converted here with integer arithmetic that LLVM can vectorise
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
 from numba.extending import intrinsic
-from numba.np.arrayobj import populate_array
 
 
 @intrinsic
@@ -281,32 +278,3 @@ def copy_transposed(src, src_start, src_stride, dst, dst_start, dst_stride, n_ro
             j0 = min(bj * width, n_cols - width)
             transpose_block(src, src_start + i0 * src_stride + j0, src_stride,
                             dst, dst_start + j0 * dst_stride + i0, dst_stride)
-
-
-@intrinsic
-def register_array(typingctx, size, dtype):
-    """A 1-D array of ``size`` (a compile-time constant) elements of ``dtype``,
-    uninitialised, on the stack of the function it is made in (not Numba's heap: it
-    does not outlive that function and must not be returned).
-
-    For a few accumulators per vector lane: LLVM knows that no other pointer reaches
-    stack memory, so where every index is a constant once a loop over ``size`` lanes is
-    vectorised, it keeps the array in registers across an enclosing loop. A heap array's
-    elements it must load and store at every step, in case a store elsewhere reached
-    them.
-    """
-    if not (isinstance(size, types.IntegerLiteral) and isinstance(dtype, types.NumberClass)):
-        return None
-    n = size.literal_value
-    array_type = types.Array(dtype.dtype, 1, "C")
-
-    def codegen(context, builder, signature, args):
-        element = context.get_value_type(dtype.dtype)
-        data = cgutils.alloca_once(builder, element, size=n)
-        array = context.make_array(array_type)(context, builder)
-        itemsize = context.get_constant(types.intp, context.get_abi_sizeof(element))
-        populate_array(array, data=data, shape=[context.get_constant(types.intp, n)],
-                       strides=[itemsize], itemsize=itemsize, meminfo=None)
-        return array._getvalue()
-
-    return array_type(size, dtype), codegen

@@ -5,8 +5,7 @@ short or too strided to fill vectors along its classes. Each tile of
 ``shape.tile_width`` positions is staged once into class-major scratch (short
 rows are transposed on the way, and each position's max and target logit taken
 then), its exps are kept for the writes, and the results are staged out. Every
-pass between is a contiguous loop over the tile's positions, the vectorised one, but
-the loss's exps: blocks of 16 positions, whose sums stay in registers over the classes.
+pass between is a contiguous loop over the tile's positions, the vectorised one.
 
 Short rows of a few dozen classes and more (``Shape.row_major``, where the variant
 allows: ``takes_rows``) are tiled as they lie instead: no transpositions;
@@ -22,8 +21,7 @@ from numba import njit
 from .access import cell, loader, storer
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
                         WRITE_LOG_SOFTMAX, WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
-from .bits import (copy_transposed, exact_order, larger_of_numbers, prefetch, prefetch_for_write,
-                   register_array)
+from .bits import copy_transposed, exact_order, larger_of_numbers, prefetch, prefetch_for_write
 from .fastexp import exp64, exp_nonpositive_for, log1p32
 from .launch import blocks_for
 from .disk_cache import named_for, way_key
@@ -38,13 +36,6 @@ from .row_kernel import FASTMATH, compiled_apart, row_start
 _GREATER, _EQUAL, _AHEAD, _N_ORDER = range(4)
 # Exps of a tile of rows as they lie between two shares of the next tile's cache hints.
 ROW_HINT_SPAN = 256
-# Positions of a block of the exp pass (``tile_sums``), whose sums stay in registers
-# across the tile's classes; a divisor of 16, on which a tile's rows are padded.
-LANES = 16
-# How many tiles ahead the loss of an NCHW tile hints its logits and targets to the cache
-# (while it stages its own): the next tile's, hinted during the short exp pass of a loss,
-# arrived late (benchmarks/RESULTS.md).
-MAP_HINT_TILES = 2
 
 
 @njit(inline="always")
@@ -105,11 +96,14 @@ def build_tile_kernel(variant, f, sum_at_inf):
     converts = half or variant.widened  # the tile's type is not the logits'
     indexed = variant.target == TargetKind.INDEX
     prob = variant.target == TargetKind.PROB
+    target_half = variant.target_half
     writes = variant.write != WRITE_NOTHING
     writes_softmax = variant.write == WRITE_SOFTMAX
     writes_target_gradient = variant.write == WRITE_GRAD and indexed
     writes_log_softmax = variant.write == WRITE_LOG_SOFTMAX
     exp_nonpositive = exp_nonpositive_for(compute64)
+    CLASS_STEP = 1 if writes or prob else 2  # classes per step of the exp pass (``tile_sums``)
+    PAD_PAIRS = not (smoothing or prob)  # its odd last class paired with the -inf row
     LINE = 64 // (4 if variant.widened else np.dtype(ftype).itemsize)  # logits per cache line
     linear_terms, element_terms, element_result = (
         f.linear_terms, f.element_terms, f.element_result)
@@ -147,17 +141,16 @@ def build_tile_kernel(variant, f, sum_at_inf):
         return n_classes, n, s_class, 1, pitch, 1
 
     @njit(inline="always")
-    def read_targets(target, t_base, t_si, n, ahead, n_ahead, n_classes, ignore_index,
-                     weight, weighted, valid, target_index, target_class, t_weight):
+    def read_targets(target, t_base, t_si, n, n_next, n_classes, ignore_index, weight,
+                     weighted, valid, target_index, target_class, t_weight):
         """Each position's target (a contiguous loop): whether it counts, its index, its
         class (-1 when out of range) and its class weight (nan when out of range; read
-        only when ``weighted``: a gather, which does not vectorise). The ``n_ahead``
-        targets from ``ahead`` positions on are hinted to the cache on the way, a later
-        tile's (the logits' own hints wait for the exp pass or the staging:
-        benchmarks/RESULTS.md)."""
+        only when ``weighted``: a gather, which does not vectorise). The next tile's
+        ``n_next`` targets are hinted to the cache on the way (the logits' own hints
+        wait for the exp pass: benchmarks/RESULTS.md)."""
         line = 64 // target.itemsize
-        for b in range(0, n_ahead * t_si, line):
-            prefetch(target, np.int64(t_base + ahead * t_si + b))
+        for b in range(0, n_next * t_si, line):
+            prefetch(target, np.int64(t_base + n * t_si + b))
         for k in range(n):
             t = np.int64(target[np.uint64(t_base + k * t_si)])
             in_range = 0 <= t < n_classes
@@ -181,7 +174,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
 
     @njit(inline="always")
     def scan_classes(source, base, s_class, from_logits, tile, n_classes, n, pitch, cap, top,
-                     target_class, t_logit, ahead):
+                     target_class, t_logit):
         """Copy class-major logits (positions at a unit stride) into the tile, capped and
         in the compute type, and take on the way each position's max (``top``) and, for
         index targets, its target logit: one vectorised loop per class. ``source`` may
@@ -191,8 +184,6 @@ def build_tile_kernel(variant, f, sum_at_inf):
             top[k] = cap_logit(load_source(source, base + k, from_logits), cap)
             t_logit[k] = ftype(0.0)
         for c in range(n_classes):
-            for b in range(0, n if ahead else 0, LINE):
-                prefetch(source, np.int64(base + c * s_class + ahead + b))
             for k in range(n):
                 value = cap_logit(load_source(source, base + c * s_class + k, from_logits), cap)
                 if from_logits or softcap:
@@ -205,7 +196,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
 
     @njit(inline="always")
     def stage(x, base, s_class, s_pos, tile, n_classes, n, pitch, cap, top, target_class,
-              t_logit, ahead):
+              t_logit):
         """Load a tile of logits, class-major, capped and in the compute type, and take
         each position's max (``top``) and, for index targets, its target logit.
 
@@ -216,7 +207,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
         """
         if s_class != 1:
             scan_classes(x, base, s_class, True, tile, n_classes, n, pitch, cap, top,
-                         target_class, t_logit, ahead)
+                         target_class, t_logit)
             return
         if converts:
             for k in range(n):
@@ -225,7 +216,21 @@ def build_tile_kernel(variant, f, sum_at_inf):
         else:
             copy_transposed(x, base, s_pos, tile, 0, pitch, n, n_classes)
         scan_classes(tile, 0, pitch, False, tile, n_classes, n, pitch, cap, top, target_class,
-                     t_logit, 0)
+                     t_logit)
+
+    @njit(inline="always")
+    def stage_targets(target, base, s_class, s_pos, targets, n_classes, n, pitch):
+        """Copy a tile's probability targets into ``targets``, class-major as the logits
+        (short rows transposed in blocks of vector shuffles where the type allows), in the
+        target's own type: the exp pass and the writes then read them along positions, a
+        vector at a time, where short rows' targets, C apart, were gathered a lane at a
+        time (benchmarks/RESULTS.md)."""
+        if s_class == 1 and not target_half:
+            copy_transposed(target, base, s_pos, targets, 0, pitch, n, n_classes)
+            return
+        for c in range(n_classes):
+            for k in range(n):
+                targets[cell(c, pitch, k)] = target[np.uint64(base + c * s_class + k * s_pos)]
 
     @njit(inline="always")
     def tile_order(logits, scratch, order, argmax, target_index, n_classes, n, pitch,
@@ -311,16 +316,15 @@ def build_tile_kernel(variant, f, sum_at_inf):
         no faster than none: benchmarks/RESULTS.md). ``hints``: (logits, the next tile's
         first logit, class and position strides, its positions (0: none), output, this
         tile's first output, output position stride, whether to hint the output). The
-        next tile's logits: for short rows a share of their span of memory, for NCHW
-        with writes the run of class ``share`` (the loss hints NCHW tiles while it stages
-        them: ``MAP_HINT_TILES``); the output, this tile's rows, to be written (a short
-        row's few lines the hardware handles better alone)."""
+        next tile's logits: for short rows a share of their span of memory, for NCHW the
+        run of class ``share`` (a class a share); the output, this tile's rows, to be
+        written (a short row's few lines the hardware handles better alone)."""
         x, next_base, s_class, s_pos, n_next, out, out_base, o_si, write_hints = hints
         if s_class == 1:
             start = share * sizes[0]
             for b in range(start, min(start + sizes[0], n_next * s_pos), LINE):
                 prefetch(x, np.int64(next_base + b))
-        elif writes:
+        else:
             for b in range(0, n_next, LINE):
                 prefetch(x, np.int64(next_base + share * s_class + b))
         if writes and write_hints:  # (a constant False without writes)
@@ -343,114 +347,75 @@ def build_tile_kernel(variant, f, sum_at_inf):
                           tile[cell(a, t_outer, b * t_inner)])
 
     @njit(inline="always")
-    def block_sums(logits, exps, sums, k0, width, n, n_classes, pitch, target, t_base, t_si,
-                   t_sc, weight, one_minus_eps, eps_over_c, with_entropy, clamped, hints,
-                   sizes):
-        """``tile_sums`` for the tile's positions [k0, k0 + width): ``sums``, (shift, count
-        at the shift, rest, moment, mass, entropy's moment), hold position k0 + j at j.
-        Positions past the tile's ``n`` are the scratch's padding, computed and never
-        read; with ``clamped`` (a constant) they read position n - 1's targets, for a
-        block whose positions past ``n`` may lie past the target array's end. With
-        ``hints`` (not None) a share of the cache hints goes out for each class."""
-        shift, n_top, rest, moment, mass, entropy_moment = sums
-        for c in range(n_classes):
-            if hints is not None:
-                hints_for_share(hints, n, sizes, c)
-            for j in range(width):
-                k = k0 + j
-                t_row = t_base + (min(k, n - 1) if clamped else k) * t_si
-                value = logits[cell(c, pitch, k)]
-                at_top, e, moment_term, mass_term = element_terms(
-                    value, shift[j], c, target, t_row, t_sc, weight, one_minus_eps,
-                    eps_over_c)
-                if writes:
-                    exps[cell(c, pitch, k)] = e
-                n_top[j] += ftype(1.0) if at_top else ftype(0.0)
-                rest[j] += ftype(0.0) if at_top else e
-                # (Unused sums are not touched: each stored array adds alias checks
-                # that can keep LLVM from vectorising the loop.)
-                if entropy or smoothing or prob:
-                    moment[j] += moment_term
-                if prob:
-                    mass[j] += mass_term
-                if with_entropy:
-                    entropy_moment[j] += entropy_term(value, shift[j], e, compute64)
+    def pair_sum(first, second, paired):
+        """first + second, or first alone where the pair is one class twice (a select:
+        0 * an infinite term would be nan)."""
+        return first + (second if paired else type(second)(0.0))
 
     @njit(inline="always")
-    def lanes_sums(logits, scratch, k0, n, n_classes, pitch, target, t_base, t_si, t_sc,
-                   weight, one_minus_eps, eps_over_c, with_entropy, clamped):
-        """``block_sums`` for the ``LANES`` positions from ``k0``, without writes: their
-        sums held in registers over the tile's classes (``register_array``), read from and
-        stored to the scratch once."""
-        shift, n_top = register_array(LANES, ftype), register_array(LANES, ftype)
-        rest, moment = register_array(LANES, ftype), register_array(LANES, ftype)
-        mass, entropy_moment = register_array(LANES, ftype), register_array(LANES, ftype)
-        for j in range(LANES):
-            shift[j] = scratch[_SHIFT, np.uint64(k0 + j)]
-            n_top[j] = scratch[_N_TOP, np.uint64(k0 + j)]
-            rest[j] = ftype(0.0)
-            moment[j] = ftype(0.0)
-            mass[j] = ftype(0.0)
-            entropy_moment[j] = ftype(0.0)
-        sums = (shift, n_top, rest, moment, mass, entropy_moment)
-        block_sums(logits, logits, sums, k0, LANES, n, n_classes, pitch, target, t_base, t_si,
-                   t_sc, weight, one_minus_eps, eps_over_c, with_entropy, clamped, None,
-                   (0, 0))
-        for j in range(LANES):
-            k = np.uint64(k0 + j)
-            scratch[_N_TOP, k] = n_top[j]
-            scratch[_REST, k] = rest[j]
-            scratch[_MOMENT, k] = moment[j]
-            scratch[_MASS, k] = mass[j]
-            if with_entropy:
-                scratch[_ENTROPY, k] = entropy_moment[j]
-
-    @njit(inline="always")
-    def tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base, t_si, t_sc,
-                  weight, one_minus_eps, eps_over_c, with_entropy, hints):
+    def tile_sums(logits, exps, scratch, n_classes, n, pitch, targets, weight, one_minus_eps,
+                  eps_over_c, with_entropy, hints):
         """Each position's sums over its classes (exps kept in ``exps`` for the writes),
         from its max in ``scratch[_TOP]`` (the shift, ``scratch[_SHIFT]``, is the max or 0
         if that is -inf: a row apart, for a select stored where it was loaded becomes a
         masked store); the entropy's sum too when ``with_entropy`` (a constant where this
-        is called).
-
-        Without writes, in blocks of ``LANES`` positions whose sums stay in registers
-        (``lanes_sums``; a share of the cache hints for each block), the tile's last
-        positions in a block past ``n``, or of their own for probability targets. With
-        writes, one block of the whole tile, its sums in the scratch: each class's exps
-        are stored on the way, and in blocks of a few positions a class LLVM checks for
-        each that they do not overlap the logits (measured slower: benchmarks/RESULTS.md).
-        """
-        shift, n_top = scratch[_SHIFT], scratch[_N_TOP]
+        is called). ``targets``: the tile's probability targets (``stage_targets``)."""
+        shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
+        moment, mass = scratch[_MOMENT], scratch[_MASS]
+        entropy_moment = scratch[_ENTROPY]
         for k in range(n):
             top = scratch[_TOP, k]
             shift[k] = shift_of(top)
             n_top[k] = ftype(sum_at_inf) if top == np.inf else ftype(0.0)
-            scratch[_REST, k] = ftype(0.0)
-            scratch[_MOMENT, k] = ftype(0.0)
-            scratch[_MASS, k] = ftype(0.0)
+            rest[k] = ftype(0.0)
+            moment[k] = ftype(0.0)
+            mass[k] = ftype(0.0)
             if with_entropy:
-                scratch[_ENTROPY, k] = ftype(0.0)
-        if writes:
-            sums = (shift, n_top, scratch[_REST], scratch[_MOMENT], scratch[_MASS],
-                    scratch[_ENTROPY])
-            block_sums(logits, exps, sums, 0, n, n, n_classes, pitch, target, t_base, t_si,
-                       t_sc, weight, one_minus_eps, eps_over_c, with_entropy, False, hints,
-                       hint_shares(hints, n, n_classes))
-            return
-        n_blocks = (n + LANES - 1) // LANES
-        n_whole = n // LANES if prob else n_blocks
-        sizes = hint_shares(hints, n, n_blocks)
-        for b in range(n_whole):
-            hints_for_share(hints, n, sizes, b)
-            lanes_sums(logits, scratch, b * LANES, n, n_classes, pitch, target, t_base, t_si,
-                       t_sc, weight, one_minus_eps, eps_over_c, with_entropy, False)
-        if prob:
-            if n_whole < n_blocks:
-                hints_for_share(hints, n, sizes, n_whole)
-                lanes_sums(logits, scratch, n_whole * LANES, n, n_classes, pitch, target,
-                           t_base, t_si, t_sc, weight, one_minus_eps, eps_over_c,
-                           with_entropy, True)
+                entropy_moment[k] = ftype(0.0)
+        sizes = hint_shares(hints, n, n_classes)
+        # Without writes, classes in pairs: each position's sums are loaded and stored
+        # once a pair, and two exps are in flight. An odd last class is paired with the
+        # tile's -inf row after its classes, whose exp is 0 and never the max, where no
+        # class-indexed term is read (a constant pair, no select in the loop); else with
+        # itself, counted once. (With writes, the second class's store stream adds alias
+        # checks that kept LLVM from vectorising the loop; for probability targets the
+        # pairs' two target loads did too: benchmarks/RESULTS.md.)
+        for c0 in range(0, n_classes, CLASS_STEP):
+            if CLASS_STEP == 1:
+                c1, paired = c0, False
+            elif PAD_PAIRS:
+                c1, paired = c0 + 1, True
+            else:
+                c1 = min(c0 + 1, n_classes - 1)
+                paired = c1 != c0
+            hints_for_share(hints, n, sizes, c0)
+            if paired and c1 < n_classes:  # (not the -inf row)
+                hints_for_share(hints, n, sizes, c1)
+            for k in range(n):
+                value0 = logits[cell(c0, pitch, k)]
+                value1 = logits[cell(c1, pitch, k)]
+                at_top0, e0, moment0, mass0 = element_terms(
+                    value0, shift[k], c0, targets, k, pitch, weight, one_minus_eps,
+                    eps_over_c)
+                at_top1, e1, moment1, mass1 = element_terms(
+                    value1, shift[k], c1, targets, k, pitch, weight, one_minus_eps,
+                    eps_over_c)
+                if writes:
+                    exps[cell(c0, pitch, k)] = e0
+                n_top[k] += pair_sum(ftype(1.0) if at_top0 else ftype(0.0),
+                                     ftype(1.0) if at_top1 else ftype(0.0), paired)
+                rest[k] += pair_sum(ftype(0.0) if at_top0 else e0,
+                                    ftype(0.0) if at_top1 else e1, paired)
+                # (Unused sums are not touched: each stored array adds alias checks
+                # that can keep LLVM from vectorising the loop.)
+                if entropy or smoothing or prob:
+                    moment[k] += pair_sum(moment0, moment1, paired)
+                if prob:
+                    mass[k] += pair_sum(mass0, mass1, paired)
+                if with_entropy:
+                    entropy_moment[k] += pair_sum(
+                        entropy_term(value0, shift[k], e0, compute64),
+                        entropy_term(value1, shift[k], e1, compute64), paired)
 
     @njit(inline="always")
     def tile_rows(scratch, order, t_weight, g_rows, row_value, row_lse, row_metrics,
@@ -491,18 +456,18 @@ def build_tile_kernel(variant, f, sum_at_inf):
                                                  t_weight[k], one_minus_eps, eps_over_c, cap)
 
     @njit(inline="always")
-    def tile_results(logits, exps, scratch, target_index, n_classes, n, pitch, target, t_base,
-                     t_si, t_sc, weight, one_minus_eps, eps_over_c, cap):
-        """Each logit's output, in place of its exp in ``exps``."""
+    def tile_results(logits, exps, scratch, target_index, n_classes, n, pitch, targets, weight,
+                     one_minus_eps, eps_over_c, cap):
+        """Each logit's output, in place of its exp in ``exps`` (``targets``: the tile's
+        probability targets, ``stage_targets``)."""
         shift, valid = scratch[_SHIFT], scratch[_VALID]
         scale, g_scale, log_sums = scratch[_P_SCALE], scratch[_G_CE], scratch[_LOG_SUM]
         for c in range(n_classes):
             for k in range(n):
                 result = element_result(
                     logits[cell(c, pitch, k)], exps[cell(c, pitch, k)], shift[k],
-                    float(log_sums[k]), scale[k], scale[k], g_scale[k], c, target,
-                    t_base + k * t_si, t_sc, weight, ftype(one_minus_eps), ftype(eps_over_c),
-                    cap)
+                    float(log_sums[k]), scale[k], scale[k], g_scale[k], c, targets, k, pitch,
+                    weight, ftype(one_minus_eps), ftype(eps_over_c), cap)
                 exps[cell(c, pitch, k)] = result if valid[k] != ftype(0.0) else ftype(0.0)
         if writes_target_gradient:
             t_grads = scratch[_T_GRAD]
@@ -605,7 +570,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
         def tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom,
                       out, out_geom, row_value, row_lse, row_metrics, shape, options, pitch,
                       scratch, wide_scratch, order, argmax, target_index, target_class,
-                      logits, exps):
+                      logits, exps, targets):
             x_geom, t_geom, g_geom, out_geom, shape, options = named(
                 x_geom, t_geom, g_geom, out_geom, shape, options)
             width, inner, n_classes = shape.tile_width, shape.inner, shape.n_classes
@@ -620,15 +585,10 @@ def build_tile_kernel(variant, f, sum_at_inf):
             # The next tile's positions (of this block of tiles), whose memory is asked for
             # on the way; not for float16 tiles, whose conversions leave the memory time.
             n_next = 0 if half else min(width, inner - i0 - n)
-            # The loss of an NCHW tile hints the tile MAP_HINT_TILES ahead, its logits while
-            # they are staged; with writes, and for short rows, the next tile is hinted,
-            # its logits during the exp pass.
-            hint_staged = not (writes or half or x_sc == 1)
-            ahead, n_ahead = (MAP_HINT_TILES * width, n) if hint_staged else (n, n_next)
             # The targets first, so that the staging picks each position's target logit
             # from the tile: no gather from memory per position.
             if indexed:
-                read_targets(target, t_base, t_geom.s_inner, n, ahead, n_ahead, n_classes,
+                read_targets(target, t_base, t_geom.s_inner, n, n_next, n_classes,
                              options.ignore_index, weight, options.weighted, scratch[_VALID],
                              target_index, target_class, t_weight)
             else:
@@ -640,7 +600,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
                          one_minus_eps, eps_over_c)
             else:
                 stage(x, x_base, x_sc, x_si, logits, n_classes, n, pitch, cap, scratch[_TOP],
-                      target_class, scratch[_T_LOGIT], ahead if hint_staged else 0)
+                      target_class, scratch[_T_LOGIT])
                 # The next tile's logits asked for during the exp pass, and for short rows
                 # longer than two cache lines (measured: benchmarks/RESULTS.md) this tile's
                 # output rows.
@@ -648,14 +608,15 @@ def build_tile_kernel(variant, f, sum_at_inf):
                                and n_classes > 2 * LINE)
                 hints = (x, x_base + n * x_si, x_sc, x_si, n_next, out,
                          row_start(out_geom, o, i0), out_geom.s_inner, write_hints)
+                if prob:
+                    stage_targets(target, t_base, t_geom.s_class, t_geom.s_inner, targets,
+                                  n_classes, n, pitch)
                 if metrics and options.wants_entropy:
-                    tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base,
-                              t_geom.s_inner, t_geom.s_class, weight, one_minus_eps,
-                              eps_over_c, True, hints)
+                    tile_sums(logits, exps, scratch, n_classes, n, pitch, targets, weight,
+                              one_minus_eps, eps_over_c, True, hints)
                 else:
-                    tile_sums(logits, exps, scratch, n_classes, n, pitch, target, t_base,
-                              t_geom.s_inner, t_geom.s_class, weight, one_minus_eps,
-                              eps_over_c, False, hints)
+                    tile_sums(logits, exps, scratch, n_classes, n, pitch, targets, weight,
+                              one_minus_eps, eps_over_c, False, hints)
             if metrics:
                 tile_order(logits, scratch, order, argmax, target_index, n_classes, n, pitch,
                            options.rank_limit > 0, options.wants_argmax)
@@ -676,9 +637,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
                             t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c,
                             cap)
                 return
-            tile_results(logits, exps, scratch, target_index, n_classes, n, pitch, target,
-                         t_base, t_geom.s_inner, t_geom.s_class, weight, one_minus_eps,
-                         eps_over_c, cap)
+            tile_results(logits, exps, scratch, target_index, n_classes, n, pitch, targets,
+                         weight, one_minus_eps, eps_over_c, cap)
             unstage(out, row_start(out_geom, o, i0), out_geom.s_class, out_geom.s_inner, exps,
                     n_classes, n, pitch)
 
@@ -698,24 +658,23 @@ def build_tile_kernel(variant, f, sum_at_inf):
             # tile fell into a few L1 sets (C = 64 ran at half the speed of C = 100).
             pitch = (width + 15) // 16 * 16 + 16
             n_tiles = outer * tiles_per_outer(inner, width, offset)
-            # (Zeros: a block of the exp pass computes past the tile's positions, on the
-            # padding.)
-            scratch = np.zeros((_N_SCRATCH, pitch), ftype)
+            scratch = np.empty((_N_SCRATCH, width), ftype)
             wide_scratch = np.empty((2, width))  # float64 target weights and grad_output
             order = np.empty((_N_ORDER if metrics else 0, width), ftype)
             argmax = np.empty(width if metrics else 0, np.int32)
             target_index = np.empty(width, np.int64)
             target_class = np.empty(width, np.int32)  # in [0, C), or -1
             # (Rows tiled as they lie stay in ``exps``: no transposed tile.)
-            logits = np.zeros(0 if rows else (n_classes + 1) * pitch, ftype)
+            logits = np.empty(0 if rows else (n_classes + 1) * pitch, ftype)
             logits[n_classes * pitch:] = -np.inf  # a class after the last, for pairs
-            exps = np.zeros(n_classes * pitch, ftype)
+            exps = np.empty(n_classes * pitch, ftype)
+            targets = np.empty(n_classes * pitch if prob else 0, target.dtype)
             first, last = block * n_tiles // n_blocks, (block + 1) * n_tiles // n_blocks
             for tile_index in range(first, last):
                 tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom,
                           out, out_geom, row_value, row_lse, row_metrics, shape, options,
                           pitch, scratch, wide_scratch, order, argmax, target_index,
-                          target_class, logits, exps)
+                          target_class, logits, exps, targets)
 
         return tile_block
 
