@@ -306,7 +306,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
         hints, in whole cache lines: (of the next tile's logits, of this tile's output)."""
         _, _, _, s_pos, n_next, _, _, o_si, _ = hints
         unit = n_shares * LINE
-        return ((n_next * s_pos + unit - 1) // unit * LINE, (n * o_si + unit - 1) // unit * LINE)
+        return ((n_next * s_pos + unit - 1) // unit * LINE,
+                (n * o_si + unit - 1) // unit * LINE)
 
     @njit(inline="always")
     def hints_for_share(hints, n, sizes, share):
