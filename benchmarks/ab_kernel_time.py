@@ -20,7 +20,10 @@ with ``TIME=call`` the whole call is timed instead (what small calls pay around 
 A process keeps its speed for its life, and processes differ by up to 1.8x on this
 VM (benchmarks/RESULTS.md: "a per-process lottery"), so ``P=3`` runs three worker
 processes per tree (default one), asked in turn; a tree's time is then the median of its
-processes' medians, and each process's median is printed beside it.
+processes' medians, and each process's median is printed beside it. With ``T`` above 1
+the workers run under ``OMP_WAIT_POLICY=passive`` (unless a tree sets it): the idle
+workers' OpenMP threads would otherwise spin on the cores of the one being timed
+(2 threads, 8x21x512x512 loss: 18 ms a call instead of 12).
 """
 
 import hashlib
@@ -86,6 +89,10 @@ def main():
         cache_key = hashlib.sha1(spec.encode()).hexdigest()[:12]
         env.update(PYTHONPATH=tree, NUMBA_CACHE_DIR="/tmp/nc-" + cache_key)
         env.setdefault("NUMBA_NUM_THREADS", os.environ.get("T", "1"))
+        # Idle workers' OpenMP threads spin for a while after each call, on the cores the
+        # worker being timed needs: with several threads a worker, they sleep instead.
+        if env["NUMBA_NUM_THREADS"] != "1":
+            env.setdefault("OMP_WAIT_POLICY", "passive")
         workers[i] += [subprocess.Popen([sys.executable, __file__, "--worker"], env=env,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True) for _ in range(n_processes)]
