@@ -7,7 +7,8 @@ A case is ``KIND/OP``: KIND ``row`` (64 x 1000 float32, the row kernel), ``tile`
 (4 x 7 x 5 x 6 float32, axis 1, the tile kernel), ``tile16`` (the same in float16) or
 ``short`` (1024 x 100 float32: the tile kernel's rows as they lie); OP
 ``loss``, ``grad`` (cross_entropy_with_grad), ``smooth-grad`` (with label_smoothing=0.1),
-``metrics`` or ``metrics-grad`` (with all five metrics).
+``metrics`` or ``metrics-grad`` (with all five metrics), ``prob-loss`` or ``prob-grad``
+(probability targets: a softmax of random values).
 """
 
 import os
@@ -35,9 +36,12 @@ def first_call(case):
         x, t, keywords = (rng.standard_normal((4, 7, 5, 6)), rng.integers(0, 7, (4, 5, 6)),
                           {"axis": 1})
     x = x.astype(np.float16 if kind == "tile16" else np.float32)
+    if op.startswith("prob-"):
+        axis = keywords.get("axis", -1)
+        t = nbxent.softmax(rng.standard_normal(x.shape).astype(x.dtype), axis=axis)
     keywords.update({"smooth-grad": {"label_smoothing": 0.1}, "metrics": {"metrics": METRICS},
                      "metrics-grad": {"metrics": METRICS}}.get(op, {}))
-    function = nbxent.cross_entropy if op in ("loss", "metrics") else \
+    function = nbxent.cross_entropy if op in ("loss", "metrics", "prob-loss") else \
         nbxent.cross_entropy_with_grad
     start = time.perf_counter()
     function(x, t, **keywords)
