@@ -12,12 +12,10 @@ Accuracy, measured against float64 (the kernels only take exp of x - max <= 0):
 kernels' fastmath flags (a degree-6 polynomial, 5 of its coefficients fitted; results
 below 1.2e-38 flush to 0), ``exp_nonpositive32`` within 1.2e-7 above -20 and
 3e-7 below, ``exp64`` within 2.4e-14
-relative on [-700, 700] (degree-12 Taylor polynomial), ``log32`` within 1.2e-7
-absolute on [0.5, 2] and 1.5e-7 relative elsewhere, ``log1p32`` within 2e-7
+relative on [-700, 700] (degree-12 Taylor polynomial), ``log1p32`` within 2e-7
 relative, ``tanh`` within 2e-15 relative in float64 (4e-7 in float32) and
 non-decreasing over neighbouring float64 (float32: float16) inputs. Special values
-follow IEEE: exp(-inf) = 0, exp(inf) = inf, nan in gives nan out; log(0) = -inf,
-log(inf) = inf.
+follow IEEE: exp(-inf) = 0, exp(inf) = inf, nan in gives nan out; log1p(inf) = inf.
 
 The per-logit exps of the kernels take x - max, never positive: ``exp_nonpositive32``
 and ``exp_nonpositive64`` drop the overflow and nan selects of a general exp (a nan
@@ -190,41 +188,43 @@ def exp_nonpositive64(x):
     return _exp64_scaled(exp_floor(x, True), False)
 
 
+# The bits of float32 sqrt(1/2): subtracted from a float's bits, its exponent field
+# counts from there, so that the mantissa lands in [sqrt(1/2), sqrt(2)).
+_SQRT_HALF_BITS = np.int32(0x3F3504F3)
+
+
+@njit(error_model="numpy")
+def _dropped_from_one_plus(x, u):
+    """x - (u - 1), for u = 1 + x rounded to [1, 2): what that rounding dropped, exactly.
+    Compiled apart, without fastmath, as ``_reduced64``: a reassociating caller would
+    fold it to 0."""
+    return x - (u - _F32(1.0))
+
+
 @njit(inline="always")
-def log32(x):
-    """Natural log of a float32 x >= 0 (subnormals are not supported)."""
-    bits = bitcast(np.float32(x), np.int32)
-    exponent = _F32((bits >> 23) - 127)
-    mantissa = bitcast(np.int32((bits & 0x007FFFFF) | 0x3F800000), np.float32)  # in [1, 2)
-    big = mantissa > _F32(1.41421356)
-    mantissa = mantissa * _F32(0.5) if big else mantissa
-    exponent = exponent + _F32(1.0) if big else exponent
-    f = mantissa - _F32(1.0)
+def log1p32(x):
+    """log(1 + x) for a float32 x >= 0, precise for tiny x; inf and nan pass through.
+
+    One path for every x, without a division: u = 1 + x rounded is 2**k m with m in
+    [sqrt(1/2), sqrt(2)), log(m) is Cephes' logf polynomial in f = m - 1 (exact), and
+    below u = 2 the term the rounding of u dropped (``_dropped_from_one_plus``, exact)
+    is added back, which keeps a tiny x's digits (added as it is, not over u: at most
+    2**-24 of the result). Above 2 that term is below 2**-24 relative; left out.
+    """
+    u = _F32(1.0) + x
+    bits = np.int32(bitcast(u, np.int32) - _SQRT_HALF_BITS)
+    k = _F32(bits >> 23)
+    f = bitcast(np.int32((bits & 0x007FFFFF) + _SQRT_HALF_BITS), np.float32) - _F32(1.0)
+    dropped = _dropped_from_one_plus(x, u) if u < _F32(2.0) else _F32(0.0)
     z = f * f
     y = _F32(7.0376836292e-2)
     for c in (-1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
               -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1):
         y = y * f + _F32(c)
-    y = y * z * f + exponent * _F32(-2.12194440e-4) - _F32(0.5) * z
-    y = f + y + exponent * _F32(0.693359375)
-    y = _F32(-np.inf) if x == _F32(0.0) else y
-    y = x if not x < _F32(np.inf) else y  # inf and nan pass through
-    return y
-
-
-@njit(inline="always")
-def log1p32(x):
-    """log(1 + x) for a float32 x >= 0, precise for tiny x.
-
-    Below 0.5 it sums 2*atanh(x / (2 + x)); the classic (1 + x) - 1 correction
-    would be folded away by fastmath's reassociation.
-    """
-    s = x / (_F32(2.0) + x)
-    s2 = s * s
-    series = _F32(1.0 / 11.0)
-    for c in (1.0 / 9.0, 1.0 / 7.0, 1.0 / 5.0, 1.0 / 3.0, 1.0):
-        series = series * s2 + _F32(c)
-    return _F32(2.0) * s * series if x < _F32(0.5) else log32(_F32(1.0) + x)
+    # (ln2 in two parts: k times the first is exact)
+    y = y * z * f + (k * _F32(-2.12194440e-4) + dropped) - _F32(0.5) * z
+    y = f + y + k * _F32(0.693359375)
+    return y if x < _F32(np.inf) else x  # inf and nan pass through
 
 
 def exp_nonpositive_for(use64):
