@@ -12,6 +12,7 @@ the function's, a loop shows as a run of neighbouring blocks.
     NUMBA_NUM_THREADS=1 python benchmarks/profile_kernel.py 2x19x512x1024 grad --axis 1
     NUMBA_NUM_THREADS=1 python benchmarks/profile_kernel.py 16384x1000 loss --metrics lse,correct
     NUMBA_NUM_THREADS=1 python benchmarks/profile_kernel.py 1000000x10 loss --listing 2980:2a80
+    NUMBA_NUM_THREADS=1 python benchmarks/profile_kernel.py 1000000x10 loss --dtype float64
 """
 
 import argparse
@@ -36,7 +37,7 @@ def run_calls(args, symbols_path):
     shape = tuple(int(n) for n in args.shape.split("x"))
     axis = args.axis % len(shape)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal(shape, dtype=np.float32)
+    x = rng.standard_normal(shape, dtype=np.float32).astype(args.dtype)
     target = rng.integers(0, shape[axis], shape[:axis] + shape[axis + 1:])
     out = np.empty_like(x)
     metrics = tuple(args.metrics.split(",")) if args.metrics else None
@@ -126,6 +127,7 @@ def main():
     parser.add_argument("shape", help="e.g. 65536x100 or 2x19x512x1024")
     parser.add_argument("op", choices=["loss", "grad"], help="grad: with out=")
     parser.add_argument("--axis", type=int, default=-1)
+    parser.add_argument("--dtype", default="float32", help="the logits' dtype")
     parser.add_argument("--metrics", help="metrics in the same pass, e.g. lse,correct")
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--top", type=int, default=25)

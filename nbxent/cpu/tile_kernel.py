@@ -22,10 +22,10 @@ from .access import cell, loader, storer
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
                         WRITE_LOG_SOFTMAX, WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
 from .bits import copy_transposed, exact_order, larger_of_numbers, prefetch, prefetch_for_write
-from .fastexp import exp64, exp_nonpositive_for, log1p32
+from .fastexp import exp64, exp_nonpositive_for, log1p32, log1p64
 from .launch import blocks_for
 from .disk_cache import named_for, way_key
-from .formulas import capper, entropy_of, entropy_term, log_of_sum, shift_of
+from .formulas import capper, entropy_of, entropy_term, shift_of
 from .row_kernel import FASTMATH, compiled_apart, row_start
 
 # Rows of a tile's per-position scratch.
@@ -102,6 +102,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
     writes_target_gradient = variant.write == WRITE_GRAD and indexed
     writes_log_softmax = variant.write == WRITE_LOG_SOFTMAX
     exp_nonpositive = exp_nonpositive_for(compute64)
+    log1p = log1p64 if compute64 else log1p32
     CLASS_STEP = 1 if writes or prob else 2  # classes per step of the exp pass (``tile_sums``)
     PAD_PAIRS = not (smoothing or prob)  # its odd last class paired with the -inf row
     LINE = 64 // (4 if variant.widened else np.dtype(ftype).itemsize)  # logits per cache line
@@ -112,16 +113,15 @@ def build_tile_kernel(variant, f, sum_at_inf):
 
     @njit(inline="always")
     def tile_log_of_sum(n_top, rest):
-        """``log_of_sum`` at the tile's type (float32's in ``log1p32``, which vectorises).
+        """``log_of_sum`` at the tile's type, in ``log1p32`` or ``log1p64``, which
+        vectorise (``math.log1p`` is a scalar call).
 
         ``n_top``, the count of logits at the shift, is a whole number, so
         ``(n_top - 1) + rest`` is exact where it matters (n_top = 1). It is 0 only
         where no logit equals the shift: a row of -inf (rest 0) or of nan (rest nan).
         """
-        if compute64:
-            return log_of_sum(n_top, rest)
         if n_top > ftype(0.0):
-            return float(log1p32((n_top - ftype(1.0)) + rest))
+            return float(log1p((n_top - ftype(1.0)) + rest))
         return -np.inf if rest == ftype(0.0) else np.nan
 
     @njit(inline="always")
