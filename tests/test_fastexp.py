@@ -101,7 +101,7 @@ def _log1p_loop(log1p, fastmath):
     (_log1p_loop(log1p64, FASTMATH - {"reassoc"}), np.float64, 4e-16)],
     ids=["float32-plain", "float32-fastmath", "float64-plain", "float64-kernel-flags"])
 def test_log1p_is_accurate_from_subnormals_up(log1p, dtype, rtol):
-    """``log1p32`` and ``log1p64`` within their tolerances of NumPy's log1p over their
+    """``log1p32`` and ``log1p64`` within their tolerances of the exact log1p over their
     type's range: tiny and subnormal x to their last digits (where 1 + x rounds to 1),
     the seams at 1 + x = sqrt(2) and 2; 0, inf and nan kept."""
     rng = np.random.default_rng(0)
@@ -112,8 +112,12 @@ def test_log1p_is_accurate_from_subnormals_up(log1p, dtype, rtol):
                         np.sqrt(2.0) - 1.0 + np.arange(-500, 500) * eps / 2,
                         1.0 + np.arange(-500, 500) * eps]).astype(dtype)
     x = x[np.isfinite(x)]
-    want = np.log1p(x.astype(np.float64))
-    assert np.max(np.abs(log1p(x) - want) / want) <= rtol
+    # Against long double where it is wider than float64 (x86): NumPy's float64 log1p is
+    # itself off by up to 1.7 ulp in some versions (1.24), more than the budget here.
+    wide = np.longdouble if np.finfo(np.longdouble).eps < np.finfo(np.float64).eps else None
+    want = np.log1p(x.astype(wide or np.float64))
+    error = np.max(np.abs(log1p(x).astype(want.dtype) - want) / want)
+    assert error <= rtol + (0.0 if wide else 4e-16)
     special = log1p(np.array([0.0, np.inf, np.nan], dtype))
     assert special[0] == 0.0 and special[1] == np.inf and np.isnan(special[2])
 
