@@ -15,8 +15,8 @@ below 1.2e-38 flush to 0), ``exp_nonpositive32`` within 1.2e-7 above -20 and
 relative on [-700, 700] (degree-12 Taylor polynomial), ``log1p32`` within 2e-7
 relative and ``log1p64`` within 4e-16 (subnormal x included), ``tanh`` within 2e-15
 relative in float64 (4e-7 in float32) and non-decreasing over neighbouring float64
-(float32: float16) inputs. Special values
-follow IEEE: exp(-inf) = 0, exp(inf) = inf, nan in gives nan out; log1p(inf) = inf.
+(float32: float16) inputs. Special values follow IEEE: exp(-inf) = 0, exp(inf) = inf,
+nan in gives nan out; log1p(inf) = inf.
 
 The per-logit exps of the kernels take x - max, never positive: ``exp_nonpositive32``
 and ``exp_nonpositive64`` drop the overflow and nan selects of a general exp (a nan
