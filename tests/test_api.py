@@ -11,6 +11,7 @@ import pytest
 
 import nbxent
 from nbxent import reference as R
+from nbxent._config import CPU
 
 from _cases import (DTYPE_PARAMS, LAYOUT_OPTION_IDS, LAYOUT_PARAMS, OPTION_PARAMS,
                     OPTIONS_BY_ID, REDUCTIONS, SHAPES, TARGET_DTYPE_PARAMS, is_small,
@@ -368,18 +369,27 @@ def test_in_place_large_vocabulary(backend, rng, dtype):
     check_grad_result(backend, grad, expected_grad, dtype)
 
 
-@pytest.mark.parametrize("shape", [(24, 1100), (3, 5000)], ids=["rows", "split-rows"])
-def test_in_place_gradient_is_the_out_of_place_one(rng, shape):
+@pytest.mark.parametrize("shape, split_min_classes", [((24, 1100), None), ((3, 40000), 16)],
+                         ids=["rows", "split-rows"])
+def test_in_place_gradient_is_the_out_of_place_one(rng, shape, split_min_classes):
     """Bit for bit on the CPU: in place, the row kernel stages each chunk of logits before
     writing its exps (LLVM's run-time overlap check had sent the loop to its scalar
-    version, four times slower, whose sums round differently)."""
+    version, four times slower, whose sums round differently). Rows whose classes are
+    split over work items (``split_min_classes``), each target in the last part: one item
+    reads its row's target logit while another writes its exps, which in place were
+    written over that logit (a wrong loss, with two threads)."""
     logits = make_logits(rng, shape, np.float32)
-    target = make_index_target(rng, shape, -1)
-    loss, grad = nbxent.cross_entropy_with_grad(logits, target)
-    in_place = logits.copy()
-    loss_in_place, _ = nbxent.cross_entropy_with_grad(in_place, target, out=in_place)
-    np.testing.assert_array_equal(in_place, grad)
-    np.testing.assert_array_equal(loss_in_place, loss)
+    target = np.full(shape[0], shape[1] - 1 - np.arange(shape[0]))
+    overrides = {} if split_min_classes is None else {"split_min_classes": split_min_classes}
+    with CPU.override(**overrides):
+        loss, grad = nbxent.cross_entropy_with_grad(logits, target, reduction="none")
+        for _ in range(3):
+            in_place = logits.copy()
+            loss_in_place, _ = nbxent.cross_entropy_with_grad(in_place, target, out=in_place,
+                                                              reduction="none")
+            np.testing.assert_array_equal(in_place, grad)
+            np.testing.assert_array_equal(loss_in_place, loss)
+    assert_close(loss, R.cross_entropy(logits, target, reduction="none"), np.float32, "loss")
 
 
 # ------------------------------------------------------------------ normalisers
@@ -648,7 +658,6 @@ def test_short_rows_as_they_lie_and_transposed_agree(rng, monkeypatch, base_shap
     smoothing and z-loss (the entropy, in ``check_normalizers``, is always transposed).
     A result class-major beside contiguous logits (``out=`` a transpose's view) is
     written through its strides."""
-    from nbxent._config import CPU
     from conftest import _cpu_backend
     logits = view(make_logits(rng, base_shape, dtype))
     shape = logits.shape

@@ -240,7 +240,12 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=No
     out_buffer, out_geom = _UNUSED.astype(logits.dtype), Geometry(0, 0, 0, 0)
     staged_out = None
     if out is not None:
-        if tiled and not _unit_stride(out, swap):
+        # Few long rows are cut into work items (split > 1), one of which reads a row's
+        # target logit while another may be writing its exps over it: written over the
+        # logits, their results go to an array of their own first.
+        over_logits = not tiled and split > 1 and np.may_share_memory(out.array,
+                                                                       logits.view.array)
+        if (tiled and not _unit_stride(out, swap)) or over_logits:
             staged_out, out = out, _contiguous_view(out.shape, logits.dtype)
         out_buffer, out_geom = _flat(out)
     elif logits.dtype == np.float16:

@@ -361,8 +361,9 @@ def build_row_kernel(variant, f, sum_at_inf):
         """The statistics of the work items [first, last) (rows, or their ``row_split``
         segments [lo, hi)), into ``part``: row_max, n_top, rest, moment, mass (a row's sum
         of exps is n_top, the count of logits at the max, plus the rest), its target's
-        logit (with several items per row and an in-place gradient, another item may
-        overwrite it later) and, with ``metrics``, the metrics' sums: entropy moment,
+        logit (read before the exps are written: in place, they overwrite it; the backend
+        never writes in place where a row is split over items, which would read each
+        other's) and, with ``metrics``, the metrics' sums: entropy moment,
         largest logit, its first class, classes ahead of the target ``t`` (exact below
         ``options.rank_limit``), nan if a logit is nan else 0; each only when wanted (else
         0, lo, and for the classes ahead 1 or 0: some or none).
