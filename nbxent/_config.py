@@ -63,6 +63,15 @@ class CpuSettings:
     #: a tile reads one run of positions per class, each from its own place in memory,
     #: and short runs left the kernel waiting on memory (C = 150: see RESULTS.md).
     tile_min_run: int = 256
+    #: Smallest result, in bytes, that the tile kernel (few classes, NCHW) writes by
+    #: streaming stores, which skip reading each cache line of it before it is written (a
+    #: third of a plain write's memory traffic) but leave none of it in the caches:
+    #: smaller results stay there for whoever reads them next (the last-level caches of
+    #: the CPUs we meet hold 16 to 32 MiB). 0 streams every result the tile kernel can.
+    #: (The row kernel writes its exps where its results go while it computes them,
+    #: which hides the lines' reads; written apart, then streamed, they ran slower:
+    #: benchmarks/RESULTS.md.)
+    stream_min_bytes: int = 1 << 24
     #: Buffers of large results kept for reuse once the caller drops the results
     #: (``nbxent.cpu.recycling``): a new result of the same size then costs no page
     #: faults. 0 turns the reuse off.

@@ -613,14 +613,16 @@ def test_nan_and_inf_inside_vector_lanes(rng, shape, axis):
     check_all_three(_cpu_backend(), logits, target, dict(axis=axis), "none", np.float32)
 
 
-def _tile_shapes(monkeypatch):
-    """The ``Shape`` of every CPU kernel call from here on, appended to the list returned."""
+def _kernel_calls(monkeypatch):
+    """The ``(Shape, Options)`` of every CPU kernel call from here on, appended to the list
+    returned."""
     import nbxent.cpu.backend as backend
-    from nbxent.cpu.arguments import Shape
-    shapes, kernel_for = [], backend.kernel_for
+    from nbxent.cpu.arguments import Options, Shape
+    calls, kernel_for = [], backend.kernel_for
 
     class Recorded:
-        """The kernel, its calls' shapes recorded; its other attributes the kernel's."""
+        """The kernel, its calls' shapes and options recorded; its other attributes the
+        kernel's."""
 
         def __init__(self, kernel):
             self.kernel = kernel
@@ -629,11 +631,11 @@ def _tile_shapes(monkeypatch):
             return getattr(self.kernel, name)
 
         def __call__(self, *arguments):
-            shapes.append(Shape(*arguments[12]))
+            calls.append((Shape(*arguments[12]), Options(*arguments[13])))
             return self.kernel(*arguments)
 
     monkeypatch.setattr(backend, "kernel_for", lambda variant: Recorded(kernel_for(variant)))
-    return shapes
+    return calls
 
 
 # Rows of 37 classes (the exps' vectors run across rows' ends), contiguous or with rows
@@ -666,18 +668,18 @@ def test_short_rows_as_they_lie_and_transposed_agree(rng, monkeypatch, base_shap
     keywords = dict(weight=rng.uniform(0.5, 2.0, shape[1]), label_smoothing=0.1,
                     z_loss=1e-3)
     classes_contiguous = logits.strides[1] == logits.itemsize
-    shapes = _tile_shapes(monkeypatch)
+    calls = _kernel_calls(monkeypatch)
     for min_classes, row_major in ((24, classes_contiguous), (38, False)):
-        shapes.clear()
+        calls.clear()
         with CPU.override(tile_rows_min_classes=min_classes):
             if functions == "cross_entropy":
                 check_all_three(_cpu_backend(), logits, target, keywords, "none", dtype,
                                 logits_dev=logits)  # (the view itself, not a copy)
             else:
                 check_normalizers(_cpu_backend(), logits, logits, -1, dtype)
-        assert all(s.tile_width > 1 for s in shapes)
-        assert any(s.row_major for s in shapes) == row_major
-        shapes.clear()
+        assert all(shape.tile_width > 1 for shape, _ in calls)
+        assert any(shape.row_major for shape, _ in calls) == row_major
+        calls.clear()
         with CPU.override(tile_rows_min_classes=min_classes):
             out = np.full(shape[::-1], np.nan, dtype).T
             if functions == "cross_entropy":
@@ -688,7 +690,47 @@ def test_short_rows_as_they_lie_and_transposed_agree(rng, monkeypatch, base_shap
                 nbxent.softmax(logits, out=out)
                 expected = R.softmax(logits, -1)
         assert_close(out, expected, dtype, "grad", err_msg="class-major out=:")
-        assert not any(s.row_major for s in shapes)
+        assert not any(shape.row_major for shape, _ in calls)
+
+
+# The tile kernel's three ways of writing a result: short rows transposed back, short rows
+# tiled as they lie, NCHW (a run of positions per class).
+STREAMED_LAYOUTS = [pytest.param((3000, 10), -1, id="short-rows-transposed"),
+                    pytest.param((3000, 40), -1, id="short-rows-as-they-lie"),
+                    pytest.param((2, 7, 33, 65), 1, id="nchw")]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,axis", STREAMED_LAYOUTS)
+def test_streamed_results_are_the_cached_ones(rng, monkeypatch, shape, axis, dtype):
+    """Large results the tile kernel writes by streaming stores (``stream_min_bytes``, here
+    0: any result) are bit for bit those it writes through the caches: the gradient, the
+    softmax and the log-softmax, into a fresh array, into ``out=`` starting off a cache
+    line (its first elements stored one by one) and in place."""
+    x = make_logits(rng, shape, dtype)
+    target = make_index_target(rng, shape, axis, ignored=0.1)
+
+    def results():
+        off_line = np.full(x.size + 5, np.nan, dtype)[3:3 + x.size].reshape(shape)
+        in_place = x.copy()
+        loss, grad = nbxent.cross_entropy_with_grad(x, target, axis=axis, label_smoothing=0.1)
+        nbxent.cross_entropy_with_grad(x, target, axis=axis, label_smoothing=0.1,
+                                       out=off_line)
+        nbxent.cross_entropy_grad(in_place, target, axis=axis, out=in_place)
+        return (loss, grad, off_line, in_place, nbxent.softmax(x, axis=axis),
+                nbxent.log_softmax(x, axis=axis))
+
+    calls = _kernel_calls(monkeypatch)
+    cached = results()
+    assert not any(options.streams for _, options in calls)
+    calls.clear()
+    with CPU.override(stream_min_bytes=0):
+        streamed = results()
+    assert all(options.streams and shape.tile_width > 1 for shape, options in calls)
+    assert any(shape.row_major for shape, _ in calls) == (shape[-1] == 40)
+    for name, a, b in zip(("loss", "grad", "out= off a line", "in place", "softmax",
+                           "log_softmax"), cached, streamed):
+        np.testing.assert_array_equal(b, a, err_msg=name)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, pytest.param(np.float64, marks=pytest.mark.slow)])

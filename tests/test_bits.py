@@ -1,16 +1,23 @@
-"""The CPU kernels' vector helpers: transposed copies in blocks of shuffles, and the
-maximum of numbers as a running maximum kept in memory and as a reduction."""
+"""The CPU kernels' vector helpers: transposed copies in blocks of shuffles, copies by
+streaming stores, and the maximum of numbers as a running maximum kept in memory and as
+a reduction."""
 
 import numpy as np
 import pytest
 from numba import njit
 
-from nbxent.cpu.bits import copy_transposed, larger_of_numbers
+from nbxent.cpu.bits import copy_streaming, copy_transposed, larger_of_numbers, store_fence
 
 
 @njit
 def _copy_transposed(src, src_start, src_stride, dst, dst_start, dst_stride, n_rows, n_cols):
     copy_transposed(src, src_start, src_stride, dst, dst_start, dst_stride, n_rows, n_cols)
+
+
+@njit
+def _copy_streaming(src, src_start, dst, dst_start, n):
+    copy_streaming(src, src_start, dst, dst_start, n)
+    store_fence()
 
 
 @njit
@@ -71,3 +78,22 @@ def test_larger_of_numbers_leaves_other_lanes_exact_beside_a_nan(rng):
     others = np.arange(64) != 17
     np.testing.assert_array_equal(top[others], tile[:, others].max(axis=0))
     assert np.isnan(top[17]) or top[17] in tile[:, 17]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_copy_streaming_copies_exactly_its_window(rng, dtype):
+    """Every alignment of the destination's start (the elements before its first whole
+    cache line go one by one), lengths from nothing to many lines, nothing outside the
+    window written; the whole lines by LLVM's nontemporal stores."""
+    line = 64 // np.dtype(dtype).itemsize
+    src = rng.standard_normal(12 * line).astype(dtype)
+    for dst_start in range(line + 1):
+        for n in (0, 1, line - 1, line, 2 * line + 3, 9 * line):
+            src_start = int(rng.integers(0, 2 * line))
+            dst = np.full(12 * line, np.nan, dtype)
+            _copy_streaming(src, src_start, dst, dst_start, n)
+            expected = np.full_like(dst, np.nan)
+            expected[dst_start:dst_start + n] = src[src_start:src_start + n]
+            np.testing.assert_array_equal(dst, expected, err_msg=f"{dst_start} {n}")
+    llvm = _copy_streaming.inspect_llvm(_copy_streaming.signatures[-1])
+    assert "!nontemporal" in llvm

@@ -82,6 +82,8 @@ class Options(NamedTuple):
     wants_argmax: bool      # metrics: the argmax
     wants_entropy: bool     # metrics: the entropy (its sum is taken in the exp pass)
     in_place: bool          # out may overlap the logits (the row kernel then stages them)
+    streams: bool           # out is large: the tile kernel writes its whole cache lines by
+                            # streaming stores (``bits.copy_streaming``)
 
 
 @njit(inline="always")

@@ -289,7 +289,9 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=No
         rank_limit=top_k if "top_k" in metric_names else 0,
         wants_argmax="argmax" in metric_names,
         wants_entropy="entropy" in metric_names,
-        in_place=out is not None and np.may_share_memory(out_buffer, x))
+        in_place=out is not None and np.may_share_memory(out_buffer, x),
+        streams=tiled and out is not None and (
+            logits.n_rows * logits.n_classes * out_buffer.itemsize >= settings.stream_min_bytes))
     x, target, weight, grad_output = map(_read_only, (x, target, weight, grad_output))
     kernel = kernel_for(variant)
     blocks = kernel.blocks_for(tuple(shape))

@@ -278,3 +278,94 @@ def copy_transposed(src, src_start, src_stride, dst, dst_start, dst_stride, n_ro
             j0 = min(bj * width, n_cols - width)
             transpose_block(src, src_start + i0 * src_stride + j0, src_stride,
                             dst, dst_start + j0 * dst_stride + i0, dst_stride)
+
+
+# Bytes each streaming store writes: a cache line, so that a line is written whole.
+_STREAM_BYTES = 64
+
+
+@intrinsic
+def address_of(typingctx, array, index):
+    """The address of ``array[index]`` (an integer), to align a loop on it."""
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.ptrtoint(builder.gep(data, [args[1]]), ir.IntType(64))
+
+    return types.int64(array, types.int64), codegen
+
+
+@intrinsic
+def stream_lines(typingctx, src, src_start, dst, dst_start, n_lines):
+    """``dst[dst_start + i] = src[src_start + i]`` for the ``n_lines`` cache lines of
+    ``dst`` from ``dst_start``, which must start a line: vector loads and streaming stores
+    (LLVM's nontemporal stores: they write memory without first reading each line into the
+    caches, as a plain store does, and leave it out of them). Any CPU: where the target
+    has no streaming store, LLVM emits a plain one. Streaming stores are not ordered with
+    other stores: a ``store_fence`` must follow them before another thread reads ``dst``.
+    """
+    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
+            and src.dtype == dst.dtype and isinstance(src.dtype, types.Float)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        element = context.get_value_type(src.dtype)
+        width = _STREAM_BYTES * 8 // src.dtype.bitwidth
+        vector = ir.VectorType(element, width).as_pointer()
+        src_data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        dst_data = context.make_array(signature.args[2])(context, builder, args[2]).data
+        src_start, dst_start, n_lines = (
+            context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 3, 4))
+        nontemporal = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
+        before = builder.block
+        loop = builder.append_basic_block("stream")
+        done = builder.append_basic_block("streamed")
+        builder.cbranch(builder.icmp_signed(">", n_lines, ir.Constant(i64, 0)), loop, done)
+        builder.position_at_end(loop)
+        line = builder.phi(i64)
+        line.add_incoming(ir.Constant(i64, 0), before)
+        offset = builder.mul(line, ir.Constant(i64, width))
+        value = builder.load(builder.bitcast(
+            builder.gep(src_data, [builder.add(src_start, offset)]), vector),
+            align=src.dtype.bitwidth // 8)
+        store = builder.store(value, builder.bitcast(
+            builder.gep(dst_data, [builder.add(dst_start, offset)]), vector),
+            align=_STREAM_BYTES)
+        store.set_metadata("nontemporal", nontemporal)
+        following = builder.add(line, ir.Constant(i64, 1))
+        line.add_incoming(following, loop)
+        builder.cbranch(builder.icmp_signed("<", following, n_lines), loop, done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    return types.void(src, src_start, dst, dst_start, n_lines), codegen
+
+
+@njit(inline="always")
+def copy_streaming(src, src_start, dst, dst_start, n):
+    """``dst[dst_start + i] = src[src_start + i]`` for i < n (not overlapping), the whole
+    cache lines of ``dst`` among them by ``stream_lines`` (a ``store_fence`` must follow),
+    the rest element by element."""
+    size = dst.itemsize
+    address = address_of(dst, dst_start)
+    head = min(n, (-address % _STREAM_BYTES) // size) if address % size == 0 else n
+    n_lines = (n - head) * size // _STREAM_BYTES
+    for i in range(head):
+        dst[np.uint64(dst_start + i)] = src[np.uint64(src_start + i)]
+    stream_lines(src, src_start + head, dst, dst_start + head, n_lines)
+    for i in range(head + n_lines * (_STREAM_BYTES // size), n):
+        dst[np.uint64(dst_start + i)] = src[np.uint64(src_start + i)]
+
+
+@intrinsic
+def store_fence(typingctx):
+    """A fence after streaming stores (``stream_lines``): those before it are seen by
+    every other thread before anything after it."""
+    def codegen(context, builder, signature, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return types.void(), codegen

@@ -21,7 +21,8 @@ from numba import njit
 from .access import cell, loader, storer
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
                         WRITE_LOG_SOFTMAX, WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
-from .bits import copy_transposed, exact_order, larger_of_numbers, prefetch, prefetch_for_write
+from .bits import (copy_streaming, copy_transposed, exact_order, larger_of_numbers, prefetch,
+                   prefetch_for_write, store_fence)
 from .fastexp import exp64, exp_nonpositive_for, log1p32, log1p64
 from .launch import blocks_for
 from .disk_cache import named_for, way_key
@@ -36,6 +37,8 @@ from .row_kernel import FASTMATH, compiled_apart, row_start
 _GREATER, _EQUAL, _AHEAD, _N_ORDER = range(4)
 # Exps of a tile of rows as they lie between two shares of the next tile's cache hints.
 ROW_HINT_SPAN = 256
+# Results of rows tiled as they lie gathered (in L1) before they are streamed out.
+STREAMED_ELEMENTS = 2048
 
 
 @njit(inline="always")
@@ -334,12 +337,24 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 prefetch_for_write(out, np.int64(out_base + b))
 
     @njit(inline="always")
-    def unstage(out, base, s_class, s_pos, tile, n_classes, n, pitch):
+    def unstage(out, base, s_class, s_pos, tile, n_classes, n, pitch, streams, spare):
         """Store a tile of results, rounded to the output's type (short rows transposed
-        in blocks of vector shuffles where the types agree)."""
-        if s_class == 1 and not converts:
-            copy_transposed(tile, 0, pitch, out, base, s_pos, n_classes, n)
-            return
+        in blocks of vector shuffles where the types agree). With ``streams``, the
+        output's whole cache lines by streaming stores (``bits.copy_streaming``) where
+        its positions lie contiguous (NCHW: a run per class) or its rows do (short rows:
+        transposed into ``spare`` first, then stored as one run)."""
+        if not converts:  # (a constant: the half kernels' output is not the tile's type)
+            if s_class == 1 and streams and s_pos == n_classes:
+                copy_transposed(tile, 0, pitch, spare, 0, n_classes, n_classes, n)
+                copy_streaming(spare, 0, out, base, n * n_classes)
+                return
+            if s_class == 1:
+                copy_transposed(tile, 0, pitch, out, base, s_pos, n_classes, n)
+                return
+            if s_pos == 1 and streams:
+                for c in range(n_classes):
+                    copy_streaming(tile, c * pitch, out, base + c * s_class, n)
+                return
         n_outer, n_inner, s_outer, s_inner, t_outer, t_inner = tile_layout(
             s_class, s_pos, n_classes, n, pitch)
         for a in range(n_outer):
@@ -534,13 +549,15 @@ def build_tile_kernel(variant, f, sum_at_inf):
 
     @compiled_apart(variant)
     def row_results(out, base, s_pos, x, x_base, x_si, exps, scratch, target_index, n_classes,
-                    n, target, t_base, t_si, t_sc, weight, one_minus_eps, eps_over_c, cap):
-        """``tile_results`` and ``unstage`` for rows tiled as they lie: each logit's output,
-        written along its row of ``out`` (from ``base``, rows ``s_pos`` apart)."""
+                    k0, k1, target, t_base, t_si, t_sc, weight, one_minus_eps, eps_over_c,
+                    cap):
+        """``tile_results`` and ``unstage`` for rows tiled as they lie: each logit's output
+        of the tile's rows [k0, k1), written along its row of ``out`` (row k0 from
+        ``base``, rows ``s_pos`` apart)."""
         shift, valid = scratch[_SHIFT], scratch[_VALID]
         scale, g_scale, log_sums = scratch[_P_SCALE], scratch[_G_CE], scratch[_LOG_SUM]
-        for k in range(n):
-            row = base + k * s_pos
+        for k in range(k0, k1):
+            row = base + (k - k0) * s_pos
             counts = valid[k] != ftype(0.0)
             for c in range(n_classes):
                 # (The logit itself only for log_softmax: a load from the logits, which
@@ -554,10 +571,10 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 store_out(out, row + c, result if counts else ftype(0.0))
         if writes_target_gradient:
             t_grads = scratch[_T_GRAD]
-            for k in range(n):
+            for k in range(k0, k1):
                 t = target_index[k]
                 if valid[k] != ftype(0.0) and 0 <= t < n_classes:
-                    store_out(out, base + k * s_pos + t, t_grads[k])
+                    store_out(out, base + (k - k0) * s_pos + t, t_grads[k])
 
     def block_function(rows):
         """The block function that tiles short rows as they lie (``rows``: ``row_sums``,
@@ -604,9 +621,9 @@ def build_tile_kernel(variant, f, sum_at_inf):
                       target_class, scratch[_T_LOGIT])
                 # The next tile's logits asked for during the exp pass, and for short rows
                 # longer than two cache lines (measured: benchmarks/RESULTS.md) this tile's
-                # output rows.
+                # output rows, unless streamed (the hints would read them into the caches).
                 write_hints = (writes and not half and out_geom.s_class == 1
-                               and n_classes > 2 * LINE)
+                               and n_classes > 2 * LINE and not options.streams)
                 hints = (x, x_base + n * x_si, x_sc, x_si, n_next, out,
                          row_start(out_geom, o, i0), out_geom.s_inner, write_hints)
                 if prob:
@@ -632,16 +649,28 @@ def build_tile_kernel(variant, f, sum_at_inf):
                     row_metrics[METRIC_ARGMAX, np.uint64(o * inner + i0 + k)] = argmax[k]
             if not writes:
                 return
+            out_base = row_start(out_geom, o, i0)
             if rows:
-                row_results(out, row_start(out_geom, o, i0), out_geom.s_inner, x, x_base, x_si,
-                            exps, scratch, target_index, n_classes, n, target, t_base,
-                            t_geom.s_inner, t_geom.s_class, weight, one_minus_eps, eps_over_c,
-                            cap)
+                # Streamed, the results of a few rows at a time go to the spare tile (in L1),
+                # then out as one run.
+                streams = options.streams and out_geom.s_inner == n_classes
+                step = max(1, STREAMED_ELEMENTS // n_classes) if streams else n
+                for k0 in range(0, n, step):
+                    k1 = min(k0 + step, n)
+                    dest, dest_base, dest_si = (logits, 0, n_classes) if streams else (
+                        out, out_base, out_geom.s_inner)
+                    row_results(dest, dest_base, dest_si, x, x_base, x_si, exps, scratch,
+                                target_index, n_classes, k0, k1, target, t_base,
+                                t_geom.s_inner, t_geom.s_class, weight, one_minus_eps,
+                                eps_over_c, cap)
+                    if streams:
+                        copy_streaming(logits, 0, out, out_base + k0 * n_classes,
+                                       (k1 - k0) * n_classes)
                 return
             tile_results(logits, exps, scratch, target_index, n_classes, n, pitch, targets,
                          weight, one_minus_eps, eps_over_c, cap)
-            unstage(out, row_start(out_geom, o, i0), out_geom.s_class, out_geom.s_inner, exps,
-                    n_classes, n, pitch)
+            unstage(out, out_base, out_geom.s_class, out_geom.s_inner, exps, n_classes, n,
+                    pitch, options.streams, logits)
 
         # No reassociation here: the tile loops vectorise across positions without it, and
         # with it LLVM regrouped (max - target) + log_sum through a float32 lse (measured:
@@ -665,8 +694,9 @@ def build_tile_kernel(variant, f, sum_at_inf):
             argmax = np.empty(width if metrics else 0, np.int32)
             target_index = np.empty(width, np.int64)
             target_class = np.empty(width, np.int32)  # in [0, C), or -1
-            # (Rows tiled as they lie stay in ``exps``: no transposed tile.)
-            logits = np.empty(0 if rows else (n_classes + 1) * pitch, ftype)
+            # (Rows tiled as they lie stay in ``exps``. Results on their way to a streamed
+            # output, rows tiled as they lie or short rows transposed back, go to ``logits``.)
+            logits = np.empty((n_classes + 1) * pitch, ftype)
             logits[n_classes * pitch:] = -np.inf  # a class after the last, for pairs
             exps = np.empty(n_classes * pitch, ftype)
             targets = np.empty(n_classes * pitch if prob else 0, target.dtype)
@@ -676,6 +706,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
                           out, out_geom, row_value, row_lse, row_metrics, shape, options,
                           pitch, scratch, wide_scratch, order, argmax, target_index,
                           target_class, logits, exps, targets)
+            if writes:
+                store_fence()
 
         return tile_block
 
