@@ -168,6 +168,11 @@ def exact_order(load):
     return order
 
 
+def _data(context, builder, signature, args, i):
+    """In an intrinsic's code generation, the data pointer of its array argument ``i``."""
+    return context.make_array(signature.args[i])(context, builder, args[i]).data
+
+
 def _prefetch_hint(for_write, doc):
     """An intrinsic ``hint(array, index)``: a cache hint (LLVM's prefetch, kept in the
     caches near L2) for ``array[index]``, to be read or, ``for_write``, written."""
@@ -178,7 +183,7 @@ def _prefetch_hint(for_write, doc):
             return None
 
         def codegen(context, builder, signature, args):
-            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            data = _data(context, builder, signature, args, 0)
             address = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
             i32 = ir.IntType(32)
             name = "llvm.prefetch.p0"
@@ -237,8 +242,8 @@ def transpose_block(typingctx, src, src_start, src_stride, dst, dst_start, dst_s
     width = 256 // src.dtype.bitwidth
 
     def codegen(context, builder, signature, args):
-        src_data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        dst_data = context.make_array(signature.args[3])(context, builder, args[3]).data
+        src_data = _data(context, builder, signature, args, 0)
+        dst_data = _data(context, builder, signature, args, 3)
         index = [context.cast(builder, value, ty, types.int64)
                  for value, ty in zip(args, signature.args) if isinstance(ty, types.Integer)]
         (src_start, src_stride, dst_start, dst_stride) = index
@@ -291,7 +296,7 @@ def address_of(typingctx, array, index):
         return None
 
     def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        data = _data(context, builder, signature, args, 0)
         return builder.ptrtoint(builder.gep(data, [args[1]]), ir.IntType(64))
 
     return types.int64(array, types.int64), codegen
@@ -315,8 +320,8 @@ def stream_lines(typingctx, src, src_start, dst, dst_start, n_lines):
         element = context.get_value_type(src.dtype)
         width = _STREAM_BYTES * 8 // src.dtype.bitwidth
         vector = ir.VectorType(element, width).as_pointer()
-        src_data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        dst_data = context.make_array(signature.args[2])(context, builder, args[2]).data
+        src_data = _data(context, builder, signature, args, 0)
+        dst_data = _data(context, builder, signature, args, 2)
         src_start, dst_start, n_lines = (
             context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 3, 4))
         nontemporal = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
