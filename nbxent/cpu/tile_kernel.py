@@ -655,10 +655,10 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 # then out as one run.
                 streams = options.streams and out_geom.s_inner == n_classes
                 step = max(1, STREAMED_ELEMENTS // n_classes) if streams else n
+                dest, dest_base, dest_si = (logits, 0, n_classes) if streams else (
+                    out, out_base, out_geom.s_inner)
                 for k0 in range(0, n, step):
                     k1 = min(k0 + step, n)
-                    dest, dest_base, dest_si = (logits, 0, n_classes) if streams else (
-                        out, out_base, out_geom.s_inner)
                     row_results(dest, dest_base, dest_si, x, x_base, x_si, exps, scratch,
                                 target_index, n_classes, k0, k1, target, t_base,
                                 t_geom.s_inner, t_geom.s_class, weight, one_minus_eps,
