@@ -36,7 +36,7 @@ import time
 import numpy as np
 
 METRICS = {"acc": ("lse", "correct"), "topk": ("lse", "correct", "top_k"),
-           "all": ("lse", "argmax", "correct", "top_k", "entropy")}
+           "argmax": ("lse", "argmax"), "all": ("lse", "argmax", "correct", "top_k", "entropy")}
 
 
 def worker():

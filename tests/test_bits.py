@@ -1,12 +1,13 @@
 """The CPU kernels' vector helpers: transposed copies in blocks of shuffles, copies by
-streaming stores, and the maximum of numbers as a running maximum kept in memory and as
-a reduction."""
+streaming stores, the maximum of numbers as a running maximum kept in memory and as
+a reduction; and the atomic counter the threads take blocks of work from."""
 
 import numpy as np
 import pytest
-from numba import njit
+from numba import njit, prange
 
-from nbxent.cpu.bits import copy_streaming, copy_transposed, larger_of_numbers, store_fence
+from nbxent.cpu.bits import (copy_streaming, copy_transposed, fetch_add, larger_of_numbers,
+                             store_fence)
 
 
 @njit
@@ -18,6 +19,24 @@ def _copy_transposed(src, src_start, src_stride, dst, dst_start, dst_stride, n_r
 def _copy_streaming(src, src_start, dst, dst_start, n):
     copy_streaming(src, src_start, dst, dst_start, n)
     store_fence()
+
+
+@njit(parallel=True)
+def _hand_out(n_takers, n_items):
+    """Items [0, n_items) taken from a counter (``counters[1]``) by ``n_takers`` loops over
+    the threads, as ``nbxent.cpu.launch.run_blocks`` takes blocks: (items each taker took,
+    the counters after)."""
+    counters = np.zeros(3, np.int64)
+    took = np.zeros(n_takers, np.int64)
+    work = np.zeros(n_takers)
+    for taker in prange(n_takers):
+        item = fetch_add(counters, 1, 1)
+        while item < n_items:
+            took[taker] += 1
+            for step in range(100):  # (some work, so that the threads overlap)
+                work[taker] = np.sqrt(work[taker] + step)
+            item = fetch_add(counters, 1, 1)
+    return took, counters
 
 
 @njit
@@ -97,3 +116,13 @@ def test_copy_streaming_copies_exactly_its_window(rng, dtype):
             np.testing.assert_array_equal(dst, expected, err_msg=f"{dst_start} {n}")
     llvm = _copy_streaming.inspect_llvm(_copy_streaming.signatures[-1])
     assert "!nontemporal" in llvm
+
+
+def test_fetch_add_hands_each_item_out_once():
+    """Threads racing on one counter: an add that is not atomic loses increments, and two
+    takers then take the same item (more items taken than there are). Each taker's last
+    add finds the counter past the end."""
+    n_takers, n_items = 8, 20_000
+    took, counters = _hand_out(n_takers, n_items)
+    assert took.sum() == n_items
+    np.testing.assert_array_equal(counters, [0, n_items + n_takers, 0])

@@ -374,3 +374,17 @@ def store_fence(typingctx):
         return context.get_dummy_value()
 
     return types.void(), codegen
+
+
+@intrinsic
+def fetch_add(typingctx, counters, index, value):
+    """Add ``value`` to the int64 ``counters[index]`` atomically (LLVM's atomicrmw, on any
+    target); returns the value before: threads that share a counter each get their own."""
+    if not (isinstance(counters, types.Array) and counters.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        address = builder.gep(_data(context, builder, signature, args, 0), [args[1]])
+        return builder.atomic_rmw("add", address, args[2], "seq_cst")
+
+    return types.int64(counters, types.int64, types.int64), codegen

@@ -2,11 +2,11 @@
 
 A variant's kernel runs a *block function* ``block(b, n_blocks, phase, *ARGUMENTS)`` that
 does the work of block ``b`` of ``n_blocks`` (in ``phase``, for kernels that need two
-passes over all blocks). ``run_blocks`` calls it for every block in a ``prange`` loop,
-through a function pointer (Numba's first-class functions), so the loop is compiled once
-per argument types, shared by every variant and kept in Numba's disk cache; each variant
-compiles only its block functions (the tile kernel has two, for two ways of cutting the
-work, each compiled on its first call).
+passes over all blocks). ``run_blocks`` calls it for every block, the threads taking the
+blocks in turn, through a function pointer (Numba's first-class functions), so the loop
+is compiled once per argument types, shared by every variant and kept in Numba's disk
+cache; each variant compiles only its block functions (the tile kernel has two, for two
+ways of cutting the work, each compiled on its first call).
 
 A ``prange`` loop of a variant's own cost its first call 2-4 seconds of the 6-14 it took
 (benchmarks/RESULTS.md): Numba compiles the loop's body as a function apart, then optimises
@@ -21,6 +21,8 @@ from numba import njit, prange
 from numba._dispatcher import compute_fingerprint
 from numba.core.types.function_type import CompileResultWAP
 
+from .bits import fetch_add
+
 # What every kernel is given, in order (nbxent/cpu/arguments.py names them), after
 # (b, n_blocks, phase): the row kernel's per-item statistics, chunk shifts and per-block
 # staging chunks last (``plan``'s; empty for the tile kernel).
@@ -28,6 +30,9 @@ ARGUMENTS = ("x", "x_geom", "target", "t_geom", "weight", "grad_output", "g_geom
              "out_geom", "row_value", "row_lse", "row_metrics", "shape", "options", "part",
              "chunk_shifts", "staged")
 SHAPE = ARGUMENTS.index("shape")
+# Blocks a call is cut into per thread, which the threads take in turn as they finish:
+# enough that a slow thread's last block is a small share of the call.
+BLOCKS_PER_THREAD = 4
 
 
 @njit(parallel=True, cache=True)
@@ -35,23 +40,31 @@ def run_blocks(block, n_blocks, n_phases, x, x_geom, target, t_geom, weight, gra
                g_geom, out, out_geom, row_value, row_lse, row_metrics, shape, options, part,
                chunk_shifts, staged):
     """``block(b, n_blocks, phase, ...)`` for every b in [0, n_blocks), over the threads,
-    for each phase in turn."""
+    for each phase in turn: each thread takes the next block not taken until none is left
+    (Numba's ``prange`` hands each thread an equal share up front, and the call then waits
+    for the slowest: a core busy with other work, or a slower core)."""
+    taken = np.zeros(n_phases, np.int64)  # each phase's blocks handed out so far
     for phase in range(n_phases):
-        for b in prange(n_blocks):
-            block(np.int64(b), n_blocks, np.int64(phase), x, x_geom, target, t_geom, weight,
-                  grad_output, g_geom, out, out_geom, row_value, row_lse, row_metrics, shape,
-                  options, part, chunk_shifts, staged)
+        # (A loop per block, as many as could start: a thread's first one takes blocks
+        # until none is left, the rest find none.)
+        for _ in prange(n_blocks):
+            b = fetch_add(taken, phase, 1)
+            while b < n_blocks:
+                block(b, n_blocks, np.int64(phase), x, x_geom, target, t_geom, weight,
+                      grad_output, g_geom, out, out_geom, row_value, row_lse, row_metrics,
+                      shape, options, part, chunk_shifts, staged)
+                b = fetch_add(taken, phase, 1)
 
 
 def blocks_for(n_items):
-    """Blocks for ``n_items`` work items: one per thread (``numba.get_num_threads()``, as
-    ``numba.set_num_threads`` left it in the calling thread), at most one per item.
-
-    ``prange`` hands each thread an equal share of the blocks, as it did of any number of
-    them, and a block allocates its scratch once. (The blocks group the work items; they
-    do not change them, nor the order of any sum: results do not depend on the threads.)
+    """Blocks for ``n_items`` work items: ``BLOCKS_PER_THREAD`` per thread
+    (``numba.get_num_threads()``, as ``numba.set_num_threads`` left it in the calling
+    thread), one on a single thread, at most one per item. A block allocates its scratch
+    once. (The blocks group the work items; they do not change them, nor the order of any
+    sum: results do not depend on the threads, nor on which thread ran which block.)
     """
-    return min(n_items, numba.get_num_threads())
+    threads = numba.get_num_threads()
+    return min(n_items, BLOCKS_PER_THREAD * threads if threads > 1 else 1)
 
 
 class BlockKernel:

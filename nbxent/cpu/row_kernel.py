@@ -671,9 +671,9 @@ def build_row_kernel(variant, f, sum_at_inf):
         """(n_blocks, n_phases, part, chunk_shifts, staged) of a call: per work item, its
         partial statistics in float64 (row maxima of float32 logits are exact in it), an
         item's together (as rows of n_items, the rows of a large power-of-two n_items fell
-        into one set of the L1 cache), and its chunks' shifts where exps are kept; a block
-        of consecutive items per thread (``nbxent.cpu.launch.blocks_for``), each with a
-        chunk of logits to stage where exps are kept (``exp_source``)."""
+        into one set of the L1 cache), and its chunks' shifts where exps are kept; blocks
+        of consecutive items (``nbxent.cpu.launch.blocks_for``), each with a chunk of
+        logits to stage where exps are kept (``exp_source``)."""
         outer, inner, n_classes, split, _, _, _ = shape
         n_items = outer * inner * split
         seg_len = (n_classes + split - 1) // split

@@ -726,8 +726,8 @@ def way_of_tiling(shape):
 
 
 def tile_plan(shape):
-    """(n_blocks, n_phases, part, chunk_shifts, staged) of a tile kernel's call: a block of
-    consecutive tiles per thread (``nbxent.cpu.launch.blocks_for``)."""
+    """(n_blocks, n_phases, part, chunk_shifts, staged) of a tile kernel's call: blocks of
+    consecutive tiles (``nbxent.cpu.launch.blocks_for``)."""
     outer, inner, _, _, width, offset, _ = shape
     n_blocks = blocks_for(outer * tiles_per_outer(inner, width, offset))
     return n_blocks, 1, _NO_PART, _NO_PART, _NO_PART
