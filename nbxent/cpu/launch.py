@@ -2,11 +2,11 @@
 
 A variant's kernel runs a *block function* ``block(b, n_blocks, phase, *ARGUMENTS)`` that
 does the work of block ``b`` of ``n_blocks`` (in ``phase``, for kernels that need two
-passes over all blocks). ``run_blocks`` calls it for every block, the threads taking the
-blocks in turn, through a function pointer (Numba's first-class functions), so the loop
-is compiled once per argument types, shared by every variant and kept in Numba's disk
-cache; each variant compiles only its block functions (the tile kernel has two, for two
-ways of cutting the work, each compiled on its first call).
+passes over all blocks). ``run_blocks`` calls it for every block, each thread running its
+share and then helping with the others', through a function pointer (Numba's first-class
+functions), so the loop is compiled once per argument types, shared by every variant
+and kept in Numba's disk cache; each variant compiles only its block functions (the tile
+kernel has two, for two ways of cutting the work, each compiled on its first call).
 
 A ``prange`` loop of a variant's own cost its first call 2-4 seconds of the 6-14 it took
 (benchmarks/RESULTS.md): Numba compiles the loop's body as a function apart, then optimises
@@ -30,41 +30,53 @@ ARGUMENTS = ("x", "x_geom", "target", "t_geom", "weight", "grad_output", "g_geom
              "out_geom", "row_value", "row_lse", "row_metrics", "shape", "options", "part",
              "chunk_shifts", "staged")
 SHAPE = ARGUMENTS.index("shape")
-# Blocks a call is cut into per thread, which the threads take in turn as they finish:
-# enough that a slow thread's last block is a small share of the call.
+# Blocks a call is cut into per thread (``run_blocks`` says how the threads take them):
+# enough that a slow thread's last block is a small share of the call; fewer where a block
+# would hold fewer than MIN_BLOCK_ITEMS work items (a 65536 x 100 loss, 200 tiles, took
+# 3-5 % longer in 8 blocks than in 2 on a quiet machine).
 BLOCKS_PER_THREAD = 4
+MIN_BLOCK_ITEMS = 64
 
 
 @njit(parallel=True, cache=True)
-def run_blocks(block, n_blocks, n_phases, x, x_geom, target, t_geom, weight, grad_output,
-               g_geom, out, out_geom, row_value, row_lse, row_metrics, shape, options, part,
-               chunk_shifts, staged):
-    """``block(b, n_blocks, phase, ...)`` for every b in [0, n_blocks), over the threads,
-    for each phase in turn: each thread takes the next block not taken until none is left
-    (Numba's ``prange`` hands each thread an equal share up front, and the call then waits
-    for the slowest: a core busy with other work, or a slower core)."""
-    taken = np.zeros(n_phases, np.int64)  # each phase's blocks handed out so far
+def run_blocks(block, n_blocks, n_phases, n_threads, x, x_geom, target, t_geom, weight,
+               grad_output, g_geom, out, out_geom, row_value, row_lse, row_metrics, shape,
+               options, part, chunk_shifts, staged):
+    """``block(b, n_blocks, phase, ...)`` for every b in [0, n_blocks), over ``n_threads``
+    threads, for each phase in turn. Thread t runs the blocks of its t-th share, in
+    order (those it ran in the call before, whose last data its caches may still hold), then
+    those not yet taken of the other shares: Numba's ``prange`` gives each thread its share
+    up front, and the call would wait for the slowest (a core busy with other work, or a
+    slower core)."""
+    # Blocks of each phase's share taken so far, by its thread or another.
+    taken = np.zeros((n_phases, n_threads), np.int64)
     for phase in range(n_phases):
-        # (A loop per block, as many as could start: a thread's first one takes blocks
-        # until none is left, the rest find none.)
-        for _ in prange(n_blocks):
-            b = fetch_add(taken, phase, 1)
-            while b < n_blocks:
-                block(b, n_blocks, np.int64(phase), x, x_geom, target, t_geom, weight,
-                      grad_output, g_geom, out, out_geom, row_value, row_lse, row_metrics,
-                      shape, options, part, chunk_shifts, staged)
-                b = fetch_add(taken, phase, 1)
+        for t in prange(n_threads):
+            for other in range(n_threads):
+                share = (t + other) % n_threads
+                first = share * n_blocks // n_threads
+                end = (share + 1) * n_blocks // n_threads
+                b = first + fetch_add(taken[phase], share, 1)
+                while b < end:
+                    block(b, n_blocks, np.int64(phase), x, x_geom, target, t_geom, weight,
+                          grad_output, g_geom, out, out_geom, row_value, row_lse,
+                          row_metrics, shape, options, part, chunk_shifts, staged)
+                    b = first + fetch_add(taken[phase], share, 1)
 
 
 def blocks_for(n_items):
-    """Blocks for ``n_items`` work items: ``BLOCKS_PER_THREAD`` per thread
+    """Blocks for ``n_items`` work items: up to ``BLOCKS_PER_THREAD`` per thread
     (``numba.get_num_threads()``, as ``numba.set_num_threads`` left it in the calling
-    thread), one on a single thread, at most one per item. A block allocates its scratch
-    once. (The blocks group the work items; they do not change them, nor the order of any
-    sum: results do not depend on the threads, nor on which thread ran which block.)
+    thread) while each holds ``MIN_BLOCK_ITEMS`` items, at least one per thread, one on a
+    single thread, at most one per item. A block allocates its scratch once. (The blocks
+    group the work items; they do not change them, nor the order of any sum: results do
+    not depend on the threads, nor on which thread ran which block.)
     """
     threads = numba.get_num_threads()
-    return min(n_items, BLOCKS_PER_THREAD * threads if threads > 1 else 1)
+    if threads == 1:
+        return min(n_items, 1)
+    per_thread = min(BLOCKS_PER_THREAD, max(1, n_items // (MIN_BLOCK_ITEMS * threads)))
+    return min(n_items, per_thread * threads)
 
 
 class BlockKernel:
@@ -94,7 +106,7 @@ class BlockKernel:
         if run is None:
             run = self._runs[key] = self._compile(self.blocks[way], arguments)
         function, loop = run
-        loop(function, n_blocks, n_phases, *arguments)
+        loop(function, n_blocks, n_phases, min(numba.get_num_threads(), n_blocks), *arguments)
 
     @staticmethod
     def _compile(blocks, arguments):
@@ -104,6 +116,7 @@ class BlockKernel:
         block_types = (numba.int64,) * 3 + tuple(map(numba.typeof, arguments))
         blocks.compile(block_types)
         function = CompileResultWAP(blocks.overloads[block_types])
-        loop_types = (numba.typeof(function),) + block_types[1:]
+        loop_types = (numba.typeof(function),) + block_types[1:3] + (numba.int64,) + \
+            block_types[3:]
         run_blocks.compile(loop_types)
         return function, run_blocks.overloads[loop_types].entry_point
