@@ -32,8 +32,8 @@ ARGUMENTS = ("x", "x_geom", "target", "t_geom", "weight", "grad_output", "g_geom
 SHAPE = ARGUMENTS.index("shape")
 # Blocks a call is cut into per thread (``run_blocks`` says how the threads take them):
 # enough that a slow thread's last block is a small share of the call; fewer where a block
-# would hold fewer than MIN_BLOCK_ITEMS work items (a 65536 x 100 loss, 200 tiles, took
-# 3-5 % longer in 8 blocks than in 2 on a quiet machine).
+# would hold fewer than MIN_BLOCK_ITEMS work items, whose work would then carry the block's
+# own setup (its scratch, its first item's cache misses).
 BLOCKS_PER_THREAD = 4
 MIN_BLOCK_ITEMS = 64
 
