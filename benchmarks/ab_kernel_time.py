@@ -10,7 +10,8 @@ A tree may carry environment variables: ``"/path/to/tree|NBXENT_CPU_TILE_ELEMENT
 A case is ``SHAPE[:AXIS][@DTYPE]/OP``: SHAPE like 65536x100 or 4x19x512x1024 (class axis
 AXIS, default the last), DTYPE float32 (default), float16 or float64, OP ``loss``,
 ``grad`` (cross_entropy_with_grad with ``out=``) or ``m-loss-acc`` / ``m-loss-topk`` /
-``m-loss-all`` (the loss with metrics lse + correct, those and top_k, or all five); OP
+``m-loss-argmax`` / ``m-loss-all`` (the loss with metrics lse + correct, those and top_k,
+lse + argmax, or all five); OP
 ``smooth-loss`` / ``smooth-grad`` adds label smoothing 0.1, ``cap-loss`` / ``cap-grad`` a
 soft cap of 5, ``prob-loss`` / ``prob-grad`` takes a probability target (a softmax of random values) in place of the class indices. The
 kernel is timed as
