@@ -27,7 +27,7 @@ import nbxent  # noqa: E402
 from nbxent import reference  # noqa: E402
 from nbxent._config import CPU  # noqa: E402
 from nbxent.bench.cases import Case, Shape, make_inputs  # noqa: E402
-from nbxent.bench.roofline import measure_cpu  # noqa: E402
+from nbxent.bench.roofline import measure  # noqa: E402
 from nbxent.bench.timing import steady_state  # noqa: E402
 
 CASES = [((16384, 1000), -1, np.float32), ((4096, 32000), -1, np.float32),
@@ -160,7 +160,7 @@ def plain():
     """GB/s of the plain kernel on the CPU targets' shapes, against the copy bandwidth of this
     run."""
     numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-    copy = measure_cpu().copy_GBps
+    copy = measure("cpu").copy_GBps
     print(f"copy bandwidth {copy:.1f} GB/s; plain fused kernel, 2 threads, best of 7:")
     for shape, axis, dtype in CASES[:5] + CASES[6:8]:
         logits, target = _inputs(shape, axis, dtype)

@@ -118,6 +118,8 @@ def test_header_and_info_name_the_compile_target(tiny_run, capsys):
     target = document["machine"]["cpu_target"]
     assert target["vector_isa"] in ("AVX-512", "AVX2", "AVX", "SVE", "NEON", "SSE2")
     assert f"kernels compiled for {target['name']}, {target['vector_isa']}" in stdout
+    cache = document["machine"]["cache_bytes"]
+    assert cache is None or f"the CPU's largest cache {cache >> 20} MiB" in stdout
     assert main(["info"]) == 0
     assert f"compiled    for {target['name']}, {target['vector_isa']}" in capsys.readouterr().out
 
@@ -148,6 +150,25 @@ def test_x86_targets_with_and_without_fused_multiply_adds(monkeypatch):
     monkeypatch.setattr(config, "CPU_FEATURES", "")
     assert not target.fuses_multiply_add()
     assert machine.cpu_target() == {"name": "generic", "vector_isa": "SSE2"}
+
+
+def test_largest_cache_and_the_bandwidth_probe_sized_from_it(tmp_path):
+    """The CPU bandwidth probe's buffers are 4 times the largest cache Linux lists (a
+    server's L3 of hundreds of MiB held part of a 256 MiB buffer: reads 1.7x memory's)."""
+    from nbxent.bench import machine, roofline
+    for cpu, index, size in [(0, 0, "48K"), (0, 2, "2048K"), (0, 3, "300M"), (1, 3, "4G"),
+                             (2, 1, "junk")]:
+        directory = tmp_path / f"cpu{cpu}" / "cache" / f"index{index}"
+        directory.mkdir(parents=True)
+        (directory / "size").write_text(size + "\n")
+    assert machine.largest_cache_bytes(tmp_path) == 4 << 30
+    (tmp_path / "cpu1" / "cache" / "index3" / "size").write_text("307200K\n")
+    assert machine.largest_cache_bytes(tmp_path) == 300 << 20
+    assert machine.largest_cache_bytes(tmp_path / "absent") is None
+    assert roofline.cpu_buffer_bytes(300 << 20, 64 << 30) == 1200 << 20
+    assert roofline.cpu_buffer_bytes(None, None) == roofline.cpu_buffer_bytes(8 << 20, None) \
+        == 256 << 20
+    assert roofline.cpu_buffer_bytes(300 << 20, 4 << 30) == 512 << 20   # an eighth of memory
 
 
 def test_suite_names_a_set_of_cases(capsys):

@@ -9,6 +9,7 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import re
 from pathlib import Path
 
 # Distributions reported, by import name; CuPy's distribution name carries the CUDA version.
@@ -80,6 +81,31 @@ def numba_threads():
             "threading_layer": numba.threading_layer()}
 
 
+def largest_cache_bytes(sysfs="/sys/devices/system/cpu"):
+    """The size in bytes of the largest CPU cache Linux reports (the last-level cache,
+    shared by the cores), or None where it reports none (other systems, some VMs).
+
+    Data smaller than it may stay in it from one call to the next: the bandwidth probe
+    sizes its buffers from it (``nbxent.bench.roofline``).
+
+    >>> size = largest_cache_bytes()
+    >>> size is None or size >= 1 << 10
+    True
+    """
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    largest = None
+    for path in Path(sysfs).glob("cpu[0-9]*/cache/index[0-9]*/size"):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        match = re.fullmatch(r"(\d+)([KMG]?)", text)
+        if match:
+            size = int(match[1]) * units.get(match[2], 1)
+            largest = size if largest is None else max(largest, size)
+    return largest
+
+
 def load_average():
     """The 1-minute load average (processes running or waiting for a core), or None."""
     try:
@@ -89,13 +115,15 @@ def load_average():
 
 
 def machine():
-    """The machine: OS, CPU model and compile target, logical cores, load, how the C
-    allocator treats large freed blocks, and the GPU (or why none is usable)."""
+    """The machine: OS, CPU model and compile target, logical cores, its largest cache,
+    load, how the C allocator treats large freed blocks, and the GPU (or why none is
+    usable)."""
     from nbxent import allocator
 
     gpu, why_no_gpu = probe_gpu()
     return {"platform": platform.platform(), "cpu": cpu_name(), "cpu_target": cpu_target(),
-            "cpu_count": os.cpu_count(), "load_average": load_average(),
+            "cpu_count": os.cpu_count(), "cache_bytes": largest_cache_bytes(),
+            "load_average": load_average(),
             "allocator": allocator.policy(), "gpu": gpu, "why_no_gpu": why_no_gpu}
 
 

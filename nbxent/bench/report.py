@@ -12,7 +12,9 @@ JSON Schema (draft 2020-12). In short::
                      directly on the same arrays, their samples taken in turn; peers'
                      speed-ups are against the wrapper
     machine         {platform, cpu, cpu_target: {name (LLVM's CPU name the kernels are
-                     compiled for), vector_isa}, cpu_count, load_average (1-minute, when the
+                     compiled for), vector_isa}, cpu_count, cache_bytes (the largest
+                     CPU cache's size: nbxent.bench.machine.largest_cache_bytes(); null or
+                     absent where unknown), load_average (1-minute, when the
                      run began; null where unknown), allocator (how the C library treats
                      large freed blocks: nbxent.allocator.policy()), gpu: {name, memory_bytes,
                      compute_capability} or null, why_no_gpu: str or null}
@@ -71,6 +73,7 @@ REPORT_SCHEMA = {
                                "properties": {"name": {"type": "string"},
                                               "vector_isa": {"type": "string"}}},
                 "cpu_count": _OPT_INT,
+                "cache_bytes": _OPT_INT,
                 "load_average": _OPT_NUMBER,
                 "allocator": {"type": "string"},
                 "gpu": {"oneOf": [{"type": "null"}, {
@@ -169,7 +172,9 @@ def header(report):
     for backend, bw in report["bandwidth"].items():
         lines.append(f"{backend} memory bandwidth measured in this run: read {bw['read_GBps']:.1f} "
                      f"GB/s, copy {bw['copy_GBps']:.1f} GB/s (best of {bw['runs']}, "
-                     f"{bw['buffer_bytes'] >> 20} MiB buffers)")
+                     f"{bw['buffer_bytes'] >> 20} MiB buffers"
+                     + (f"; the CPU's largest cache {machine['cache_bytes'] >> 20} MiB)"
+                        if backend == "cpu" and machine.get("cache_bytes") else ")"))
     lines += [
         "bytes per call: loss " + report["byte_model"]["loss"]
         + "; loss+grad " + report["byte_model"]["loss+grad"],
