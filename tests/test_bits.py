@@ -1,13 +1,16 @@
 """The CPU kernels' vector helpers: transposed copies in blocks of shuffles, copies by
 streaming stores, the maximum of numbers as a running maximum kept in memory and as
-a reduction; and the atomic counter the threads take blocks of work from."""
+a reduction; the atomic counter the threads take blocks of work from; and the vector
+width the kernels ask LLVM for."""
+
+import re
 
 import numpy as np
 import pytest
 from numba import njit, prange
 
-from nbxent.cpu.bits import (copy_streaming, copy_transposed, fetch_add, larger_of_numbers,
-                             store_fence)
+from nbxent.cpu.bits import (copy_streaming, copy_transposed, fetch_add, full_vector_bits,
+                             larger_of_numbers, store_fence, vectors_at_full_width)
 
 
 @njit
@@ -126,3 +129,34 @@ def test_fetch_add_hands_each_item_out_once():
     took, counters = _hand_out(n_takers, n_items)
     assert took.sum() == n_items
     np.testing.assert_array_equal(counters, [0, n_items + n_takers, 0])
+
+
+def _scaling_loop():
+    """A fresh function (compiled on its first call) whose loop asks for full vectors."""
+    @njit
+    def scale(x, y):
+        vectors_at_full_width()
+        for i in range(x.size):
+            y[i] = x[i] * np.float32(2.5) + np.float32(1.0)
+
+    x = np.ones(100, np.float32)
+    scale(x, np.empty_like(x))
+    return scale
+
+
+def test_full_vectors_asked_for_where_avx512_is_enabled(monkeypatch):
+    """512-bit vectors where AVX-512 is enabled (LLVM's tuning for Intel's server CPUs
+    takes 256), and the function attribute nowhere else."""
+    scale = _scaling_loop()
+    llvm, = scale.inspect_llvm().values()
+    asm, = scale.inspect_asm().values()
+    asks = '"prefer-vector-width"="512"' in llvm
+    assert asks == (full_vector_bits() == 512)
+    if asks:
+        # (Its main loop; a remainder may take narrower vectors.)
+        assert "zmm" in re.findall(r"vmulps\s.*%([xyz]mm)", asm)
+    from numba.core import config
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx,+avx2,+fma,-avx512f")
+    assert full_vector_bits() is None
+    llvm, = _scaling_loop().inspect_llvm().values()
+    assert "prefer-vector-width" not in llvm

@@ -1,6 +1,7 @@
 """Bit- and vector-level helpers for the CPU kernels, what Numba cannot say itself:
 float <-> integer casts, order keys, float16, a float max that stays a vector max,
-block transposes in vector shuffles, and cache prefetch hints.
+block transposes in vector shuffles, cache prefetch hints, atomic counters, and the
+vector width LLVM is asked for.
 
 Numba's CPU target has no float16 type, so float16 arrays reach the kernels as
 uint16 and are converted here with integer arithmetic that LLVM can vectorise
@@ -11,6 +12,8 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
+
+from .target import enabled_features
 
 
 @intrinsic
@@ -388,3 +391,30 @@ def fetch_add(typingctx, counters, index, value):
         return builder.atomic_rmw("add", address, args[2], "seq_cst")
 
     return types.int64(counters, types.int64, types.int64), codegen
+
+
+def full_vector_bits():
+    """The vector width, in bits, the kernels ask LLVM for: 512 where AVX-512 is enabled;
+    None elsewhere (LLVM's choice, the full width of AVX2, NEON and SSE2 already).
+
+    LLVM's tuning for Intel's AVX-512 server CPUs (Skylake to Emerald Rapids) vectorises
+    with 256-bit vectors, for clock speeds the first of them lost on 512-bit ones; the
+    kernels' loops are bound by arithmetic per logit, which full vectors halve
+    (benchmarks/RESULTS.md)."""
+    return 512 if "avx512f" in enabled_features() else None
+
+
+@intrinsic
+def vectors_at_full_width(typingctx):
+    """Called first in a kernel function that LLVM compiles apart: its loops vectorise at
+    ``full_vector_bits()`` (the function attribute ``prefer-vector-width``, as clang's
+    ``-mprefer-vector-width`` sets it); nothing where that is None."""
+    def codegen(context, builder, signature, args):
+        bits = full_vector_bits()
+        if bits:
+            # llvmlite's attribute set accepts only the attributes it names; a string
+            # attribute is written into the IR as given.
+            set.add(builder.function.attributes, f'"prefer-vector-width"="{bits}"')
+        return context.get_dummy_value()
+
+    return types.void(), codegen

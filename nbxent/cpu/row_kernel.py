@@ -24,7 +24,7 @@ from .access import loader, storer
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
                         WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
 from .bits import (bitcast, exact_order, from_order_key, larger_of_numbers, order_key,
-                   prefetch, rank_key)
+                   prefetch, rank_key, vectors_at_full_width)
 from .fastexp import exp_negative32, exp_nonpositive_for, negative_floor32
 from .disk_cache import named_for
 from .formulas import (capper, difference_plus, entropy_of, entropy_term, log_of_sum,
@@ -380,6 +380,7 @@ def build_row_kernel(variant, f, sum_at_inf):
         inlined function again in its caller, which for this one took twice the compile
         time.)
         """
+        vectors_at_full_width()
         x_geom, t_geom, _, out_geom, shape, options = named(
             x_geom, t_geom, g_geom, out_geom, shape, options)
         one_minus_eps = 1.0 - options.label_smoothing
@@ -649,6 +650,7 @@ def build_row_kernel(variant, f, sum_at_inf):
 
         Without Numba's reference counts (``_nrt=False``; the plan allocates): with the
         per-item functions inlined, they were counted for every array at every row."""
+        vectors_at_full_width()
         split = shape[3]
         n_items = part.shape[0]
         staged = staged_rows[block]

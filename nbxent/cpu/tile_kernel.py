@@ -22,7 +22,7 @@ from .access import cell, loader, storer
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
                         WRITE_LOG_SOFTMAX, WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
 from .bits import (copy_streaming, copy_transposed, exact_order, larger_of_numbers, prefetch,
-                   prefetch_for_write, store_fence)
+                   prefetch_for_write, store_fence, vectors_at_full_width)
 from .fastexp import exp64, exp_nonpositive_for, log1p32, log1p64
 from .launch import blocks_for
 from .disk_cache import named_for, way_key
@@ -503,6 +503,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
         from k * n_classes), taken in place of its logits shifted by its max. The next
         ``n_next`` rows' logits are hinted to the cache during the exps' loop (without the
         hints the max's pass waited on memory: benchmarks/RESULTS.md)."""
+        vectors_at_full_width()
         shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
         moment, mass, t_logit = scratch[_MOMENT], scratch[_MASS], scratch[_T_LOGIT]
         for k in range(n):
@@ -554,6 +555,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
         """``tile_results`` and ``unstage`` for rows tiled as they lie: each logit's output
         of the tile's rows [k0, k1), written along its row of ``out`` (row k0 from
         ``base``, rows ``s_pos`` apart)."""
+        vectors_at_full_width()
         shift, valid = scratch[_SHIFT], scratch[_VALID]
         scale, g_scale, log_sums = scratch[_P_SCALE], scratch[_G_CE], scratch[_LOG_SUM]
         for k in range(k0, k1):
@@ -589,6 +591,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
                       out, out_geom, row_value, row_lse, row_metrics, shape, options, pitch,
                       scratch, wide_scratch, order, argmax, target_index, target_class,
                       logits, exps, targets):
+            vectors_at_full_width()
             x_geom, t_geom, g_geom, out_geom, shape, options = named(
                 x_geom, t_geom, g_geom, out_geom, shape, options)
             width, inner, n_classes = shape.tile_width, shape.inner, shape.n_classes
@@ -683,6 +686,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
             """The tiles of block ``block`` of ``n_blocks`` (consecutive tiles, with scratch of
             their own), for ``nbxent.cpu.launch.run_blocks``; one phase, no ``part``,
             ``chunk_shifts`` nor ``staged``."""
+            vectors_at_full_width()
             outer, inner, n_classes, _, width, offset, _ = shape
             # Rows of a tile padded off powers of two: at a pitch of 1 KiB the classes of a
             # tile fell into a few L1 sets (C = 64 ran at half the speed of C = 100).
