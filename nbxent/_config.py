@@ -56,6 +56,10 @@ class CpuSettings:
     #: and in the result) rather than transposed: from there a row
     #: fills enough vectors that reading along it costs less than the transpositions.
     tile_rows_min_classes: int = 32
+    #: The same for calls that write no result (the loss, logsumexp): transposed, they
+    #: ran 1.1-1.35x faster to 100 classes on an Intel AVX-512 server (both instruction
+    #: sets), as fast at 32 on a Zen 4 (see benchmarks/RESULTS.md).
+    tile_rows_min_classes_no_writes: int = 128
     #: Logits per tile of rows tiled as they lie, whose exps are kept in L2 for the
     #: writes: larger tiles ran faster, to a few hundred KiB (see RESULTS.md).
     tile_row_elements: int = 32768

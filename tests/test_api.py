@@ -655,7 +655,8 @@ def test_short_rows_as_they_lie_and_transposed_agree(rng, monkeypatch, base_shap
                                                      dtype, functions):
     """Short rows are tiled as they lie (``Shape.row_major``, the exps in one loop over
     the tile) where their classes are contiguous, in the logits and in the result, or
-    transposed (below ``tile_rows_min_classes``, or classes apart): both within the
+    transposed (below ``tile_rows_min_classes``, or ``..._no_writes`` for the loss, or
+    classes apart): both within the
     oracle's tolerance, with nan, +inf and all -inf rows, ignored rows, class weights,
     smoothing and z-loss (the entropy, in ``check_normalizers``, is always transposed).
     A result class-major beside contiguous logits (``out=`` a transpose's view) is
@@ -671,7 +672,8 @@ def test_short_rows_as_they_lie_and_transposed_agree(rng, monkeypatch, base_shap
     calls = _kernel_calls(monkeypatch)
     for min_classes, row_major in ((24, classes_contiguous), (38, False)):
         calls.clear()
-        with CPU.override(tile_rows_min_classes=min_classes):
+        with CPU.override(tile_rows_min_classes=min_classes,
+                          tile_rows_min_classes_no_writes=min_classes):
             if functions == "cross_entropy":
                 check_all_three(_cpu_backend(), logits, target, keywords, "none", dtype,
                                 logits_dev=logits)  # (the view itself, not a copy)
@@ -680,7 +682,8 @@ def test_short_rows_as_they_lie_and_transposed_agree(rng, monkeypatch, base_shap
         assert all(shape.tile_width > 1 for shape, _ in calls)
         assert any(shape.row_major for shape, _ in calls) == row_major
         calls.clear()
-        with CPU.override(tile_rows_min_classes=min_classes):
+        with CPU.override(tile_rows_min_classes=min_classes,
+                          tile_rows_min_classes_no_writes=min_classes):
             out = np.full(shape[::-1], np.nan, dtype).T
             if functions == "cross_entropy":
                 nbxent.cross_entropy_with_grad(logits, target, reduction="none", out=out,
@@ -691,6 +694,20 @@ def test_short_rows_as_they_lie_and_transposed_agree(rng, monkeypatch, base_shap
                 expected = R.softmax(logits, -1)
         assert_close(out, expected, dtype, "grad", err_msg="class-major out=:")
         assert not any(shape.row_major for shape, _ in calls)
+
+
+def test_a_call_without_writes_has_its_own_row_threshold(rng, monkeypatch):
+    """Short rows go along their classes from ``tile_rows_min_classes`` where a result is
+    written, from ``tile_rows_min_classes_no_writes`` for the loss alone; the same loss
+    either way."""
+    logits = make_logits(rng, (300, 37), np.float32)
+    target = make_index_target(rng, (300, 37), -1)
+    calls = _kernel_calls(monkeypatch)
+    with CPU.override(tile_rows_min_classes=24, tile_rows_min_classes_no_writes=38):
+        transposed = nbxent.cross_entropy(logits, target)
+        along_rows, _ = nbxent.cross_entropy_with_grad(logits, target)
+    assert [shape.row_major for shape, _ in calls] == [0, 1]
+    assert_close(transposed, along_rows, np.float32, "loss")
 
 
 # The tile kernel's three ways of writing a result: short rows transposed back, short rows

@@ -276,7 +276,9 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=No
     # lie at a unit stride in the logits and in the result (class-major short rows, as
     # from a transpose, are already laid out as the transposing path's tiles).
     classes_contiguous = x_geom.s_class == 1 and (out is None or out_geom.s_class == 1)
-    if (swap and classes_contiguous and logits.n_classes >= settings.tile_rows_min_classes
+    rows_min_classes = (settings.tile_rows_min_classes if write != WRITE_NOTHING
+                        else settings.tile_rows_min_classes_no_writes)
+    if (swap and classes_contiguous and logits.n_classes >= rows_min_classes
             and takes_rows(variant)):
         shape = shape._replace(row_major=1, tile_width=max(
             1, settings.tile_row_elements // logits.n_classes))
