@@ -1,5 +1,9 @@
 """The CPU kernels' exp, log and tanh polynomials against NumPy, special values included."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from numba import njit
@@ -91,6 +95,35 @@ def _log1p_loop(log1p, fastmath):
         return out
 
     return njit(fastmath=fastmath, error_model="numpy")(loop) if fastmath else njit(loop)
+
+
+# A fresh process whose first log1p is compiled in a reassociating loop.
+_LOG1P_FIRST_UNDER_REASSOCIATION = """
+import numpy as np
+from numba import njit
+from nbxent.cpu.fastexp import log1p32
+from nbxent.cpu.row_kernel import FASTMATH
+
+@njit(fastmath=FASTMATH)
+def log1p(x):
+    return log1p32(x)
+
+for x in (1e-10, 1e-30):
+    x = np.float32(x)
+    assert abs(log1p(x) - x) <= 2e-7 * x, (x, log1p(x))
+"""
+
+
+def test_log1p_keeps_tiny_x_when_a_reassociating_caller_compiles_it_first(tmp_path):
+    """The exact term of ``log1p32`` (``_dropped_from_one_plus``, log1p64's too) is
+    compiled apart without fastmath: a function that leaves its flags unset inherits
+    those of the caller that compiles it first, for every caller after, and under
+    reassociation the term folds to 0 (a tiny x's log1p then 0, a confident row's loss 0).
+    """
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    run = subprocess.run([sys.executable, "-c", _LOG1P_FIRST_UNDER_REASSOCIATION], env=env,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
 
 
 # (log1p64 never under reassociation: its callers do not reassociate, see its docstring)

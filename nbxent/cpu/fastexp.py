@@ -198,11 +198,12 @@ _SQRT_HALF_BITS64 = np.int64(0x3FE6A09E667F3BCD)
 _TWO52_BITS = np.int64(0x4330000000000000)
 
 
-@njit(error_model="numpy")
+@njit(fastmath=False, error_model="numpy")
 def _dropped_from_one_plus(x, u):
     """x - (u - 1), for u = 1 + x rounded to [1, 2): what that rounding dropped, exactly.
     Compiled apart, without fastmath, as ``_reduced64``: a reassociating caller would
-    fold it to 0."""
+    fold it to 0. (Said explicitly: a function that leaves ``fastmath`` unset inherits
+    the flags of the caller that first compiles it, for every caller after.)"""
     return x - (u - type(u)(1.0))
 
 
