@@ -144,9 +144,9 @@ def _scaling_loop():
     return scale
 
 
-def test_full_vectors_asked_for_where_avx512_is_enabled(monkeypatch):
-    """512-bit vectors where AVX-512 is enabled (LLVM's tuning for Intel's server CPUs
-    takes 256), and the function attribute nowhere else."""
+def test_full_vectors_asked_for_where_avx512_has_vbmi(monkeypatch):
+    """512-bit vectors where AVX-512 is enabled with VBMI (LLVM's tuning for Intel's
+    servers takes 256), and the function attribute nowhere else."""
     scale = _scaling_loop()
     llvm, = scale.inspect_llvm().values()
     asm, = scale.inspect_asm().values()
@@ -156,6 +156,8 @@ def test_full_vectors_asked_for_where_avx512_is_enabled(monkeypatch):
         # (Its main loop; a remainder may take narrower vectors.)
         assert "zmm" in re.findall(r"vmulps\s.*%([xyz]mm)", asm)
     from numba.core import config
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+fma,+avx512f,+avx512bw,-avx512vbmi")
+    assert full_vector_bits() is None  # a Skylake or Cascade Lake server: LLVM's 256 bits
     monkeypatch.setattr(config, "CPU_FEATURES", "+avx,+avx2,+fma,-avx512f")
     assert full_vector_bits() is None
     llvm, = _scaling_loop().inspect_llvm().values()

@@ -394,14 +394,17 @@ def fetch_add(typingctx, counters, index, value):
 
 
 def full_vector_bits():
-    """The vector width, in bits, the kernels ask LLVM for: 512 where AVX-512 is enabled;
-    None elsewhere (LLVM's choice, the full width of AVX2, NEON and SSE2 already).
+    """The vector width, in bits, the kernels ask LLVM for: 512 where AVX-512 comes with
+    VBMI (Intel from Ice Lake, AMD from Zen 4); None elsewhere, LLVM's choice (the full
+    width of AVX2, NEON and SSE2).
 
-    LLVM's tuning for Intel's AVX-512 server CPUs (Skylake to Emerald Rapids) vectorises
-    with 256-bit vectors, for clock speeds the first of them lost on 512-bit ones; the
-    kernels' loops are bound by arithmetic per logit, which full vectors halve
-    (benchmarks/RESULTS.md)."""
-    return 512 if "avx512f" in enabled_features() else None
+    LLVM's tuning for Intel's AVX-512 servers (Skylake to Emerald Rapids) vectorises with
+    256-bit vectors, for the clock speed the first of them (Skylake, Cascade Lake: AVX-512
+    without VBMI) lost on 512-bit arithmetic; the kernels' loops are bound by arithmetic
+    per logit, and on an Emerald Rapids 512-bit loops ran them up to 1.16x faster
+    (benchmarks/RESULTS.md). AMD's Zen 4 and 5 get 512 bits from LLVM already."""
+    features = enabled_features()
+    return 512 if "avx512f" in features and "avx512vbmi" in features else None
 
 
 @intrinsic
