@@ -39,6 +39,10 @@ _GREATER, _EQUAL, _AHEAD, _N_ORDER = range(4)
 ROW_HINT_SPAN = 256
 # Results of rows tiled as they lie gathered (in L1) before they are streamed out.
 STREAMED_ELEMENTS = 2048
+# Logits of rows tiled as they lie taken through the passes before their sums together: the
+# group's logits and exps (8 KiB each in float32) stay in L1 from the max's pass to the
+# sums', where each pass over the whole tile read it from L2 (benchmarks/RESULTS.md).
+ROW_GROUP_ELEMENTS = 2048
 
 
 @njit(inline="always")
@@ -500,53 +504,57 @@ def build_tile_kernel(variant, f, sum_at_inf):
                  exps, n_classes, n, n_next, one_minus_eps, eps_over_c):
         """``stage`` and ``tile_sums`` for rows tiled as they lie (``Shape.row_major``):
         each row's max, target logit and sums, its exps kept in ``exps`` (row k's classes
-        from k * n_classes), taken in place of its logits shifted by its max. The next
-        ``n_next`` rows' logits are hinted to the cache during the exps' loop (without the
-        hints the max's pass waited on memory: benchmarks/RESULTS.md)."""
+        from k * n_classes), taken in place of its logits shifted by its max; rows in groups
+        of about ``ROW_GROUP_ELEMENTS`` logits, each group through every pass before the
+        next. The next ``n_next`` rows' logits are hinted to the cache during the exps'
+        loops (without the hints the max's pass waited on memory: benchmarks/RESULTS.md)."""
         vectors_at_full_width()
         shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
         moment, mass, t_logit = scratch[_MOMENT], scratch[_MASS], scratch[_T_LOGIT]
-        for k in range(n):
-            row = base + k * s_pos
-            row_top = ftype(-np.inf)
-            for c in range(n_classes):
-                row_top = larger_of_numbers(row_top, load_x(x, row + c, ftype))
-            shift[k] = shift_of(row_top)
-            n_top[k] = ftype(sum_at_inf) if row_top == np.inf else ftype(0.0)
-            t = max(target_class[k], np.int32(0)) if indexed else 0
-            t_logit[k] = load_x(x, row + t, ftype) if indexed and target_class[k] >= 0 \
-                else ftype(0.0)
-        for k in range(n):
-            row = base + k * s_pos
-            for c in range(n_classes):
-                exps[cell(k, n_classes, c)] = load_x(x, row + c, ftype) - shift[k]
-        # The next tile's logits asked for on the way, a cache line per LINE exps.
-        n_exps, span = n * n_classes, n_next * s_pos
-        for i0 in range(0, n_exps, ROW_HINT_SPAN):
-            for b in range(i0, min(i0 + ROW_HINT_SPAN, span), LINE):
-                prefetch(x, np.int64(base + n * s_pos + b))
-            for i in range(i0, min(i0 + ROW_HINT_SPAN, n_exps)):
-                exps[np.uint64(i)] = exp_nonpositive(exps[np.uint64(i)])
-        for k in range(n):
-            row = base + k * s_pos
-            row_n_top = ftype(0.0)
-            row_rest = ftype(0.0)
-            row_moment = ftype(0.0)
-            row_mass = ftype(0.0)
-            for c in range(n_classes):
-                value = load_x(x, row + c, ftype)
-                at_top = value == shift[k]
-                moment_term, mass_term = linear_terms(
-                    value, shift[k], c, target, t_base + k * t_si, t_sc, weight,
-                    one_minus_eps, eps_over_c)
-                row_n_top += ftype(1.0) if at_top else ftype(0.0)
-                row_rest += ftype(0.0) if at_top else exps[cell(k, n_classes, c)]
-                row_moment += moment_term
-                row_mass += mass_term
-            n_top[k] += row_n_top
-            rest[k] = row_rest
-            moment[k] = row_moment
-            mass[k] = row_mass
+        span = n_next * s_pos
+        group = max(1, ROW_GROUP_ELEMENTS // n_classes)
+        for g0 in range(0, n, group):
+            g1 = min(g0 + group, n)
+            for k in range(g0, g1):
+                row = base + k * s_pos
+                row_top = ftype(-np.inf)
+                for c in range(n_classes):
+                    row_top = larger_of_numbers(row_top, load_x(x, row + c, ftype))
+                shift[k] = shift_of(row_top)
+                n_top[k] = ftype(sum_at_inf) if row_top == np.inf else ftype(0.0)
+                t = max(target_class[k], np.int32(0)) if indexed else 0
+                t_logit[k] = load_x(x, row + t, ftype) if indexed and target_class[k] >= 0 \
+                    else ftype(0.0)
+            for k in range(g0, g1):
+                row = base + k * s_pos
+                for c in range(n_classes):
+                    exps[cell(k, n_classes, c)] = load_x(x, row + c, ftype) - shift[k]
+            # The next tile's logits asked for on the way, a cache line per LINE exps.
+            for i0 in range(g0 * n_classes, g1 * n_classes, ROW_HINT_SPAN):
+                for b in range(i0, min(i0 + ROW_HINT_SPAN, span), LINE):
+                    prefetch(x, np.int64(base + n * s_pos + b))
+                for i in range(i0, min(i0 + ROW_HINT_SPAN, g1 * n_classes)):
+                    exps[np.uint64(i)] = exp_nonpositive(exps[np.uint64(i)])
+            for k in range(g0, g1):
+                row = base + k * s_pos
+                row_n_top = ftype(0.0)
+                row_rest = ftype(0.0)
+                row_moment = ftype(0.0)
+                row_mass = ftype(0.0)
+                for c in range(n_classes):
+                    value = load_x(x, row + c, ftype)
+                    at_top = value == shift[k]
+                    moment_term, mass_term = linear_terms(
+                        value, shift[k], c, target, t_base + k * t_si, t_sc, weight,
+                        one_minus_eps, eps_over_c)
+                    row_n_top += ftype(1.0) if at_top else ftype(0.0)
+                    row_rest += ftype(0.0) if at_top else exps[cell(k, n_classes, c)]
+                    row_moment += moment_term
+                    row_mass += mass_term
+                n_top[k] += row_n_top
+                rest[k] = row_rest
+                moment[k] = row_moment
+                mass[k] = row_mass
 
     @compiled_apart(variant)
     def row_results(out, base, s_pos, x, x_base, x_si, exps, scratch, target_index, n_classes,
