@@ -190,16 +190,27 @@ def build_tile_kernel(variant, f, sum_at_inf):
         for k in range(n):
             top[k] = cap_logit(load_source(source, base + k, from_logits), cap)
             t_logit[k] = ftype(0.0)
-        for c in range(n_classes):
+        # Classes in pairs where nothing is stored (each position's max and target logit
+        # then loaded and stored once a pair); one at a time where the logits are stored
+        # (a second store stream kept LLVM from vectorising the loop).
+        step = 1 if from_logits or softcap else 2
+        for c0 in range(0, n_classes, step):
+            c1 = min(c0 + step - 1, n_classes - 1)
+            paired = c1 != c0
             for k in range(n):
-                value = cap_logit(load_source(source, base + c * s_class + k, from_logits), cap)
+                value0 = cap_logit(load_source(source, base + c0 * s_class + k, from_logits),
+                                   cap)
+                value1 = cap_logit(load_source(source, base + c1 * s_class + k, from_logits),
+                                   cap)
                 if from_logits or softcap:
-                    tile[cell(c, pitch, k)] = value
-                top[k] = larger_of_numbers(top[k], value)
+                    tile[cell(c0, pitch, k)] = value0
+                top[k] = larger_of_numbers(top[k], larger_of_numbers(value0, value1))
                 # (Summed, its one nonzero term selected: a select between two loads
                 # keeps LLVM from vectorising the loop.)
                 if indexed:
-                    t_logit[k] += value if target_class[k] == np.int32(c) else ftype(0.0)
+                    t_logit[k] += pair_sum(
+                        value0 if target_class[k] == np.int32(c0) else ftype(0.0),
+                        value1 if target_class[k] == np.int32(c1) else ftype(0.0), paired)
 
     @njit(inline="always")
     def stage(x, base, s_class, s_pos, tile, n_classes, n, pitch, cap, top, target_class,
