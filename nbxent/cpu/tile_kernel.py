@@ -9,10 +9,10 @@ pass between is a contiguous loop over the tile's positions, the vectorised one.
 
 Short rows of a few dozen classes and more (``Shape.row_major``, where the variant
 allows: ``takes_rows``) are tiled as they lie instead: no transpositions;
-the max, the sums and the writes run along each row, and the exps in one loop over the
-whole tile, whose vectors do not stop at a row's end (a row's own loop would take a
-100-class row's last classes one at a time, each a whole exp); the per-position steps
-between are the same.
+the max, the sums and the writes run along each row, and the exps in one loop over a
+group of rows (``ROW_GROUP_ELEMENTS`` logits, which stay in L1 through the passes), whose
+vectors do not stop at a row's end (a row's own loop would take a 100-class row's last
+classes one at a time, each a whole exp); the per-position steps between are the same.
 """
 
 import numpy as np
@@ -39,9 +39,10 @@ _GREATER, _EQUAL, _AHEAD, _N_ORDER = range(4)
 ROW_HINT_SPAN = 256
 # Results of rows tiled as they lie gathered (in L1) before they are streamed out.
 STREAMED_ELEMENTS = 2048
-# Logits of rows tiled as they lie taken through the passes before their sums together: the
-# group's logits and exps (8 KiB each in float32) stay in L1 from the max's pass to the
-# sums', where each pass over the whole tile read it from L2 (benchmarks/RESULTS.md).
+# Rows tiled as they lie go through their passes (the max, the shifted copy, the exps, the
+# sums) in groups of about this many logits: a group's logits and exps (8 KiB each in
+# float32) stay in L1 from the first pass to the last, where passes over the whole tile
+# each read it from L2 (benchmarks/RESULTS.md).
 ROW_GROUP_ELEMENTS = 2048
 
 
@@ -184,7 +185,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
                      target_class, t_logit):
         """Copy class-major logits (positions at a unit stride) into the tile, capped and
         in the compute type, and take on the way each position's max (``top``) and, for
-        index targets, its target logit: one vectorised loop per class. ``source`` may
+        index targets, its target logit: a vectorised loop per class (per pair of classes
+        where nothing is stored). ``source`` may
         be the tile itself (``from_logits`` false): then only capped logits are stored
         back."""
         for k in range(n):
