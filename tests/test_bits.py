@@ -1,4 +1,5 @@
-"""The CPU kernels' vector helpers: transposed copies in blocks of shuffles, copies by
+"""The CPU kernels' vector helpers: transposed copies in blocks of shuffles (256- and
+512-bit, whichever the machine's kernels take), arrays that start on a cache line, copies by
 streaming stores, the maximum of numbers as a running maximum kept in memory and as
 a reduction; the atomic counter the threads take blocks of work from; and the vector
 width the kernels ask LLVM for."""
@@ -9,13 +10,27 @@ import numpy as np
 import pytest
 from numba import njit, prange
 
-from nbxent.cpu.bits import (copy_streaming, copy_transposed, fetch_add, full_vector_bits,
-                             larger_of_numbers, store_fence, vectors_at_full_width)
+from nbxent.cpu.bits import (_copy_in_blocks, address_of, copy_streaming, copy_transposed,
+                             fetch_add, full_vector_bits, larger_of_numbers, lined_empty,
+                             store_fence, vectors_at_full_width)
 
 
 @njit
 def _copy_transposed(src, src_start, src_stride, dst, dst_start, dst_stride, n_rows, n_cols):
     copy_transposed(src, src_start, src_stride, dst, dst_start, dst_stride, n_rows, n_cols)
+
+
+@njit
+def _copy_in_wide_blocks(src, src_start, src_stride, dst, dst_start, dst_stride, n_rows,
+                         n_cols):
+    _copy_in_blocks(src, src_start, src_stride, dst, dst_start, dst_stride, n_rows, n_cols,
+                    64 // src.itemsize, True)
+
+
+@njit
+def _lined_empty_address(size, dtype):
+    lined = lined_empty(size, dtype)
+    return address_of(lined, 0), lined.size
 
 
 @njit
@@ -59,22 +74,42 @@ def _reduced_max(row):
     return top
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n_rows, n_cols", [(8, 8), (4, 4), (3, 5), (19, 100), (17, 9),
-                                            (64, 10), (1, 1), (0, 7)])
-def test_copy_transposed_matches_numpy(dtype, n_rows, n_cols):
+_TRANSPOSED_SIDES = [(8, 8), (4, 4), (3, 5), (19, 100), (17, 9), (64, 10), (16, 16),
+                     (40, 37), (1, 1), (0, 7)]
+# The 512-bit blocks (any CPU's vectors: LLVM splits them where they are wider than the
+# machine's), where both sides are as long as a block (the kernels' condition).
+_TRANSPOSED_CASES = [
+    pytest.param(copy, dtype, n_rows, n_cols, id=f"{label}-{dtype.__name__}-{n_rows}x{n_cols}")
+    for copy, label in ((_copy_transposed, "as-the-kernels"),
+                        (_copy_in_wide_blocks, "512-bit-blocks"))
+    for dtype in (np.float32, np.float64) for n_rows, n_cols in _TRANSPOSED_SIDES
+    if copy is _copy_transposed or min(n_rows, n_cols) >= 64 // np.dtype(dtype).itemsize]
+
+
+@pytest.mark.parametrize("copy, dtype, n_rows, n_cols", _TRANSPOSED_CASES)
+def test_copy_transposed_matches_numpy(copy, dtype, n_rows, n_cols):
     """Whole blocks and the edges around them, between strided windows of flat
     buffers; nothing outside the destination window is written."""
     src_start, src_stride, dst_start, dst_stride = 5, n_cols + 3, 2, n_rows + 7
     src = np.arange(src_start + max(n_rows, 1) * src_stride, dtype=dtype)
     dst = np.full(dst_start + max(n_cols, 1) * dst_stride, -1.0, dtype)
     before = src.copy()
-    _copy_transposed(src, src_start, src_stride, dst, dst_start, dst_stride, n_rows, n_cols)
+    copy(src, src_start, src_stride, dst, dst_start, dst_stride, n_rows, n_cols)
     window = src[src_start:src_start + n_rows * src_stride].reshape(n_rows, src_stride)
     copied = dst[dst_start:dst_start + n_cols * dst_stride].reshape(n_cols, dst_stride)
     np.testing.assert_array_equal(copied[:, :n_rows], window[:, :n_cols].T)
     assert (copied[:, n_rows:] == -1).all() and (dst[:dst_start] == -1).all()
     np.testing.assert_array_equal(src, before)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 4096])
+def test_lined_empty_starts_on_a_cache_line(dtype, size):
+    """Each of many arrays (the heap's free space moving under them) starts on a 64-byte
+    line and holds ``size`` elements."""
+    for _ in range(20):
+        address, n = _lined_empty_address(size, dtype)
+        assert address % 64 == 0 and n == size
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

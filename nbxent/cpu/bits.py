@@ -230,62 +230,93 @@ def _transposed(builder, rows):
     return rows
 
 
-@intrinsic
-def transpose_block(typingctx, src, src_start, src_stride, dst, dst_start, dst_stride):
-    """Copy a square block of 32 bytes a side, transposed: for i, j < B (8 float32s,
-    4 float64s), ``dst[dst_start + j * dst_stride + i] = src[src_start + i *
-    src_stride + j]``, as B vector loads, shuffles and B vector stores (LLVM's
-    shufflevector: any CPU's vectors). Loops of scalar loads and strided stores do
-    not vectorise. ``src`` and ``dst`` are 1-D arrays of one dtype, not overlapping.
-    """
-    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
-            and src.dtype == dst.dtype and src.ndim == dst.ndim == 1
-            and isinstance(src.dtype, types.Float)):
-        return None
-    width = 256 // src.dtype.bitwidth
+def _square_transpose(side_bits):
+    """An intrinsic copying a square block of ``side_bits`` a side, transposed (see
+    ``transpose_block``)."""
+    @intrinsic
+    def transpose(typingctx, src, src_start, src_stride, dst, dst_start, dst_stride):
+        if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
+                and src.dtype == dst.dtype and src.ndim == dst.ndim == 1
+                and isinstance(src.dtype, types.Float)):
+            return None
+        width = side_bits // src.dtype.bitwidth
 
-    def codegen(context, builder, signature, args):
-        src_data = _data(context, builder, signature, args, 0)
-        dst_data = _data(context, builder, signature, args, 3)
-        index = [context.cast(builder, value, ty, types.int64)
-                 for value, ty in zip(args, signature.args) if isinstance(ty, types.Integer)]
-        (src_start, src_stride, dst_start, dst_stride) = index
-        vector = ir.VectorType(context.get_value_type(src.dtype), width).as_pointer()
-        align = src.dtype.bitwidth // 8
+        def codegen(context, builder, signature, args):
+            src_data = _data(context, builder, signature, args, 0)
+            dst_data = _data(context, builder, signature, args, 3)
+            index = [context.cast(builder, value, ty, types.int64)
+                     for value, ty in zip(args, signature.args)
+                     if isinstance(ty, types.Integer)]
+            (src_start, src_stride, dst_start, dst_stride) = index
+            vector = ir.VectorType(context.get_value_type(src.dtype), width).as_pointer()
+            align = src.dtype.bitwidth // 8
 
-        def at(data, start, stride, i):
-            offset = builder.add(start, builder.mul(stride, ir.Constant(ir.IntType(64), i)))
-            return builder.bitcast(builder.gep(data, [offset]), vector)
+            def at(data, start, stride, i):
+                offset = builder.add(start, builder.mul(stride, ir.Constant(ir.IntType(64), i)))
+                return builder.bitcast(builder.gep(data, [offset]), vector)
 
-        rows = [builder.load(at(src_data, src_start, src_stride, i), align=align)
-                for i in range(width)]
-        for j, row in enumerate(_transposed(builder, rows)):
-            builder.store(row, at(dst_data, dst_start, dst_stride, j), align=align)
-        return context.get_dummy_value()
+            rows = [builder.load(at(src_data, src_start, src_stride, i), align=align)
+                    for i in range(width)]
+            for j, row in enumerate(_transposed(builder, rows)):
+                builder.store(row, at(dst_data, dst_start, dst_stride, j), align=align)
+            return context.get_dummy_value()
 
-    return types.void(src, src_start, src_stride, dst, dst_start, dst_stride), codegen
+        return types.void(src, src_start, src_stride, dst, dst_start, dst_stride), codegen
+
+    return transpose
+
+
+transpose_block = _square_transpose(256)
+transpose_block.__doc__ = """Copy a square block of 32 bytes a side, transposed: for i, j < B
+(8 float32s, 4 float64s), ``dst[dst_start + j * dst_stride + i] = src[src_start + i *
+src_stride + j]``, as B vector loads, shuffles and B vector stores (LLVM's shufflevector:
+any CPU's vectors). Loops of scalar loads and strided stores do not vectorise. ``src``
+and ``dst`` are 1-D arrays of one dtype, not overlapping."""
+# The same, 64 bytes a side (16 float32s): a quarter fewer shuffles and half the loads and
+# stores per element where vectors are 512 bits wide.
+transpose_wide_block = _square_transpose(512)
+
+
+@njit(inline="always")
+def _copy_in_blocks(src, src_start, src_stride, dst, dst_start, dst_stride, n_rows, n_cols,
+                    width, wide):
+    """``copy_transposed`` in blocks of ``width`` a side (``transpose_wide_block`` where
+    ``wide``, a constant where this is called, else ``transpose_block``), the last of a
+    row or column of blocks moved back to end at the edge (it copies again some of what
+    the one before it copied: the same values)."""
+    for bi in range((n_rows + width - 1) // width):
+        i0 = min(bi * width, n_rows - width)
+        for bj in range((n_cols + width - 1) // width):
+            j0 = min(bj * width, n_cols - width)
+            if wide:
+                transpose_wide_block(src, src_start + i0 * src_stride + j0, src_stride,
+                                     dst, dst_start + j0 * dst_stride + i0, dst_stride)
+            else:
+                transpose_block(src, src_start + i0 * src_stride + j0, src_stride,
+                                dst, dst_start + j0 * dst_stride + i0, dst_stride)
 
 
 @njit(inline="always")
 def copy_transposed(src, src_start, src_stride, dst, dst_start, dst_stride, n_rows, n_cols):
     """``dst[dst_start + j * dst_stride + i] = src[src_start + i * src_stride + j]`` for
-    i < n_rows, j < n_cols: in ``transpose_block``s, the last of a row or column of
-    blocks moved back to end at the edge (it copies again some of what the one before it
-    copied: the same values); element by element only where a side is shorter than a
-    block (at C = 10 the scalar edge loops cost more than the blocks: benchmarks/RESULTS.md)."""
-    width = 32 // src.itemsize
-    if n_rows < width or n_cols < width:
+    i < n_rows, j < n_cols: in square blocks of shuffled vectors (``_copy_in_blocks``), 64
+    bytes a side where the kernels' vectors are 512 bits (``full_vector_bits``) and both
+    sides are that long, else 32 bytes; element by element only where a side is shorter
+    than 32 bytes (at C = 10 the scalar edge loops cost more than the blocks:
+    benchmarks/RESULTS.md). For 512-bit blocks, give ``lined_empty`` arrays: across cache
+    lines their loads and stores ran slower than the 256-bit blocks."""
+    narrow, wide = 32 // src.itemsize, 64 // src.itemsize
+    if _WIDE_BLOCKS and n_rows >= wide and n_cols >= wide:
+        _copy_in_blocks(src, src_start, src_stride, dst, dst_start, dst_stride, n_rows,
+                        n_cols, wide, True)
+    elif n_rows >= narrow and n_cols >= narrow:
+        _copy_in_blocks(src, src_start, src_stride, dst, dst_start, dst_stride, n_rows,
+                        n_cols, narrow, False)
+    else:
         for i in range(n_rows):
             for j in range(n_cols):
                 dst[np.uint64(dst_start + j * dst_stride + i)] = src[
                     np.uint64(src_start + i * src_stride + j)]
-        return
-    for bi in range((n_rows + width - 1) // width):
-        i0 = min(bi * width, n_rows - width)
-        for bj in range((n_cols + width - 1) // width):
-            j0 = min(bj * width, n_cols - width)
-            transpose_block(src, src_start + i0 * src_stride + j0, src_stride,
-                            dst, dst_start + j0 * dst_stride + i0, dst_stride)
 
 
 # Bytes each streaming store writes: a cache line, so that a line is written whole.
@@ -303,6 +334,18 @@ def address_of(typingctx, array, index):
         return builder.ptrtoint(builder.gep(data, [args[1]]), ir.IntType(64))
 
     return types.int64(array, types.int64), codegen
+
+
+@njit(inline="always")
+def lined_empty(size, dtype):
+    """``np.empty(size, dtype)`` starting on a 64-byte cache line (float32 or float64), so
+    that 512-bit vectors of it, from its start, cross no line: the tile kernel's arrays.
+    (Numba's allocations start where the heap had room, 16 bytes apart or so, differently
+    in each process: the tile kernel's loops ran 6-14 % slower across lines with 512-bit
+    vectors, benchmarks/RESULTS.md.)"""
+    buf = np.empty(size + 16, dtype)
+    lead = ((64 - address_of(buf, 0) % 64) % 64) // buf.itemsize
+    return buf[lead:lead + size]
 
 
 @intrinsic
@@ -405,6 +448,10 @@ def full_vector_bits():
     (benchmarks/RESULTS.md). AMD's Zen 4 and 5 get 512 bits from LLVM already."""
     features = enabled_features()
     return 512 if "avx512f" in features and "avx512vbmi" in features else None
+
+
+# ``copy_transposed`` in blocks of 512-bit vectors (read when a kernel compiles).
+_WIDE_BLOCKS = full_vector_bits() == 512
 
 
 @intrinsic

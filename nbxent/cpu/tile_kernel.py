@@ -21,8 +21,8 @@ from numba import njit
 from .access import cell, loader, storer
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
                         WRITE_LOG_SOFTMAX, WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
-from .bits import (copy_streaming, copy_transposed, exact_order, larger_of_numbers, prefetch,
-                   prefetch_for_write, store_fence, vectors_at_full_width)
+from .bits import (copy_streaming, copy_transposed, exact_order, larger_of_numbers, lined_empty,
+                   prefetch, prefetch_for_write, store_fence, vectors_at_full_width)
 from .fastexp import exp64, exp_nonpositive_for, log1p32, log1p64
 from .launch import blocks_for
 from .disk_cache import named_for, way_key
@@ -713,7 +713,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
             # tile fell into a few L1 sets (C = 64 ran at half the speed of C = 100).
             pitch = (width + 15) // 16 * 16 + 16
             n_tiles = outer * tiles_per_outer(inner, width, offset)
-            scratch = np.empty((_N_SCRATCH, width), ftype)
+            scratch = lined_empty(_N_SCRATCH * width, ftype).reshape((_N_SCRATCH, width))
             wide_scratch = np.empty((2, width))  # float64 target weights and grad_output
             order = np.empty((_N_ORDER if metrics else 0, width), ftype)
             argmax = np.empty(width if metrics else 0, np.int32)
@@ -721,9 +721,9 @@ def build_tile_kernel(variant, f, sum_at_inf):
             target_class = np.empty(width, np.int32)  # in [0, C), or -1
             # (Rows tiled as they lie stay in ``exps``. Results on their way to a streamed
             # output, rows tiled as they lie or short rows transposed back, go to ``logits``.)
-            logits = np.empty((n_classes + 1) * pitch, ftype)
+            logits = lined_empty((n_classes + 1) * pitch, ftype)
             logits[n_classes * pitch:] = -np.inf  # a class after the last, for pairs
-            exps = np.empty(n_classes * pitch, ftype)
+            exps = lined_empty(n_classes * pitch, ftype)
             targets = np.empty(n_classes * pitch if prob else 0, target.dtype)
             first, last = block * n_tiles // n_blocks, (block + 1) * n_tiles // n_blocks
             for tile_index in range(first, last):
