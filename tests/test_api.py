@@ -958,6 +958,36 @@ def test_with_grad_agrees_with_separate_calls(backend, rng):
     np.testing.assert_allclose(backend.to_numpy(fused_grad), backend.to_numpy(grad), atol=1e-7)
 
 
+@pytest.mark.parametrize("shape,axis", [((600, 10), -1), ((300, 40), -1), ((64, 300), -1),
+                                        ((2, 5, 9, 40), 1)])
+def test_the_row_lse_is_written_only_where_it_is_kept(rng, shape, axis):
+    """The kernels write each row's logsumexp to the reused per-row array only for the
+    z-loss and the logsumexp (``Options.keeps_lse``): a loss without z-loss leaves it as
+    it was (here nan), and those fill it anew (short rows transposed and as they lie,
+    long rows, NCHW)."""
+    import nbxent.cpu.backend as backend
+    logits = make_logits(rng, shape, F32)
+    target = make_index_target(rng, shape, axis, ignored=0.1)
+    n_rows = logits.size // shape[axis]
+
+    def poisoned_lse():
+        row_lse = backend._scratch("row_lse", n_rows, np.float64)
+        row_lse[:] = np.nan
+        return row_lse
+
+    row_lse = poisoned_lse()
+    nbxent.cross_entropy(logits, target, axis=axis)
+    nbxent.cross_entropy_with_grad(logits, target, axis=axis)
+    assert np.isnan(row_lse).all()
+    for reduction in ("mean", "none"):
+        poisoned_lse()
+        keywords = dict(axis=axis, z_loss=1e-2, reduction=reduction)
+        assert_close(nbxent.cross_entropy(logits, target, **keywords),
+                     R.cross_entropy(logits, target, **keywords), F32, "loss")
+    poisoned_lse()
+    assert_close(nbxent.logsumexp(logits, axis=axis), R.logsumexp(logits, axis), F32, "loss")
+
+
 def test_label_smoothing_and_z_loss_accept_integers(rng):
     logits = make_logits(rng, (4, 3), F32)
     target = np.array([0, 1, 2, 0])

@@ -84,6 +84,8 @@ class Options(NamedTuple):
     in_place: bool          # out may overlap the logits (the row kernel then stages them)
     streams: bool           # out is large: the tile kernel writes its whole cache lines by
                             # streaming stores (``bits.copy_streaming``)
+    keeps_lse: bool         # the per-row lse reaches the caller (z-loss, logsumexp): else
+                            # ``row_lse`` is not written
 
 
 @njit(inline="always")

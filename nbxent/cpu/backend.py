@@ -209,8 +209,10 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=No
     it is 0, for 'correct').
 
     Returns (row values, row lse, D, n_valid): the per-row cross-entropy (or
-    entropy), the per-row logsumexp (0 for ignored rows), and the 'mean'
-    denominators of the cross-entropy part (D) and of the z-loss part.
+    entropy), the per-row logsumexp (0 for ignored rows; written only for the z-loss and
+    the logsumexp, else undefined: the writes of a million rows' float64 lse weighed on the
+    loss of short rows, benchmarks/RESULTS.md), and the 'mean' denominators of the
+    cross-entropy part (D) and of the z-loss part.
     """
     logits, loss = plan.logits, plan.loss
     compute = _compute_dtype(logits, loss)
@@ -293,7 +295,8 @@ def _launch(plan, *, target_kind, write, entropy=False, out=None, row_metrics=No
         wants_entropy="entropy" in metric_names,
         in_place=out is not None and np.may_share_memory(out_buffer, x),
         streams=tiled and out is not None and (
-            logits.n_rows * logits.n_classes * out_buffer.itemsize >= settings.stream_min_bytes))
+            logits.n_rows * logits.n_classes * out_buffer.itemsize >= settings.stream_min_bytes),
+        keeps_lse=loss.z_loss != 0.0 or plan.op == "logsumexp")
     x, target, weight, grad_output = map(_read_only, (x, target, weight, grad_output))
     kernel = kernel_for(variant)
     blocks = kernel.blocks_for(tuple(shape))

@@ -586,7 +586,8 @@ def build_row_kernel(variant, f, sum_at_inf):
                                           eps_over_c)
         if seg == 0:
             row_value[r] = value if valid else 0.0
-            row_lse[r] = lse if valid else 0.0
+            if options.keeps_lse:
+                row_lse[r] = lse if valid else 0.0
             if metrics:
                 entropy_moment, argmax, ahead, nan = combined_order(
                     part, r * n_seg, n_seg, shift, options.wants_entropy)

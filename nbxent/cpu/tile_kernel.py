@@ -451,9 +451,11 @@ def build_tile_kernel(variant, f, sum_at_inf):
                         entropy_term(value1, shift[k], e1, compute64), paired)
 
     @njit(inline="always")
-    def tile_rows(scratch, order, t_weight, g_rows, row_value, row_lse, row_metrics,
+    def tile_rows(scratch, order, t_weight, g_rows, lses, row_value, row_lse, row_metrics,
                   first_row, n, options, one_minus_eps, eps_over_c, cap):
-        """Each position's value and lse (and metrics), and the scales its writes use."""
+        """Each position's value and lse (and metrics), and the scales its writes use. The
+        lse goes to ``row_lse`` only where the caller keeps it (``Options.keeps_lse``), from
+        ``lses``: a branch in the loop kept it from vectorising."""
         shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
         moment, mass = scratch[_MOMENT], scratch[_MASS]
         t_logit, valid = scratch[_T_LOGIT], scratch[_VALID]
@@ -471,7 +473,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 t_weight[k], options.weight_sum, one_minus_eps, eps_over_c)
             r = np.uint64(first_row + k)
             row_value[r] = value if is_valid else 0.0
-            row_lse[r] = lse if is_valid else 0.0
+            lses[k] = lse if is_valid else 0.0
             if metrics:  # (the entropy undefined unless wanted: written, not read)
                 # logsumexp's own: +inf for a row holding +inf and no nan (rest nan).
                 row_metrics[METRIC_LSE, r] = lse if shift[k] != np.inf else (
@@ -487,6 +489,9 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 if writes_target_gradient:
                     t_grads[k] = target_gradient(p_coef, g_ce, t_logit[k], shift[k], log_sum,
                                                  t_weight[k], one_minus_eps, eps_over_c, cap)
+        if options.keeps_lse:
+            for k in range(n):
+                row_lse[np.uint64(first_row + k)] = lses[k]
 
     @njit(inline="always")
     def tile_results(logits, exps, scratch, target_index, n_classes, n, pitch, targets, weight,
@@ -623,7 +628,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
             x_base = row_start(x_geom, o, i0)
             t_base = row_start(t_geom, o, i0)
             x_sc, x_si = x_geom.s_class, x_geom.s_inner
-            t_weight, g_rows = wide_scratch[0], wide_scratch[1]
+            t_weight, g_rows, lses = wide_scratch[0], wide_scratch[1], wide_scratch[2]
             # The next tile's positions (of this block of tiles), whose memory is asked for
             # on the way; not for float16 tiles, whose conversions leave the memory time.
             n_next = 0 if half else min(width, inner - i0 - n)
@@ -666,7 +671,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 for k in range(n):
                     g_rows[k] = grad_output_at(options, grad_output,
                                                row_start(g_geom, o, i0 + k))
-            tile_rows(scratch, order, t_weight, g_rows, row_value, row_lse, row_metrics,
+            tile_rows(scratch, order, t_weight, g_rows, lses, row_value, row_lse, row_metrics,
                       o * inner + i0, n, options, one_minus_eps, eps_over_c, cap)
             if metrics and options.wants_argmax:
                 for k in range(n):
@@ -714,7 +719,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
             pitch = (width + 15) // 16 * 16 + 16
             n_tiles = outer * tiles_per_outer(inner, width, offset)
             scratch = lined_empty(_N_SCRATCH * width, ftype).reshape((_N_SCRATCH, width))
-            wide_scratch = np.empty((2, width))  # float64 target weights and grad_output
+            wide_scratch = np.empty((3, width))  # float64 target weights, grad_output, lse
             order = np.empty((_N_ORDER if metrics else 0, width), ftype)
             argmax = np.empty(width if metrics else 0, np.int32)
             target_index = np.empty(width, np.int64)
