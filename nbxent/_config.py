@@ -54,8 +54,10 @@ class CpuSettings:
     #: Fewest classes for which short rows are tiled as they lie (where the variant
     #: allows: ``tile_kernel.takes_rows``, and the classes are contiguous in the logits
     #: and in the result) rather than transposed: from there a row
-    #: fills enough vectors that reading along it costs less than the transpositions.
-    tile_rows_min_classes: int = 32
+    #: fills enough vectors that reading along it costs less than the transpositions
+    #: (on an Intel AVX-512 server, both instruction sets: transposed faster to 56
+    #: classes, as they lie from 64; see benchmarks/RESULTS.md).
+    tile_rows_min_classes: int = 60
     #: The same for calls that write no result (the loss, logsumexp): transposed, they
     #: ran 1.1-1.35x faster to 100 classes on an Intel AVX-512 server (both instruction
     #: sets), as fast at 32 on a Zen 4 (see benchmarks/RESULTS.md).

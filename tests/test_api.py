@@ -714,7 +714,7 @@ def test_a_call_without_writes_has_its_own_row_threshold(rng, monkeypatch):
 # tiled as they lie, NCHW (a run of positions per class). (The copies themselves, in both
 # types and on every instruction set CI builds for, are tests/test_bits.py's.)
 STREAMED_LAYOUTS = [pytest.param((3000, 10), -1, id="short-rows-transposed"),
-                    pytest.param((3000, 40), -1, id="short-rows-as-they-lie"),
+                    pytest.param((3000, 70), -1, id="short-rows-as-they-lie"),
                     pytest.param((2, 7, 33, 65), 1, id="nchw")]
 
 
@@ -742,7 +742,7 @@ def test_streamed_results_are_the_cached_ones(rng, monkeypatch, shape, axis):
     with CPU.override(stream_min_bytes=0):
         streamed = results()
     assert all(options.streams and shape.tile_width > 1 for shape, options in calls)
-    assert any(shape.row_major for shape, _ in calls) == (shape[-1] == 40)
+    assert any(shape.row_major for shape, _ in calls) == (shape[-1] == 70)
     for name, a, b in zip(("loss", "grad", "out= off a line", "in place", "softmax"),
                           cached, streamed):
         np.testing.assert_array_equal(b, a, err_msg=name)
