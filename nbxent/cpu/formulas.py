@@ -237,21 +237,25 @@ def formulas(variant):
     @njit(inline="always")
     def row_result(row_max, sum_exp, log_sum, moment, mass, t_logit, t_weight,
                    weight_sum, one_minus_eps, eps_over_c):
-        """(per-row value, lse, Q) from the row statistics.
+        """(per-row value, lse, Q) from the row statistics, in the type of ``log_sum``
+        and the other sums (float64 in the row kernel; the tile kernel's type there, where
+        float32 takes twice the vector lanes).
 
         The value is the cross-entropy (or the entropy); Q = sum_c q_c (``row_mass``),
         the coefficient of softmax in the cross-entropy gradient. The spread
         sum_c q~_c (lse - x_c) is mass log s - moment, the moment about the shift:
         two terms of one sign, which keep a confident row's digits where terms about any
-        other reference would cancel.
+        other reference would cancel; the cross-entropy's (max - x_t) + log s adds two
+        terms of one sign too.
         """
-        lse = float(row_max) + log_sum
+        rtype = type(log_sum)
+        lse = rtype(row_max) + log_sum
         if entropy:
-            return entropy_of(log_sum, moment, sum_exp), lse, 0.0
+            return entropy_of(log_sum, moment, sum_exp), lse, rtype(0.0)
         if prob:
             return mass * log_sum - moment, lse, mass
-        value = 0.0
-        row_mass = 0.0
+        value = rtype(0.0)
+        row_mass = rtype(0.0)
         if indexed:
             value = one_minus_eps * t_weight * difference_plus(row_max, t_logit, log_sum)
             row_mass = one_minus_eps * t_weight

@@ -31,7 +31,7 @@ from .row_kernel import FASTMATH, compiled_apart, row_start
 
 # Rows of a tile's per-position scratch.
 (_TOP, _SHIFT, _N_TOP, _REST, _MOMENT, _MASS, _T_LOGIT, _P_SCALE, _G_CE, _LOG_SUM, _VALID,
- _T_GRAD, _ENTROPY, _N_SCRATCH) = range(14)
+ _T_GRAD, _ENTROPY, _T_WEIGHT, _LSE, _N_SCRATCH) = range(16)
 # Rows of a tile's scratch for the metrics' order: per position, the classes greater
 # than the target's logit, those equal to it, and the classes ahead of the target.
 _GREATER, _EQUAL, _AHEAD, _N_ORDER = range(4)
@@ -129,8 +129,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
         where no logit equals the shift: a row of -inf (rest 0) or of nan (rest nan).
         """
         if n_top > ftype(0.0):
-            return float(log1p((n_top - ftype(1.0)) + rest))
-        return -np.inf if rest == ftype(0.0) else np.nan
+            return log1p((n_top - ftype(1.0)) + rest)
+        return ftype(-np.inf) if rest == ftype(0.0) else ftype(np.nan)
 
     @njit(inline="always")
     def tile_layout(s_class, s_pos, n_classes, n, pitch):
@@ -152,10 +152,10 @@ def build_tile_kernel(variant, f, sum_at_inf):
     def read_targets(target, t_base, t_si, n, n_next, n_classes, ignore_index, weight,
                      weighted, valid, target_index, target_class, t_weight):
         """Each position's target (a contiguous loop): whether it counts, its index, its
-        class (-1 when out of range) and its class weight (nan when out of range; read
-        only when ``weighted``: a gather, which does not vectorise). The next tile's
-        ``n_next`` targets are hinted to the cache on the way (the logits' own hints
-        wait for the exp pass: benchmarks/RESULTS.md)."""
+        class (-1 when out of range) and its class weight, in the tile's type (nan when out
+        of range; read only when ``weighted``: a gather, which does not vectorise). The
+        next tile's ``n_next`` targets are hinted to the cache on the way (the logits' own
+        hints wait for the exp pass: benchmarks/RESULTS.md)."""
         line = 64 // target.itemsize
         for b in range(0, n_next * t_si, line):
             prefetch(target, np.int64(t_base + n * t_si + b))
@@ -167,13 +167,13 @@ def build_tile_kernel(variant, f, sum_at_inf):
             target_class[k] = np.int32(t) if in_range else np.int32(-1)
         if not weighted:
             for k in range(n):
-                t_weight[k] = 1.0 if target_class[k] >= 0 else np.nan
+                t_weight[k] = ftype(1.0) if target_class[k] >= 0 else ftype(np.nan)
             return
         for k in range(n):
             t = target_index[k]
             in_range = 0 <= t < n_classes
-            class_weight = float(weight[np.uint64(t if in_range else 0)])
-            t_weight[k] = class_weight if in_range else np.nan
+            class_weight = ftype(weight[np.uint64(t if in_range else 0)])
+            t_weight[k] = class_weight if in_range else ftype(np.nan)
 
     @njit(inline="always")
     def load_source(source, idx, from_logits):
@@ -466,11 +466,12 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 log_sums[k] = tile_log_of_sum(n_top[k], rest[k])
         for k in range(n):
             is_valid = valid[k] != ftype(0.0)
-            log_sum = float(log_sums[k]) if writes else tile_log_of_sum(n_top[k], rest[k])
-            sum_exp = float(n_top[k]) + float(rest[k])
+            log_sum = log_sums[k] if writes else tile_log_of_sum(n_top[k], rest[k])
+            sum_exp = n_top[k] + rest[k]
             value, lse, row_mass = row_result(
-                shift[k], sum_exp, log_sum, float(moment[k]), float(mass[k]), t_logit[k],
-                t_weight[k], options.weight_sum, one_minus_eps, eps_over_c)
+                shift[k], sum_exp, log_sum, moment[k], mass[k], t_logit[k],
+                t_weight[k], ftype(options.weight_sum), ftype(one_minus_eps),
+                ftype(eps_over_c))
             r = np.uint64(first_row + k)
             row_value[r] = value if is_valid else 0.0
             lses[k] = lse if is_valid else 0.0
@@ -480,15 +481,16 @@ def build_tile_kernel(variant, f, sum_at_inf):
                     np.inf + 0.0 * float(rest[k]))
                 row_metrics[METRIC_RANK, r] = order[_AHEAD, k]
                 row_metrics[METRIC_ENTROPY, r] = entropy_of(
-                    log_sum, float(scratch[_ENTROPY, k]), sum_exp)
+                    float(log_sum), float(scratch[_ENTROPY, k]), float(sum_exp))
             if writes:
-                p_coef, g_ce = upstream(options, g_rows[k], row_mass, lse)
-                inv_sum = exp64(-log_sum)
+                p_coef, g_ce = upstream(options, g_rows[k], float(row_mass), float(lse))
+                inv_sum = exp64(-float(log_sum))
                 scale[k] = inv_sum if writes_softmax else p_coef * inv_sum
                 g_scale[k] = g_ce
                 if writes_target_gradient:
-                    t_grads[k] = target_gradient(p_coef, g_ce, t_logit[k], shift[k], log_sum,
-                                                 t_weight[k], one_minus_eps, eps_over_c, cap)
+                    t_grads[k] = target_gradient(p_coef, g_ce, t_logit[k], shift[k],
+                                                 float(log_sum), float(t_weight[k]),
+                                                 one_minus_eps, eps_over_c, cap)
         if options.keeps_lse:
             for k in range(n):
                 row_lse[np.uint64(first_row + k)] = lses[k]
@@ -615,7 +617,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
         @compiled_apart(key)
         def tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom,
                       out, out_geom, row_value, row_lse, row_metrics, shape, options, pitch,
-                      scratch, wide_scratch, order, argmax, target_index, target_class,
+                      scratch, g_rows, order, argmax, target_index, target_class,
                       logits, exps, targets):
             vectors_at_full_width()
             x_geom, t_geom, g_geom, out_geom, shape, options = named(
@@ -628,7 +630,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
             x_base = row_start(x_geom, o, i0)
             t_base = row_start(t_geom, o, i0)
             x_sc, x_si = x_geom.s_class, x_geom.s_inner
-            t_weight, g_rows, lses = wide_scratch[0], wide_scratch[1], wide_scratch[2]
+            t_weight, lses = scratch[_T_WEIGHT], scratch[_LSE]
             # The next tile's positions (of this block of tiles), whose memory is asked for
             # on the way; not for float16 tiles, whose conversions leave the memory time.
             n_next = 0 if half else min(width, inner - i0 - n)
@@ -719,7 +721,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
             pitch = (width + 15) // 16 * 16 + 16
             n_tiles = outer * tiles_per_outer(inner, width, offset)
             scratch = lined_empty(_N_SCRATCH * width, ftype).reshape((_N_SCRATCH, width))
-            wide_scratch = np.empty((3, width))  # float64 target weights, grad_output, lse
+            g_rows = np.empty(width)  # float64 grad_output elements
             order = np.empty((_N_ORDER if metrics else 0, width), ftype)
             argmax = np.empty(width if metrics else 0, np.int32)
             target_index = np.empty(width, np.int64)
@@ -734,7 +736,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
             for tile_index in range(first, last):
                 tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom,
                           out, out_geom, row_value, row_lse, row_metrics, shape, options,
-                          pitch, scratch, wide_scratch, order, argmax, target_index,
+                          pitch, scratch, g_rows, order, argmax, target_index,
                           target_class, logits, exps, targets)
             if writes:
                 store_fence()
