@@ -184,21 +184,20 @@ def build_tile_kernel(variant, f, sum_at_inf):
     def scan_classes(source, base, s_class, from_logits, tile, n_classes, n, pitch, cap, top,
                      target_class, t_logit):
         """Copy class-major logits (positions at a unit stride) into the tile, capped and
-        in the compute type, and take on the way each position's max (``top``) and, for
-        index targets, its target logit: a vectorised loop per class (per pair of classes
-        where nothing is stored). ``source`` may
-        be the tile itself (``from_logits`` false): then only capped logits are stored
-        back."""
+        in the compute type, and take on the way each position's max (``top``): a
+        vectorised loop per class (per pair of classes where nothing is stored). ``source``
+        may be the tile itself (``from_logits`` false): then only capped logits are stored
+        back. Then, for index targets, each position's target logit from the tile (a
+        gather from L1, where a pick per class cost every class a compare, a select and an
+        add per position: benchmarks/RESULTS.md)."""
         for k in range(n):
             top[k] = cap_logit(load_source(source, base + k, from_logits), cap)
-            t_logit[k] = ftype(0.0)
-        # Classes in pairs where nothing is stored (each position's max and target logit
-        # then loaded and stored once a pair); one at a time where the logits are stored
-        # (a second store stream kept LLVM from vectorising the loop).
+        # Classes in pairs where nothing is stored (each position's max then loaded and
+        # stored once a pair); one at a time where the logits are stored (a second store
+        # stream kept LLVM from vectorising the loop).
         step = 1 if from_logits or softcap else 2
         for c0 in range(0, n_classes, step):
             c1 = min(c0 + step - 1, n_classes - 1)
-            paired = c1 != c0
             for k in range(n):
                 value0 = cap_logit(load_source(source, base + c0 * s_class + k, from_logits),
                                    cap)
@@ -207,12 +206,10 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 if from_logits or softcap:
                     tile[cell(c0, pitch, k)] = value0
                 top[k] = larger_of_numbers(top[k], larger_of_numbers(value0, value1))
-                # (Summed, its one nonzero term selected: a select between two loads
-                # keeps LLVM from vectorising the loop.)
-                if indexed:
-                    t_logit[k] += pair_sum(
-                        value0 if target_class[k] == np.int32(c0) else ftype(0.0),
-                        value1 if target_class[k] == np.int32(c1) else ftype(0.0), paired)
+        for k in range(n):
+            t = target_class[k] if indexed else np.int32(-1)
+            value = tile[cell(max(t, np.int32(0)), pitch, k)]
+            t_logit[k] = value if t >= np.int32(0) else ftype(0.0)
 
     @njit(inline="always")
     def stage(x, base, s_class, s_pos, tile, n_classes, n, pitch, cap, top, target_class,
