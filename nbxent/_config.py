@@ -59,9 +59,9 @@ class CpuSettings:
     #: classes, as they lie from 64; see benchmarks/RESULTS.md).
     tile_rows_min_classes: int = 60
     #: The same for calls that write no result (the loss, logsumexp): transposed, they
-    #: ran 1.1-1.35x faster to 100 classes on an Intel AVX-512 server (both instruction
-    #: sets), as fast at 32 on a Zen 4 (see benchmarks/RESULTS.md).
-    tile_rows_min_classes_no_writes: int = 128
+    #: ran faster to 170 classes on an Intel AVX-512 server (to 192 with AVX2), as fast at
+    #: 32 on a Zen 4 (see benchmarks/RESULTS.md).
+    tile_rows_min_classes_no_writes: int = 176
     #: Logits per tile of rows tiled as they lie, whose exps are kept in L2 for the
     #: writes: larger tiles ran faster, to a few hundred KiB (see RESULTS.md).
     tile_row_elements: int = 32768
