@@ -470,8 +470,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 t_weight[k], ftype(options.weight_sum), ftype(one_minus_eps),
                 ftype(eps_over_c))
             r = np.uint64(first_row + k)
-            row_value[r] = value if is_valid else 0.0
-            lses[k] = lse if is_valid else 0.0
+            row_value[r] = value if is_valid else ftype(0.0)
+            lses[k] = lse if is_valid else ftype(0.0)
             if metrics:  # (the entropy undefined unless wanted: written, not read)
                 # logsumexp's own: +inf for a row holding +inf and no nan (rest nan).
                 row_metrics[METRIC_LSE, r] = lse if shift[k] != np.inf else (
