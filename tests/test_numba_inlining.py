@@ -1,14 +1,19 @@
-"""The suite compiles with Numba's inlining copies skipped (``numba_inlining``, installed by
-``conftest.py``): a nest of ``inline="always"`` helpers compiles to the same machine code
-with and without them."""
+"""Numba's inlining copies skipped (``nbxent/_numba_inlining.py``): by the package around its
+CPU kernels' compiles only, by the suite everywhere (``conftest.py``); a nest of
+``inline="always"`` helpers compiles to the same machine code with and without them."""
 
 import copy
 import re
+import threading
 
 import numpy as np
+import pytest
 from numba import njit
 
-import numba_inlining
+import nbxent
+from nbxent import _numba_inlining as numba_inlining
+from nbxent.cpu import launch
+from nbxent.cpu.kernels import _kernels
 
 
 def _kernel():
@@ -61,7 +66,9 @@ def test_the_suite_skips_the_copies():
     assert "numba.core.inline_closurecall" in numba_inlining.skip_copies()
 
 
-def test_same_machine_code_with_the_copies_skipped(monkeypatch):
+@pytest.fixture
+def copies(monkeypatch):
+    """The inliners' copies, by type, made while a test runs."""
     copies = []
 
     class Counted:  # the copy module as numba_inlining sees it: counts the inliner's copies
@@ -74,12 +81,54 @@ def test_same_machine_code_with_the_copies_skipped(monkeypatch):
             return copy.deepcopy(value, memo)
 
     monkeypatch.setattr(numba_inlining, "copy", Counted())
-    x = np.linspace(-40.0, 3.0, 70).reshape(7, 10)
-    target = np.array([0, 3, -1, 9, 2, 5, 1])
-    skipped = _instructions(_kernel(), x, target)
+    return copies
+
+
+_X = np.linspace(-40.0, 3.0, 70).reshape(7, 10)
+_TARGET = np.array([0, 3, -1, 9, 2, 5, 1])
+
+
+def test_same_machine_code_with_the_copies_skipped(copies):
+    skipped = _instructions(_kernel(), _X, _TARGET)
     assert copies == []
     with numba_inlining.copies_kept():
-        kept = _instructions(_kernel(), x, target)
+        kept = _instructions(_kernel(), _X, _TARGET)
     assert "Block" in copies  # the inliner's copies, made this time
     assert len(skipped) > 100  # the row loop, vectorised: a real kernel's shape
     assert skipped == kept
+
+
+def test_the_package_skips_the_copies_only_in_its_context_and_thread(copies, monkeypatch):
+    monkeypatch.setattr(numba_inlining, "_everywhere", False)  # as outside the suite
+    _kernel()(_X, _TARGET)  # a user's function: copied as Numba wrote it
+    assert "Block" in copies
+    copies.clear()
+    with numba_inlining.copies_skipped():
+        _kernel()(_X, _TARGET)
+        assert copies == []
+        other = threading.Thread(target=lambda: _kernel()(_X, _TARGET))
+        other.start()
+        other.join()
+        assert "Block" in copies  # another thread's compile is not the context's
+    copies.clear()
+    _kernel()(_X, _TARGET)
+    assert "Block" in copies
+
+
+def test_the_cpu_kernels_compile_in_the_context(monkeypatch):
+    entered = []
+    real = launch.copies_skipped
+
+    def recorded():
+        entered.append(True)
+        return real()
+
+    monkeypatch.setattr(launch, "copies_skipped", recorded)
+    x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    target = np.array([0, 1, 4])
+    want = nbxent.cross_entropy(x, target)
+    for kernel in _kernels.values():
+        monkeypatch.setattr(kernel, "_runs", {})  # as in a fresh process: compiles (or loads)
+    entered.clear()
+    assert nbxent.cross_entropy(x, target) == want
+    assert entered == [True]

@@ -2,7 +2,7 @@
 
 Runs ``python benchmarks/ptx_report.py --skip-inlining-copies`` (a development tool, not
 installed with the package; the flag compiles with the test suite's inlining,
-``numba_inlining.py``) in a subprocess with ``NUMBA_ENABLE_CUDASIM`` removed (the
+``nbxent/_numba_inlining.py``) in a subprocess with ``NUMBA_ENABLE_CUDASIM`` removed (the
 simulator cannot compile, and the variable is read when numba is imported), so it works
 under a simulator CI run.
 Needs numba-cuda with its NVVM / nvJitLink wheels and cuda.core; no GPU.

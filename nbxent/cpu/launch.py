@@ -21,6 +21,7 @@ from numba import njit, prange
 from numba._dispatcher import compute_fingerprint
 from numba.core.types.function_type import CompileResultWAP
 
+from .._numba_inlining import copies_skipped
 from .bits import fetch_add
 
 # What every kernel is given, in order (nbxent/cpu/arguments.py names them), after
@@ -114,9 +115,10 @@ class BlockKernel:
         compiled loop's entry point (called directly: dispatching on a function pointer's
         type costs tens of microseconds a call)."""
         block_types = (numba.int64,) * 3 + tuple(map(numba.typeof, arguments))
-        blocks.compile(block_types)
-        function = CompileResultWAP(blocks.overloads[block_types])
-        loop_types = (numba.typeof(function),) + block_types[1:3] + (numba.int64,) + \
-            block_types[3:]
-        run_blocks.compile(loop_types)
-        return function, run_blocks.overloads[loop_types].entry_point
+        with copies_skipped():  # (the same machine code, about a fifth sooner)
+            blocks.compile(block_types)
+            function = CompileResultWAP(blocks.overloads[block_types])
+            loop_types = (numba.typeof(function),) + block_types[1:3] + (numba.int64,) + \
+                block_types[3:]
+            run_blocks.compile(loop_types)
+            return function, run_blocks.overloads[loop_types].entry_point

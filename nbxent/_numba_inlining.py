@@ -1,5 +1,5 @@
-"""Numba's ``inline="always"`` without its defensive copies of the callee's IR: the suite's
-kernels compile about a fifth faster, to the same machine code.
+"""Numba's ``inline="always"`` without its defensive copies of the callee's IR: the kernels
+compile about a fifth faster, to the same machine code.
 
 At every call site of an ``inline="always"`` function, Numba's ``InlineWorker.inline_function``
 builds the callee's IR afresh from its bytecode and hands it to ``inline_ir``, which
@@ -10,11 +10,14 @@ variables, and nested inlining (the kernels' helpers inline helpers) copies a su
 level: about a quarter of a kernel's compile time, by profile. The IR built for one call
 site is used there only, so within ``inline_function`` a copy can be the IR itself.
 
-``skip_copies()`` does that for Numba's inliner and numba-cuda's (the same code), where
-their source still reads as described; elsewhere (``inline_ir`` called on IR kept by its
-caller, as typed overload inlining does) the copies stay. For the tests and the PTX report
-only: the package leaves Numba as it is. ``tests/test_numba_inlining.py`` checks that a
-nest of inlined helpers compiles to the same machine code either way.
+``copies_skipped()`` does that, for the calls of ``inline_function`` made in its context
+on its thread (the package compiles its CPU kernels in it: ``nbxent.cpu.launch``), for
+Numba's inliner and numba-cuda's (the same code), where their source still reads as
+described; elsewhere, and everywhere else (``inline_ir`` called on IR kept by its caller, as
+typed overload inlining does; a user's own functions), the copies stay. ``skip_copies()``
+skips them for every compile of the process (the test suite and the PTX report).
+``tests/test_numba_inlining.py`` checks that a nest of inlined helpers compiles to the same
+machine code either way, and that a compile outside the context still copies.
 """
 
 import contextlib
@@ -25,21 +28,27 @@ import inspect
 import re
 import threading
 
-_INLINERS = ("numba.core.inline_closurecall", "numba.cuda.core.inline_closurecall")
-_inside = threading.local()  # depth: how deep in inline_function; kept: copies_kept()
+_CPU_INLINER = "numba.core.inline_closurecall"
+_INLINERS = (_CPU_INLINER, "numba.cuda.core.inline_closurecall")
+# depth: how deep in inline_function; scoped: how deep in copies_skipped(); kept:
+# copies_kept(). Per thread: another thread's compiles are not the context's.
+_inside = threading.local()
+_everywhere = False  # skip_copies() was called
 _COPY_CALL = re.compile(r"(?<![\w.])copy\.\w+\(")
 
 
 class _CopyWithinInlineFunction:
     """Stands for the ``copy`` module in an inliner's module: ``deepcopy`` returns its
-    argument within ``inline_function`` (the callee's fresh IR) and copies elsewhere."""
+    argument within ``inline_function`` (the callee's fresh IR) where copies are skipped
+    (``skip_copies``, ``copies_skipped``), and copies elsewhere."""
 
     def __getattr__(self, name):
         return getattr(copy, name)
 
     @staticmethod
     def deepcopy(value, memo=None):
-        if getattr(_inside, "depth", 0) > 0 and not getattr(_inside, "kept", False):
+        if (getattr(_inside, "depth", 0) > 0 and not getattr(_inside, "kept", False)
+                and (_everywhere or getattr(_inside, "scoped", 0) > 0)):
             return value
         return copy.deepcopy(value, memo)
 
@@ -71,11 +80,12 @@ def _reads_as_described(module):
             and "copy.deepcopy(" in copies and not _COPY_CALL.search(rest))
 
 
-def skip_copies():
-    """Skip the copies in every inliner present that reads as described; returns the
-    modules' names (the idempotent list of those skipping)."""
-    skipping = []
-    for name in _INLINERS:
+def _install(names):
+    """The stand-in ``copy`` and the depth count in each of the inliners ``names`` that is
+    present and reads as described; returns the names of those that have them (idempotent:
+    each is installed once)."""
+    installed = []
+    for name in names:
         try:
             module = importlib.import_module(name)
         except ImportError:
@@ -86,8 +96,34 @@ def skip_copies():
                 continue
             module.copy = _CopyWithinInlineFunction()
             worker.inline_function = _counted(worker.inline_function)
-        skipping.append(name)
-    return skipping
+        installed.append(name)
+    return installed
+
+
+def skip_copies():
+    """Skip the copies in every compile of the process, in every inliner present that reads
+    as described; returns the modules' names (the idempotent list of those skipping)."""
+    global _everywhere
+    _everywhere = True
+    return _install(_INLINERS)
+
+
+@contextlib.contextmanager
+def copies_skipped():
+    """A context in which this thread's compiles skip the copies of Numba's CPU inliner
+    (where it reads as described; else it copies as before).
+
+    >>> from numba import njit
+    >>> with copies_skipped():
+    ...     njit(lambda v: v + 1)(1)
+    2
+    """
+    _install((_CPU_INLINER,))
+    _inside.scoped = getattr(_inside, "scoped", 0) + 1
+    try:
+        yield
+    finally:
+        _inside.scoped -= 1
 
 
 @contextlib.contextmanager
