@@ -55,7 +55,7 @@ def run_calls(args, symbols_path):
     print(f"{(time.perf_counter() - start) / args.calls * 1e3:.2f} ms per call")
     symbols = {}
     for kernel in kernels._kernels.values():
-        for overload in (o for blocks in kernel.blocks for o in blocks.overloads.values()):
+        for overload in (o for blocks in kernel.functions for o in blocks.overloads.values()):
             library = overload.library
             for function in library._final_module.functions:
                 if not function.is_declaration:

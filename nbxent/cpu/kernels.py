@@ -117,8 +117,9 @@ def kernel_for(variant):
                     and variant.write == WRITE_NOTHING)
         sum_at_inf = np.inf if only_lse else np.nan
         build = build_tile_kernel if variant.tiled else build_row_kernel
-        blocks, plan, pick = build(variant, formulas(variant), sum_at_inf)
+        ways, plan, pick = build(variant, formulas(variant), sum_at_inf)
         kernel = _kernels[variant] = BlockKernel(
-            tuple(cached(way_key(variant, way), function)
-                  for way, function in enumerate(blocks)), plan, pick)
+            tuple(cached(way_key(variant, way), block) for way, (block, _, _) in enumerate(ways)),
+            tuple(cached(way_key(variant, way), body) for way, (_, body, _) in enumerate(ways)),
+            tuple(body_types for _, _, body_types in ways), plan, pick)
     return kernel

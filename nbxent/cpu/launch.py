@@ -1,16 +1,20 @@
 """How a CPU kernel runs on Numba's threads: one ``prange`` loop for every kernel variant.
 
-A variant's kernel runs a *block function* ``block(b, n_blocks, phase, *ARGUMENTS)`` that
-does the work of block ``b`` of ``n_blocks`` (in ``phase``, for kernels that need two
-passes over all blocks). ``run_blocks`` calls it for every block, each thread running its
-share and then helping with the others', through a function pointer (Numba's first-class
-functions), so the loop is compiled once per argument types, shared by every variant
-and kept in Numba's disk cache; each variant compiles only its block functions (the tile
-kernel has two, for two ways of cutting the work, each compiled on its first call).
+A variant's kernel runs a *block function* ``block(b, n_blocks, phase, body, *ARGUMENTS)``
+that does the work of block ``b`` of ``n_blocks`` (in ``phase``, for kernels that need two
+passes over all blocks), most of it in its *body*, a function compiled apart that it calls
+for each tile or group of rows. ``run_blocks`` calls the block function for every block,
+each thread running its share and then helping with the others', through a function
+pointer (Numba's first-class functions), so the loop is compiled once per argument types,
+shared by every variant and kept in Numba's disk cache; each variant compiles only its
+block functions and bodies (the tile kernel has two of each, for two ways of cutting the
+work, each compiled on its first call).
 
 A ``prange`` loop of a variant's own cost its first call 2-4 seconds of the 6-14 it took
 (benchmarks/RESULTS.md): Numba compiles the loop's body as a function apart, then optimises
-it, and the kernel around it, again with everything they call linked in.
+it, and the kernel around it, again with everything they call linked in. The body reaches
+its block function as a pointer too, for the same reason: called directly, it was linked
+into the block function and optimised and compiled to machine code a second time there.
 """
 
 import numba
@@ -40,10 +44,10 @@ MIN_BLOCK_ITEMS = 64
 
 
 @njit(parallel=True, cache=True)
-def run_blocks(block, n_blocks, n_phases, n_threads, x, x_geom, target, t_geom, weight,
+def run_blocks(block, body, n_blocks, n_phases, n_threads, x, x_geom, target, t_geom, weight,
                grad_output, g_geom, out, out_geom, row_value, row_lse, row_metrics, shape,
                options, part, chunk_shifts, staged):
-    """``block(b, n_blocks, phase, ...)`` for every b in [0, n_blocks), over ``n_threads``
+    """``block(b, n_blocks, phase, body, ...)`` for every b in [0, n_blocks), over ``n_threads``
     threads, for each phase in turn. Thread t runs the blocks of its t-th share, in
     order (those it ran in the call before, whose last data its caches may still hold), then
     those not yet taken of the other shares: Numba's ``prange`` gives each thread its share
@@ -59,7 +63,7 @@ def run_blocks(block, n_blocks, n_phases, n_threads, x, x_geom, target, t_geom, 
                 end = (share + 1) * n_blocks // n_threads
                 b = first + fetch_add(taken[phase], share, 1)
                 while b < end:
-                    block(b, n_blocks, np.int64(phase), x, x_geom, target, t_geom, weight,
+                    block(b, n_blocks, np.int64(phase), body, x, x_geom, target, t_geom, weight,
                           grad_output, g_geom, out, out_geom, row_value, row_lse,
                           row_metrics, shape, options, part, chunk_shifts, staged)
                     b = first + fetch_add(taken[phase], share, 1)
@@ -81,18 +85,27 @@ def blocks_for(n_items):
 
 
 class BlockKernel:
-    """A variant's kernel: its block functions ``blocks`` (dispatchers, each compiled on its
-    first call), of which ``pick(shape)`` chooses the one a call runs, for the blocks that
-    ``plan(shape)`` gives: ``(n_blocks, n_phases, part, chunk_shifts, staged)``.
+    """A variant's kernel: its block functions ``blocks`` and their ``bodies`` (dispatchers,
+    each compiled on its first call), of which ``pick(shape)`` chooses the pair a call runs,
+    for the blocks that ``plan(shape)`` gives: ``(n_blocks, n_phases, part, chunk_shifts,
+    staged)``. ``body_types[way](argument_types)`` is the signature of body ``way`` for the
+    types of ``ARGUMENTS``.
 
     Called with the kernels' arguments up to ``options``.
     """
 
-    def __init__(self, blocks, plan, pick):
+    def __init__(self, blocks, bodies, body_types, plan, pick):
         self.blocks = blocks
+        self.bodies = bodies
+        self.body_types = body_types
         self.plan = plan
         self.pick = pick
-        self._runs = {}  # (block function, argument types) -> (its pointer, the loop's entry)
+        self._runs = {}  # (way, argument types) -> (its body's and block's pointers, loop)
+
+    @property
+    def functions(self):
+        """Every dispatcher of the kernel: block functions and bodies."""
+        return self.blocks + self.bodies
 
     def blocks_for(self, shape):
         """The block function that runs ``shape`` (its ``overloads`` and disk cache)."""
@@ -105,20 +118,27 @@ class BlockKernel:
         key = (way,) + tuple(map(compute_fingerprint, arguments))
         run = self._runs.get(key)
         if run is None:
-            run = self._runs[key] = self._compile(self.blocks[way], arguments)
-        function, loop = run
-        loop(function, n_blocks, n_phases, min(numba.get_num_threads(), n_blocks), *arguments)
+            run = self._runs[key] = self._compile(way, arguments)
+        function, body, loop = run
+        loop(function, body, n_blocks, n_phases, min(numba.get_num_threads(), n_blocks),
+             *arguments)
 
-    @staticmethod
-    def _compile(blocks, arguments):
-        """The block function ``blocks`` for these arguments, as a function pointer, and the
+    def _compile(self, way, arguments):
+        """Block function and body ``way`` for these arguments, as function pointers, and the
         compiled loop's entry point (called directly: dispatching on a function pointer's
         type costs tens of microseconds a call)."""
-        block_types = (numba.int64,) * 3 + tuple(map(numba.typeof, arguments))
+        argument_types = tuple(map(numba.typeof, arguments))
         with copies_skipped():  # (the same machine code, about a fifth sooner)
-            blocks.compile(block_types)
-            function = CompileResultWAP(blocks.overloads[block_types])
-            loop_types = (numba.typeof(function),) + block_types[1:3] + (numba.int64,) + \
-                block_types[3:]
+            body = self._pointer(self.bodies[way], self.body_types[way](argument_types))
+            block_types = (numba.int64,) * 3 + (numba.typeof(body),) + argument_types
+            function = self._pointer(self.blocks[way], block_types)
+            loop_types = (numba.typeof(function),) + block_types[3:4] + block_types[1:3] + \
+                (numba.int64,) + argument_types
             run_blocks.compile(loop_types)
-            return function, run_blocks.overloads[loop_types].entry_point
+            return function, body, run_blocks.overloads[loop_types].entry_point
+
+    @staticmethod
+    def _pointer(dispatcher, types):
+        """``dispatcher`` compiled (or loaded) for ``types``, as a function pointer."""
+        dispatcher.compile(types)
+        return CompileResultWAP(dispatcher.overloads[types])

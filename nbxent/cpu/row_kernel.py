@@ -18,7 +18,7 @@ combines its row's and writes its own classes.
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, types
 
 from .access import loader, storer
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
@@ -29,7 +29,7 @@ from .fastexp import exp_negative32, exp_nonpositive_for, negative_floor32
 from .disk_cache import named_for
 from .formulas import (capper, difference_plus, entropy_of, entropy_term, log_of_sum,
                        moment_onto, shift_of)
-from .launch import blocks_for
+from .launch import ARGUMENTS, blocks_for
 
 # No nnan/ninf: nan must propagate and -inf logits must stay -inf. The kernels also
 # compile with error_model="numpy" (inherited by the helpers they call): a float
@@ -57,9 +57,11 @@ _NEGATIVE_ZERO = np.int32(-2**31)
 GROUP_BYTES = 1 << 18
 
 
-def compiled_apart(variant):
+def compiled_apart(variant, fastmath):
     """``@njit`` for a function of ``variant``'s kernel that Numba compiles apart: named
-    for the variant (``disk_cache.named_for``), and without Numba's reference counts.
+    for the variant (``disk_cache.named_for``), with the kernels' ``error_model`` and the
+    ``fastmath`` flags given (said here: one compiled for a function pointer, from Python,
+    inherits none from a caller), and without Numba's reference counts.
 
     Numba counts a reference to every array a function is given, entering and leaving
     it: an atomic add and subtract per array, unless an LLVM pass proves them paired
@@ -70,7 +72,8 @@ def compiled_apart(variant):
     compile a function that would allocate).
     """
     def compile_apart(function):
-        return njit(_nrt=False)(named_for(variant)(function))
+        return njit(_nrt=False, fastmath=fastmath, error_model="numpy")(
+            named_for(variant)(function))
 
     return compile_apart
 
@@ -355,7 +358,7 @@ def build_row_kernel(variant, f, sum_at_inf):
                 best = equal_to(x, base, s_class, c0, c1, cap, top, True)[1]
         return best_key, best, chunk_ahead
 
-    @compiled_apart(variant)
+    @compiled_apart(variant, FASTMATH)
     def items_stats(first, last, x, x_geom, target, t_geom, weight, g_geom, out, out_geom,
                     shape, options, part, chunk_shifts, staged):
         """The statistics of the work items [first, last) (rows, or their ``row_split``
@@ -639,15 +642,16 @@ def build_row_kernel(variant, f, sum_at_inf):
 
     @njit(fastmath=FASTMATH, error_model="numpy", _nrt=False)
     @named_for(variant)
-    def row_block(block, n_blocks, phase, x, x_geom, target, t_geom, weight, grad_output,
-                  g_geom, out, out_geom, row_value, row_lse, row_metrics, shape, options,
-                  part, chunk_shifts, staged_rows):
+    def row_block(block, n_blocks, phase, stats, x, x_geom, target, t_geom, weight,
+                  grad_output, g_geom, out, out_geom, row_value, row_lse, row_metrics, shape,
+                  options, part, chunk_shifts, staged_rows):
         """The work items of block ``block`` of ``n_blocks`` (consecutive items, with a
         staging chunk of their own: ``staged_rows[block]``), for
-        ``nbxent.cpu.launch.run_blocks``. split == 1: one phase, the statistics of a group
-        of rows (``GROUP_BYTES`` of logits where writes follow, else all the block's) then
-        their results and writes, the rows still in cache. split > 1: all statistics
-        (phase 0), then each item combines and writes (phase 1).
+        ``nbxent.cpu.launch.run_blocks``, whose body ``stats`` is ``items_stats``.
+        split == 1: one phase, the statistics of a group of rows (``GROUP_BYTES`` of logits
+        where writes follow, else all the block's) then their results and writes, the rows
+        still in cache. split > 1: all statistics (phase 0), then each item combines and
+        writes (phase 1).
 
         Without Numba's reference counts (``_nrt=False``; the plan allocates): with the
         per-item functions inlined, they were counted for every array at every row."""
@@ -662,8 +666,8 @@ def build_row_kernel(variant, f, sum_at_inf):
         for g0 in range(first, last, group):
             g1 = min(g0 + group, last)
             if phase == 0:
-                items_stats(g0, g1, x, x_geom, target, t_geom, weight, g_geom, out, out_geom,
-                            shape, options, part, chunk_shifts, staged)
+                stats(g0, g1, x, x_geom, target, t_geom, weight, g_geom, out, out_geom, shape,
+                      options, part, chunk_shifts, staged)
             if phase == 1 or split == 1:
                 for item in range(g0, g1):
                     finish_item(item, x, x_geom, target, t_geom, weight, grad_output, g_geom,
@@ -686,4 +690,11 @@ def build_row_kernel(variant, f, sum_at_inf):
         staged = np.empty((n_blocks, CHUNK if keep_exps else 0), ftype)
         return n_blocks, 1 if split == 1 else 2, part, chunk_shifts, staged
 
-    return (row_block,), row_plan, first_way
+    def stats_types(argument_types):
+        """``items_stats``' signature for the types of ``launch.ARGUMENTS``."""
+        named_types = dict(zip(ARGUMENTS, argument_types))
+        return (types.int64, types.int64) + tuple(named_types[name] for name in (
+            "x", "x_geom", "target", "t_geom", "weight", "g_geom", "out", "out_geom", "shape",
+            "options", "part", "chunk_shifts")) + (named_types["staged"].copy(ndim=1),)
+
+    return ((row_block, items_stats, stats_types),), row_plan, first_way

@@ -16,7 +16,7 @@ classes one at a time, each a whole exp); the per-position steps between are the
 """
 
 import numpy as np
-from numba import njit
+from numba import from_dtype, njit, types
 
 from .access import cell, loader, storer
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
@@ -24,11 +24,15 @@ from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, 
 from .bits import (copy_streaming, copy_transposed, exact_order, larger_of_numbers, lined_empty,
                    prefetch, prefetch_for_write, store_fence, vectors_at_full_width)
 from .fastexp import exp64, exp_nonpositive_for, log1p32, log1p64
-from .launch import blocks_for
+from .launch import ARGUMENTS, blocks_for
 from .disk_cache import named_for, way_key
 from .formulas import capper, entropy_of, entropy_term, shift_of
 from .row_kernel import FASTMATH, compiled_apart, row_start
 
+# No reassociation in the tile's steps: their loops vectorise across positions without it,
+# and with it LLVM regrouped (max - target) + log_sum through a float32 lse (measured: 1e-5
+# relative error on a 0.02 loss). (``row_sums``, rows as they lie, reassociates its sums.)
+TILE_FASTMATH = FASTMATH - {"reassoc"}
 # Rows of a tile's per-position scratch.
 (_TOP, _SHIFT, _N_TOP, _REST, _MOMENT, _MASS, _T_LOGIT, _P_SCALE, _G_CE, _LOG_SUM, _VALID,
  _T_GRAD, _ENTROPY, _T_WEIGHT, _LSE, _N_SCRATCH) = range(16)
@@ -99,6 +103,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
         variant.half, variant.compute64, variant.smoothing, variant.entropy, variant.metrics,
         variant.softcap)
     ftype = np.float64 if compute64 else np.float32
+    TILE_TYPE = from_dtype(np.dtype(ftype))  # (Numba's, for ``body_types``)
     load_x, load_tile, store_out = loader(half), loader(False), storer(half)
     cap_logit = capper(softcap, compute64)
     converts = half or variant.widened  # the tile's type is not the logits'
@@ -573,7 +578,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 moment[k] = row_moment
                 mass[k] = row_mass
 
-    @compiled_apart(variant)
+    @compiled_apart(variant, TILE_FASTMATH)
     def row_results(out, base, s_pos, x, x_base, x_si, exps, scratch, target_index, n_classes,
                     k0, k1, target, t_base, t_si, t_sc, weight, one_minus_eps, eps_over_c,
                     cap):
@@ -604,14 +609,15 @@ def build_tile_kernel(variant, f, sum_at_inf):
                     store_out(out, base + (k - k0) * s_pos + t, t_grads[k])
 
     def block_function(rows):
-        """The block function that tiles short rows as they lie (``rows``: ``row_sums``,
-        ``row_results``) or transposes them (``stage``, ``tile_sums``, ``tile_results``,
-        ``unstage``), around the steps both share. Two functions, each compiled on its
-        first call: a map's kernel compiles none of the row steps, a short row's none of
-        the transposition."""
+        """(Block function, its body, the body's signature for the types of
+        ``launch.ARGUMENTS``) of the way that tiles short rows as they lie (``rows``:
+        ``row_sums``, ``row_results``) or transposes them (``stage``, ``tile_sums``,
+        ``tile_results``, ``unstage``), around the steps both share. Each way compiled on
+        its first call: a map's kernel compiles none of the row steps, a short row's none
+        of the transposition."""
         key = way_key(variant, int(rows))  # (as ``kernels.kernel_for`` caches it)
 
-        @compiled_apart(key)
+        @compiled_apart(key, TILE_FASTMATH)
         def tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom,
                       out, out_geom, row_value, row_lse, row_metrics, shape, options, pitch,
                       scratch, g_rows, order, argmax, target_index, target_class,
@@ -700,17 +706,14 @@ def build_tile_kernel(variant, f, sum_at_inf):
             unstage(out, out_base, out_geom.s_class, out_geom.s_inner, exps, n_classes, n,
                     pitch, options.streams, logits)
 
-        # No reassociation here: the tile loops vectorise across positions without it, and
-        # with it LLVM regrouped (max - target) + log_sum through a float32 lse (measured:
-        # 1e-5 relative error on a 0.02 loss).
-        @njit(fastmath=FASTMATH - {"reassoc"}, error_model="numpy")
+        @njit(fastmath=TILE_FASTMATH, error_model="numpy")
         @named_for(key)
-        def tile_block(block, n_blocks, phase, x, x_geom, target, t_geom, weight, grad_output,
-                       g_geom, out, out_geom, row_value, row_lse, row_metrics, shape, options,
-                       part, chunk_shifts, staged):
+        def tile_block(block, n_blocks, phase, body, x, x_geom, target, t_geom, weight,
+                       grad_output, g_geom, out, out_geom, row_value, row_lse, row_metrics,
+                       shape, options, part, chunk_shifts, staged):
             """The tiles of block ``block`` of ``n_blocks`` (consecutive tiles, with scratch of
-            their own), for ``nbxent.cpu.launch.run_blocks``; one phase, no ``part``,
-            ``chunk_shifts`` nor ``staged``."""
+            their own), for ``nbxent.cpu.launch.run_blocks``, each by ``body`` (``tile_body``);
+            one phase, no ``part``, ``chunk_shifts`` nor ``staged``."""
             vectors_at_full_width()
             outer, inner, n_classes, _, width, offset, _ = shape
             # Rows of a tile padded off powers of two: at a pitch of 1 KiB the classes of a
@@ -731,14 +734,24 @@ def build_tile_kernel(variant, f, sum_at_inf):
             targets = np.empty(n_classes * pitch if prob else 0, target.dtype)
             first, last = block * n_tiles // n_blocks, (block + 1) * n_tiles // n_blocks
             for tile_index in range(first, last):
-                tile_body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom,
-                          out, out_geom, row_value, row_lse, row_metrics, shape, options,
-                          pitch, scratch, g_rows, order, argmax, target_index,
-                          target_class, logits, exps, targets)
+                body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom, out,
+                     out_geom, row_value, row_lse, row_metrics, shape, options, pitch, scratch,
+                     g_rows, order, argmax, target_index, target_class, logits, exps, targets)
             if writes:
                 store_fence()
 
-        return tile_block
+        def body_types(argument_types):
+            """``tile_body``'s signature: the tile's index, the arguments up to ``options``,
+            and ``tile_block``'s pitch and scratch arrays."""
+            target_type = argument_types[ARGUMENTS.index("target")]
+            return ((types.int64,) + argument_types[:ARGUMENTS.index("part")] + (types.int64,)
+                    + (types.Array(TILE_TYPE, 2, "C"), types.Array(types.float64, 1, "C"),
+                       types.Array(TILE_TYPE, 2, "C"), types.Array(types.int32, 1, "C"),
+                       types.Array(types.int64, 1, "C"), types.Array(types.int32, 1, "C"))
+                    + (types.Array(TILE_TYPE, 1, "C"),) * 2
+                    + (types.Array(target_type.dtype, 1, "C"),))
+
+        return tile_block, tile_body, body_types
 
     # (Without ``takes_rows`` the backend never sets Shape.row_major.)
     ways = (False, True) if takes_rows(variant) else (False,)
