@@ -103,7 +103,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
         variant.half, variant.compute64, variant.smoothing, variant.entropy, variant.metrics,
         variant.softcap)
     ftype = np.float64 if compute64 else np.float32
-    TILE_TYPE = from_dtype(np.dtype(ftype))  # (Numba's, for ``body_types``)
+    tile_type = from_dtype(np.dtype(ftype))  # (Numba's, for ``body_types``)
     load_x, load_tile, store_out = loader(half), loader(False), storer(half)
     cap_logit = capper(softcap, compute64)
     converts = half or variant.widened  # the tile's type is not the logits'
@@ -742,13 +742,14 @@ def build_tile_kernel(variant, f, sum_at_inf):
 
         def body_types(argument_types):
             """``tile_body``'s signature: the tile's index, the arguments up to ``options``,
-            and ``tile_block``'s pitch and scratch arrays."""
+            and the pitch and scratch arrays ``tile_block`` makes, as Numba types them (one
+            that differs fails to compile, in every test of the tile kernel)."""
             target_type = argument_types[ARGUMENTS.index("target")]
             return ((types.int64,) + argument_types[:ARGUMENTS.index("part")] + (types.int64,)
-                    + (types.Array(TILE_TYPE, 2, "C"), types.Array(types.float64, 1, "C"),
-                       types.Array(TILE_TYPE, 2, "C"), types.Array(types.int32, 1, "C"),
+                    + (types.Array(tile_type, 2, "C"), types.Array(types.float64, 1, "C"),
+                       types.Array(tile_type, 2, "C"), types.Array(types.int32, 1, "C"),
                        types.Array(types.int64, 1, "C"), types.Array(types.int32, 1, "C"))
-                    + (types.Array(TILE_TYPE, 1, "C"),) * 2
+                    + (types.Array(tile_type, 1, "C"),) * 2
                     + (types.Array(target_type.dtype, 1, "C"),))
 
         return tile_block, tile_body, body_types
