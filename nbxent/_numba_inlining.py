@@ -11,13 +11,15 @@ level: about a quarter of a kernel's compile time, by profile. The IR built for 
 site is used there only, so within ``inline_function`` a copy can be the IR itself.
 
 ``copies_skipped()`` does that, for the calls of ``inline_function`` made in its context
-on its thread (the package compiles its CPU kernels in it: ``nbxent.cpu.launch``), for
-Numba's inliner and numba-cuda's (the same code), where their source still reads as
-described; elsewhere, and everywhere else (``inline_ir`` called on IR kept by its caller, as
-typed overload inlining does; a user's own functions), the copies stay. ``skip_copies()``
-skips them for every compile of the process (the test suite and the PTX report).
-``tests/test_numba_inlining.py`` checks that a nest of inlined helpers compiles to the same
-machine code either way, and that a compile outside the context still copies.
+on its thread, for Numba's inliner or numba-cuda's (the same code), where their source still
+reads as described: the package compiles its CPU kernels in it (``nbxent.cpu.launch``) and
+launches its CUDA kernels, which compile on their first launch in a process, in it with
+``cuda=True`` (``nbxent.cuda.backend``). Elsewhere, and everywhere else (``inline_ir``
+called on IR kept by its caller, as typed overload inlining does; a user's own functions),
+the copies stay. ``skip_copies()`` skips them for every compile of the process (the test
+suite and the PTX report). ``tests/test_numba_inlining.py`` checks that a nest of inlined
+helpers compiles to the same machine code either way (for the CPU, and to the same PTX for
+CUDA), and that a compile outside the context still copies.
 """
 
 import contextlib
@@ -28,8 +30,7 @@ import inspect
 import re
 import threading
 
-_CPU_INLINER = "numba.core.inline_closurecall"
-_INLINERS = (_CPU_INLINER, "numba.cuda.core.inline_closurecall")
+_INLINERS = ("numba.core.inline_closurecall", "numba.cuda.core.inline_closurecall")  # CPU, CUDA
 # depth: how deep in inline_function; scoped: how deep in copies_skipped(); kept:
 # copies_kept(). Per thread: another thread's compiles are not the context's.
 _inside = threading.local()
@@ -80,24 +81,21 @@ def _reads_as_described(module):
             and "copy.deepcopy(" in copies and not _COPY_CALL.search(rest))
 
 
-def _install(names):
-    """The stand-in ``copy`` and the depth count in each of the inliners ``names`` that is
-    present and reads as described; returns the names of those that have them (idempotent:
-    each is installed once)."""
-    installed = []
-    for name in names:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        worker = module.InlineWorker
-        if not getattr(worker.inline_function, "skips_copies", False):
-            if not _reads_as_described(module):
-                continue
-            module.copy = _CopyWithinInlineFunction()
-            worker.inline_function = _counted(worker.inline_function)
-        installed.append(name)
-    return installed
+@functools.lru_cache(maxsize=None)
+def _installed(name):
+    """Whether the inliner module ``name`` is present, reads as described and has the
+    stand-in ``copy`` and the depth count (installed on the first call; memoised)."""
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        return False
+    worker = module.InlineWorker
+    if not getattr(worker.inline_function, "skips_copies", False):
+        if not _reads_as_described(module):
+            return False
+        module.copy = _CopyWithinInlineFunction()
+        worker.inline_function = _counted(worker.inline_function)
+    return True
 
 
 def skip_copies():
@@ -105,20 +103,20 @@ def skip_copies():
     as described; returns the modules' names (the idempotent list of those skipping)."""
     global _everywhere
     _everywhere = True
-    return _install(_INLINERS)
+    return [name for name in _INLINERS if _installed(name)]
 
 
 @contextlib.contextmanager
-def copies_skipped():
-    """A context in which this thread's compiles skip the copies of Numba's CPU inliner
-    (where it reads as described; else it copies as before).
+def copies_skipped(cuda=False):
+    """A context in which this thread's compiles skip the copies of Numba's CPU inliner,
+    or with ``cuda`` numba-cuda's (where it reads as described; else it copies as before).
 
     >>> from numba import njit
     >>> with copies_skipped():
     ...     njit(lambda v: v + 1)(1)
     2
     """
-    _install((_CPU_INLINER,))
+    _installed(_INLINERS[1] if cuda else _INLINERS[0])
     _inside.scoped = getattr(_inside, "scoped", 0) + 1
     try:
         yield

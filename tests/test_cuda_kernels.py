@@ -195,6 +195,24 @@ def test_loss_only_and_grad_only(layout):
     _check(grad, reference.cross_entropy_grad(x, t, reduction="mean"), np.float32, "grad")
 
 
+def test_kernels_launch_in_the_inliners_context(monkeypatch):
+    """The backend launches its kernels (which compile on their first launch in a process)
+    where numba-cuda's inliner skips its copies (``nbxent/_numba_inlining.py``)."""
+    entered = []
+    real = backend.copies_skipped
+
+    def recorded(cuda=False):
+        entered.append(cuda)
+        return real(cuda=cuda)
+
+    monkeypatch.setattr(backend, "copies_skipped", recorded)
+    rng = np.random.default_rng(5)
+    x, t = make(rng, 4, 50, np.float32)
+    loss, _, _ = run_loss(x, t, want_grad=False, reduction="sum")
+    _check(loss, reference.cross_entropy(x, t, reduction="sum"), np.float32, "loss")
+    assert entered == [True]
+
+
 def test_in_place_gradient(layout):
     rng = np.random.default_rng(6)
     x, t = make(rng, 5, 40, np.float16)

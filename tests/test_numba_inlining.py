@@ -1,9 +1,16 @@
 """Numba's inlining copies skipped (``nbxent/_numba_inlining.py``): by the package around its
-CPU kernels' compiles only, by the suite everywhere (``conftest.py``); a nest of
-``inline="always"`` helpers compiles to the same machine code with and without them."""
+CPU kernels' compiles and its CUDA kernels' launches only, by the suite everywhere
+(``conftest.py``); a nest of ``inline="always"`` helpers compiles to the same machine code
+(the same PTX) with and without them."""
 
 import copy
+import importlib.util
+import json
+import os
+import pathlib
 import re
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -132,3 +139,74 @@ def test_the_cpu_kernels_compile_in_the_context(monkeypatch):
     entered.clear()
     assert nbxent.cross_entropy(x, target) == want
     assert entered == [True]
+
+
+_CUDA_SCRIPT = """
+import copy, json, re
+from numba import cuda, float32
+from nbxent import _numba_inlining as numba_inlining
+
+copies = []
+
+class Counted:
+    def __getattr__(self, name):
+        return getattr(copy, name)
+
+    @staticmethod
+    def deepcopy(value, memo=None):
+        copies.append(type(value).__name__)
+        return copy.deepcopy(value, memo)
+
+numba_inlining.copy = Counted()
+
+
+def kernel():
+    @cuda.jit(device=True, inline="always")
+    def clipped(v):
+        return v if v > float32(-30.0) else float32(-30.0)
+
+    @cuda.jit(device=True, inline="always")
+    def row_max(x, i):
+        top = float32(-1e30)
+        for c in range(x.shape[1]):
+            top = max(top, clipped(x[i, c]))
+        return top
+
+    def row_loss(x, out):
+        i = cuda.grid(1)
+        if i < x.shape[0]:
+            out[i] = row_max(x, i) - clipped(x[i, 0])
+
+    return row_loss
+
+
+signature = "void(float32[:, :], float32[:])"
+with numba_inlining.copies_skipped(cuda=True):
+    skipped, _ = cuda.compile_ptx(kernel(), signature, cc=(8, 0))
+n_skipped = len(copies)
+kept, _ = cuda.compile_ptx(kernel(), signature, cc=(8, 0))
+skipped, kept = (re.sub(r"_Z\\w*", "SYMBOL", ptx) for ptx in (skipped, kept))  # (a counter)
+print(json.dumps({"same": skipped == kept, "skipped": n_skipped, "kept": len(copies),
+                  "lines": skipped.count(chr(10))}))
+"""
+
+
+def test_cuda_kernels_compile_to_the_same_ptx_without_the_copies():
+    """numba-cuda's inliner in ``copies_skipped(cuda=True)`` (the CUDA backend launches its
+    kernels in it) makes no copies and the same PTX; outside it, it copies. In a process
+    without the simulator, which cannot compile."""
+    for name in ("numba_cuda", "cuda.core"):
+        try:
+            if importlib.util.find_spec(name) is None:
+                pytest.skip(f"needs numba-cuda[cu13] and cuda-core; missing {name}")
+        except ImportError:
+            pytest.skip(f"needs numba-cuda[cu13] and cuda-core; missing {name}")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    package_root = str(pathlib.Path(nbxent.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", _CUDA_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["skipped"] == 0 and result["kept"] > 0
+    assert result["same"] and result["lines"] > 20

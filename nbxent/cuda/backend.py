@@ -16,6 +16,7 @@ import numpy as np
 from numba import cuda
 
 from .._kinds import TargetKind
+from .._numba_inlining import copies_skipped
 from .._metrics import N_METRICS
 from .._plan import index_error
 from . import _sim, kernels
@@ -327,16 +328,18 @@ def _run(plan, metrics):
             metrics_flat, out_flat, out_geom, acc_flat, int_flat, dims, scalars)
     sum_args = (target, t_geom, weight, w_geom, loss_flat, acc_flat, int_flat, dims, scalars)
     sum_launch = (sum_tiles, kernels.SUM_THREADS, launch.stream)
-    if denom_on_device or check_first:
-        kernels.denominator_kernel(variant.acc64, variant.has_weight)[sum_launch](*sum_args)
-        if check_first:
-            _raise_on_bad_index(launch, plan, int_ws, target, t_geom)
-    kernels.kernel_for(variant)[grid, threads, launch.stream](*args)
-    if layout == "split" and want_out:
-        apply = variant._replace(phase="apply", metrics=False)
-        kernels.kernel_for(apply)[grid, threads, launch.stream](*args)
-    if reduce:
-        kernels.row_sums_kernel(variant.acc64)[sum_launch](*sum_args)
+    # (A kernel's first launch in a process compiles it: without the inliner's copies.)
+    with copies_skipped(cuda=True):
+        if denom_on_device or check_first:
+            kernels.denominator_kernel(variant.acc64, variant.has_weight)[sum_launch](*sum_args)
+            if check_first:
+                _raise_on_bad_index(launch, plan, int_ws, target, t_geom)
+        kernels.kernel_for(variant)[grid, threads, launch.stream](*args)
+        if layout == "split" and want_out:
+            apply = variant._replace(phase="apply", metrics=False)
+            kernels.kernel_for(apply)[grid, threads, launch.stream](*args)
+        if reduce:
+            kernels.row_sums_kernel(variant.acc64)[sum_launch](*sum_args)
 
     if index_target and plan.loss.validate and not check_first:
         _raise_on_bad_index(launch, plan, int_ws, target, t_geom)
