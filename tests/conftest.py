@@ -68,8 +68,8 @@ import pytest  # noqa: E402
 from nbxent import _numba_inlining as numba_inlining  # noqa: E402
 
 # Numba's inliner without its copies of each callee's fresh IR in every compile, not only
-# the CPU kernels' (nbxent/_numba_inlining.py, test_numba_inlining.py): the same machine
-# code, about a fifth sooner.
+# those the package makes (nbxent/_numba_inlining.py, test_numba_inlining.py): the same
+# machine code, about a fifth sooner.
 numba_inlining.skip_copies()
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
