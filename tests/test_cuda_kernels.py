@@ -211,6 +211,9 @@ def test_kernels_launch_in_the_inliners_context(monkeypatch):
     loss, _, _ = run_loss(x, t, want_grad=False, reduction="sum")
     _check(loss, reference.cross_entropy(x, t, reduction="sum"), np.float32, "loss")
     assert entered == [True]
+    strided = cuda.to_device(x)[:, ::2]
+    np.testing.assert_array_equal(backend.copy_contiguous(strided).copy_to_host(), x[:, ::2])
+    assert entered == [True, True]
 
 
 def test_in_place_gradient(layout):
