@@ -120,6 +120,7 @@ def kernel_for(variant):
         ways, plan, pick = build(variant, formulas(variant), sum_at_inf)
         kernel = _kernels[variant] = BlockKernel(
             tuple(cached(way_key(variant, way), block) for way, (block, _, _) in enumerate(ways)),
-            tuple(cached(way_key(variant, way), body) for way, (_, body, _) in enumerate(ways)),
+            tuple(None if body is None else cached(way_key(variant, way), body)
+                  for way, (_, body, _) in enumerate(ways)),
             tuple(body_types for _, _, body_types in ways), plan, pick)
     return kernel

@@ -2,8 +2,9 @@
 
 A variant's kernel runs a *block function* ``block(b, n_blocks, phase, body, *ARGUMENTS)``
 that does the work of block ``b`` of ``n_blocks`` (in ``phase``, for kernels that need two
-passes over all blocks), most of it in its *body*, a function compiled apart that it calls
-for each tile or group of rows. ``run_blocks`` calls the block function for every block,
+passes over all blocks), the tile kernel's most of it in its *body*, a function compiled
+apart that it calls for each tile (the row kernel's body is None: it calls its statistics
+directly). ``run_blocks`` calls the block function for every block,
 each thread running its share and then helping with the others', through a function
 pointer (Numba's first-class functions), so the loop is compiled once per argument types,
 shared by every variant and kept in Numba's disk cache; each variant compiles only its
@@ -12,9 +13,11 @@ work, each compiled on its first call).
 
 A ``prange`` loop of a variant's own cost its first call 2-4 seconds of the 6-14 it took
 (benchmarks/RESULTS.md): Numba compiles the loop's body as a function apart, then optimises
-it, and the kernel around it, again with everything they call linked in. The body reaches
-its block function as a pointer too, for the same reason: called directly, it was linked
-into the block function and optimised and compiled to machine code a second time there.
+it, and the kernel around it, again with everything they call linked in. The tile body
+reaches its block function as a pointer too, for the same reason: called directly, it was
+linked into the block function and optimised and compiled to machine code a second time
+there. (The row kernel's statistics, called so, ran its loss+grad 3-6 % slower on two
+threads: it keeps the direct call. benchmarks/RESULTS.md.)
 """
 
 import numba
@@ -86,10 +89,10 @@ def blocks_for(n_items):
 
 class BlockKernel:
     """A variant's kernel: its block functions ``blocks`` and their ``bodies`` (dispatchers,
-    each compiled on its first call), of which ``pick(shape)`` chooses the pair a call runs,
-    for the blocks that ``plan(shape)`` gives: ``(n_blocks, n_phases, part, chunk_shifts,
-    staged)``. ``body_types[way](argument_types)`` is the signature of body ``way`` for the
-    types of ``ARGUMENTS``.
+    each compiled on its first call, or None for a block function without one), of which
+    ``pick(shape)`` chooses the pair a call runs, for the blocks that ``plan(shape)`` gives:
+    ``(n_blocks, n_phases, part, chunk_shifts, staged)``. ``body_types[way](argument_types)``
+    is the signature of body ``way`` for the types of ``ARGUMENTS``.
 
     Called with the kernels' arguments up to ``options``.
     """
@@ -105,7 +108,7 @@ class BlockKernel:
     @property
     def functions(self):
         """Every dispatcher of the kernel: block functions and bodies."""
-        return self.blocks + self.bodies
+        return self.blocks + tuple(body for body in self.bodies if body is not None)
 
     def blocks_for(self, shape):
         """The block function that runs ``shape`` (its ``overloads`` and disk cache)."""
@@ -129,7 +132,8 @@ class BlockKernel:
         type costs tens of microseconds a call)."""
         argument_types = tuple(map(numba.typeof, arguments))
         with copies_skipped():  # (the same machine code, about a fifth sooner)
-            body = self._pointer(self.bodies[way], self.body_types[way](argument_types))
+            body = None if self.bodies[way] is None else self._pointer(
+                self.bodies[way], self.body_types[way](argument_types))
             block_types = (numba.int64,) * 3 + (numba.typeof(body),) + argument_types
             function = self._pointer(self.blocks[way], block_types)
             loop_types = (numba.typeof(function),) + block_types[3:4] + block_types[1:3] + \

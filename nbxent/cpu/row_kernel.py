@@ -18,7 +18,7 @@ combines its row's and writes its own classes.
 import math
 
 import numpy as np
-from numba import njit, types
+from numba import njit
 
 from .access import loader, storer
 from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, WRITE_GRAD,
@@ -29,7 +29,7 @@ from .fastexp import exp_negative32, exp_nonpositive_for, negative_floor32
 from .disk_cache import named_for
 from .formulas import (capper, difference_plus, entropy_of, entropy_term, log_of_sum,
                        moment_onto, shift_of)
-from .launch import ARGUMENTS, blocks_for
+from .launch import blocks_for
 
 # No nnan/ninf: nan must propagate and -inf logits must stay -inf. The kernels also
 # compile with error_model="numpy" (inherited by the helpers they call): a float
@@ -642,13 +642,12 @@ def build_row_kernel(variant, f, sum_at_inf):
 
     @njit(fastmath=FASTMATH, error_model="numpy", _nrt=False)
     @named_for(variant)
-    def row_block(block, n_blocks, phase, stats, x, x_geom, target, t_geom, weight,
+    def row_block(block, n_blocks, phase, no_body, x, x_geom, target, t_geom, weight,
                   grad_output, g_geom, out, out_geom, row_value, row_lse, row_metrics, shape,
                   options, part, chunk_shifts, staged_rows):
         """The work items of block ``block`` of ``n_blocks`` (consecutive items, with a
         staging chunk of their own: ``staged_rows[block]``), for
-        ``nbxent.cpu.launch.run_blocks``, whose body ``stats`` is ``items_stats``.
-        split == 1: one phase, the statistics of a group of rows (``GROUP_BYTES`` of logits
+        ``nbxent.cpu.launch.run_blocks`` (``no_body``: None). split == 1: one phase, the statistics of a group of rows (``GROUP_BYTES`` of logits
         where writes follow, else all the block's) then their results and writes, the rows
         still in cache. split > 1: all statistics (phase 0), then each item combines and
         writes (phase 1).
@@ -666,8 +665,8 @@ def build_row_kernel(variant, f, sum_at_inf):
         for g0 in range(first, last, group):
             g1 = min(g0 + group, last)
             if phase == 0:
-                stats(g0, g1, x, x_geom, target, t_geom, weight, g_geom, out, out_geom, shape,
-                      options, part, chunk_shifts, staged)
+                items_stats(g0, g1, x, x_geom, target, t_geom, weight, g_geom, out, out_geom,
+                            shape, options, part, chunk_shifts, staged)
             if phase == 1 or split == 1:
                 for item in range(g0, g1):
                     finish_item(item, x, x_geom, target, t_geom, weight, grad_output, g_geom,
@@ -690,11 +689,7 @@ def build_row_kernel(variant, f, sum_at_inf):
         staged = np.empty((n_blocks, CHUNK if keep_exps else 0), ftype)
         return n_blocks, 1 if split == 1 else 2, part, chunk_shifts, staged
 
-    def stats_types(argument_types):
-        """``items_stats``' signature for the types of ``launch.ARGUMENTS``."""
-        named_types = dict(zip(ARGUMENTS, argument_types))
-        return (types.int64, types.int64) + tuple(named_types[name] for name in (
-            "x", "x_geom", "target", "t_geom", "weight", "g_geom", "out", "out_geom", "shape",
-            "options", "part", "chunk_shifts")) + (named_types["staged"].copy(ndim=1),)
-
-    return ((row_block, items_stats, stats_types),), row_plan, first_way
+    # No body: ``items_stats`` is called directly, linked into ``row_block``. (Through a
+    # pointer, as the tile kernel's body, the loss+grad ran 3-6 % slower on two threads:
+    # benchmarks/RESULTS.md.)
+    return ((row_block, None, None),), row_plan, first_way
