@@ -73,22 +73,27 @@ def test_the_suite_skips_the_copies():
     assert "numba.core.inline_closurecall" in numba_inlining.skip_copies()
 
 
+class CountedCopies:
+    """The ``copy`` module as ``numba_inlining`` sees it, counting the inliners' deep copies
+    (their types' names) in ``made``."""
+
+    def __init__(self):
+        self.made = []
+
+    def __getattr__(self, name):
+        return getattr(copy, name)
+
+    def deepcopy(self, value, memo=None):
+        self.made.append(type(value).__name__)
+        return copy.deepcopy(value, memo)
+
+
 @pytest.fixture
 def copies(monkeypatch):
     """The inliners' copies, by type, made while a test runs."""
-    copies = []
-
-    class Counted:  # the copy module as numba_inlining sees it: counts the inliner's copies
-        def __getattr__(self, name):
-            return getattr(copy, name)
-
-        @staticmethod
-        def deepcopy(value, memo=None):
-            copies.append(type(value).__name__)
-            return copy.deepcopy(value, memo)
-
-    monkeypatch.setattr(numba_inlining, "copy", Counted())
-    return copies
+    counted = CountedCopies()
+    monkeypatch.setattr(numba_inlining, "copy", counted)
+    return counted.made
 
 
 _X = np.linspace(-40.0, 3.0, 70).reshape(7, 10)
@@ -142,22 +147,13 @@ def test_the_cpu_kernels_compile_in_the_context(monkeypatch):
 
 
 _CUDA_SCRIPT = """
-import copy, json, re
+import json, re
 from numba import cuda, float32
 from nbxent import _numba_inlining as numba_inlining
+from test_numba_inlining import CountedCopies
 
-copies = []
-
-class Counted:
-    def __getattr__(self, name):
-        return getattr(copy, name)
-
-    @staticmethod
-    def deepcopy(value, memo=None):
-        copies.append(type(value).__name__)
-        return copy.deepcopy(value, memo)
-
-numba_inlining.copy = Counted()
+counted = numba_inlining.copy = CountedCopies()
+copies = counted.made
 
 
 def kernel():
@@ -203,7 +199,9 @@ def test_cuda_kernels_compile_to_the_same_ptx_without_the_copies():
             pytest.skip(f"needs numba-cuda[cu13] and cuda-core; missing {name}")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     package_root = str(pathlib.Path(nbxent.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    tests = str(pathlib.Path(__file__).resolve().parent)  # (for CountedCopies)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, tests,
+                                                      env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-c", _CUDA_SCRIPT], env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
