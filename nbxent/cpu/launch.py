@@ -4,12 +4,12 @@ A variant's kernel runs a *block function* ``block(b, n_blocks, phase, body, *AR
 that does the work of block ``b`` of ``n_blocks`` (in ``phase``, for kernels that need two
 passes over all blocks), the tile kernel's most of it in its *body*, a function compiled
 apart that it calls for each tile (the row kernel's body is None: it calls its statistics
-directly). ``run_blocks`` calls the block function for every block,
-each thread running its share and then helping with the others', through a function
-pointer (Numba's first-class functions), so the loop is compiled once per argument types,
-shared by every variant and kept in Numba's disk cache; each variant compiles only its
-block functions and bodies (the tile kernel has two of each, for two ways of cutting the
-work, each compiled on its first call).
+directly). ``run_blocks`` calls the block function for every block, each thread running its
+share and then helping with the others', through a function pointer (Numba's first-class
+functions), so the loop is compiled once per argument types, shared by every variant and
+kept in Numba's disk cache; each variant compiles only its block functions and bodies (the
+tile kernel has two of each, for two ways of cutting the work, each compiled on its first
+call).
 
 A ``prange`` loop of a variant's own cost its first call 2-4 seconds of the 6-14 it took
 (benchmarks/RESULTS.md): Numba compiles the loop's body as a function apart, then optimises

@@ -647,10 +647,10 @@ def build_row_kernel(variant, f, sum_at_inf):
                   options, part, chunk_shifts, staged_rows):
         """The work items of block ``block`` of ``n_blocks`` (consecutive items, with a
         staging chunk of their own: ``staged_rows[block]``), for
-        ``nbxent.cpu.launch.run_blocks`` (``no_body``: None). split == 1: one phase, the statistics of a group of rows (``GROUP_BYTES`` of logits
-        where writes follow, else all the block's) then their results and writes, the rows
-        still in cache. split > 1: all statistics (phase 0), then each item combines and
-        writes (phase 1).
+        ``nbxent.cpu.launch.run_blocks`` (``no_body``: None). split == 1: one phase, the
+        statistics of a group of rows (``GROUP_BYTES`` of logits where writes follow, else
+        all the block's) then their results and writes, the rows still in cache. split > 1:
+        all statistics (phase 0), then each item combines and writes (phase 1).
 
         Without Numba's reference counts (``_nrt=False``; the plan allocates): with the
         per-item functions inlined, they were counted for every array at every row."""
