@@ -638,11 +638,13 @@ def _kernel_calls(monkeypatch):
     return calls
 
 
-# Rows of 37 classes (the exps' vectors run across rows' ends), contiguous or with rows
-# further apart than their classes (float32 only: the same loops), or class-major (a
-# transpose's view: the classes apart, never tiled as they lie).
+# Rows of 37 classes (the exps' vectors run across rows' ends; along a row, whole vectors
+# and a part of one), contiguous or with rows further apart than their classes (float32
+# only: the same loops), or class-major (a transpose's view: the classes apart, never tiled
+# as they lie); rows of 11 classes, shorter than a vector.
 SHORT_ROW_VIEWS = [
     pytest.param((700, 37), lambda x: x, np.float32, id="contiguous-float32"),
+    pytest.param((1500, 11), lambda x: x, np.float32, id="contiguous-shorter-than-a-vector"),
     pytest.param((700, 37), lambda x: x, np.float64, id="contiguous-float64"),
     pytest.param((1400, 37), lambda x: x[::2], np.float32, id="rows-step2-float32"),
     pytest.param((700, 45), lambda x: x[:, :37], np.float32, id="classes-trimmed-float32"),
@@ -670,7 +672,8 @@ def test_short_rows_as_they_lie_and_transposed_agree(rng, monkeypatch, base_shap
                     z_loss=1e-3)
     classes_contiguous = logits.strides[1] == logits.itemsize
     calls = _kernel_calls(monkeypatch)
-    for min_classes, row_major in ((24, classes_contiguous), (38, False)):
+    for min_classes, row_major in ((min(24, shape[1]), classes_contiguous),
+                                   (shape[1] + 1, False)):
         calls.clear()
         with CPU.override(tile_rows_min_classes=min_classes,
                           tile_rows_min_classes_no_writes=min_classes):

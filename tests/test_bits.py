@@ -1,8 +1,9 @@
 """The CPU kernels' vector helpers: transposed copies in blocks of shuffles (256- and
 512-bit, whichever the machine's kernels take), arrays that start on a cache line, copies by
 streaming stores, the maximum of numbers as a running maximum kept in memory and as
-a reduction; the atomic counter the threads take blocks of work from; and the vector
-width the kernels ask LLVM for."""
+a reduction; the atomic counter the threads take blocks of work from; the vector
+width the kernels ask LLVM for; and the explicit vectors of rows tiled as they lie, over
+rows of any length."""
 
 import re
 
@@ -13,6 +14,7 @@ from numba import njit, prange
 from nbxent.cpu.bits import (_copy_in_blocks, address_of, copy_streaming, copy_transposed,
                              fetch_add, full_vector_bits, larger_of_numbers, lined_empty,
                              store_fence, vectors_at_full_width)
+from nbxent.cpu.lanes import lane_bits, lanes_for
 
 
 @njit
@@ -197,3 +199,53 @@ def test_full_vectors_asked_for_where_avx512_has_vbmi(monkeypatch):
     assert full_vector_bits() is None
     llvm, = _scaling_loop().inspect_llvm().values()
     assert "prefer-vector-width" not in llvm
+
+
+def _lane_passes(dtype):
+    """A row's max, plain sum, count of a value, and its values less a shift stored
+    elsewhere, in ``lanes``' vectors: whole ones, then the row's last values in one."""
+    width, load, store, splat, larger, largest, total, where_equal, where, first = \
+        lanes_for(dtype)
+
+    @njit
+    def passes(x, start, n, shift, out, out_start):
+        top, sums, counts = splat(-np.inf), splat(0.0), splat(0.0)
+        whole = n - n % width
+        for c in range(0, whole + width, width):
+            m = min(width, n - c)
+            value = load(x, start + c, m, -np.inf)
+            top = larger(top, value)
+            sums += first(m, value)
+            counts += first(m, where_equal(value, splat(shift), splat(1.0), splat(0.0)))
+            store(out, out_start + c, m, where(m > 0, 1.0 * value - shift, splat(np.nan)))
+        return largest(top), total(sums), total(counts)
+
+    return width, passes
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lanes_take_a_row_of_any_length_and_nothing_past_it(rng, dtype):
+    """Rows of 0 to three vectors and more, from a vector's start and from within one: the
+    max and the count exact, the sum as NumPy's within its rounding, and the stores
+    (``value - shift``) in the row's window only, the values around it untouched."""
+    width, passes = _lane_passes(dtype)
+    x = rng.integers(-8, 8, 4 * width + 16).astype(dtype)
+    for start in (0, 3):
+        for n in range(3 * width + 3):
+            out = np.full(x.size, -7.5, dtype)
+            top, total, count = passes(x, start, n, dtype(2.0), out, start + 1)
+            row = x[start:start + n]
+            assert top == (row.max() if n else -np.inf)
+            assert total == row.sum(dtype=np.float64)  # (small integers: exact in any order)
+            assert count == np.count_nonzero(row == 2.0)
+            expected = np.full(x.size, -7.5, dtype)
+            expected[start + 1:start + 1 + n] = row - dtype(2.0)
+            np.testing.assert_array_equal(out, expected, err_msg=f"start {start}, n {n}")
+
+
+def test_lanes_are_the_kernels_vector_width():
+    """As wide as the kernels' loops (``full_vector_bits``), else AVX's 256 bits or 128,
+    float64 half as many lanes as float32."""
+    bits = lane_bits()
+    assert bits == (full_vector_bits() or bits) and bits in (128, 256, 512)
+    assert lanes_for(np.float32).width * 32 == lanes_for(np.float64).width * 64 == bits

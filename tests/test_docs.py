@@ -8,6 +8,7 @@ import nbxent._numba_inlining
 import nbxent.api
 import nbxent.linear
 import nbxent.bench.cases
+import nbxent.cpu.lanes
 import nbxent.cpu.recycling
 
 
@@ -15,7 +16,7 @@ import nbxent.cpu.recycling
 # subset leaves out.
 @pytest.mark.parametrize("module", [pytest.param(nbxent.api, marks=pytest.mark.slow),
                                     nbxent.linear, nbxent.bench.cases, nbxent.cpu.recycling,
-                                    nbxent._numba_inlining],
+                                    nbxent.cpu.lanes, nbxent._numba_inlining],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)

@@ -9,7 +9,8 @@ pass between is a contiguous loop over the tile's positions, the vectorised one.
 
 Short rows of a few dozen classes and more (``Shape.row_major``, where the variant
 allows: ``takes_rows``) are tiled as they lie instead: no transpositions;
-the max, the sums and the writes run along each row, and the exps in one loop over a
+the max, the sums and the writes run along each row in explicit vectors (``lanes``: whole
+ones, then the row's last classes in one), and the exps in one loop over a
 group of rows (``ROW_GROUP_ELEMENTS`` logits, which stay in L1 through the passes), whose
 vectors do not stop at a row's end (a row's own loop would take a 100-class row's last
 classes one at a time, each a whole exp); the per-position steps between are the same.
@@ -24,6 +25,7 @@ from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, 
 from .bits import (copy_streaming, copy_transposed, exact_order, larger_of_numbers, lined_empty,
                    prefetch, prefetch_for_write, store_fence, vectors_at_full_width)
 from .fastexp import exp64, exp_nonpositive_for, log1p32, log1p64
+from .lanes import lanes_for
 from .launch import ARGUMENTS, blocks_for
 from .disk_cache import named_for, way_key
 from .formulas import capper, entropy_of, entropy_term, shift_of
@@ -119,8 +121,10 @@ def build_tile_kernel(variant, f, sum_at_inf):
     CLASS_STEP = 1 if writes or prob else 2  # classes per step of the exp pass (``tile_sums``)
     PAD_PAIRS = not (smoothing or prob)  # its odd last class paired with the -inf row
     LINE = 64 // (4 if variant.widened else np.dtype(ftype).itemsize)  # logits per cache line
-    linear_terms, element_terms, element_result = (
-        f.linear_terms, f.element_terms, f.element_result)
+    element_terms, element_result = f.element_terms, f.element_result
+    # Vectors along the rows tiled as they lie (``lanes``).
+    (WIDTH, v_load, v_store, v_splat, v_larger, v_largest, v_total, v_where_equal, v_where,
+     v_first) = lanes_for(ftype)
     row_result, grad_output_at, upstream, target_gradient = (
         f.row_result, f.grad_output_at, f.upstream, f.target_gradient)
 
@@ -518,39 +522,89 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 if valid[k] != ftype(0.0) and 0 <= t < n_classes:
                     exps[cell(t, pitch, k)] = t_grads[k]
 
-    # With reassociation, unlike the rest of the kernel: its sums run along the rows,
-    # which LLVM vectorises only where it may regroup them.
+    @njit(inline="always")
+    def row_top_step(x, row, c, n, top):
+        """``top`` with the n logits of a row from class c, vector by vector (``lanes``:
+        n is ``WIDTH`` but at the row's end, whose lanes past it are left out)."""
+        return v_larger(top, v_load(x, row + c, n, -np.inf))
+
+    @njit(inline="always")
+    def shifted_step(x, row, exps, at, c, n, shift):
+        """The n logits of a row from class c, less its shift, into ``exps`` from ``at``."""
+        v_store(exps, at + c, n, v_load(x, row + c, n, 0.0) - shift)
+
+    @njit(inline="always")
+    def sums_step(x, row, exps, at, c, n, shift, weight, sums):
+        """The row ``sums`` of ``row_sums`` with the n logits of a row from class c (exps
+        in ``exps`` from ``at``): the count at the shift, the rest of the exps, and under
+        smoothing the moment w (x - shift) and the class weights, the mass
+        (``formulas.linear_terms``, a vector at a time)."""
+        tops, rests, moments, masses = sums
+        value = v_load(x, row + c, n, 0.0)
+        tops += v_first(n, v_where_equal(value, shift, v_splat(1.0), v_splat(0.0)))
+        rests += v_where_equal(value, shift, v_splat(0.0), v_load(exps, at + c, n, 0.0))
+        if smoothing:
+            class_weights = v_load(weight, c, n, 0.0)
+            masses += class_weights
+            moments += v_first(n, class_weights * (value - shift))
+        return tops, rests, moments, masses
+
+    @njit(inline="always")
+    def result_step(out, row, c, n, sources, row_scalars):
+        """``formulas.element_result`` for the n logits of a row from class c, a vector at a
+        time, written to ``out`` from ``row`` (zeros where the row does not count):
+        ``sources`` the logits and exps and where the row starts in each, ``row_scalars``
+        what ``row_results`` gives."""
+        x, x_row, exps, at = sources
+        shift, minus_log_sum, scale, g_ce, weight, eps_over_c, counts = row_scalars
+        e = v_load(exps, at + c, n, 0.0)
+        if writes_log_softmax:
+            result = (v_load(x, x_row + c, n, 0.0) - shift) + minus_log_sum
+        else:
+            result = e * scale
+            if smoothing and not writes_softmax:
+                result = result - v_load(weight, c, n, 0.0) * (g_ce * eps_over_c)
+        v_store(out, row + c, n, v_where(counts, result, v_splat(0.0)))
+
+    # (The row kernel's flags, under which its exp loop was measured.)
     @njit(fastmath=FASTMATH, error_model="numpy", _nrt=False)
     @named_for(variant)
-    def row_sums(x, base, s_pos, target, t_base, t_si, t_sc, weight, scratch, target_class,
-                 exps, n_classes, n, n_next, one_minus_eps, eps_over_c):
+    def row_sums(x, base, s_pos, weight, scratch, target_class, exps, n_classes, n, n_next):
         """``stage`` and ``tile_sums`` for rows tiled as they lie (``Shape.row_major``):
         each row's max, target logit and sums, its exps kept in ``exps`` (row k's classes
         from k * n_classes), taken in place of its logits shifted by its max; rows in groups
         of about ``ROW_GROUP_ELEMENTS`` logits, each group through every pass before the
-        next. The next ``n_next`` rows' logits are hinted to the cache during the exps'
-        loops (without the hints the max's pass waited on memory: benchmarks/RESULTS.md)."""
+        next. Along a row, whole vectors, then its last classes in one (``lanes``); the
+        exps in one loop over the group, whose vectors run across the rows' ends. The next
+        ``n_next`` rows' logits are hinted to the cache during the exps' loops (without the
+        hints the max's pass waited on memory: benchmarks/RESULTS.md)."""
         vectors_at_full_width()
         shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
         moment, mass, t_logit = scratch[_MOMENT], scratch[_MASS], scratch[_T_LOGIT]
         span = n_next * s_pos
         group = max(1, ROW_GROUP_ELEMENTS // n_classes)
+        whole = n_classes - n_classes % WIDTH  # classes in whole vectors
         for g0 in range(0, n, group):
             g1 = min(g0 + group, n)
             for k in range(g0, g1):
                 row = base + k * s_pos
-                row_top = ftype(-np.inf)
-                for c in range(n_classes):
-                    row_top = larger_of_numbers(row_top, load_x(x, row + c, ftype))
+                top = v_splat(-np.inf)
+                for c in range(0, whole, WIDTH):
+                    top = row_top_step(x, row, c, WIDTH, top)
+                if whole < n_classes:
+                    top = row_top_step(x, row, whole, n_classes - whole, top)
+                row_top = v_largest(top)
                 shift[k] = shift_of(row_top)
                 n_top[k] = ftype(sum_at_inf) if row_top == np.inf else ftype(0.0)
                 t = max(target_class[k], np.int32(0)) if indexed else 0
                 t_logit[k] = load_x(x, row + t, ftype) if indexed and target_class[k] >= 0 \
                     else ftype(0.0)
             for k in range(g0, g1):
-                row = base + k * s_pos
-                for c in range(n_classes):
-                    exps[cell(k, n_classes, c)] = load_x(x, row + c, ftype) - shift[k]
+                row, at, row_shift = base + k * s_pos, k * n_classes, v_splat(shift[k])
+                for c in range(0, whole, WIDTH):
+                    shifted_step(x, row, exps, at, c, WIDTH, row_shift)
+                if whole < n_classes:
+                    shifted_step(x, row, exps, at, whole, n_classes - whole, row_shift)
             # The next tile's logits asked for on the way, a cache line per LINE exps.
             for i0 in range(g0 * n_classes, g1 * n_classes, ROW_HINT_SPAN):
                 for b in range(i0, min(i0 + ROW_HINT_SPAN, span), LINE):
@@ -558,49 +612,42 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 for i in range(i0, min(i0 + ROW_HINT_SPAN, g1 * n_classes)):
                     exps[np.uint64(i)] = exp_nonpositive(exps[np.uint64(i)])
             for k in range(g0, g1):
-                row = base + k * s_pos
-                row_n_top = ftype(0.0)
-                row_rest = ftype(0.0)
-                row_moment = ftype(0.0)
-                row_mass = ftype(0.0)
-                for c in range(n_classes):
-                    value = load_x(x, row + c, ftype)
-                    at_top = value == shift[k]
-                    moment_term, mass_term = linear_terms(
-                        value, shift[k], c, target, t_base + k * t_si, t_sc, weight,
-                        one_minus_eps, eps_over_c)
-                    row_n_top += ftype(1.0) if at_top else ftype(0.0)
-                    row_rest += ftype(0.0) if at_top else exps[cell(k, n_classes, c)]
-                    row_moment += moment_term
-                    row_mass += mass_term
-                n_top[k] += row_n_top
-                rest[k] = row_rest
-                moment[k] = row_moment
-                mass[k] = row_mass
+                row, at, row_shift = base + k * s_pos, k * n_classes, v_splat(shift[k])
+                zero = v_splat(0.0)
+                sums = (zero, zero, zero, zero)  # (count at the shift, rest, moment, mass)
+                for c in range(0, whole, WIDTH):
+                    sums = sums_step(x, row, exps, at, c, WIDTH, row_shift, weight, sums)
+                if whole < n_classes:
+                    sums = sums_step(x, row, exps, at, whole, n_classes - whole, row_shift,
+                                     weight, sums)
+                tops, rests, moments, masses = sums
+                n_top[k] += v_total(tops)
+                rest[k] = v_total(rests)
+                moment[k] = v_total(moments)
+                mass[k] = v_total(masses)
 
     @compiled_apart(variant, TILE_FASTMATH)
     def row_results(out, base, s_pos, x, x_base, x_si, exps, scratch, target_index, n_classes,
-                    k0, k1, target, t_base, t_si, t_sc, weight, one_minus_eps, eps_over_c,
-                    cap):
+                    k0, k1, weight, eps_over_c):
         """``tile_results`` and ``unstage`` for rows tiled as they lie: each logit's output
         of the tile's rows [k0, k1), written along its row of ``out`` (row k0 from
-        ``base``, rows ``s_pos`` apart)."""
+        ``base``, rows ``s_pos`` apart), whole vectors then the row's last classes
+        (``lanes``)."""
         vectors_at_full_width()
         shift, valid = scratch[_SHIFT], scratch[_VALID]
         scale, g_scale, log_sums = scratch[_P_SCALE], scratch[_G_CE], scratch[_LOG_SUM]
+        whole = n_classes - n_classes % WIDTH
         for k in range(k0, k1):
-            row = base + (k - k0) * s_pos
-            counts = valid[k] != ftype(0.0)
-            for c in range(n_classes):
-                # (The logit itself only for log_softmax: a load from the logits, which
-                # may be ``out``, would make LLVM check that they do not overlap.)
-                value = load_x(x, x_base + k * x_si + c, ftype) if writes_log_softmax \
-                    else ftype(0.0)
-                result = element_result(
-                    value, exps[cell(k, n_classes, c)], shift[k], float(log_sums[k]),
-                    scale[k], scale[k], g_scale[k], c, target, t_base + k * t_si, t_sc, weight,
-                    ftype(one_minus_eps), ftype(eps_over_c), cap)
-                store_out(out, row + c, result if counts else ftype(0.0))
+            row, at, x_row = base + (k - k0) * s_pos, k * n_classes, x_base + k * x_si
+            # (The logits themselves only for log_softmax: a load from the logits, which
+            # may be ``out``, is taken before the store of the same vector.)
+            sources = (x, x_row, exps, at)
+            row_scalars = (v_splat(shift[k]), v_splat(-log_sums[k]), v_splat(scale[k]),
+                           g_scale[k], weight, ftype(eps_over_c), valid[k] != ftype(0.0))
+            for c in range(0, whole, WIDTH):
+                result_step(out, row, c, WIDTH, sources, row_scalars)
+            if whole < n_classes:
+                result_step(out, row, whole, n_classes - whole, sources, row_scalars)
         if writes_target_gradient:
             t_grads = scratch[_T_GRAD]
             for k in range(k0, k1):
@@ -647,9 +694,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 for k in range(n):
                     scratch[_VALID, k] = ftype(1.0)
             if rows:
-                row_sums(x, x_base, x_si, target, t_base, t_geom.s_inner, t_geom.s_class,
-                         weight, scratch, target_class, exps, n_classes, n, n_next,
-                         one_minus_eps, eps_over_c)
+                row_sums(x, x_base, x_si, weight, scratch, target_class, exps, n_classes, n,
+                         n_next)
             else:
                 stage(x, x_base, x_sc, x_si, logits, n_classes, n, pitch, cap, scratch[_TOP],
                       target_class, scratch[_T_LOGIT])
@@ -694,9 +740,7 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 for k0 in range(0, n, step):
                     k1 = min(k0 + step, n)
                     row_results(dest, dest_base, dest_si, x, x_base, x_si, exps, scratch,
-                                target_index, n_classes, k0, k1, target, t_base,
-                                t_geom.s_inner, t_geom.s_class, weight, one_minus_eps,
-                                eps_over_c, cap)
+                                target_index, n_classes, k0, k1, weight, eps_over_c)
                     if streams:
                         copy_streaming(logits, 0, out, out_base + k0 * n_classes,
                                        (k1 - k0) * n_classes)
