@@ -205,7 +205,7 @@ def _lane_passes(dtype):
     """A row's max, plain sum, count of a value, and its values less a shift stored
     elsewhere, in ``lanes``' vectors: whole ones, then the row's last values in one."""
     width, load, store, splat, larger, largest, total, where_equal, where, first = \
-        lanes_for(dtype)
+        lanes_for(dtype)[:10]
 
     @njit
     def passes(x, start, n, shift, out, out_start):

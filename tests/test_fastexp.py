@@ -9,8 +9,9 @@ import pytest
 from numba import njit
 
 from nbxent.cpu.fastexp import (exp32, exp64, exp_negative32, exp_nonpositive32,
-                                exp_nonpositive64, log1p32, log1p64, negative_floor32,
-                                tanh_for)
+                                exp_nonpositive64, exp_nonpositive_lanes, log1p32, log1p64,
+                                negative_floor32, tanh_for)
+from nbxent.cpu.lanes import lanes_for
 from nbxent.cpu.row_kernel import FASTMATH
 
 
@@ -63,6 +64,37 @@ def test_exp_is_accurate_and_keeps_special_values(apply, rtol32, which, dtype, i
     got = apply(special, which)
     assert got[0] == 0.0 and np.isnan(got[1]) and got[2] == 1.0 and got[3] == 1.0
     assert got[4] == 0.0 and got[5] == 0.0  # below the flush point: exactly 0
+
+
+def _lanes_exp(dtype):
+    """``exp_nonpositive_lanes`` of an array, a vector at a time (the last one masked)."""
+    width, load, store = lanes_for(dtype)[:3]
+    exp = exp_nonpositive_lanes(dtype)
+
+    @njit
+    def apply(x):
+        out = np.empty_like(x)
+        for c in range(0, x.size, width):
+            store(out, c, x.size - c, exp(load(x, c, x.size - c, 0.0)))
+        return out
+
+    return apply
+
+
+@pytest.mark.parametrize("which, dtype, interval, rtol, flush",
+                         [case for case in _CASES if case[0] in (2, 3)])
+def test_exp_of_lanes_keeps_the_nonpositive_exps_bounds(which, dtype, interval, rtol, flush):
+    """The vectors' exp (rows tiled as they lie) within the scalar one's bounds, with its
+    special values and its flush to 0."""
+    lo, hi = interval
+    x = np.concatenate([np.linspace(lo, hi, 200001),
+                        np.random.default_rng(0).uniform(lo, hi, 100000)]).astype(dtype)
+    got = _lanes_exp(dtype)(x).astype(np.float64)
+    want = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(got - want) / want) <= rtol
+    got = _lanes_exp(dtype)(np.array([-np.inf, np.nan, -0.0, 0.0, flush, 2 * flush], dtype))
+    assert got[0] == 0.0 and np.isnan(got[1]) and got[2] == 1.0 and got[3] == 1.0
+    assert got[4] == 0.0 and got[5] == 0.0
 
 
 @pytest.mark.parametrize("apply, rtol32", _APPLY)

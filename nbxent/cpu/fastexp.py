@@ -30,6 +30,7 @@ import numpy as np
 from numba import njit
 
 from .bits import bitcast
+from .lanes import lanes_for
 from .target import fuses_multiply_add
 
 # Inline and without fastmath of their own: the callers' flags apply.
@@ -43,6 +44,9 @@ _ONE_LN2 = fuses_multiply_add()
 # integer k (the sum's unit in the last place is 1) and leaves k + 127 in the sum's low
 # mantissa bits, where a shift turns them into the exponent of 2**k.
 _ROUND32 = _F32(12583039.0)
+_LOG2E32 = _F32(1.4426950408889634)
+_LN2_32 = _F32(0.6931471805599453)
+_LN2_HI32, _LN2_LO32 = _F32(0.693359375), _F32(-2.12194440e-4)  # (split: _reduced32)
 
 
 @njit(fastmath={"contract"}, error_model="numpy")
@@ -61,12 +65,12 @@ def _reduced32(x, split_ln2):
     k * ln2 = (t + c - c) * ln2 into (t + c) * ln2 - c * ln2, which loses r's digits.
     """
     x = np.float32(x)
-    shifted = x * _F32(1.4426950408889634) + _ROUND32
+    shifted = x * _LOG2E32 + _ROUND32
     k = shifted - _ROUND32
     if split_ln2:
-        r = x - k * _F32(0.693359375) - k * _F32(-2.12194440e-4)
+        r = x - k * _LN2_HI32 - k * _LN2_LO32
     else:
-        r = x - k * _F32(0.6931471805599453)
+        r = x - k * _LN2_32
     return k, r, bitcast(shifted, np.int32)
 
 
@@ -105,14 +109,18 @@ def exp32(x):
     return y if x == x else x
 
 
+# The lowest arguments the non-positive exps evaluate (``exp_floor``).
+_FLOOR32, _FLOOR64 = _F32(-88.0), -709.0
+
+
 @njit(inline="always")
 def exp_floor(x, use64):
     """``x`` raised to the lowest argument the non-positive exps evaluate (-88 in
     float32, -709 in float64), below which they return 0; nan stays nan."""
     # A nan fails the comparison and goes on: the polynomial returns it.
     if use64:
-        return -709.0 if x < -709.0 else x
-    return _F32(-88.0) if x < _F32(-88.0) else x
+        return _FLOOR64 if x < _FLOOR64 else x
+    return _FLOOR32 if x < _FLOOR32 else x
 
 
 @njit(inline="always")
@@ -146,6 +154,11 @@ def exp_negative32(x):
 
 
 _SCALE64 = 1.5 * 2.0**52 + 1023.0
+# The float64 polynomial's terms, 1/n! for n from 12 down to 0, in Horner's order.
+_FACTORIALS64 = (479001600.0, 39916800.0, 3628800.0, 362880.0, 40320.0, 5040.0, 720.0,
+                 120.0, 24.0, 6.0, 2.0, 1.0, 1.0)
+_LOG2E64 = 1.4426950408889634
+_LN2_HI64, _LN2_LO64 = 0.6931471803691238, 1.9082149292705877e-10
 
 
 @njit(fastmath={"contract"}, error_model="numpy")
@@ -154,17 +167,16 @@ def _reduced64(x):
     times k is exact (Cody-Waite). Without the callers' reassociation, as ``_reduced32``:
     LLVM may regroup x - k ln2_hi - k ln2_lo as x - k (ln2_hi + ln2_lo), which loses r's
     digits where the products are not fused into multiply-adds (x86 without FMA)."""
-    k = np.floor(x * 1.4426950408889634 + 0.5)
-    return k, x - k * 0.6931471803691238 - k * 1.9082149292705877e-10
+    k = np.floor(x * _LOG2E64 + 0.5)
+    return k, x - k * _LN2_HI64 - k * _LN2_LO64
 
 
 @njit(inline="always")
 def _exp64_scaled(x, clamp):
     """float64 ``_exp32_scaled``: k clamped to [-1022, 1023] if ``clamp``."""
     k, r = _reduced64(x)
-    p = 1.0 / 479001600.0
-    for n in (39916800.0, 3628800.0, 362880.0, 40320.0, 5040.0, 720.0, 120.0, 24.0, 6.0,
-              2.0, 1.0, 1.0):
+    p = 1.0 / _FACTORIALS64[0]
+    for n in _FACTORIALS64[1:]:
         p = p * r + 1.0 / n
     if clamp:
         k = min(max(k, -1022.0), 1023.0)
@@ -267,6 +279,38 @@ def exp_nonpositive_for(use64):
     (``access.loader`` says why).
     """
     return exp_nonpositive64 if use64 else exp_nonpositive32
+
+
+def exp_nonpositive_lanes(dtype):
+    """``exp_nonpositive32`` or ``exp_nonpositive64`` of a vector of ``dtype`` lanes
+    (``lanes.lanes_for``): the same floor (a nan passes), reduction, polynomial and scale
+    2**k from the bits of the sum that rounds k, with the lanes' own flags (contraction, no
+    reassociation: as ``_reduced32``'s). float64 rounds k to the nearest integer by that
+    sum (1.5 * 2**52 + 1023) rather than ``np.floor``: the same reduction but at exact
+    ties, |r| <= ln2/2 either way. Checked against the scalar ones in tests/test_fastexp.py.
+    """
+    (_, _, _, splat, _, _, _, _, _, _, where_less, power_of_two) = lanes_for(dtype)
+
+    @njit(inline="always")
+    def exp32(x):
+        x = where_less(x, splat(_FLOOR32), splat(_FLOOR32), x)
+        shifted = x * _LOG2E32 + _ROUND32
+        k = shifted - _ROUND32
+        r = x - k * _LN2_32 if _ONE_LN2 else x - k * _LN2_HI32 - k * _LN2_LO32
+        return exp_polynomial32(r) * power_of_two(shifted)
+
+    @njit(inline="always")
+    def exp64(x):
+        x = where_less(x, splat(_FLOOR64), splat(_FLOOR64), x)
+        shifted = x * _LOG2E64 + _SCALE64
+        k = shifted - _SCALE64
+        r = x - k * _LN2_HI64 - k * _LN2_LO64
+        p = splat(1.0 / _FACTORIALS64[0])
+        for n in _FACTORIALS64[1:]:
+            p = p * r + 1.0 / n
+        return p * power_of_two(shifted)
+
+    return exp64 if np.dtype(dtype) == np.float64 else exp32
 
 
 def tanh_for(use64):

@@ -111,6 +111,8 @@ class LaneOperations(NamedTuple):
     where_equal: Callable    # (a, b, then, otherwise): then where a == b, else otherwise
     where: Callable          # (flag, then, otherwise): then if the boolean flag, else otherwise
     first: Callable          # (n, a): a's lanes below n, zeros above
+    where_less: Callable     # (a, b, then, otherwise): then where a < b, else otherwise
+    power_of_two: Callable   # (a): 2**k where a's low mantissa bits hold k + the exponent bias
 
 
 @functools.lru_cache(maxsize=None)
@@ -243,9 +245,35 @@ def lanes_for(dtype):
 
         return lanes(n, a), codegen
 
+    @intrinsic
+    def where_less(typingctx, a, b, then, otherwise):
+        if not a == b == then == otherwise == lanes:
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.select(builder.fcmp_ordered("<", args[0], args[1]), args[2],
+                                  args[3])
+
+        return lanes(a, b, then, otherwise), codegen
+
+    @intrinsic
+    def power_of_two(typingctx, a):
+        if a != lanes:
+            return None
+
+        def codegen(context, builder, signature, args):
+            integers = ir.VectorType(ir.IntType(dtype.bitwidth), count)
+            mantissa_bits = 23 if dtype.bitwidth == 32 else 52
+            bits = builder.shl(builder.bitcast(args[0], integers),
+                               ir.Constant(integers, [mantissa_bits] * count))
+            return builder.bitcast(bits, args[0].type)
+
+        return lanes(a), codegen
+
     return LaneOperations(
         count, load, store, splat, larger, reduction("fmax", ("nnan", "nsz"), None),
-        reduction("fadd", ("reassoc", "nsz"), 0.0), where_equal, where, first)
+        reduction("fadd", ("reassoc", "nsz"), 0.0), where_equal, where, first, where_less,
+        power_of_two)
 
 
 def _arithmetic(ops, instruction):

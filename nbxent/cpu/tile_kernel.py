@@ -8,12 +8,11 @@ then), its exps are kept for the writes, and the results are staged out. Every
 pass between is a contiguous loop over the tile's positions, the vectorised one.
 
 Short rows of a few dozen classes and more (``Shape.row_major``, where the variant
-allows: ``takes_rows``) are tiled as they lie instead: no transpositions;
-the max, the sums and the writes run along each row in explicit vectors (``lanes``: whole
-ones, then the row's last classes in one), and the exps in one loop over a
-group of rows (``ROW_GROUP_ELEMENTS`` logits, which stay in L1 through the passes), whose
-vectors do not stop at a row's end (a row's own loop would take a 100-class row's last
-classes one at a time, each a whole exp); the per-position steps between are the same.
+allows: ``takes_rows``) are tiled as they lie instead: no transpositions; the max, then
+the exps with the sums, then the writes run along each row in explicit vectors
+(``lanes``: whole ones, then the row's last classes in one, whose other lanes are masked
+off), in groups of rows (``ROW_GROUP_ELEMENTS`` logits, which stay in L1 through the
+passes); the per-position steps between are the same.
 """
 
 import numpy as np
@@ -24,7 +23,7 @@ from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, 
                         WRITE_LOG_SOFTMAX, WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
 from .bits import (copy_streaming, copy_transposed, exact_order, larger_of_numbers, lined_empty,
                    prefetch, prefetch_for_write, store_fence, vectors_at_full_width)
-from .fastexp import exp64, exp_nonpositive_for, log1p32, log1p64
+from .fastexp import exp64, exp_nonpositive_lanes, log1p32, log1p64
 from .lanes import lanes_for
 from .launch import ARGUMENTS, blocks_for
 from .disk_cache import named_for, way_key
@@ -41,12 +40,10 @@ TILE_FASTMATH = FASTMATH - {"reassoc"}
 # Rows of a tile's scratch for the metrics' order: per position, the classes greater
 # than the target's logit, those equal to it, and the classes ahead of the target.
 _GREATER, _EQUAL, _AHEAD, _N_ORDER = range(4)
-# Exps of a tile of rows as they lie between two shares of the next tile's cache hints.
-ROW_HINT_SPAN = 256
 # Results of rows tiled as they lie gathered (in L1) before they are streamed out.
 STREAMED_ELEMENTS = 2048
-# Rows tiled as they lie go through their passes (the max, the shifted copy, the exps, the
-# sums) in groups of about this many logits: a group's logits and exps (8 KiB each in
+# Rows tiled as they lie go through their passes (the max, then the exps and the sums) in
+# groups of about this many logits: a group's logits and exps (8 KiB each in
 # float32) stay in L1 from the first pass to the last, where passes over the whole tile
 # each read it from L2 (benchmarks/RESULTS.md).
 ROW_GROUP_ELEMENTS = 2048
@@ -116,7 +113,6 @@ def build_tile_kernel(variant, f, sum_at_inf):
     writes_softmax = variant.write == WRITE_SOFTMAX
     writes_target_gradient = variant.write == WRITE_GRAD and indexed
     writes_log_softmax = variant.write == WRITE_LOG_SOFTMAX
-    exp_nonpositive = exp_nonpositive_for(compute64)
     log1p = log1p64 if compute64 else log1p32
     CLASS_STEP = 1 if writes or prob else 2  # classes per step of the exp pass (``tile_sums``)
     PAD_PAIRS = not (smoothing or prob)  # its odd last class paired with the -inf row
@@ -124,7 +120,8 @@ def build_tile_kernel(variant, f, sum_at_inf):
     element_terms, element_result = f.element_terms, f.element_result
     # Vectors along the rows tiled as they lie (``lanes``).
     (WIDTH, v_load, v_store, v_splat, v_larger, v_largest, v_total, v_where_equal, v_where,
-     v_first) = lanes_for(ftype)
+     v_first, _, _) = lanes_for(ftype)
+    v_exp = exp_nonpositive_lanes(ftype)
     row_result, grad_output_at, upstream, target_gradient = (
         f.row_result, f.grad_output_at, f.upstream, f.target_gradient)
 
@@ -529,20 +526,17 @@ def build_tile_kernel(variant, f, sum_at_inf):
         return v_larger(top, v_load(x, row + c, n, -np.inf))
 
     @njit(inline="always")
-    def shifted_step(x, row, exps, at, c, n, shift):
-        """The n logits of a row from class c, less its shift, into ``exps`` from ``at``."""
-        v_store(exps, at + c, n, v_load(x, row + c, n, 0.0) - shift)
-
-    @njit(inline="always")
-    def sums_step(x, row, exps, at, c, n, shift, weight, sums):
-        """The row ``sums`` of ``row_sums`` with the n logits of a row from class c (exps
-        in ``exps`` from ``at``): the count at the shift, the rest of the exps, and under
-        smoothing the moment w (x - shift) and the class weights, the mass
-        (``formulas.linear_terms``, a vector at a time)."""
+    def exps_step(x, row, exps, at, c, n, shift, weight, sums):
+        """The n logits of a row from class c: their exps (of x - shift) into ``exps`` from
+        ``at``, and the row ``sums`` of ``row_sums`` with them: the count at the shift, the
+        rest of the exps, and under smoothing the moment w (x - shift) and the class
+        weights, the mass (``formulas.element_terms``, a vector at a time)."""
         tops, rests, moments, masses = sums
         value = v_load(x, row + c, n, 0.0)
+        e = v_first(n, v_exp(value - shift))
+        v_store(exps, at + c, n, e)
         tops += v_first(n, v_where_equal(value, shift, v_splat(1.0), v_splat(0.0)))
-        rests += v_where_equal(value, shift, v_splat(0.0), v_load(exps, at + c, n, 0.0))
+        rests += v_where_equal(value, shift, v_splat(0.0), e)
         if smoothing:
             class_weights = v_load(weight, c, n, 0.0)
             masses += class_weights
@@ -566,22 +560,19 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 result = result - v_load(weight, c, n, 0.0) * (g_ce * eps_over_c)
         v_store(out, row + c, n, v_where(counts, result, v_splat(0.0)))
 
-    # (The row kernel's flags, under which its exp loop was measured.)
-    @njit(fastmath=FASTMATH, error_model="numpy", _nrt=False)
+    @njit(fastmath=TILE_FASTMATH, error_model="numpy", _nrt=False)
     @named_for(variant)
     def row_sums(x, base, s_pos, weight, scratch, target_class, exps, n_classes, n, n_next):
         """``stage`` and ``tile_sums`` for rows tiled as they lie (``Shape.row_major``):
         each row's max, target logit and sums, its exps kept in ``exps`` (row k's classes
-        from k * n_classes), taken in place of its logits shifted by its max; rows in groups
-        of about ``ROW_GROUP_ELEMENTS`` logits, each group through every pass before the
-        next. Along a row, whole vectors, then its last classes in one (``lanes``); the
-        exps in one loop over the group, whose vectors run across the rows' ends. The next
-        ``n_next`` rows' logits are hinted to the cache during the exps' loops (without the
+        from k * n_classes); rows in groups of about ``ROW_GROUP_ELEMENTS`` logits, each
+        group's maxima, then its exps and sums, while its logits stay in L1. Along a row,
+        whole vectors, then its last classes in one (``lanes``). The next ``n_next`` rows'
+        logits are hinted to the cache a row at a time during the exps' pass (without the
         hints the max's pass waited on memory: benchmarks/RESULTS.md)."""
         vectors_at_full_width()
         shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
         moment, mass, t_logit = scratch[_MOMENT], scratch[_MASS], scratch[_T_LOGIT]
-        span = n_next * s_pos
         group = max(1, ROW_GROUP_ELEMENTS // n_classes)
         whole = n_classes - n_classes % WIDTH  # classes in whole vectors
         for g0 in range(0, n, group):
@@ -601,24 +592,15 @@ def build_tile_kernel(variant, f, sum_at_inf):
                     else ftype(0.0)
             for k in range(g0, g1):
                 row, at, row_shift = base + k * s_pos, k * n_classes, v_splat(shift[k])
-                for c in range(0, whole, WIDTH):
-                    shifted_step(x, row, exps, at, c, WIDTH, row_shift)
-                if whole < n_classes:
-                    shifted_step(x, row, exps, at, whole, n_classes - whole, row_shift)
-            # The next tile's logits asked for on the way, a cache line per LINE exps.
-            for i0 in range(g0 * n_classes, g1 * n_classes, ROW_HINT_SPAN):
-                for b in range(i0, min(i0 + ROW_HINT_SPAN, span), LINE):
-                    prefetch(x, np.int64(base + n * s_pos + b))
-                for i in range(i0, min(i0 + ROW_HINT_SPAN, g1 * n_classes)):
-                    exps[np.uint64(i)] = exp_nonpositive(exps[np.uint64(i)])
-            for k in range(g0, g1):
-                row, at, row_shift = base + k * s_pos, k * n_classes, v_splat(shift[k])
+                if k < n_next:  # (the next tile's row k)
+                    for b in range(0, n_classes, LINE):
+                        prefetch(x, np.int64(row + n * s_pos + b))
                 zero = v_splat(0.0)
                 sums = (zero, zero, zero, zero)  # (count at the shift, rest, moment, mass)
                 for c in range(0, whole, WIDTH):
-                    sums = sums_step(x, row, exps, at, c, WIDTH, row_shift, weight, sums)
+                    sums = exps_step(x, row, exps, at, c, WIDTH, row_shift, weight, sums)
                 if whole < n_classes:
-                    sums = sums_step(x, row, exps, at, whole, n_classes - whole, row_shift,
+                    sums = exps_step(x, row, exps, at, whole, n_classes - whole, row_shift,
                                      weight, sums)
                 tops, rests, moments, masses = sums
                 n_top[k] += v_total(tops)
