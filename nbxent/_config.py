@@ -55,13 +55,13 @@ class CpuSettings:
     #: allows: ``tile_kernel.takes_rows``, and the classes are contiguous in the logits
     #: and in the result) rather than transposed: from there a row
     #: fills enough vectors that reading along it costs less than the transpositions
-    #: (on an Intel AVX-512 server, both instruction sets: transposed faster to 56
-    #: classes, as they lie from 64; see benchmarks/RESULTS.md).
-    tile_rows_min_classes: int = 60
-    #: The same for calls that write no result (the loss, logsumexp): transposed, they
-    #: ran faster to 170 classes on an Intel AVX-512 server (to 192 with AVX2), as fast at
-    #: 32 on a Zen 4 (see benchmarks/RESULTS.md).
-    tile_rows_min_classes_no_writes: int = 176
+    #: (on an Intel AVX-512 server, with a row's exps and sums in one pass of explicit
+    #: vectors: transposed faster to 24 classes, as they lie from 32, with AVX2 from 24;
+    #: see benchmarks/RESULTS.md).
+    tile_rows_min_classes: int = 32
+    #: The same for calls that write no result (the loss, logsumexp): as fast either way
+    #: at 32 classes on that server, as they lie faster from 48 (with AVX2 from 32).
+    tile_rows_min_classes_no_writes: int = 32
     #: Logits per tile of rows tiled as they lie, whose exps are kept in L2 for the
     #: writes: larger tiles ran faster, to a few hundred KiB (see RESULTS.md).
     tile_row_elements: int = 32768
