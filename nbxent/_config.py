@@ -59,9 +59,10 @@ class CpuSettings:
     #: vectors: transposed faster to 24 classes, as they lie from 32, with AVX2 from 24;
     #: see benchmarks/RESULTS.md).
     tile_rows_min_classes: int = 32
-    #: The same for calls that write no result (the loss, logsumexp): as fast either way
-    #: at 32 classes on that server, as they lie faster from 48 (with AVX2 from 32).
-    tile_rows_min_classes_no_writes: int = 32
+    #: The same for calls that write no result (the loss, logsumexp): on that server, as
+    #: they lie faster from 81 classes on two threads (on one from 48, with AVX2 from 32),
+    #: transposed faster to 64 on two threads (see benchmarks/RESULTS.md).
+    tile_rows_min_classes_no_writes: int = 80
     #: Logits per tile of rows tiled as they lie, whose exps are kept in L2 for the
     #: writes: larger tiles ran faster, to a few hundred KiB (see RESULTS.md).
     tile_row_elements: int = 32768
