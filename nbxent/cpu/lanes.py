@@ -212,16 +212,19 @@ def lanes_for(dtype):
 
         return lanes(a, b), codegen
 
-    @intrinsic
-    def where_equal(typingctx, a, b, then, otherwise):
-        if not a == b == then == otherwise == lanes:
-            return None
+    def where_compared(comparison):
+        @intrinsic
+        def select(typingctx, a, b, then, otherwise):
+            if not a == b == then == otherwise == lanes:
+                return None
 
-        def codegen(context, builder, signature, args):
-            return builder.select(builder.fcmp_ordered("==", args[0], args[1]), args[2],
-                                  args[3])
+            def codegen(context, builder, signature, args):
+                return builder.select(builder.fcmp_ordered(comparison, args[0], args[1]),
+                                      args[2], args[3])
 
-        return lanes(a, b, then, otherwise), codegen
+            return lanes(a, b, then, otherwise), codegen
+
+        return select
 
     @intrinsic
     def where(typingctx, flag, then, otherwise):
@@ -246,17 +249,6 @@ def lanes_for(dtype):
         return lanes(n, a), codegen
 
     @intrinsic
-    def where_less(typingctx, a, b, then, otherwise):
-        if not a == b == then == otherwise == lanes:
-            return None
-
-        def codegen(context, builder, signature, args):
-            return builder.select(builder.fcmp_ordered("<", args[0], args[1]), args[2],
-                                  args[3])
-
-        return lanes(a, b, then, otherwise), codegen
-
-    @intrinsic
     def power_of_two(typingctx, a):
         if a != lanes:
             return None
@@ -272,8 +264,8 @@ def lanes_for(dtype):
 
     return LaneOperations(
         count, load, store, splat, larger, reduction("fmax", ("nnan", "nsz"), None),
-        reduction("fadd", ("reassoc", "nsz"), 0.0), where_equal, where, first, where_less,
-        power_of_two)
+        reduction("fadd", ("reassoc", "nsz"), 0.0), where_compared("=="), where, first,
+        where_compared("<"), power_of_two)
 
 
 def _arithmetic(ops, instruction):
