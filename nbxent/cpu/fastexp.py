@@ -23,7 +23,8 @@ and ``exp_nonpositive64`` drop the overflow and nan selects of a general exp (a 
 passes through the polynomial) and flush to 0 a little lower, where the scale 2**k
 reaches 0 (below -87.7 in float32, -708.7 in float64; tests/test_fastexp.py checks both
 against NumPy). ``exp_negative32`` also gives 0 at +0.0, for a sum that leaves out the
-max's own terms.
+max's own terms. ``exp_nonpositive_lanes`` is either of them for a vector of lanes
+(``lanes``), where a loop is written in vectors rather than left to LLVM's vectoriser.
 """
 
 import numpy as np
@@ -154,7 +155,8 @@ def exp_negative32(x):
 
 
 _SCALE64 = 1.5 * 2.0**52 + 1023.0
-# The float64 polynomial's terms, 1/n! for n from 12 down to 0, in Horner's order.
+# n! for n from 12 down to 0: their reciprocals are the float64 polynomial's coefficients,
+# in Horner's order.
 _FACTORIALS64 = (479001600.0, 39916800.0, 3628800.0, 362880.0, 40320.0, 5040.0, 720.0,
                  120.0, 24.0, 6.0, 2.0, 1.0, 1.0)
 _LOG2E64 = 1.4426950408889634
