@@ -204,8 +204,10 @@ def test_full_vectors_asked_for_where_avx512_has_vbmi(monkeypatch):
 def _lane_passes(dtype):
     """A row's max, plain sum, count of a value, and its values less a shift stored
     elsewhere, in ``lanes``' vectors: whole ones, then the row's last values in one."""
-    width, load, store, splat, larger, largest, total, where_equal, where, first = \
-        lanes_for(dtype)[:10]
+    lanes = lanes_for(dtype)
+    width, load, store, splat = lanes.width, lanes.load, lanes.store, lanes.splat
+    larger, largest, total = lanes.larger, lanes.largest, lanes.total
+    where_equal, where, first = lanes.where_equal, lanes.where, lanes.first
 
     @njit
     def passes(x, start, n, shift, out, out_start):

@@ -68,7 +68,8 @@ def test_exp_is_accurate_and_keeps_special_values(apply, rtol32, which, dtype, i
 
 def _lanes_exp(dtype):
     """``exp_nonpositive_lanes`` of an array, a vector at a time (the last one masked)."""
-    width, load, store = lanes_for(dtype)[:3]
+    lanes = lanes_for(dtype)
+    width, load, store = lanes.width, lanes.load, lanes.store
     exp = exp_nonpositive_lanes(dtype)
 
     @njit

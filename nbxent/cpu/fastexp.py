@@ -291,7 +291,8 @@ def exp_nonpositive_lanes(dtype):
     sum (1.5 * 2**52 + 1023) rather than ``np.floor``: the same reduction but at exact
     ties, |r| <= ln2/2 either way. Checked against the scalar ones in tests/test_fastexp.py.
     """
-    (_, _, _, splat, _, _, _, _, _, _, where_less, power_of_two) = lanes_for(dtype)
+    lanes = lanes_for(dtype)
+    splat, where_less, power_of_two = lanes.splat, lanes.where_less, lanes.power_of_two
 
     @njit(inline="always")
     def exp32(x):

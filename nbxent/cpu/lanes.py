@@ -19,10 +19,13 @@ fastmath flags but no reassociation (``formulas.difference_plus`` needs its orde
 ``total`` alone reassociates, to sum the lanes in a tree.
 
 Numba types the operations as globals or closure variables, not as a tuple's attributes:
+bind them to names first.
 
 >>> import numpy as np
 >>> from numba import njit
->>> width, load, _, splat, larger, largest = lanes_for(np.float32)[:6]
+>>> lanes = lanes_for(np.float32)
+>>> width, load, splat, larger, largest = (lanes.width, lanes.load, lanes.splat,
+...                                        lanes.larger, lanes.largest)
 >>> @njit
 ... def row_max(x, n):
 ...     top = splat(-np.inf)

@@ -119,8 +119,10 @@ def build_tile_kernel(variant, f, sum_at_inf):
     LINE = 64 // (4 if variant.widened else np.dtype(ftype).itemsize)  # logits per cache line
     element_terms, element_result = f.element_terms, f.element_result
     # Vectors along the rows tiled as they lie (``lanes``).
-    (WIDTH, v_load, v_store, v_splat, v_larger, v_largest, v_total, v_where_equal, v_where,
-     v_first, _, _) = lanes_for(ftype)
+    lanes = lanes_for(ftype)
+    WIDTH, v_load, v_store, v_splat = lanes.width, lanes.load, lanes.store, lanes.splat
+    v_larger, v_largest, v_total = lanes.larger, lanes.largest, lanes.total
+    v_where_equal, v_where, v_first = lanes.where_equal, lanes.where, lanes.first
     v_exp = exp_nonpositive_lanes(ftype)
     row_result, grad_output_at, upstream, target_gradient = (
         f.row_result, f.grad_output_at, f.upstream, f.target_gradient)
