@@ -245,6 +245,31 @@ def test_lanes_take_a_row_of_any_length_and_nothing_past_it(rng, dtype):
             np.testing.assert_array_equal(out, expected, err_msg=f"start {start}, n {n}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("source", [np.float16, np.float32, np.float64])
+def test_lanes_load_any_float_type_converted(rng, dtype, source):
+    """A load of float16 (as its uint16 bits, as the kernels take it), float32 or float64
+    values into lanes of either type: each value as NumPy converts it, the lanes past n
+    the fill."""
+    lanes = lanes_for(dtype)
+    width, load, store = lanes.width, lanes.load, lanes.store
+
+    @njit
+    def loaded(values, start, n, out):
+        store(out, 0, width, load(values, start, n, -2.5))
+
+    values = (rng.standard_normal(3 * width) * 1e3).astype(source)
+    values[:4] = [np.inf, -np.inf, np.nan, -0.0]
+    bits = values.view(np.uint16) if source == np.float16 else values
+    for start, n in ((0, width), (1, width - 1), (2, 3)):
+        out = np.zeros(width, dtype)
+        loaded(bits, start, n, out)
+        expected = np.full(width, -2.5, dtype)
+        expected[:n] = values[start:start + n].astype(dtype)
+        np.testing.assert_array_equal(out, expected)
+        assert np.array_equal(np.signbit(out), np.signbit(expected))
+
+
 def test_lanes_are_the_kernels_vector_width():
     """As wide as the kernels' loops (``full_vector_bits``), else AVX's 256 bits or 128,
     float64 half as many lanes as float32."""

@@ -283,6 +283,20 @@ def exp_nonpositive_for(use64):
     return exp_nonpositive64 if use64 else exp_nonpositive32
 
 
+def exp_floor_lanes(dtype):
+    """``exp_floor`` of a vector of ``dtype`` lanes (``lanes.lanes_for``): each lane raised
+    to the lowest argument the non-positive exps evaluate; nan stays nan."""
+    lanes = lanes_for(dtype)
+    splat, where_less = lanes.splat, lanes.where_less
+    lowest = _FLOOR64 if np.dtype(dtype) == np.float64 else _FLOOR32
+
+    @njit(inline="always")
+    def floor(x):
+        return where_less(x, splat(lowest), splat(lowest), x)
+
+    return floor
+
+
 def exp_nonpositive_lanes(dtype):
     """``exp_nonpositive32`` or ``exp_nonpositive64`` of a vector of ``dtype`` lanes
     (``lanes.lanes_for``): the same floor (a nan passes), reduction, polynomial and scale
@@ -292,11 +306,12 @@ def exp_nonpositive_lanes(dtype):
     ties, |r| <= ln2/2 either way. Checked against the scalar ones in tests/test_fastexp.py.
     """
     lanes = lanes_for(dtype)
-    splat, where_less, power_of_two = lanes.splat, lanes.where_less, lanes.power_of_two
+    splat, power_of_two = lanes.splat, lanes.power_of_two
+    floor = exp_floor_lanes(dtype)
 
     @njit(inline="always")
     def exp32(x):
-        x = where_less(x, splat(_FLOOR32), splat(_FLOOR32), x)
+        x = floor(x)
         shifted = x * _LOG2E32 + _ROUND32
         k = shifted - _ROUND32
         r = x - k * _LN2_32 if _ONE_LN2 else x - k * _LN2_HI32 - k * _LN2_LO32
@@ -304,7 +319,7 @@ def exp_nonpositive_lanes(dtype):
 
     @njit(inline="always")
     def exp64(x):
-        x = where_less(x, splat(_FLOOR64), splat(_FLOOR64), x)
+        x = floor(x)
         shifted = x * _LOG2E64 + _SCALE64
         k = shifted - _SCALE64
         r = x - k * _LN2_HI64 - k * _LN2_LO64

@@ -56,6 +56,9 @@ from .target import enabled_features
 # The kernels' flags (``row_kernel.FASTMATH``) but reassociation.
 _FLAGS = ("nsz", "arcp", "contract", "afn")
 _I32 = ir.IntType(32)
+# What ``load`` reads: float32, float64, and float16 as its bits (``access``'s uint16).
+_SOURCES = (types.float32, types.float64, types.uint16)
+_FLOAT_TYPES = {16: ir.HalfType(), 32: ir.FloatType(), 64: ir.DoubleType()}
 
 
 class Lanes(types.Type):
@@ -105,7 +108,8 @@ class LaneOperations(NamedTuple):
     """The vector operations of one dtype (``lanes_for``); each an intrinsic."""
 
     width: int               # lanes in a vector
-    load: Callable           # (array, index, n, fill): array[index + i] for i < n, else fill
+    load: Callable           # (array, index, n, fill): array[index + i] for i < n, else fill,
+                             # converted from the array's float type (float16 as uint16 bits)
     store: Callable          # (array, index, n, vector): array[index + i] = vector[i], i < n
     splat: Callable          # (number): a vector of it
     larger: Callable         # (a, b): lane by lane, the larger (larger_of_numbers')
@@ -121,40 +125,50 @@ class LaneOperations(NamedTuple):
 @functools.lru_cache(maxsize=None)
 def lanes_for(dtype):
     """The ``LaneOperations`` of vectors of the NumPy float dtype ``dtype`` (float32 or
-    float64), ``lane_bits()`` wide. Loads and stores take 1-D arrays of that dtype and an
-    integer index; ``n`` may be anything (lanes beyond the vector are never touched)."""
+    float64), ``lane_bits()`` wide. Loads and stores take contiguous 1-D arrays and an
+    integer index: stores of that dtype, loads of any float type (``_SOURCES``), converted
+    on the way; ``n`` may be anything (lanes beyond the vector are never touched)."""
     dtype = types.float32 if np.dtype(dtype) == np.float32 else types.float64
     count = lane_bits() // dtype.bitwidth
     lanes = Lanes(dtype, count)
     suffix = f"v{count}f{dtype.bitwidth}"
     align = ir.Constant(_I32, dtype.bitwidth // 8)
 
-    def vector_at(context, builder, signature, args):
+    def vector_at(context, builder, signature, args, element):
         array = context.make_array(signature.args[0])(context, builder, args[0])
         index = context.cast(builder, args[1], signature.args[1], types.int64)
         return builder.bitcast(builder.gep(array.data, [index]),
-                               ir.VectorType(context.get_value_type(dtype), count).as_pointer())
+                               ir.VectorType(element, count).as_pointer())
 
-    def an_array(array):
+    def an_array(array, sources=(dtype,)):
         return (isinstance(array, types.Array) and array.ndim == 1 and array.layout == "C"
-                and array.dtype == dtype)
+                and array.dtype in sources)
 
     @intrinsic
     def load(typingctx, array, index, n, fill):
-        if not (an_array(array) and isinstance(index, types.Integer)
+        if not (an_array(array, _SOURCES) and isinstance(index, types.Integer)
                 and isinstance(n, types.Integer)):
             return None
 
         def codegen(context, builder, signature, args):
-            pointer = vector_at(context, builder, signature, args)
-            fills = _splat(builder, context.cast(builder, args[3], signature.args[3], dtype),
+            source = signature.args[0].dtype
+            bits = 16 if source == types.uint16 else source.bitwidth
+            element = _FLOAT_TYPES[bits]
+            pointer = vector_at(context, builder, signature, args, element)
+            fill = context.cast(builder, args[3], signature.args[3], types.float64)
+            fills = _splat(builder, builder.fptrunc(fill, element) if bits < 64 else fill,
                            count)
-            function = _declared(builder, f"llvm.masked.load.{suffix}.p0",
+            function = _declared(builder, f"llvm.masked.load.v{count}f{bits}.p0",
                                  fills.type, [pointer.type, _I32, ir.VectorType(ir.IntType(1),
                                                                                  count),
                                               fills.type])
-            return builder.call(function, [pointer, align,
-                                           _first_lanes(builder, args[2], count), fills])
+            loaded = builder.call(function, [pointer, ir.Constant(_I32, bits // 8),
+                                             _first_lanes(builder, args[2], count), fills])
+            if bits == dtype.bitwidth:
+                return loaded
+            converted = ir.VectorType(context.get_value_type(dtype), count)
+            convert = builder.fpext if bits < dtype.bitwidth else builder.fptrunc
+            return convert(loaded, converted)
 
         return lanes(array, index, n, fill), codegen
 
@@ -165,7 +179,8 @@ def lanes_for(dtype):
             return None
 
         def codegen(context, builder, signature, args):
-            pointer = vector_at(context, builder, signature, args)
+            pointer = vector_at(context, builder, signature, args,
+                                context.get_value_type(dtype))
             function = _declared(
                 builder, f"llvm.masked.store.{suffix}.p0", ir.VoidType(),
                 [args[3].type, pointer.type, _I32, ir.VectorType(ir.IntType(1), count)])

@@ -5,7 +5,8 @@ short or too strided to fill vectors along its classes. Each tile of
 ``shape.tile_width`` positions is staged once into class-major scratch (short
 rows are transposed on the way, and each position's max and target logit taken
 then), its exps are kept for the writes, and the results are staged out. Every
-pass between is a contiguous loop over the tile's positions, the vectorised one.
+pass between is vectorised along the tile's positions: loops over them, and the exps'
+pass in explicit vectors of positions (``lanes``), each through its classes.
 
 Short rows of a few dozen classes and more (``Shape.row_major``, where the variant
 allows: ``takes_rows``) are tiled as they lie instead: no transpositions; the max, then
@@ -23,11 +24,11 @@ from .arguments import (METRIC_ARGMAX, METRIC_ENTROPY, METRIC_LSE, METRIC_RANK, 
                         WRITE_LOG_SOFTMAX, WRITE_NOTHING, WRITE_SOFTMAX, TargetKind, named)
 from .bits import (copy_streaming, copy_transposed, exact_order, larger_of_numbers, lined_empty,
                    prefetch, prefetch_for_write, store_fence, vectors_at_full_width)
-from .fastexp import exp64, exp_nonpositive_lanes, log1p32, log1p64
+from .fastexp import exp64, exp_floor_lanes, exp_nonpositive_lanes, log1p32, log1p64
 from .lanes import lanes_for
 from .launch import ARGUMENTS, blocks_for
 from .disk_cache import named_for, way_key
-from .formulas import capper, entropy_of, entropy_term, shift_of
+from .formulas import capper, entropy_of, shift_of
 from .row_kernel import FASTMATH, compiled_apart, row_start
 
 # No reassociation in the tile's steps: their loops vectorise across positions without it,
@@ -114,16 +115,15 @@ def build_tile_kernel(variant, f, sum_at_inf):
     writes_target_gradient = variant.write == WRITE_GRAD and indexed
     writes_log_softmax = variant.write == WRITE_LOG_SOFTMAX
     log1p = log1p64 if compute64 else log1p32
-    CLASS_STEP = 1 if writes or prob else 2  # classes per step of the exp pass (``tile_sums``)
-    PAD_PAIRS = not (smoothing or prob)  # its odd last class paired with the -inf row
     LINE = 64 // (4 if variant.widened else np.dtype(ftype).itemsize)  # logits per cache line
-    element_terms, element_result = f.element_terms, f.element_result
+    element_result = f.element_result
     # Vectors along the rows tiled as they lie (``lanes``).
     lanes = lanes_for(ftype)
     WIDTH, v_load, v_store, v_splat = lanes.width, lanes.load, lanes.store, lanes.splat
     v_larger, v_largest, v_total = lanes.larger, lanes.largest, lanes.total
-    v_where_equal, v_where, v_first = lanes.where_equal, lanes.where, lanes.first
-    v_exp = exp_nonpositive_lanes(ftype)
+    v_where_equal, v_where_less, v_where, v_first = (lanes.where_equal, lanes.where_less,
+                                                      lanes.where, lanes.first)
+    v_exp, v_exp_floor = exp_nonpositive_lanes(ftype), exp_floor_lanes(ftype)
     row_result, grad_output_at, upstream, target_gradient = (
         f.row_result, f.grad_output_at, f.upstream, f.target_gradient)
 
@@ -326,37 +326,37 @@ def build_tile_kernel(variant, f, sum_at_inf):
             ahead[k] = ahead[k] if counted else ftype(np.inf)
 
     @njit(inline="always")
-    def hint_shares(hints, n, n_shares):
-        """The sizes of each of ``n_shares`` shares of the memory ``hints_for_share``
-        hints, in whole cache lines: (of the next tile's logits, of this tile's output)."""
-        _, _, _, s_pos, n_next, _, _, o_si, _ = hints
-        unit = n_shares * LINE
-        return ((n_next * s_pos + unit - 1) // unit * LINE,
-                (n * o_si + unit - 1) // unit * LINE)
+    def hint_stream(base, s_class, s_pos, n_classes, n):
+        """The memory of n positions from ``base`` (class and position strides given), for
+        ``hint_step``: (base, stride between its runs, a run's length, end of the runs).
+        Runs of contiguous elements: NCHW's of each class; the whole span of contiguous
+        short rows; else each row's (none where n is 0)."""
+        if s_class != 1:
+            return base, s_class, n, n_classes * s_class if n > 0 else 0
+        if s_pos == n_classes:
+            return base, n * n_classes, n * n_classes, n * n_classes
+        return base, s_pos, n_classes, n * s_pos
 
     @njit(inline="always")
-    def hints_for_share(hints, n, sizes, share):
-        """Cache hints for share ``share`` (of sizes ``sizes``: ``hint_shares``) of the
-        memory the next steps touch, sent a share at a time during this tile's exp pass,
-        so that they go out a few at a time while it computes (all at once, they measured
-        no faster than none: benchmarks/RESULTS.md). ``hints``: (logits, the next tile's
-        first logit, class and position strides, its positions (0: none), output, this
-        tile's first output, output position stride, whether to hint the output). The
-        next tile's logits: for short rows a share of their span of memory, for NCHW the
-        run of class ``share`` (a class a share); the output, this tile's rows, to be
-        written (a short row's few lines the hardware handles better alone)."""
-        x, next_base, s_class, s_pos, n_next, out, out_base, o_si, write_hints = hints
-        if s_class == 1:
-            start = share * sizes[0]
-            for b in range(start, min(start + sizes[0], n_next * s_pos), LINE):
-                prefetch(x, np.int64(next_base + b))
-        else:
-            for b in range(0, n_next, LINE):
-                prefetch(x, np.int64(next_base + share * s_class + b))
-        if writes and write_hints:  # (a constant False without writes)
-            start = share * sizes[1]
-            for b in range(start, min(start + sizes[1], n * o_si), LINE):
-                prefetch_for_write(out, np.int64(out_base + b))
+    def hint_step(array, stream, cursor, for_write):
+        """Cache hints for the next 2 WIDTH elements of ``stream`` (``hint_stream``) of
+        ``array`` from ``cursor`` (where its run starts, the place in the run); returns
+        the cursor after them. Sent at each step of two classes of the exp pass
+        (``tile_sums``), the memory of the next tile's logits and of this tile's output
+        is asked for a line or so at a time while the pass computes (all at once, hints
+        measured no faster than none: benchmarks/RESULTS.md), in memory's order: NCHW's
+        class runs, each in its own pages, one after the other (hints to a run of each
+        class at every step, 150 pages, measured 1.3x slower)."""
+        base, run_stride, run_length, runs_end = stream
+        run, at = cursor
+        for b in range(0, 2 * WIDTH, LINE):
+            if run < runs_end and at + b < run_length:
+                if for_write:
+                    prefetch_for_write(array, np.int64(base + run + at + b))
+                else:
+                    prefetch(array, np.int64(base + run + at + b))
+        at += 2 * WIDTH
+        return (run + run_stride, 0) if at >= run_length else (run, at)
 
     @njit(inline="always")
     def unstage(out, base, s_class, s_pos, tile, n_classes, n, pitch, streams, spare):
@@ -385,75 +385,102 @@ def build_tile_kernel(variant, f, sum_at_inf):
                           tile[cell(a, t_outer, b * t_inner)])
 
     @njit(inline="always")
-    def pair_sum(first, second, paired):
-        """first + second, or first alone where the pair is one class twice (a select:
-        0 * an infinite term would be nan)."""
-        return first + (second if paired else type(second)(0.0))
+    def lane_sums(value, shift, n, mass, sums, with_entropy):
+        """The share of a vector of logits, of which the first n count, in their rows' sums
+        about ``shift``: (their exps, ``sums`` with it). The sums: the count of logits at
+        the shift, the rest of the exps, the moment (``formulas.element_terms``: the
+        entropy's e (x - shift), 0 * -inf taken as 0, or ``mass`` (x - shift) under
+        smoothing and for probability targets), the mass (probability targets': ``mass``)
+        and, when ``with_entropy`` (a constant where this is called), the entropy's
+        moment."""
+        tops, rests, moments, masses, entropies = sums
+        d = value - shift
+        e = v_first(n, v_exp(d))
+        tops += v_first(n, v_where_equal(value, shift, v_splat(1.0), v_splat(0.0)))
+        rests += v_where_equal(value, shift, v_splat(0.0), e)
+        entropy_terms = e * v_exp_floor(d)
+        if entropy:
+            moments += entropy_terms
+        elif smoothing or prob:
+            moments += v_first(n, mass * d)
+        if prob:
+            masses += mass
+        if with_entropy:
+            entropies += entropy_terms
+        return e, (tops, rests, moments, masses, entropies)
+
+    @njit(inline="always")
+    def class_sums(logits, exps, targets, weight, c, at, shift, sums, one_minus_eps,
+                   eps_over_c, with_entropy):
+        """Class c's share, at ``at`` in the tile, in the sums of a vector of positions
+        (``lane_sums``), its exps stored for the writes."""
+        mass = v_splat(0.0)
+        if smoothing and indexed:
+            mass = v_splat(weight[c])
+        elif prob:
+            mass = (v_load(targets, at, WIDTH, 0.0) * one_minus_eps + eps_over_c) * weight[c]
+        e, sums = lane_sums(v_load(logits, at, WIDTH, 0.0), shift, WIDTH, mass, sums,
+                            with_entropy)
+        if writes:
+            v_store(exps, at, WIDTH, e)
+        return sums
+
+    @njit(inline="always")
+    def hints_step(hints, cursors):
+        """``hint_step`` on the next tile's logits and, with writes, this tile's output
+        (``hints``: the arrays and their ``hint_stream``)."""
+        x, x_stream, out, out_stream = hints
+        x_cursor, out_cursor = cursors
+        x_cursor = hint_step(x, x_stream, x_cursor, False)
+        if writes:  # (no output without)
+            out_cursor = hint_step(out, out_stream, out_cursor, True)
+        return x_cursor, out_cursor
 
     @njit(inline="always")
     def tile_sums(logits, exps, scratch, n_classes, n, pitch, targets, weight, one_minus_eps,
                   eps_over_c, with_entropy, hints):
-        """Each position's sums over its classes (exps kept in ``exps`` for the writes),
-        from its max in ``scratch[_TOP]`` (the shift, ``scratch[_SHIFT]``, is the max or 0
-        if that is -inf: a row apart, for a select stored where it was loaded becomes a
-        masked store); the entropy's sum too when ``with_entropy`` (a constant where this
-        is called). ``targets``: the tile's probability targets (``stage_targets``)."""
-        shift, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
-        moment, mass = scratch[_MOMENT], scratch[_MASS]
-        entropy_moment = scratch[_ENTROPY]
-        for k in range(n):
-            top = scratch[_TOP, k]
-            shift[k] = shift_of(top)
-            n_top[k] = ftype(sum_at_inf) if top == np.inf else ftype(0.0)
-            rest[k] = ftype(0.0)
-            moment[k] = ftype(0.0)
-            mass[k] = ftype(0.0)
+        """Each position's sums over its classes (``lane_sums``; exps kept in ``exps`` for
+        the writes), from its max in ``scratch[_TOP]`` (the shift, ``scratch[_SHIFT]``, is
+        the max, or 0 if that is -inf); the entropy's sum too when ``with_entropy`` (a
+        constant where this is called). ``targets``: the tile's probability targets
+        (``stage_targets``).
+
+        A vector of positions at a time (``lanes``), its sums kept in registers through
+        its classes, two classes a step into two sets of sums (half the chain of adds),
+        with the cache hints of the next steps between (``hint_step``). Whole vectors, the
+        last one past the positions: the tile's rows and the scratch's are padded to whole
+        vectors and zeroed (``tile_block``), and what lies past the positions is never read
+        after. (Loops along the positions, class by class, vectorised by LLVM, loaded and
+        stored each position's sums at every class: 1.1-1.45x slower, benchmarks/RESULTS.md.)
+        """
+        shift_row, n_top, rest = scratch[_SHIFT], scratch[_N_TOP], scratch[_REST]
+        moment, mass, entropy_moment = scratch[_MOMENT], scratch[_MASS], scratch[_ENTROPY]
+        zero = v_splat(0.0)
+        cursors = ((0, 0), (0, 0))  # (``hint_step``'s, of the logits and the output)
+        for k in range(0, n, WIDTH):
+            top = v_load(scratch[_TOP], k, WIDTH, 0.0)
+            shift = v_where_less(v_splat(-np.inf), top, top, zero)  # (``shift_of``)
+            sums0 = (v_where_equal(top, v_splat(np.inf), v_splat(sum_at_inf), zero), zero,
+                     zero, zero, zero)
+            sums1 = (zero, zero, zero, zero, zero)
+            for c in range(0, n_classes - 1, 2):
+                cursors = hints_step(hints, cursors)
+                sums0 = class_sums(logits, exps, targets, weight, c, c * pitch + k, shift,
+                                   sums0, one_minus_eps, eps_over_c, with_entropy)
+                sums1 = class_sums(logits, exps, targets, weight, c + 1, (c + 1) * pitch + k,
+                                   shift, sums1, one_minus_eps, eps_over_c, with_entropy)
+            if n_classes % 2:
+                c = n_classes - 1
+                cursors = hints_step(hints, cursors)
+                sums0 = class_sums(logits, exps, targets, weight, c, c * pitch + k, shift,
+                                   sums0, one_minus_eps, eps_over_c, with_entropy)
+            v_store(shift_row, k, WIDTH, shift)
+            v_store(n_top, k, WIDTH, sums0[0] + sums1[0])
+            v_store(rest, k, WIDTH, sums0[1] + sums1[1])
+            v_store(moment, k, WIDTH, sums0[2] + sums1[2])
+            v_store(mass, k, WIDTH, sums0[3] + sums1[3])
             if with_entropy:
-                entropy_moment[k] = ftype(0.0)
-        sizes = hint_shares(hints, n, n_classes)
-        # Without writes, classes in pairs: each position's sums are loaded and stored
-        # once a pair, and two exps are in flight. An odd last class is paired with the
-        # tile's -inf row after its classes, whose exp is 0 and never the max, where no
-        # class-indexed term is read (a constant pair, no select in the loop); else with
-        # itself, counted once. (With writes, the second class's store stream adds alias
-        # checks that kept LLVM from vectorising the loop; for probability targets the
-        # pairs' two target loads did too: benchmarks/RESULTS.md.)
-        for c0 in range(0, n_classes, CLASS_STEP):
-            if CLASS_STEP == 1:
-                c1, paired = c0, False
-            elif PAD_PAIRS:
-                c1, paired = c0 + 1, True
-            else:
-                c1 = min(c0 + 1, n_classes - 1)
-                paired = c1 != c0
-            hints_for_share(hints, n, sizes, c0)
-            if paired and c1 < n_classes:  # (not the -inf row)
-                hints_for_share(hints, n, sizes, c1)
-            for k in range(n):
-                value0 = logits[cell(c0, pitch, k)]
-                value1 = logits[cell(c1, pitch, k)]
-                at_top0, e0, moment0, mass0 = element_terms(
-                    value0, shift[k], c0, targets, k, pitch, weight, one_minus_eps,
-                    eps_over_c)
-                at_top1, e1, moment1, mass1 = element_terms(
-                    value1, shift[k], c1, targets, k, pitch, weight, one_minus_eps,
-                    eps_over_c)
-                if writes:
-                    exps[cell(c0, pitch, k)] = e0
-                n_top[k] += pair_sum(ftype(1.0) if at_top0 else ftype(0.0),
-                                     ftype(1.0) if at_top1 else ftype(0.0), paired)
-                rest[k] += pair_sum(ftype(0.0) if at_top0 else e0,
-                                    ftype(0.0) if at_top1 else e1, paired)
-                # (Unused sums are not touched: each stored array adds alias checks
-                # that can keep LLVM from vectorising the loop.)
-                if entropy or smoothing or prob:
-                    moment[k] += pair_sum(moment0, moment1, paired)
-                if prob:
-                    mass[k] += pair_sum(mass0, mass1, paired)
-                if with_entropy:
-                    entropy_moment[k] += pair_sum(
-                        entropy_term(value0, shift[k], e0, compute64),
-                        entropy_term(value1, shift[k], e1, compute64), paired)
+                v_store(entropy_moment, k, WIDTH, sums0[4] + sums1[4])
 
     @njit(inline="always")
     def tile_rows(scratch, order, t_weight, g_rows, lses, row_value, row_lse, row_metrics,
@@ -530,20 +557,12 @@ def build_tile_kernel(variant, f, sum_at_inf):
     @njit(inline="always")
     def exps_step(x, row, exps, at, c, n, shift, weight, sums):
         """The n logits of a row from class c: their exps (of x - shift) into ``exps`` from
-        ``at``, and the row ``sums`` of ``row_sums`` with them: the count at the shift, the
-        rest of the exps, and under smoothing the moment w (x - shift) and the class
-        weights, the mass (``formulas.element_terms``, a vector at a time)."""
-        tops, rests, moments, masses = sums
-        value = v_load(x, row + c, n, 0.0)
-        e = v_first(n, v_exp(value - shift))
+        ``at``, and the row ``sums`` of ``row_sums`` with them (``lane_sums``; under
+        smoothing, the class weights the moment's)."""
+        class_weights = v_load(weight, c, n, 0.0) if smoothing else v_splat(0.0)
+        e, sums = lane_sums(v_load(x, row + c, n, 0.0), shift, n, class_weights, sums, False)
         v_store(exps, at + c, n, e)
-        tops += v_first(n, v_where_equal(value, shift, v_splat(1.0), v_splat(0.0)))
-        rests += v_where_equal(value, shift, v_splat(0.0), e)
-        if smoothing:
-            class_weights = v_load(weight, c, n, 0.0)
-            masses += class_weights
-            moments += v_first(n, class_weights * (value - shift))
-        return tops, rests, moments, masses
+        return sums
 
     @njit(inline="always")
     def result_step(out, row, c, n, sources, row_scalars):
@@ -598,13 +617,13 @@ def build_tile_kernel(variant, f, sum_at_inf):
                     for b in range(0, n_classes, LINE):
                         prefetch(x, np.int64(row + n * s_pos + b))
                 zero = v_splat(0.0)
-                sums = (zero, zero, zero, zero)  # (count at the shift, rest, moment, mass)
+                sums = (zero, zero, zero, zero, zero)  # (``lane_sums``')
                 for c in range(0, whole, WIDTH):
                     sums = exps_step(x, row, exps, at, c, WIDTH, row_shift, weight, sums)
                 if whole < n_classes:
                     sums = exps_step(x, row, exps, at, whole, n_classes - whole, row_shift,
                                      weight, sums)
-                tops, rests, moments, masses = sums
+                tops, rests, moments, masses, _ = sums
                 n_top[k] += v_total(tops)
                 rest[k] = v_total(rests)
                 moment[k] = v_total(moments)
@@ -688,8 +707,9 @@ def build_tile_kernel(variant, f, sum_at_inf):
                 # output rows, unless streamed (the hints would read them into the caches).
                 write_hints = (writes and not half and out_geom.s_class == 1
                                and n_classes > 2 * LINE and not options.streams)
-                hints = (x, x_base + n * x_si, x_sc, x_si, n_next, out,
-                         row_start(out_geom, o, i0), out_geom.s_inner, write_hints)
+                hints = (x, hint_stream(x_base + n * x_si, x_sc, x_si, n_classes, n_next),
+                         out, hint_stream(row_start(out_geom, o, i0), 1, out_geom.s_inner,
+                                          n_classes, n if write_hints else 0))
                 if prob:
                     stage_targets(target, t_base, t_geom.s_class, t_geom.s_inner, targets,
                                   n_classes, n, pitch)
@@ -748,7 +768,11 @@ def build_tile_kernel(variant, f, sum_at_inf):
             # tile fell into a few L1 sets (C = 64 ran at half the speed of C = 100).
             pitch = (width + 15) // 16 * 16 + 16
             n_tiles = outer * tiles_per_outer(inner, width, offset)
-            scratch = lined_empty(_N_SCRATCH * width, ftype).reshape((_N_SCRATCH, width))
+            # Per-position rows in whole vectors (``tile_sums``), zeros past the positions.
+            lanes_width = (width + 15) // 16 * 16
+            scratch = lined_empty(_N_SCRATCH * lanes_width, ftype).reshape(
+                (_N_SCRATCH, lanes_width))
+            scratch[:] = 0.0
             g_rows = np.empty(width)  # float64 grad_output elements
             order = np.empty((_N_ORDER if metrics else 0, width), ftype)
             argmax = np.empty(width if metrics else 0, np.int32)
@@ -757,9 +781,10 @@ def build_tile_kernel(variant, f, sum_at_inf):
             # (Rows tiled as they lie stay in ``exps``. Results on their way to a streamed
             # output, rows tiled as they lie or short rows transposed back, go to ``logits``.)
             logits = lined_empty((n_classes + 1) * pitch, ftype)
+            logits[:] = 0.0  # (read past the positions, in whole vectors: no subnormals)
             logits[n_classes * pitch:] = -np.inf  # a class after the last, for pairs
             exps = lined_empty(n_classes * pitch, ftype)
-            targets = np.empty(n_classes * pitch if prob else 0, target.dtype)
+            targets = np.zeros(n_classes * pitch if prob else 0, target.dtype)
             first, last = block * n_tiles // n_blocks, (block + 1) * n_tiles // n_blocks
             for tile_index in range(first, last):
                 body(tile_index, x, x_geom, target, t_geom, weight, grad_output, g_geom, out,
