@@ -55,14 +55,14 @@ class CpuSettings:
     #: allows: ``tile_kernel.takes_rows``, and the classes are contiguous in the logits
     #: and in the result) rather than transposed: from there a row
     #: fills enough vectors that reading along it costs less than the transpositions
-    #: (on an Intel AVX-512 server, with a row's exps and sums in one pass of explicit
-    #: vectors: transposed faster to 24 classes, as they lie from 32, with AVX2 from 24;
-    #: see benchmarks/RESULTS.md).
-    tile_rows_min_classes: int = 32
-    #: The same for calls that write no result (the loss, logsumexp): on that server, as
-    #: they lie faster from 81 classes on two threads (on one from 48, with AVX2 from 32),
-    #: transposed faster to 64 on two threads (see benchmarks/RESULTS.md).
-    tile_rows_min_classes_no_writes: int = 80
+    #: (on an Intel AVX-512 server, both ways in explicit vectors: transposed faster at
+    #: 32 classes, even at 36, as they lie faster from 40; AVX2's the same; see
+    #: benchmarks/RESULTS.md).
+    tile_rows_min_classes: int = 36
+    #: The same for calls that write no result (the loss, logsumexp): on that server,
+    #: transposed faster to 100 classes, even at 104 on two threads, as they lie faster from
+    #: 112 (AVX2 the same at 100 and 128; see benchmarks/RESULTS.md).
+    tile_rows_min_classes_no_writes: int = 104
     #: Logits per tile of rows tiled as they lie, whose exps are kept in L2 for the
     #: writes: larger tiles ran faster, to a few hundred KiB (see RESULTS.md).
     tile_row_elements: int = 32768
