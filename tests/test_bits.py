@@ -249,8 +249,8 @@ def test_lanes_take_a_row_of_any_length_and_nothing_past_it(rng, dtype):
 @pytest.mark.parametrize("source", [np.float16, np.float32, np.float64])
 def test_lanes_load_any_float_type_converted(rng, dtype, source):
     """A load of float16 (as its uint16 bits, as the kernels take it), float32 or float64
-    values into lanes of either type: each value as NumPy converts it, the lanes past n
-    the fill."""
+    values into lanes of either type: each value as NumPy converts it (infinities, nan,
+    -0.0, float16's subnormals), the lanes past n the fill."""
     lanes = lanes_for(dtype)
     width, load, store = lanes.width, lanes.load, lanes.store
 
@@ -258,10 +258,10 @@ def test_lanes_load_any_float_type_converted(rng, dtype, source):
     def loaded(values, start, n, out):
         store(out, 0, width, load(values, start, n, -2.5))
 
-    values = (rng.standard_normal(3 * width) * 1e3).astype(source)
-    values[:4] = [np.inf, -np.inf, np.nan, -0.0]
+    values = (rng.standard_normal(3 * width + 8) * 1e3).astype(source)
+    values[:7] = [np.inf, -np.inf, np.nan, -0.0, 6e-8, -3e-5, 65504.0]  # (float16 subnormals)
     bits = values.view(np.uint16) if source == np.float16 else values
-    for start, n in ((0, width), (1, width - 1), (2, 3)):
+    for start, n in ((0, width), (1, width - 1), (2, min(3, width)), (4, width)):
         out = np.zeros(width, dtype)
         loaded(bits, start, n, out)
         expected = np.full(width, -2.5, dtype)

@@ -58,7 +58,6 @@ _FLAGS = ("nsz", "arcp", "contract", "afn")
 _I32 = ir.IntType(32)
 # What ``load`` reads: float32, float64, and float16 as its bits (``access``'s uint16).
 _SOURCES = (types.float32, types.float64, types.uint16)
-_FLOAT_TYPES = {16: ir.HalfType(), 32: ir.FloatType(), 64: ir.DoubleType()}
 
 
 class Lanes(types.Type):
@@ -94,6 +93,33 @@ def _splat(builder, value, count):
     vector = ir.VectorType(value.type, count)
     one = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.Constant(_I32, 0))
     return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(_I32, count), [0] * count))
+
+
+def _floats_of_halves(builder, halves):
+    """float32 lanes of a vector of float16 bits (i16), by integer steps as
+    ``bits.half_to_float``'s: LLVM's own conversion is a library call on x86 without F16C,
+    which Numba 0.60's LLVM left unresolved (a crash)."""
+    count = halves.type.count
+    words = ir.VectorType(_I32, count)
+
+    def constant(value):
+        return ir.Constant(words, [value] * count)
+
+    h = builder.zext(halves, words)
+    sign = builder.shl(builder.and_(h, constant(0x8000)), constant(16))
+    magnitude = builder.shl(builder.and_(h, constant(0x7FFF)), constant(13))
+    exponent = builder.and_(magnitude, constant(0x7C00 << 13))
+    floats = ir.VectorType(ir.FloatType(), count)
+    # A subnormal (or zero) renormalised through a float subtraction.
+    subnormal = builder.bitcast(builder.fsub(
+        builder.bitcast(builder.add(magnitude, constant(113 << 23)), floats),
+        ir.Constant(floats, [6.103515625e-05] * count)), words)
+    bits = builder.select(
+        builder.icmp_unsigned("==", exponent, constant(0x7C00 << 13)),
+        builder.add(magnitude, constant((255 - 31) << 23)),  # inf, nan: all ones
+        builder.select(builder.icmp_unsigned("==", exponent, constant(0)), subnormal,
+                       builder.add(magnitude, constant((127 - 15) << 23))))
+    return builder.bitcast(builder.or_(bits, sign), floats)
 
 
 def _first_lanes(builder, n, count):
@@ -152,18 +178,28 @@ def lanes_for(dtype):
 
         def codegen(context, builder, signature, args):
             source = signature.args[0].dtype
-            bits = 16 if source == types.uint16 else source.bitwidth
-            element = _FLOAT_TYPES[bits]
+            bits = source.bitwidth
+            element = ir.IntType(16) if bits == 16 else context.get_value_type(source)
             pointer = vector_at(context, builder, signature, args, element)
             fill = context.cast(builder, args[3], signature.args[3], types.float64)
-            fills = _splat(builder, builder.fptrunc(fill, element) if bits < 64 else fill,
-                           count)
-            function = _declared(builder, f"llvm.masked.load.v{count}f{bits}.p0",
+            if bits == 16:  # (the fill converted after the load, below)
+                fills = ir.Constant(ir.VectorType(element, count), None)
+            else:
+                fills = _splat(builder, builder.fptrunc(fill, element) if bits < 64 else fill,
+                               count)
+            suffix = f"v{count}{'i' if bits == 16 else 'f'}{bits}"
+            function = _declared(builder, f"llvm.masked.load.{suffix}.p0",
                                  fills.type, [pointer.type, _I32, ir.VectorType(ir.IntType(1),
                                                                                  count),
                                               fills.type])
-            loaded = builder.call(function, [pointer, ir.Constant(_I32, bits // 8),
-                                             _first_lanes(builder, args[2], count), fills])
+            lanes_in = _first_lanes(builder, args[2], count)
+            loaded = builder.call(function, [pointer, ir.Constant(_I32, bits // 8), lanes_in,
+                                             fills])
+            if bits == 16:
+                loaded = builder.select(lanes_in, _floats_of_halves(builder, loaded),
+                                        _splat(builder, builder.fptrunc(fill, ir.FloatType()),
+                                               count))
+                bits = 32
             if bits == dtype.bitwidth:
                 return loaded
             converted = ir.VectorType(context.get_value_type(dtype), count)
