@@ -187,8 +187,8 @@ def lanes_for(dtype):
             else:
                 fills = _splat(builder, builder.fptrunc(fill, element) if bits < 64 else fill,
                                count)
-            suffix = f"v{count}{'i' if bits == 16 else 'f'}{bits}"
-            function = _declared(builder, f"llvm.masked.load.{suffix}.p0",
+            read = f"v{count}{'i' if bits == 16 else 'f'}{bits}"  # (the array's, not suffix)
+            function = _declared(builder, f"llvm.masked.load.{read}.p0",
                                  fills.type, [pointer.type, _I32, ir.VectorType(ir.IntType(1),
                                                                                  count),
                                               fills.type])
